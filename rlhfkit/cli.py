@@ -1,0 +1,68 @@
+"""`rlhfkit <stage> ...`: one command line over the same `train(config)` functions as the Python API.
+
+This module stays a thin dispatcher: configs are light dataclasses, and each stage's trainer
+(with torch and transformers) is imported only when that stage runs.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import typer
+
+from rlhfkit import __version__
+from rlhfkit.config import config_command
+from rlhfkit.errors import UserError
+
+app = typer.Typer(
+    name="rlhfkit",
+    help="Reinforcement learning from human feedback for language models.\n\n"
+    "Stages: feedback (collect rankings) -> reward (train a reward model) -> "
+    "ppo / reinforce (optimise the policy against it), with demo running them all end to end.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Print a UserError as one line and exit 2 instead of a stack trace."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except UserError as e:
+            typer.secho(f"error: {e}", err=True, fg=typer.colors.RED)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def stage(name: str, config_cls: type, run: Callable[[Any], Any], doc: str) -> None:
+    """Register `rlhfkit <name>` with one option per config field."""
+    command = config_command(config_cls, user_errors(run), doc)
+    app.command(name, help=doc)(command)
+
+
+@app.callback()
+def root() -> None:
+    """Reinforcement learning from human feedback for language models."""
+
+
+@app.command("version")
+def version() -> None:
+    """Print the rlhfkit version."""
+    typer.echo(__version__)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="rlhfkit")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+"""Errors a user can act on.
+
+Anything raised as a `UserError` is printed by the CLI as one line (`error: ...`) with exit
+code 2, never as a stack trace: the message itself must name the file, row or field that is
+wrong and say what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """Bad input from the user: a config value, a data file, a model path."""
+
+
+class ConfigError(UserError, ValueError):
+    """A setting is unknown, of the wrong type, or out of range."""
+
+
+class DataError(UserError, ValueError):
+    """A data file cannot be read or one of its rows is malformed."""
+
+
+class ModelError(UserError, ValueError):
+    """A model or tokenizer cannot be loaded, or they do not fit together."""
+
+
+def where(path: object, row: int | None = None, field: str | None = None) -> str:
+    """Format a location as `file, row N, field 'x'` for error messages (rows count from 1)."""
+    parts = [str(path)]
+    if row is not None:
+        parts.append(f"row {row}")
+    if field is not None:
+        parts.append(f"field '{field}'")
+    return ", ".join(parts)

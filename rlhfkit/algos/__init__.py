@@ -1,0 +1,96 @@
+"""The math of RLHF as pure tensor functions: one function per equation, no models, no I/O.
+
+Each docstring opens with the formula it computes; docs/math.md maps every equation of the
+method to its function and to the test that checks it.
+"""
+
+from rlhfkit.algos.advantages import gae, td_errors
+from rlhfkit.algos.dpo import DPOStats, dpo_loss, ipo_loss, sequence_logprobs
+from rlhfkit.algos.kl import (
+    KL_ESTIMATORS,
+    AdaptiveKLController,
+    FixedKLController,
+    kl_k1,
+    kl_k2,
+    kl_k3,
+    shaped_rewards,
+)
+from rlhfkit.algos.masked import (
+    AGGREGATE_MODES,
+    aggregate,
+    explained_variance,
+    masked_mean,
+    masked_sum,
+    masked_var,
+    masked_whiten,
+)
+from rlhfkit.algos.pg import (
+    GRPO_SCALES,
+    baseline_advantages,
+    discounted_returns,
+    grpo_advantages,
+    moving_mean_update,
+    reinforce_loss,
+    rloo_advantages,
+)
+from rlhfkit.algos.policy import entropy_from_logits, logprobs_from_logits
+from rlhfkit.algos.ppo import (
+    PolicyLossStats,
+    ValueLossStats,
+    entropy_bonus,
+    ppo_loss,
+    ppo_policy_loss,
+    ppo_value_loss,
+)
+from rlhfkit.algos.reward import (
+    bradley_terry_loss,
+    normalization_gain_bias,
+    pair_weights,
+    preference_accuracy,
+    ranking_to_pairs,
+    reward_centering_penalty,
+)
+
+__all__ = [
+    "AGGREGATE_MODES",
+    "GRPO_SCALES",
+    "KL_ESTIMATORS",
+    "AdaptiveKLController",
+    "DPOStats",
+    "FixedKLController",
+    "PolicyLossStats",
+    "ValueLossStats",
+    "aggregate",
+    "baseline_advantages",
+    "bradley_terry_loss",
+    "discounted_returns",
+    "dpo_loss",
+    "entropy_bonus",
+    "entropy_from_logits",
+    "explained_variance",
+    "gae",
+    "grpo_advantages",
+    "ipo_loss",
+    "kl_k1",
+    "kl_k2",
+    "kl_k3",
+    "logprobs_from_logits",
+    "masked_mean",
+    "masked_sum",
+    "masked_var",
+    "masked_whiten",
+    "moving_mean_update",
+    "normalization_gain_bias",
+    "pair_weights",
+    "ppo_loss",
+    "ppo_policy_loss",
+    "ppo_value_loss",
+    "preference_accuracy",
+    "ranking_to_pairs",
+    "reinforce_loss",
+    "reward_centering_penalty",
+    "rloo_advantages",
+    "sequence_logprobs",
+    "shaped_rewards",
+    "td_errors",
+]

@@ -1,0 +1,93 @@
+"""Token log-probabilities and entropies from a causal LM's logits, at a sampling temperature."""
+
+from __future__ import annotations
+
+import torch
+
+from rlhfkit.algos._checks import check_positive, check_rank
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def logprobs_from_logits(
+    logits: torch.Tensor,
+    tokens: torch.Tensor,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """log pi(a_t | s_t) = z_t[a_t] - logsumexp_v z_t[v],  with z = logits / temperature.
+
+    The log-probabilities of the tokens that were sampled, under the same tempered distribution
+    that sampled them ("N implementation details" #3: rollout, reference and training log-probs
+    all divide by the temperature; lm-human-preferences policy.py). We divide by exactly
+    `temperature` (N+ and TRL add 1e-7). Gathering one logit and subtracting the logsumexp never
+    keeps a full (B, T, V) log_softmax tensor alive. float16/bfloat16 logits are upcast to
+    float32 one sequence at a time (a low-precision logsumexp is too coarse for PPO ratios) and
+    the result is float32.
+
+    Args:
+      logits: (B, T, V) logits whose row t predicts tokens[:, t] (already shifted by one).
+      tokens: (B, T) integer token ids in [0, V). Pad ids outside the vocabulary must be replaced
+        first (e.g. `tokens.masked_fill(~mask, 0)`); checking the range reads the ids (one sync).
+      temperature: > 0.
+
+    Returns:
+      (B, T) log-probabilities.
+    """
+    check_rank("logits", logits, "B", "T", "V")
+    check_rank("tokens", tokens, "B", "T")
+    check_positive("temperature", temperature)
+    if tokens.shape != logits.shape[:2]:
+        raise ValueError(
+            f"tokens must have shape (B, T) = {tuple(logits.shape[:2])} to match logits "
+            f"{tuple(logits.shape)}, got {tuple(tokens.shape)}"
+        )
+    if tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
+        raise ValueError(f"tokens must hold integer token ids, got dtype {tokens.dtype}")
+    vocab_size = logits.shape[-1]
+    low, high = (int(tokens.min()), int(tokens.max())) if tokens.numel() else (0, 0)
+    if low < 0 or high >= vocab_size:
+        raise ValueError(
+            f"tokens must be ids in [0, {vocab_size}), got values in [{low}, {high}]; "
+            "replace pad ids first, e.g. tokens.masked_fill(~mask, 0)"
+        )
+    if logits.dtype in _LOW_PRECISION:
+        rows = zip(logits, tokens, strict=True)
+        return torch.stack([_token_logprobs(z.float(), a, temperature) for z, a in rows])  # (B, T) float32
+    return _token_logprobs(logits, tokens, temperature)  # (B, T)
+
+
+def _token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
+    z = logits if temperature == 1.0 else logits / temperature  # (..., V)
+    chosen = z.gather(-1, tokens.long().unsqueeze(-1)).squeeze(-1)  # (...)
+    return chosen - torch.logsumexp(z, dim=-1)  # (...)
+
+
+def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """H(pi(.|s_t)) = -sum_v pi_v log pi_v = logsumexp(z) - sum_v softmax(z)_v z_v,  z = logits / temperature.
+
+    Entropy of each next-token distribution (lm-human-preferences utils/core.py `logits_entropy`;
+    OpenRLHF `compute_entropy`); the PPO entropy term H of L = L_CLIP - c1 L_VF + c2 H.
+    Sign: the seed text writes the entropy term as sum_x pi(x) log(x), without the minus sign
+    and with log x standing for log pi(x). That expression is -H, and adding it with c2 > 0 would
+    reward *lower* entropy; we use H = -sum_x pi(x) log pi(x) >= 0, so the bonus rewards higher
+    entropy, as the term is meant to. 0 <= H <= log V; float16/bfloat16 logits are upcast to
+    float32 one sequence at a time.
+
+    Args:
+      logits: (B, T, V) logits.
+      temperature: > 0, the sampling temperature.
+
+    Returns:
+      (B, T) entropies in nats.
+    """
+    check_rank("logits", logits, "B", "T", "V")
+    check_positive("temperature", temperature)
+    if logits.dtype in _LOW_PRECISION:
+        return torch.stack([_entropy(z.float(), temperature) for z in logits])  # (B, T) float32
+    return _entropy(logits, temperature)  # (B, T)
+
+
+def _entropy(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    z = logits if temperature == 1.0 else logits / temperature  # (..., V)
+    probs = torch.softmax(z, dim=-1)  # (..., V)
+    return torch.logsumexp(z, dim=-1) - (probs * z).sum(dim=-1)  # (...)

@@ -1,0 +1,178 @@
+"""Reward model math: the Bradley-Terry loss, accuracy, rankings to pairs, and reward normalisation."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from rlhfkit.algos._checks import (
+    check_finite,
+    check_nonnegative,
+    check_positive,
+    check_rank,
+    check_same_shape,
+)
+
+
+def bradley_terry_loss(
+    r_chosen: torch.Tensor,
+    r_rejected: torch.Tensor,
+    margin: float | torch.Tensor | None = None,
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """loss = mean_i -log sigmoid(r_c,i - r_r,i - m_i) = mean_i softplus(r_r,i - r_c,i + m_i).
+
+    Pairwise Bradley-Terry loss of the reward model (InstructGPT, Ouyang et al. 2022, eq. 1;
+    Stiennon et al. 2020), with the optional margin m of Llama 2. Computed as -log_sigmoid, which
+    equals softplus(r_r - r_c + m) exactly and never overflows (torch's softplus switches to
+    the identity above 20, an error of up to 2e-9). With weights w the mean is
+    sum_i w_i l_i / sum_i w_i: weights from `pair_weights` make every ranked prompt count once
+    whatever its number of pairs (InstructGPT divides each prompt's loss by K choose 2).
+
+    Args:
+      r_chosen: (B,) rewards of the preferred completions.
+      r_rejected: (B,) rewards of the other completions.
+      margin: None, a float >= 0, or (B,) per-pair margins m_i.
+      weights: None or (B,) non-negative pair weights (not all zero).
+
+    Returns:
+      0-dim tensor.
+    """
+    check_rank("r_chosen", r_chosen, "B")
+    check_same_shape(r_chosen=r_chosen, r_rejected=r_rejected)
+    logits = r_chosen - r_rejected  # (B,)
+    if margin is not None:
+        if isinstance(margin, torch.Tensor):
+            check_same_shape(r_chosen=r_chosen, margin=margin)
+        else:
+            margin = check_nonnegative("margin", margin)
+        logits = logits - margin
+    losses = -F.logsigmoid(logits)  # (B,) = softplus(-logits)
+    if weights is None:
+        return losses.mean()
+    check_same_shape(r_chosen=r_chosen, weights=weights)
+    if bool((weights < 0).any()) or not bool(weights.sum() > 0):
+        raise ValueError(f"weights must be >= 0 with a positive sum, got {weights.tolist()}")
+    return (weights * losses).sum() / weights.sum()
+
+
+@torch.no_grad()
+def preference_accuracy(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torch.Tensor:
+    """accuracy = mean_i [r_c,i > r_r,i]  (strict: a tie counts as wrong).
+
+    Reward-model accuracy on preference pairs (InstructGPT; TRL RewardTrainer). Equal rewards give
+    0, so an untrained constant model does not look like it is at chance.
+
+    Args:
+      r_chosen: (B,) rewards of the preferred completions.
+      r_rejected: (B,) rewards of the other completions.
+
+    Returns:
+      0-dim float tensor in [0, 1], no grad.
+    """
+    check_rank("r_chosen", r_chosen, "B")
+    check_same_shape(r_chosen=r_chosen, r_rejected=r_rejected)
+    return (r_chosen > r_rejected).float().mean()
+
+
+def ranking_to_pairs(ranks: Sequence[int]) -> list[tuple[int, int]]:
+    """{(i, j) : rank_i < rank_j}: every pair of completions with distinct ranks, better first.
+
+    K ranked completions give up to K(K-1)/2 comparisons (InstructGPT section 3.5); tied
+    completions give no pair. Pairs are listed in index order: (i, j) for i < j, each written as
+    (better_index, worse_index).
+
+    Args:
+      ranks: the rank of each completion, 0 = best; equal ranks are ties.
+
+    Returns:
+      list of (better_index, worse_index).
+    """
+    for index, rank in enumerate(ranks):
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
+            raise ValueError(f"ranks must be ints >= 0 (0 = best), got ranks[{index}] = {rank!r}")
+    pairs = []
+    for i, j in itertools.combinations(range(len(ranks)), 2):
+        if ranks[i] < ranks[j]:
+            pairs.append((i, j))
+        elif ranks[j] < ranks[i]:
+            pairs.append((j, i))
+    return pairs
+
+
+def pair_weights(
+    num_pairs_per_prompt: Sequence[int],
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """w = 1 / n_p for each of the n_p pairs of prompt p  (n_p = K choose 2 without ties).
+
+    With `bradley_terry_loss(..., weights=w)` every prompt then weighs the same, however many
+    completions it had ranked: InstructGPT puts all pairs of a prompt in one batch and divides by
+    K choose 2 so prompts with many comparisons do not dominate (and overfit).
+
+    Args:
+      num_pairs_per_prompt: n_p >= 0 for each prompt, in the order its pairs are laid out.
+
+    Returns:
+      (sum_p n_p,) weights; prompts with no pair contribute no entry.
+    """
+    for index, n in enumerate(num_pairs_per_prompt):
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"num_pairs_per_prompt must be ints >= 0, got entry {index} = {n!r}")
+    weights = [1.0 / n for n in num_pairs_per_prompt for _ in range(n)]
+    return torch.tensor(weights, dtype=dtype, device=device)
+
+
+@torch.no_grad()
+def normalization_gain_bias(
+    rewards: torch.Tensor,
+    target_mean: float = 0.0,
+    target_std: float = 1.0,
+) -> tuple[float, float]:
+    """gain = sigma_T / sigma_D,  bias = mu_T - gain * mu_D,  so gain * r + bias has mean mu_T, std sigma_T.
+
+    Reward normalisation of lm-human-preferences (rewards.py; Ziegler et al. 2019: "mean 0 and
+    variance 1" on samples of the reference policy). mu_D and sigma_D are the mean and the
+    population std of `rewards`, computed in float64.
+
+    Args:
+      rewards: (N,) rewards of reference-policy samples, N >= 2, not all equal.
+      target_mean: mu_T.
+      target_std: sigma_T > 0.
+
+    Returns:
+      (gain, bias) as Python floats.
+    """
+    check_rank("rewards", rewards, "N")
+    check_positive("target_std", target_std)
+    check_finite("target_mean", target_mean)
+    if rewards.numel() < 2:
+        raise ValueError(f"rewards needs at least 2 samples to estimate a std, got {rewards.numel()}")
+    r = rewards.double()
+    mean, std = float(r.mean()), float(r.std(unbiased=False))
+    if not std > 0:
+        raise ValueError(f"rewards all equal ({mean}): their std is 0, so no gain can normalise them")
+    gain = target_std / std
+    return gain, target_mean - gain * mean
+
+
+def reward_centering_penalty(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torch.Tensor:
+    """mean_i (r_c,i + r_r,i)^2.
+
+    The auxiliary term that keeps a reward model's outputs centred on 0 (Eisenstein et al. 2023;
+    TRL `center_rewards_coefficient`, recommended weight 0.01): the Bradley-Terry loss only sees
+    differences r_c - r_r, so without it the rewards can drift by any constant.
+
+    Args:
+      r_chosen, r_rejected: (B,) rewards of the chosen and rejected responses.
+
+    Returns:
+      0-dim penalty, to be added to the loss times its coefficient.
+    """
+    check_rank("r_chosen", r_chosen, "B")
+    check_same_shape(r_chosen=r_chosen, r_rejected=r_rejected)
+    return (r_chosen + r_rejected).pow(2).mean()

@@ -1,0 +1,135 @@
+"""Token log-probs and entropies from logits, at a temperature."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rlhfkit.algos import entropy_from_logits, logprobs_from_logits
+from rlhfkit.algos import policy as policy_module
+
+F64 = torch.float64
+
+
+def random_logits(seed, shape=(3, 5, 11), scale=3.0, dtype=F64):
+    g = torch.Generator().manual_seed(seed)
+    logits = scale * torch.randn(shape, generator=g, dtype=F64)
+    tokens = torch.randint(0, shape[-1], shape[:2], generator=g)
+    return logits.to(dtype), tokens
+
+
+def test_logprobs_hand():
+    """logits (0, log 3): softmax (1/4, 3/4), so log pi(1) = log 3/4 and log pi(0) = log 1/4.
+    At temperature 2 the logits are (0, log 3 / 2): pi(1) = sqrt3 / (1 + sqrt3)."""
+    logits = torch.tensor([[[0.0, math.log(3)], [0.0, math.log(3)]]], dtype=F64)  # (1, 2, 2)
+    tokens = torch.tensor([[1, 0]])
+    got = logprobs_from_logits(logits, tokens)
+    assert got[0].tolist() == pytest.approx([math.log(3 / 4), math.log(1 / 4)], abs=1e-12)
+    hot = logprobs_from_logits(logits, tokens, temperature=2.0)
+    s3 = math.sqrt(3)
+    assert hot[0].tolist() == pytest.approx([math.log(s3 / (1 + s3)), math.log(1 / (1 + s3))], abs=1e-12)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7, 1.6])
+@pytest.mark.parametrize("seed", range(3))
+def test_logprobs_against_full_log_softmax(seed, temperature):
+    logits, tokens = random_logits(seed)
+    full = torch.log_softmax(logits / temperature, dim=-1)  # (B, T, V)
+    want = torch.tensor(
+        [[full[b, t, tokens[b, t]].item() for t in range(tokens.shape[1])] for b in range(tokens.shape[0])],
+        dtype=F64,
+    )
+    torch.testing.assert_close(logprobs_from_logits(logits, tokens, temperature), want, rtol=0, atol=1e-12)
+
+
+def test_logprobs_gradient_matches_log_softmax():
+    logits, tokens = random_logits(0)
+    a = logits.clone().requires_grad_()
+    b = logits.clone().requires_grad_()
+    logprobs_from_logits(a, tokens, 0.7).sum().backward()
+    torch.log_softmax(b / 0.7, -1).gather(-1, tokens[..., None]).sum().backward()
+    torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_logits_are_upcast(dtype):
+    """bf16/fp16 logits give float32 log-probs equal to the float32 computation on the same values
+    (to float32 rounding: rtol 1e-6 is ~8 ulp)."""
+    logits, tokens = random_logits(1, dtype=dtype)
+    got = logprobs_from_logits(logits, tokens, 0.7)
+    want = torch.log_softmax(logits.float() / 0.7, -1).gather(-1, tokens[..., None]).squeeze(-1)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    ent = entropy_from_logits(logits, 0.7)
+    assert ent.dtype == torch.float32
+    torch.testing.assert_close(ent, entropy_from_logits(logits.float(), 0.7), rtol=1e-6, atol=1e-6)
+
+
+def test_logprobs_bad_arguments():
+    logits, tokens = random_logits(0)
+    with pytest.raises(ValueError, match=r"tokens must be ids in \[0, 11\).*masked_fill"):
+        logprobs_from_logits(logits, torch.full_like(tokens, 11))
+    with pytest.raises(ValueError, match=r"tokens must have shape \(B, T\) = \(3, 5\).*got \(3, 4\)"):
+        logprobs_from_logits(logits, tokens[:, :4])
+    with pytest.raises(ValueError, match="tokens must hold integer token ids"):
+        logprobs_from_logits(logits, tokens.double())
+    with pytest.raises(ValueError, match=r"logits must have shape \(B, T, V\)"):
+        logprobs_from_logits(logits[0], tokens)
+    with pytest.raises(ValueError, match="temperature must be positive"):
+        logprobs_from_logits(logits, tokens, temperature=0.0)
+
+
+def test_entropy_hand():
+    """pi = (1/4, 3/4): H = -(1/4 log 1/4 + 3/4 log 3/4) = log 4 - (3/4) log 3."""
+    logits = torch.tensor([[[0.0, math.log(3)]]], dtype=F64)
+    assert entropy_from_logits(logits).item() == pytest.approx(math.log(4) - 0.75 * math.log(3), abs=1e-12)
+
+
+@pytest.mark.parametrize("vocab_size", [2, 7, 50257])
+def test_entropy_uniform_is_log_v(vocab_size):
+    """S9: uniform logits give log V; GPT-2's V = 50257 gives 10.82491."""
+    logits = torch.full((1, 2, vocab_size), 0.3, dtype=F64)
+    torch.testing.assert_close(entropy_from_logits(logits), torch.full((1, 2), math.log(vocab_size), dtype=F64))
+    if vocab_size == 50257:
+        assert entropy_from_logits(logits)[0, 0].item() == pytest.approx(10.82491, abs=5e-6)
+
+
+def test_entropy_near_one_hot_is_zero():
+    """S9: logits (100, 0, 0, 0): H = 3 e^-100 (101 + ...) ~ 1e-41, below float64 resolution of 100."""
+    logits = torch.tensor([[[100.0, 0.0, 0.0, 0.0]]], dtype=F64)
+    assert abs(entropy_from_logits(logits).item()) < 1e-12
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_entropy_against_minus_sum_p_log_p(seed):
+    logits, _ = random_logits(seed)
+    for temperature in (1.0, 0.5):
+        logp = torch.log_softmax(logits / temperature, -1)
+        want = -(logp.exp() * logp).sum(-1)
+        torch.testing.assert_close(entropy_from_logits(logits, temperature), want, rtol=0, atol=1e-12)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), scale=st.floats(0.1, 20))
+def test_entropy_bounds_and_temperature(seed, scale):
+    """S9: 0 <= H <= log V, and H(z / tau) grows with tau (sharper as tau falls)."""
+    logits, _ = random_logits(seed, shape=(2, 3, 9), scale=scale)
+    h = entropy_from_logits(logits)
+    assert (h >= -1e-12).all() and (h <= math.log(9) + 1e-12).all()
+    cold, warm, hot = (entropy_from_logits(logits, tau) for tau in (0.5, 1.0, 2.0))
+    assert (cold <= warm + 1e-12).all() and (warm <= hot + 1e-12).all()
+
+
+def test_entropy_docstring_states_the_sign_convention():
+    doc = policy_module.entropy_from_logits.__doc__
+    assert "sum_x pi(x) log(x)" in doc and "without the minus sign" in doc
+
+
+def test_entropy_bad_arguments():
+    logits, _ = random_logits(0)
+    with pytest.raises(ValueError, match=r"logits must have shape \(B, T, V\), got shape \(5, 11\)"):
+        entropy_from_logits(logits[0])
+    with pytest.raises(ValueError, match="temperature must be positive"):
+        entropy_from_logits(logits, temperature=-1.0)

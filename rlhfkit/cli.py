@@ -16,6 +16,8 @@ import typer
 from rlhfkit import __version__
 from rlhfkit.config import config_command
 from rlhfkit.errors import UserError
+from rlhfkit.trainers.reward_config import RewardConfig, ScoreConfig
+from rlhfkit.trainers.rl_config import PPOConfig, ReinforceConfig
 
 app = typer.Typer(
     name="rlhfkit",
@@ -25,6 +27,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 
 
@@ -51,6 +54,42 @@ def stage(name: str, config_cls: type, run: Callable[[Any], Any], doc: str) -> N
 @app.callback()
 def root() -> None:
     """Reinforcement learning from human feedback for language models."""
+
+
+def _reward(cfg: RewardConfig) -> None:
+    from rlhfkit.trainers.reward import run
+
+    run(cfg)
+
+
+def _score(cfg: ScoreConfig) -> None:
+    from rlhfkit.trainers.score import run
+
+    run(cfg)
+
+
+def _ppo(cfg: PPOConfig) -> None:
+    from rlhfkit.trainers.ppo import run
+
+    run(cfg)
+
+
+def _reinforce(cfg: ReinforceConfig) -> None:
+    from rlhfkit.trainers.reinforce import run
+
+    run(cfg)
+
+
+stage("reward", RewardConfig, _reward,
+      "Train a reward model on comparisons: the base LM's trunk plus a scalar head, loss "
+      "-log sigmoid(r_chosen - r_rejected).")
+stage("score", ScoreConfig, _score, "Score prompt + completion rows with a saved reward model.")
+stage("ppo", PPOConfig, _ppo,
+      "Optimise the policy with PPO against a reward model, with a per-token KL penalty to the frozen "
+      "reference: loss = -(L_CLIP - c1 L_VF + c2 H), advantages by GAE.")
+stage("reinforce", ReinforceConfig, _reinforce,
+      "Optimise the policy with REINFORCE, grad J = E[sum_t grad log pi(a_t|s_t) (R - b)], with the baseline "
+      "b chosen by --baseline: none, moving_mean, value, rloo or grpo.")
 
 
 @app.command("version")

@@ -200,14 +200,16 @@ def config_command(cls: type[C], run: Callable[[C], Any], doc: str) -> Callable[
         )
     ]
     hints = _field_types(cls)
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+    own = set(cls.__dict__.get("__annotations__", {}))
+    # The stage's own settings first, then the shared groups it inherits.
+    ordered = sorted(dataclasses.fields(cls), key=lambda f: f.name not in own)  # type: ignore[arg-type]
+    for f in ordered:
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         help_text = f.metadata.get("help", "")
         choices = f.metadata.get("choices")
         if choices:
             help_text += f" One of: {', '.join(choices)}."
-        shown = ",".join(map(str, default)) if isinstance(default, list) else default
-        help_text += f"  [default: {shown}]"
+        shown = ",".join(map(str, default)) if isinstance(default, list) else str(default)
         flag = "--" + f.name.replace("_", "-")
         tp = _cli_type(hints[f.name])
         decls = [f"{flag}/--no-{f.name.replace('_', '-')}"] if tp is bool else [flag]
@@ -215,7 +217,7 @@ def config_command(cls: type[C], run: Callable[[C], Any], doc: str) -> Callable[
             inspect.Parameter(
                 f.name,
                 inspect.Parameter.KEYWORD_ONLY,
-                default=typer.Option(None, *decls, help=help_text, show_default=False),
+                default=typer.Option(None, *decls, help=help_text, show_default=shown or "''"),
                 annotation=typing.Optional[tp],
             )
         )

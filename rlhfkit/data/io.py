@@ -1,0 +1,131 @@
+"""Read rows (dicts) from JSONL, JSON, CSV, Parquet, a saved `datasets` folder, or a Dataset.
+
+Every error names the file and, where there is one, the line; nothing is read lazily, so a
+bad file fails before any training starts. Rows are numbered from 1 in messages.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from rlhfkit.errors import DataError
+
+Source = str | Path | Any  # a path, or a datasets.Dataset / list of dicts passed in Python
+
+
+def source_name(source: Source) -> str:
+    """How a data source is named in messages."""
+    if isinstance(source, (str, Path)):
+        return str(source)
+    return f"<{type(source).__name__}>"
+
+
+def read_rows(source: Source) -> list[dict[str, Any]]:
+    """All rows of a data source as a list of dicts."""
+    if isinstance(source, list):
+        return [_as_dict(r, "<list>", i + 1) for i, r in enumerate(source)]
+    if not isinstance(source, (str, Path)):
+        if hasattr(source, "to_list"):  # datasets.Dataset
+            return [dict(r) for r in source.to_list()]
+        raise DataError(f"{source_name(source)}: cannot read rows from this object; pass a file path, "
+                        "a datasets.Dataset or a list of dicts")
+    path = Path(source)
+    if path.is_dir():
+        return _read_dataset_dir(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    suffix = path.suffix.lower()
+    readers = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv, ".parquet": _read_parquet}
+    if suffix not in readers:
+        raise DataError(f"{path}: unknown file type '{suffix}'; use .jsonl, .json, .csv or .parquet")
+    try:
+        return readers[suffix](path)
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read the file ({e})") from None
+
+
+def _as_dict(row: Any, name: str, line: int) -> dict[str, Any]:
+    if not isinstance(row, dict):
+        raise DataError(f"{name}, row {line}: expected an object with named fields, got {type(row).__name__}")
+    return row
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}, row {line_no}: malformed JSON ({e.msg} at column {e.colno})") from None
+            rows.append(_as_dict(row, str(path), line_no))
+    return rows
+
+
+def _read_json(path: Path) -> list[dict[str, Any]]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: malformed JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+    if isinstance(data, dict):  # column-oriented {"prompt": [...], ...}
+        lengths = {len(v) for v in data.values() if isinstance(v, list)}
+        if len(lengths) != 1 or not all(isinstance(v, list) for v in data.values()):
+            raise DataError(f"{path}: expected a list of rows or a mapping of equally long columns")
+        n = lengths.pop()
+        data = [{k: v[i] for k, v in data.items()} for i in range(n)]
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a list of rows")
+    return [_as_dict(r, str(path), i + 1) for i, r in enumerate(data)]
+
+
+def _read_csv(path: Path) -> list[dict[str, Any]]:
+    with path.open(encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for i, row in enumerate(rows, start=2):  # row 1 is the header
+        if None in row:
+            raise DataError(f"{path}, row {i}: more values than header columns")
+        # Cells that hold JSON lists (chat messages, completions) are decoded.
+        for k, v in row.items():
+            if isinstance(v, str) and v[:1] in "[{":
+                try:
+                    row[k] = json.loads(v)
+                except json.JSONDecodeError:
+                    pass
+    return rows
+
+
+def _read_parquet(path: Path) -> list[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path).to_pylist()
+    except Exception as e:  # pyarrow raises several unrelated types for a bad file
+        raise DataError(f"{path}: cannot read Parquet ({e})") from None
+
+
+def _read_dataset_dir(path: Path) -> list[dict[str, Any]]:
+    """A folder written by `Dataset.save_to_disk` (or a DatasetDict: its 'train' split)."""
+    import datasets
+
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except Exception as e:  # FileNotFoundError or datasets' own errors
+        raise DataError(f"{path}: not a dataset folder saved with save_to_disk ({e})") from None
+    if isinstance(ds, datasets.DatasetDict):
+        if "train" not in ds:
+            raise DataError(f"{path}: DatasetDict without a 'train' split (splits: {', '.join(ds)})")
+        ds = ds["train"]
+    return [dict(r) for r in ds.to_list()]
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
+    """Write rows as JSON lines (UTF-8, one object per line)."""
+    with Path(path).open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")

@@ -1,0 +1,113 @@
+"""Turn prompts and responses into token ids the same way for every stage.
+
+A sequence is `prompt_ids + response_ids + [EOS]`: prompt and response are encoded separately,
+exactly as a policy rollout produces them (prompt ids, then sampled ids ending in EOS), so a
+reward model sees the same ids in training and when it scores rollouts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from rlhfkit.data.preferences import PreferencePair
+from rlhfkit.errors import DataError
+
+TRUNCATION_MODES = ("truncate_prompt", "drop")
+
+
+def encode_prompt(tokenizer: Any, text: str, templated: bool = False) -> list[int]:
+    """Prompt ids with the tokenizer's own leading special tokens (e.g. BOS), unless a chat
+    template already wrote them into the text."""
+    return tokenizer(text, add_special_tokens=not templated)["input_ids"]
+
+
+def encode_response(tokenizer: Any, text: str, add_eos: bool = True) -> list[int]:
+    """Response ids, ending in EOS (the reward is read at that token)."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if add_eos and tokenizer.eos_token_id is not None and (not ids or ids[-1] != tokenizer.eos_token_id):
+        ids = ids + [tokenizer.eos_token_id]
+    return ids
+
+
+@dataclass
+class TokenizedPairs:
+    """Token ids of chosen and rejected sequences (prompt + response + EOS), one entry per pair."""
+
+    chosen: list[list[int]]
+    rejected: list[list[int]]
+    weights: list[float]
+    margins: list[float]
+    truncated: int = 0  # pairs whose prompt lost tokens on the left
+    dropped: int = 0  # pairs that could not fit max_length
+    kept_index: list[int] = field(default_factory=list)  # source index of each kept pair
+
+    def __len__(self) -> int:
+        return len(self.chosen)
+
+
+def tokenize_pairs(
+    pairs: list[PreferencePair], tokenizer: Any, max_length: int, truncation: str = "truncate_prompt"
+) -> TokenizedPairs:
+    """Encode pairs; longer ones lose prompt tokens on the left or are dropped (never the response).
+
+    A pair whose longer response alone fills max_length is dropped in either mode.
+    """
+    if truncation not in TRUNCATION_MODES:
+        raise DataError(f"truncation must be one of {', '.join(TRUNCATION_MODES)}, got {truncation!r}")
+    out = TokenizedPairs([], [], [], [])
+    for i, pair in enumerate(pairs):
+        p = encode_prompt(tokenizer, pair.prompt, pair.templated)
+        c = encode_response(tokenizer, pair.chosen)
+        r = encode_response(tokenizer, pair.rejected)
+        longest = max(len(c), len(r))
+        if len(p) + longest > max_length:
+            keep = max_length - longest
+            if truncation == "drop" or keep <= 0:
+                out.dropped += 1
+                continue
+            p = p[-keep:]
+            out.truncated += 1
+        out.chosen.append(p + c)
+        out.rejected.append(p + r)
+        out.weights.append(pair.weight)
+        out.margins.append(pair.margin)
+        out.kept_index.append(i)
+    return out
+
+
+def pad_right(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad id lists to the longest: (input_ids, attention_mask), both (N, L) int64."""
+    longest = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), longest), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
+def pad_left(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad id lists to the longest (for generation): (input_ids, attention_mask)."""
+    longest = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), longest), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if s:
+            ids[i, longest - len(s):] = torch.tensor(s, dtype=torch.long)
+            mask[i, longest - len(s):] = 1
+    return ids, mask
+
+
+def collate_pairs(batch: list[tuple[list[int], list[int], float, float]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Chosen and rejected of a batch in one right-padded tensor: rows [0, B) chosen, [B, 2B) rejected."""
+    chosen, rejected, weights, margins = zip(*batch)
+    ids, mask = pad_right(list(chosen) + list(rejected), pad_id)
+    return {
+        "input_ids": ids,  # (2B, L)
+        "attention_mask": mask,  # (2B, L)
+        "weights": torch.tensor(weights, dtype=torch.float32),  # (B,)
+        "margins": torch.tensor(margins, dtype=torch.float32),  # (B,)
+    }

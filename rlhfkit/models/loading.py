@@ -1,0 +1,102 @@
+"""Load causal LMs and tokenizers from a Hugging Face id, a local directory, or the embedded model.
+
+A local directory is read as is and nothing is fetched; `"embedded"` is the tiny model shipped
+in rlhfkit/assets. Every model is returned with dropout switched off (detail D8: dropout makes
+log-probs stochastic, so the PPO ratio would not be 1 before any update).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from rlhfkit.errors import ModelError
+
+EMBEDDED = "embedded"
+
+
+def resolve_model_path(name_or_path: str | Path) -> str:
+    """`"embedded"` -> the shipped tiny model; an existing directory -> itself; else a hub id.
+
+    A string that looks like a local path (starts with '.', '/', '~' or exists partly) but is
+    not a directory is an error here, so a typo never turns into a hub download attempt.
+    """
+    name = str(name_or_path)
+    if name == EMBEDDED:
+        from rlhfkit.assets import embedded_model_path
+
+        return str(embedded_model_path())
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"{path}: not a model directory (no config.json); pass a saved model's folder")
+        return str(path)
+    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise ModelError(f"{name}: model path does not exist; pass an existing directory, a Hugging Face id or "
+                         f"'{EMBEDDED}'")
+    return name
+
+
+def load_pretrained(loader, name_or_path: str | Path, what: str, **kwargs):
+    """`loader.from_pretrained` with the path resolved and load errors as one-line ModelErrors."""
+    path = resolve_model_path(name_or_path)
+    try:
+        return loader.from_pretrained(path, **kwargs)
+    except OSError as e:
+        raise ModelError(f"{name_or_path}: cannot load the {what} ({str(e).splitlines()[0]})") from None
+
+
+def load_tokenizer(name_or_path: str | Path, padding_side: str = "left") -> PreTrainedTokenizerBase:
+    """Load a tokenizer and make sure it can pad.
+
+    A tokenizer without a pad token gets its EOS token as pad. That is safe here because rlhfkit
+    never derives masks from pad ids: attention and response masks come from lengths and the
+    first EOS of each response (REFERENCE D1 explains the bug this avoids).
+    """
+    tok = load_pretrained(AutoTokenizer, name_or_path, "tokenizer")
+    if tok.pad_token is None:
+        if tok.eos_token is None:
+            raise ModelError(f"{name_or_path}: tokenizer has neither a pad nor an EOS token; add a pad token")
+        tok.pad_token = tok.eos_token
+    tok.padding_side = padding_side
+    return tok
+
+
+def disable_dropout(model: torch.nn.Module) -> torch.nn.Module:
+    """Set every dropout probability to 0 (in place) and return the model."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    return model
+
+
+def check_vocab(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, model_name: str) -> None:
+    """Fail early when the tokenizer can emit ids the model has no embedding for."""
+    n_model = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > n_model:
+        raise ModelError(
+            f"{model_name}: tokenizer has {len(tokenizer)} tokens but the model's embedding has {n_model}; "
+            "use the tokenizer saved with this model"
+        )
+
+
+def load_causal_lm(
+    name_or_path: str | Path, tokenizer: PreTrainedTokenizerBase | None = None, dtype: torch.dtype = torch.float32
+) -> PreTrainedModel:
+    """Load a causal LM (policy or reference) with dropout off, checked against its tokenizer."""
+    model = load_pretrained(AutoModelForCausalLM, name_or_path, "causal LM", dtype=dtype)
+    if tokenizer is not None:
+        check_vocab(model, tokenizer, str(name_or_path))
+        if model.config.pad_token_id is None:
+            model.config.pad_token_id = tokenizer.pad_token_id
+    return disable_dropout(model)
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding: cumsum(mask) - 1, clamped at 0 (REFERENCE D2).
+
+    With them, a left-padded sequence gets exactly the logits it gets unpadded.
+    """
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, L)

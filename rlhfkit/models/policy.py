@@ -1,0 +1,105 @@
+"""The policy's forward over responses: log pi(a_t|s_t), entropy and V(s_t) in one trunk pass.
+
+State s_t = prompt + response[:t], action a_t = response[t]. The hidden state at position
+P - 1 + t has seen exactly s_t, so one slice of the trunk's output gives every quantity the
+trainers need, and the LM head runs over response positions only (never over the prompt).
+
+The critic is either a value head on the policy's own trunk (one forward gives logits and
+values; OAI lm-human-preferences) or a separate value model initialised from the reward model
+(N+/TRL); `ActorCritic` hides which, so the PPO loop is the same for both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel
+
+from rlhfkit.algos.policy import entropy_from_logits, logprobs_from_logits
+from rlhfkit.models.loading import position_ids_from_mask
+from rlhfkit.models.parts import hidden_size, lm_head, score_head, trunk
+
+
+@dataclass
+class PolicyOutput:
+    """Per response token, each (B, T); entropy and values are None when not asked for."""
+
+    logp: torch.Tensor
+    entropy: torch.Tensor | None = None
+    values: torch.Tensor | None = None
+
+
+def response_hidden(
+    model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor
+) -> torch.Tensor:
+    """Trunk hidden states of the states s_0..s_{T-1} that predict the response tokens: (B, T, H)."""
+    n_prompt, n_resp = prompt_ids.shape[1], response_ids.shape[1]
+    input_ids = torch.cat([prompt_ids, response_ids], dim=1)  # (B, P+T)
+    # Tokens after EOS are attended to like any other; causality keeps them out of s_t for t <= EOS.
+    attention_mask = torch.cat([prompt_mask, torch.ones_like(response_ids)], dim=1)
+    hidden = trunk(model)(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask)
+    ).last_hidden_state  # (B, P+T, H)
+    return hidden[:, n_prompt - 1 : n_prompt + n_resp - 1]  # (B, T, H)
+
+
+def token_logprobs(
+    model: PreTrainedModel,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    response_ids: torch.Tensor,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+) -> PolicyOutput:
+    """log pi(a_t|s_t) of a causal LM (the reference model's forward), logits divided by temperature."""
+    hidden = response_hidden(model, prompt_ids, prompt_mask, response_ids)
+    logits = lm_head(model)(hidden)  # (B, T, V)
+    logp = logprobs_from_logits(logits, response_ids, temperature)
+    entropy = entropy_from_logits(logits, temperature) if with_entropy else None
+    return PolicyOutput(logp, entropy)
+
+
+class ActorCritic(torch.nn.Module):
+    """Policy plus critic behind one forward: (logp, entropy, values) per response token.
+
+    `critic=None` puts a value head on the policy trunk (zero-initialised, as OAI does, so the
+    first value estimates are 0); otherwise `critic` is a sequence-classification model whose
+    score head, applied at every position, gives V(s_t).
+    """
+
+    def __init__(self, policy: PreTrainedModel, critic: PreTrainedModel | None = None) -> None:
+        super().__init__()
+        self.policy = policy
+        self.critic = critic
+        self.value_head = None
+        if critic is None:
+            self.value_head = torch.nn.Linear(hidden_size(policy), 1)
+            torch.nn.init.zeros_(self.value_head.weight)
+            torch.nn.init.zeros_(self.value_head.bias)
+
+    @property
+    def shared_trunk(self) -> bool:
+        return self.critic is None
+
+    def forward(
+        self,
+        prompt_ids: torch.Tensor,
+        prompt_mask: torch.Tensor,
+        response_ids: torch.Tensor,
+        temperature: float = 1.0,
+        with_entropy: bool = True,
+        with_values: bool = True,
+    ) -> PolicyOutput:
+        hidden = response_hidden(self.policy, prompt_ids, prompt_mask, response_ids)  # (B, T, H)
+        logits = lm_head(self.policy)(hidden)  # (B, T, V)
+        logp = logprobs_from_logits(logits, response_ids, temperature)
+        entropy = entropy_from_logits(logits, temperature) if with_entropy else None
+        values = None
+        if with_values:
+            if self.value_head is not None:
+                values = self.value_head(hidden).squeeze(-1).float()  # (B, T)
+            else:
+                critic_hidden = response_hidden(self.critic, prompt_ids, prompt_mask, response_ids)
+                values = score_head(self.critic)(critic_hidden).squeeze(-1).float()  # (B, T)
+        return PolicyOutput(logp, entropy, values)

@@ -1,0 +1,117 @@
+"""Setup shared by the trainers: seeds, threads, accelerate, optimiser, schedule, output folder.
+
+Kept out of the training loops so each loop reads as the method's steps.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+
+from rlhfkit.config import save_config
+from rlhfkit.errors import ConfigError
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def make_accelerator(cfg: Any) -> Accelerator:
+    """One Accelerator per run: CPU, one GPU or `accelerate launch` with the same code."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    mp = cfg.mixed_precision
+    if mp == "fp16" and not torch.cuda.is_available():
+        raise ConfigError("setting 'mixed_precision': fp16 needs a GPU; use bf16 or no on a CPU")
+    return Accelerator(mixed_precision=mp)
+
+
+def make_optimizer(params: Any, cfg: Any) -> torch.optim.Optimizer:
+    """AdamW with the multi-tensor (foreach) kernel; fused on CUDA."""
+    params = [p for p in params if p.requires_grad]
+    use_fused = torch.cuda.is_available() and all(p.is_cuda for p in params)
+    return torch.optim.AdamW(
+        params,
+        lr=cfg.learning_rate,
+        weight_decay=cfg.weight_decay,
+        eps=cfg.adam_eps,
+        fused=use_fused or None,
+        foreach=None if use_fused else True,
+    )
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: Any, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup, then constant, linear decay to 0, or cosine decay to 0 (REFERENCE D21)."""
+    import math
+
+    warmup = cfg.warmup_steps
+    total = max(total_steps, 1)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if cfg.lr_schedule == "constant":
+            return 1.0
+        progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+        if cfg.lr_schedule == "linear":
+            return 1.0 - progress
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def check_output_dir(out_dir: str | Path, overwrite: bool) -> Path:
+    """Refuse to replace a finished run unless asked (checked before any work starts)."""
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ConfigError(f"setting 'output_dir': {out} already exists and is not empty; pass --overwrite "
+                          "or choose another directory")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"setting 'output_dir': {out} is a file, not a directory")
+    return out
+
+
+@contextmanager
+def staged_output(out_dir: str | Path, enabled: bool = True) -> Iterator[Path]:
+    """Write a run into a temporary sibling folder and move it into place only on success.
+
+    A run that fails leaves nothing half-written under `out_dir` (the temporary folder is
+    removed); a previous run there is replaced only once the new one is complete.
+    """
+    out = Path(out_dir)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    if not enabled:
+        yield tmp
+        return
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(out)
+
+
+def save_run_config(cfg: Any, folder: Path) -> None:
+    """The resolved config beside the outputs (reload with --config folder/config.yaml)."""
+    save_config(cfg, folder / "config.yaml")

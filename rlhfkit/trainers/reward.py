@@ -1,0 +1,246 @@
+"""Reward model training: r(x, y) = linear head on the LM trunk, loss -log sigmoid(r_c - r_r).
+
+The loop, in order:
+  1. read and check the comparisons (all errors before any model is loaded), split off eval;
+  2. build the reward model (trunk of the base LM + a new scalar head);
+  3. for each batch, chosen and rejected go through ONE forward pass, the Bradley-Terry loss
+     (rlhfkit.algos.reward) is minimised with AdamW;
+  4. evaluate on the held-out comparisons (loss, accuracy, margin, reward mean/std);
+  5. optionally normalise rewards on a reference set, then save the model, tokenizer,
+     config.yaml, metrics.jsonl and eval.json (into a temporary folder moved into place at the end).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from rlhfkit.algos.reward import (
+    bradley_terry_loss,
+    normalization_gain_bias,
+    preference_accuracy,
+    reward_centering_penalty,
+)
+from rlhfkit.data.io import read_rows
+from rlhfkit.data.preferences import expand_pairs, load_examples
+from rlhfkit.data.tokenize import (
+    TokenizedPairs,
+    collate_pairs,
+    encode_prompt,
+    encode_response,
+    pad_right,
+    tokenize_pairs,
+)
+from rlhfkit.errors import DataError
+from rlhfkit.models.loading import load_tokenizer
+from rlhfkit.models.reward_model import RewardScorer, build_reward_model, set_normalization
+from rlhfkit.tracking.console import console, print_table, progress_bar
+from rlhfkit.tracking.metrics import MetricsLogger
+from rlhfkit.trainers.common import (
+    check_output_dir,
+    make_accelerator,
+    make_optimizer,
+    make_scheduler,
+    save_run_config,
+    seed_everything,
+    staged_output,
+)
+from rlhfkit.trainers.reward_config import RewardConfig
+
+
+def load_comparisons(cfg: RewardConfig, tokenizer: Any) -> tuple[TokenizedPairs, TokenizedPairs]:
+    """Train and eval comparisons, tokenised. Eval is split off by row (prompt), never by pair,
+    so pairs of one ranked list never land on both sides."""
+    examples = load_examples(cfg.train_data)
+    if cfg.eval_data:
+        eval_examples = load_examples(cfg.eval_data)
+    else:
+        order = list(range(len(examples)))
+        random.Random(cfg.seed).shuffle(order)
+        n_eval = max(1, round(len(examples) * cfg.eval_fraction))
+        if n_eval >= len(examples):
+            raise DataError(f"{cfg.train_data}: {len(examples)} row(s) are too few to hold out an eval split; "
+                            "add rows or pass --eval-data")
+        held = set(order[:n_eval])
+        eval_examples = [e for i, e in enumerate(examples) if i in held]
+        examples = [e for i, e in enumerate(examples) if i not in held]
+    train = tokenize_pairs(expand_pairs(examples, tokenizer), tokenizer, cfg.max_length, cfg.truncation)
+    evals = tokenize_pairs(expand_pairs(eval_examples, tokenizer), tokenizer, cfg.max_length, cfg.truncation)
+    if len(train) == 0:
+        raise DataError(f"{cfg.train_data}: every comparison is longer than max_length={cfg.max_length}; "
+                        "raise --max-length")
+    if len(evals) == 0:
+        raise DataError(f"{cfg.eval_data or cfg.train_data}: no eval comparison fits max_length={cfg.max_length}")
+    return train, evals
+
+
+def _loader(data: TokenizedPairs, batch_size: int, pad_id: int, shuffle: bool, seed: int) -> DataLoader:
+    items = list(zip(data.chosen, data.rejected, data.weights, data.margins))
+    gen = torch.Generator().manual_seed(seed)
+    return DataLoader(items, batch_size=batch_size, shuffle=shuffle, generator=gen,
+                      collate_fn=partial(collate_pairs, pad_id=pad_id))
+
+
+def pair_loss(scores: torch.Tensor, batch: dict[str, torch.Tensor], cfg: RewardConfig) -> tuple[torch.Tensor, ...]:
+    """Bradley-Terry loss of a (2B,) score vector laid out as [chosen; rejected]."""
+    r_chosen, r_rejected = scores.float().chunk(2)
+    margin = batch["margins"] if cfg.margin_column and bool(batch["margins"].any()) else None
+    loss = bradley_terry_loss(r_chosen, r_rejected, margin=margin, weights=batch["weights"])
+    if cfg.center_rewards_coef > 0:
+        loss = loss + cfg.center_rewards_coef * reward_centering_penalty(r_chosen, r_rejected)
+    return loss, r_chosen, r_rejected
+
+
+@torch.no_grad()
+def evaluate(scorer: torch.nn.Module, loader: DataLoader, accelerator: Any, cfg: RewardConfig) -> dict[str, float]:
+    """Held-out loss, accuracy (share of pairs with r_c > r_r), mean margin and reward mean/std."""
+    scorer.eval()
+    chosen, rejected, weights, margins = [], [], [], []
+    for batch in loader:
+        with accelerator.autocast():
+            scores = scorer(batch["input_ids"], batch["attention_mask"])
+        r_c, r_r = scores.float().chunk(2)
+        gathered = accelerator.gather_for_metrics((r_c, r_r, batch["weights"], batch["margins"]))
+        for bucket, value in zip((chosen, rejected, weights, margins), gathered):
+            bucket.append(value.cpu())
+    r_c, r_r, w, m = (torch.cat(b) for b in (chosen, rejected, weights, margins))
+    use_margin = cfg.margin_column and bool(m.any())
+    all_r = torch.cat([r_c, r_r])
+    scorer.train()
+    return {
+        "eval/loss": bradley_terry_loss(r_c, r_r, margin=m if use_margin else None, weights=w).item(),
+        "eval/accuracy": preference_accuracy(r_c, r_r).item(),
+        "eval/margin": (r_c - r_r).mean().item(),
+        "eval/reward_mean": all_r.mean().item(),
+        "eval/reward_std": all_r.std(unbiased=False).item(),
+        "eval/pairs": len(r_c),
+    }
+
+
+@torch.no_grad()
+def normalization_scores(scorer: torch.nn.Module, cfg: RewardConfig, tokenizer: Any,
+                         train: TokenizedPairs) -> torch.Tensor:
+    """Raw rewards of the reference set used for normalisation (REFERENCE F2)."""
+    if cfg.normalize_data:
+        seqs = []
+        for i, row in enumerate(read_rows(cfg.normalize_data), start=1):
+            prompt, completion = row.get("prompt"), row.get("completion", row.get("response"))
+            if not isinstance(prompt, str) or not isinstance(completion, str) or not completion.strip():
+                raise DataError(f"{cfg.normalize_data}, row {i}: needs text fields 'prompt' and 'completion'")
+            seq = encode_prompt(tokenizer, prompt) + encode_response(tokenizer, completion)
+            seqs.append(seq[-cfg.max_length:])
+    else:
+        seqs = train.chosen + train.rejected
+    device = next(scorer.parameters()).device
+    scores = []
+    for i in range(0, len(seqs), cfg.eval_batch_size):
+        ids, mask = pad_right(seqs[i:i + cfg.eval_batch_size], tokenizer.pad_token_id)
+        scores.append(scorer(ids.to(device), mask.to(device)).float().cpu())
+    return torch.cat(scores)
+
+
+def train(cfg: RewardConfig) -> dict[str, float]:
+    """Train a reward model as configured; returns the final evaluation metrics."""
+    out_dir = check_output_dir(cfg.output_dir, cfg.overwrite)
+    accelerator = make_accelerator(cfg)
+    main = accelerator.is_main_process
+    seed_everything(cfg.seed)
+
+    # 1. Data (checked completely before the model is built).
+    tokenizer = load_tokenizer(cfg.model, padding_side="right")
+    train_data, eval_data = load_comparisons(cfg, tokenizer)
+    if main and (train_data.truncated or train_data.dropped or eval_data.truncated or eval_data.dropped):
+        console.print(f"[yellow]max_length={cfg.max_length}: truncated {train_data.truncated} train / "
+                      f"{eval_data.truncated} eval prompts, dropped {train_data.dropped} train / "
+                      f"{eval_data.dropped} eval pairs")
+
+    # 2. Model, optimiser, schedule.
+    model = build_reward_model(cfg.model, tokenizer)
+    scorer = RewardScorer(model)
+    pad_id = tokenizer.pad_token_id
+    train_loader = _loader(train_data, cfg.batch_size, pad_id, shuffle=True, seed=cfg.seed)
+    eval_loader = _loader(eval_data, cfg.eval_batch_size, pad_id, shuffle=False, seed=cfg.seed)
+    optimizer = make_optimizer(scorer.parameters(), cfg)
+    total_steps = cfg.epochs * math.ceil(len(train_data) / (cfg.batch_size * accelerator.num_processes))
+    scheduler = make_scheduler(optimizer, cfg, total_steps)
+    scorer, optimizer, train_loader, eval_loader, scheduler = accelerator.prepare(
+        scorer, optimizer, train_loader, eval_loader, scheduler
+    )
+
+    with staged_output(out_dir, enabled=main) as tmp:
+        logger = MetricsLogger(tmp, tensorboard=cfg.tensorboard, enabled=main)
+        step, pairs_seen, t_train = 0, 0, 0.0
+        with progress_bar(total_steps, "reward model", keys=("loss", "acc", "eval_acc"), enabled=main) as bar:
+            # 3. Bradley-Terry updates.
+            for _epoch in range(cfg.epochs):
+                for batch in train_loader:
+                    t0 = time.perf_counter()
+                    with accelerator.autocast():
+                        scores = scorer(batch["input_ids"], batch["attention_mask"])  # (2B,)
+                    loss, r_c, r_r = pair_loss(scores, batch, cfg)
+                    accelerator.backward(loss)
+                    if cfg.max_grad_norm > 0:
+                        accelerator.clip_grad_norm_(scorer.parameters(), cfg.max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    t_train += time.perf_counter() - t0
+                    step += 1
+                    pairs_seen += len(r_c) * accelerator.num_processes
+                    shown = {"loss": loss.item(), "acc": preference_accuracy(r_c, r_r).item()}
+                    if step % cfg.log_every == 0 or step == total_steps:
+                        logger.log(step, {"loss/train": shown["loss"], "train/accuracy": shown["acc"],
+                                          "train/lr": scheduler.get_last_lr()[0],
+                                          "perf/pairs_per_s": pairs_seen / max(t_train, 1e-9)})
+                    # 4. Held-out evaluation.
+                    if cfg.eval_every and step % cfg.eval_every == 0 and step != total_steps:
+                        metrics = evaluate(scorer, eval_loader, accelerator, cfg)
+                        logger.log(step, metrics)
+                        shown["eval_acc"] = metrics["eval/accuracy"]
+                    bar.update(1, **shown)
+        metrics = evaluate(scorer, eval_loader, accelerator, cfg)
+        metrics["perf/pairs_per_s"] = pairs_seen / max(t_train, 1e-9)
+        metrics["train/steps"] = step
+
+        # 5. Normalisation and saving.
+        unwrapped = accelerator.unwrap_model(scorer).model
+        if cfg.normalize != "none":
+            raw = normalization_scores(accelerator.unwrap_model(scorer), cfg, tokenizer, train_data)
+            if cfg.normalize == "mean_std":
+                gain, bias = normalization_gain_bias(raw, target_mean=0.0, target_std=1.0)
+                gain, bias = float(gain), float(bias)
+            else:
+                gain, bias = 1.0, -raw.mean().item()
+            set_normalization(unwrapped, gain, bias)
+            metrics.update({"normalize/gain": gain, "normalize/bias": bias, "normalize/raw_mean": raw.mean().item()})
+        logger.log(step, metrics)
+        logger.close()
+        if main:
+            unwrapped.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            save_run_config(cfg, tmp)
+            (tmp / "eval.json").write_text(json.dumps(metrics, indent=2))
+        accelerator.wait_for_everyone()
+    if main:
+        print_table(f"reward model -> {out_dir}", [
+            ("held-out accuracy", metrics["eval/accuracy"]),
+            ("held-out loss", metrics["eval/loss"]),
+            ("mean margin r_c - r_r", metrics["eval/margin"]),
+            ("comparisons (train / eval)", f"{len(train_data)} / {len(eval_data)}"),
+            ("pairs / s", metrics["perf/pairs_per_s"]),
+        ])
+    return metrics
+
+
+def run(cfg: RewardConfig) -> Path:
+    """CLI entry: train and return the output folder."""
+    train(cfg)
+    return Path(cfg.output_dir)

@@ -1,0 +1,64 @@
+"""`rlhfkit score`: score prompt + completion rows with a saved reward model."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlhfkit.data.io import read_rows, write_jsonl
+from rlhfkit.data.tokenize import encode_prompt, encode_response, pad_right
+from rlhfkit.errors import DataError
+from rlhfkit.models.loading import load_tokenizer
+from rlhfkit.models.reward_model import build_reward_model, reward_scores
+from rlhfkit.trainers.reward_config import ScoreConfig
+
+
+def _encode_rows(rows: list[dict[str, Any]], name: str, tokenizer: Any, max_length: int) -> list[list[int]]:
+    seqs = []
+    for i, row in enumerate(rows, start=1):
+        prompt = row.get("prompt", "")
+        field = "completion" if "completion" in row else "response"
+        completion = row.get(field)
+        if not isinstance(prompt, str):
+            raise DataError(f"{name}, row {i}, field 'prompt': expected text, got {type(prompt).__name__}")
+        if not isinstance(completion, str) or not completion.strip():
+            raise DataError(f"{name}, row {i}, field '{field}': expected non-empty text")
+        response = encode_response(tokenizer, completion)
+        if len(response) >= max_length:
+            raise DataError(f"{name}, row {i}: the completion alone is {len(response)} tokens, longer than "
+                            f"max_length={max_length}; raise --max-length")
+        prompt_ids = encode_prompt(tokenizer, prompt)
+        keep = max_length - len(response)  # prompts lose tokens on the left, never the completion
+        seqs.append(prompt_ids[-keep:] + response if len(prompt_ids) > keep else prompt_ids + response)
+    return seqs
+
+
+@torch.no_grad()
+def score_rows(cfg: ScoreConfig) -> list[dict[str, Any]]:
+    """The input rows, each with a `score` field."""
+    rows = read_rows(cfg.data)
+    if not rows:
+        raise DataError(f"{cfg.data}: no rows")
+    tokenizer = load_tokenizer(cfg.model, padding_side="right")
+    seqs = _encode_rows(rows, cfg.data, tokenizer, cfg.max_length)
+    model = build_reward_model(cfg.model, tokenizer, init_head=False).eval()
+    scores: list[float] = []
+    for i in range(0, len(seqs), cfg.batch_size):
+        ids, mask = pad_right(seqs[i:i + cfg.batch_size], tokenizer.pad_token_id)
+        scores += reward_scores(model, ids, mask, normalized=cfg.normalized).tolist()
+    return [{**row, "score": s} for row, s in zip(rows, scores)]
+
+
+def run(cfg: ScoreConfig) -> None:
+    """CLI entry: write scored rows to cfg.output, or print them as JSON lines."""
+    scored = score_rows(cfg)
+    if cfg.output:
+        write_jsonl(cfg.output, scored)
+        print(f"scored {len(scored)} rows -> {Path(cfg.output)}", file=sys.stderr)
+    else:
+        for row in scored:
+            print(json.dumps(row, ensure_ascii=False))

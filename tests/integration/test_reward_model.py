@@ -1,0 +1,139 @@
+"""Reward model training on tiny models: it learns a known rule, saves in plain HF format, and
+reads its score at the last real token whatever the padding."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from rlhfkit.data.tokenize import encode_prompt, encode_response, pad_left, pad_right
+from rlhfkit.errors import DataError, ModelError
+from rlhfkit.models.loading import load_tokenizer
+from rlhfkit.models.reward_model import build_reward_model, reward_scores
+from rlhfkit.trainers.reward import train
+from rlhfkit.trainers.reward_config import RewardConfig, ScoreConfig
+from rlhfkit.trainers.score import score_rows
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model_dir: Path, rule_pairs_file: Path, rule_eval_file: Path, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("rm") / "reward"
+    cfg = RewardConfig(model=str(tiny_model_dir), train_data=str(rule_pairs_file), eval_data=str(rule_eval_file),
+                       output_dir=str(out), learning_rate=2e-3, batch_size=16, max_length=96, eval_every=20,
+                       normalize="mean", seed=0)
+    return out, train(cfg)
+
+
+def test_learns_the_known_rule(trained: tuple[Path, dict]) -> None:
+    _, metrics = trained
+    assert metrics["eval/accuracy"] >= 0.95
+    assert metrics["eval/loss"] < 0.3  # well below log 2 = 0.693, the loss of a head that knows nothing
+
+
+def test_output_folder_and_metrics(trained: tuple[Path, dict]) -> None:
+    out, metrics = trained
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "config.yaml", "metrics.jsonl", "eval.json"):
+        assert (out / name).is_file(), name
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if "eval/accuracy" in r]
+    assert len(evals) >= 2  # every 20 steps and at the end
+    assert json.loads((out / "eval.json").read_text())["eval/accuracy"] == metrics["eval/accuracy"]
+    assert not list(out.parent.glob(".reward.tmp-*"))
+
+
+def _sequences(tok, rows: list[dict]) -> list[list[int]]:
+    return [encode_prompt(tok, r["prompt"]) + encode_response(tok, r["chosen"]) for r in rows]
+
+
+def test_saved_model_loads_with_plain_transformers_and_gives_the_same_scores(trained, rule_eval_file: Path) -> None:
+    out, _ = trained
+    rows = [json.loads(line) for line in rule_eval_file.read_text().splitlines()[:8]]
+    tok = load_tokenizer(out, padding_side="right")
+    ids, mask = pad_right(_sequences(tok, rows), tok.pad_token_id)
+    hf = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    assert AutoTokenizer.from_pretrained(out).pad_token_id == tok.pad_token_id
+    with torch.no_grad():
+        plain = hf(input_ids=ids, attention_mask=mask).logits.squeeze(-1)
+        ours = reward_scores(build_reward_model(out, tok, init_head=False).eval(), ids, mask, normalized=False)
+    torch.testing.assert_close(ours, plain, atol=1e-5, rtol=0)
+
+
+def test_padding_side_and_batch_composition_do_not_change_a_score(trained, rule_eval_file: Path) -> None:
+    out, _ = trained
+    rows = [json.loads(line) for line in rule_eval_file.read_text().splitlines()[:6]]
+    tok = load_tokenizer(out)
+    model = build_reward_model(out, tok, init_head=False).eval()
+    seqs = _sequences(tok, rows)
+    with torch.no_grad():
+        right = reward_scores(model, *pad_right(seqs, tok.pad_token_id))
+        left = reward_scores(model, *pad_left(seqs, tok.pad_token_id))
+        alone = torch.cat([reward_scores(model, *pad_right([s], tok.pad_token_id)) for s in seqs])
+        reordered = reward_scores(model, *pad_right(seqs[::-1], tok.pad_token_id)).flip(0)
+    torch.testing.assert_close(left, right, atol=1e-5, rtol=0)
+    torch.testing.assert_close(alone, right, atol=1e-5, rtol=0)
+    torch.testing.assert_close(reordered, right, atol=1e-5, rtol=0)
+
+
+def test_normalisation_centres_the_training_responses(trained, rule_pairs_file: Path) -> None:
+    out, metrics = trained
+    # normalize="mean" shifts by minus the mean raw reward of all training responses (chosen and rejected)
+    rows = [json.loads(line) for line in rule_pairs_file.read_text().splitlines()]
+    tok = load_tokenizer(out)
+    model = build_reward_model(out, tok, init_head=False).eval()
+    seqs = [encode_prompt(tok, r["prompt"]) + encode_response(tok, r[k]) for r in rows for k in ("chosen", "rejected")]
+    with torch.no_grad():
+        scores = torch.cat([reward_scores(model, *pad_right(seqs[i:i + 100], tok.pad_token_id))
+                            for i in range(0, len(seqs), 100)])
+    assert abs(scores.double().mean().item()) < 1e-4
+    assert metrics["normalize/bias"] == pytest.approx(-metrics["normalize/raw_mean"])
+
+
+def test_score_command_scores_rows(trained, tmp_path: Path) -> None:
+    out, _ = trained
+    data = tmp_path / "rows.jsonl"
+    data.write_text(json.dumps({"prompt": "describe the", "completion": " road great light"}) + "\n"
+                    + json.dumps({"prompt": "describe the", "completion": " road awful light"}) + "\n")
+    good, bad = score_rows(ScoreConfig(model=str(out), data=str(data)))
+    assert good["score"] > bad["score"]  # the rule: a positive word beats a negative one
+
+
+def test_failed_run_leaves_nothing_behind(tiny_model_dir, rule_pairs_file, tmp_path: Path, monkeypatch) -> None:
+    out = tmp_path / "rm"
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("simulated crash during training")
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", boom)
+    cfg = RewardConfig(model=str(tiny_model_dir), train_data=str(rule_pairs_file), output_dir=str(out), max_length=96)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(cfg)
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_model_paths_and_vocab_mismatch(tiny_model_dir: Path, rule_pairs_file: Path, tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="model path does not exist"):
+        train(RewardConfig(model=str(tmp_path / "missing"), train_data=str(rule_pairs_file),
+                           output_dir=str(tmp_path / "o")))
+    # a model whose tokenizer can emit ids beyond the embedding table
+    from rlhfkit.models.tiny import tiny_causal_lm
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = tiny_causal_lm(tok)
+    model.resize_token_embeddings(len(tok) - 10)
+    broken = tmp_path / "broken"
+    model.save_pretrained(broken)
+    tok.save_pretrained(broken)
+    with pytest.raises(ModelError, match="tokenizer has .* tokens but the model's embedding has"):
+        train(RewardConfig(model=str(broken), train_data=str(rule_pairs_file), output_dir=str(tmp_path / "o")))
+    assert not (tmp_path / "o").exists()
+
+
+def test_too_long_pairs_are_reported(tiny_model_dir: Path, rule_pairs_file: Path, tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="every comparison is longer than max_length=3"):
+        train(RewardConfig(model=str(tiny_model_dir), train_data=str(rule_pairs_file), output_dir=str(tmp_path / "o"),
+                           max_length=3))

@@ -1,0 +1,93 @@
+"""Prompt sets for rollouts: a 'prompt' column (text or chat messages), or a .txt file, one per line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlhfkit.data.io import Source, read_rows, source_name
+from rlhfkit.data.preferences import render
+from rlhfkit.data.tokenize import encode_prompt, pad_left
+from rlhfkit.errors import DataError
+
+
+def load_prompt_texts(source: Source, tokenizer: Any = None) -> tuple[list[str], list[bool]]:
+    """(texts, templated) of every prompt; chat prompts are rendered with the chat template."""
+    name = source_name(source)
+    if isinstance(source, (str, Path)) and Path(source).suffix.lower() == ".txt":
+        path = Path(source)
+        if not path.is_file():
+            raise DataError(f"{path}: file not found")
+        texts = [line.rstrip("\n") for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if not texts:
+            raise DataError(f"{path}: no prompts (the file is empty)")
+        return texts, [False] * len(texts)
+    rows = read_rows(source)
+    if not rows:
+        raise DataError(f"{name}: no prompts (the file is empty)")
+    texts, templated = [], []
+    for i, row in enumerate(rows, start=1):
+        if "prompt" not in row:
+            raise DataError(f"{name}, row {i}: missing column 'prompt' (found: {', '.join(sorted(row)) or 'none'})")
+        value = row["prompt"]
+        if isinstance(value, list):
+            text, _, is_templated = render(value, "", tokenizer)
+        elif isinstance(value, str) and value.strip():
+            text, is_templated = value, False
+        else:
+            raise DataError(f"{name}, row {i}, field 'prompt': expected non-empty text or chat messages")
+        texts.append(text)
+        templated.append(is_templated)
+    return texts, templated
+
+
+class PromptSet:
+    """Tokenised prompts, cut to the last `max_length` tokens, served in seeded shuffled passes.
+
+    The order of pass e is a permutation seeded by (seed, e), so the sampler's whole state is
+    the number of prompts served: a resumed run continues with the same prompts.
+    """
+
+    def __init__(self, texts: list[str], ids: list[list[int]], seed: int = 0) -> None:
+        self.texts, self.ids, self.seed = texts, ids, seed
+        self.served = 0
+
+    @classmethod
+    def from_source(cls, source: Source, tokenizer: Any, max_length: int, seed: int = 0) -> PromptSet:
+        texts, templated = load_prompt_texts(source, tokenizer)
+        ids = [encode_prompt(tokenizer, t, tmpl)[-max_length:] for t, tmpl in zip(texts, templated)]
+        for i, x in enumerate(ids):
+            if not x:
+                raise DataError(f"{source_name(source)}, row {i + 1}, field 'prompt': encodes to no tokens")
+        return cls(texts, ids, seed)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def _order(self, epoch: int) -> list[int]:
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(len(self), generator=gen).tolist()
+
+    def next_indices(self, n: int) -> list[int]:
+        """The next n prompt indices (passes over the set follow one another)."""
+        out = []
+        while len(out) < n:
+            epoch, pos = divmod(self.served, len(self))
+            order = self._order(epoch)
+            take = min(n - len(out), len(self) - pos)
+            out += order[pos : pos + take]
+            self.served += take
+        return out
+
+    def batch(self, indices: list[int], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        """Left-padded (ids, mask) and the texts of the given prompts."""
+        ids, mask = pad_left([self.ids[i] for i in indices], pad_id)
+        return ids, mask, [self.texts[i] for i in indices]
+
+    def state_dict(self) -> dict[str, int]:
+        return {"served": self.served, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.served, self.seed = int(state["served"]), int(state["seed"])

@@ -1,0 +1,77 @@
+"""Collect one Rollout: sample responses, recompute log-probs and values, score the episodes.
+
+Old log-probs are recomputed with the trainer's own forward (dropout off, logits / T) rather
+than taken from the sampling loop (REFERENCE D7), in the same row groups as the first epoch's
+minibatches: the first minibatch then sees ratio == 1 exactly (S1), bit for bit.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from rlhfkit.models.policy import ActorCritic
+from rlhfkit.rollout.batch import Rollout
+from rlhfkit.rollout.sampling import SamplingSettings, sample
+from rlhfkit.rollout.scoring import Scorer
+
+ReferenceFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def decode_responses(tokenizer: Any, response_ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
+    """Response texts up to (not including) the first EOS."""
+    return [
+        tokenizer.decode(ids[m].tolist(), skip_special_tokens=True)
+        for ids, m in zip(response_ids, mask)
+    ]
+
+
+@torch.no_grad()
+def collect_rollout(
+    actor: ActorCritic,
+    reference: ReferenceFn,
+    scorer: Scorer,
+    tokenizer: Any,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    prompt_texts: Sequence[str],
+    sampling: SamplingSettings,
+    seeds: list[int],
+    forward_chunks: list[torch.Tensor],
+    with_values: bool = True,
+    missing_eos_penalty: float = 0.0,
+) -> tuple[Rollout, dict[str, float]]:
+    """One batch of episodes and the seconds spent generating and scoring them."""
+    t0 = time.perf_counter()
+    samples = sample(actor.policy, prompt_ids, prompt_mask, sampling, tokenizer.eos_token_id,
+                     tokenizer.pad_token_id, seeds)
+    t_gen = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    batch, n_resp = prompt_ids.shape[0], samples.response_ids.shape[1]
+    logp = torch.zeros(batch, n_resp)
+    values = torch.zeros(batch, n_resp) if with_values else None
+    for rows in forward_chunks:
+        out = actor(prompt_ids[rows], prompt_mask[rows], samples.response_ids[rows], sampling.temperature,
+                    with_entropy=False, with_values=with_values)
+        logp[rows] = out.logp.float()
+        if with_values:
+            values[rows] = out.values.float()
+    ref_logp = reference(prompt_ids, prompt_mask, samples.response_ids).float()
+    responses = decode_responses(tokenizer, samples.response_ids, samples.response_mask)
+    scores = scorer(prompt_ids, prompt_mask, samples.response_ids, samples.response_mask, prompt_texts,
+                    responses).float()
+    if missing_eos_penalty:
+        # Responses that never stop lose a fixed amount (TRL's missing_eos_penalty, REFERENCE D5).
+        scores = scores - missing_eos_penalty * (~samples.ended).float()
+    t_score = time.perf_counter() - t0
+
+    rollout = Rollout(
+        prompt_ids=prompt_ids, prompt_mask=prompt_mask, response_ids=samples.response_ids, mask=samples.response_mask,
+        ended=samples.ended, logp=logp, ref_logp=ref_logp, scores=scores, values=values,
+        prompts=list(prompt_texts), responses=responses,
+    )
+    return rollout, {"time/generation": t_gen, "time/scoring": t_score}

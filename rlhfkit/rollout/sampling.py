@@ -1,0 +1,133 @@
+"""Batched sampling with a KV cache: temperature, top-k, top-p, max new tokens, stop at EOS.
+
+Each episode draws its randomness from its own generator, seeded by the caller (for example
+from the run seed, the iteration and the episode's global index). A response then depends
+only on its prompt and its seed, not on which other prompts share the batch or the process,
+so 1 process and N processes sample the same episodes and a resumed run repeats the same
+samples. Sampling is Gumbel-max: argmax(z / T + g) with g ~ Gumbel(0, 1) is an exact draw from
+softmax(z / T).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache, PreTrainedModel
+
+from rlhfkit.models.loading import position_ids_from_mask
+
+
+@dataclass
+class SamplingSettings:
+    max_new_tokens: int = 32
+    temperature: float = 1.0
+    top_k: int = 0  # 0 = no top-k filtering
+    top_p: float = 1.0  # 1 = no nucleus filtering
+    stop_at_eos: bool = True
+    greedy: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if not self.greedy and self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0 when sampling, got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+@dataclass
+class Samples:
+    """Sampled responses, right-padded: tokens after the first EOS are pad and masked out."""
+
+    response_ids: torch.Tensor  # (B, T) int64
+    response_mask: torch.Tensor  # (B, T) bool: real tokens up to and including the first EOS
+    ended: torch.Tensor  # (B,) bool: the response emitted EOS
+
+
+def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Set logits outside the top-k / nucleus (top-p) set to -inf; always keeps the best token."""
+    if top_k > 0 and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        # Drop a token when the tokens ranked above it already hold top_p of the mass.
+        drop_sorted = (cum - sorted_logits.softmax(-1)) >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def episode_generators(seeds: list[int]) -> list[torch.Generator]:
+    """One CPU generator per episode."""
+    return [torch.Generator().manual_seed(int(s) % 2**63) for s in seeds]
+
+
+def gumbel_noise(generators: list[torch.Generator], vocab_size: int, device: torch.device) -> torch.Tensor:
+    """(B, V) Gumbel(0, 1) noise, row b from generator b."""
+    u = torch.stack([torch.rand(vocab_size, generator=g) for g in generators])  # (B, V) in [0, 1)
+    return (-torch.log(-torch.log(u.clamp_min(1e-20)))).to(device)
+
+
+@torch.no_grad()
+def sample(
+    model: PreTrainedModel,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    settings: SamplingSettings,
+    eos_token_id: int | None,
+    pad_token_id: int,
+    seeds: list[int] | None = None,
+) -> Samples:
+    """Sample one response per left-padded prompt (B, P) with a KV cache.
+
+    The loop stops early once every response has emitted EOS (when `stop_at_eos`).
+    """
+    batch, device = prompt_ids.shape[0], prompt_ids.device
+    if seeds is None:
+        seeds = torch.randint(0, 2**62, (batch,)).tolist()
+    if len(seeds) != batch:
+        raise ValueError(f"need one seed per prompt: {batch} prompts, {len(seeds)} seeds")
+    generators = episode_generators(seeds)
+    attention = prompt_mask.long()
+    positions = position_ids_from_mask(attention)
+    cache = DynamicCache()
+    out = model(input_ids=prompt_ids, attention_mask=attention, position_ids=positions,
+                past_key_values=cache, use_cache=True, logits_to_keep=1)
+    next_pos = positions[:, -1:] + 1
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    tokens = []
+    for _ in range(settings.max_new_tokens):
+        logits = out.logits[:, -1].float()  # (B, V)
+        if settings.greedy:
+            token = logits.argmax(-1)
+        else:
+            logits = filter_logits(logits / settings.temperature, settings.top_k, settings.top_p)
+            token = (logits + gumbel_noise(generators, logits.shape[-1], device)).argmax(-1)  # (B,)
+        token = token.masked_fill(finished, pad_token_id)
+        tokens.append(token)
+        if eos_token_id is not None:
+            finished |= token == eos_token_id
+            if settings.stop_at_eos and bool(finished.all()):
+                break
+        attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
+        out = model(input_ids=token[:, None], attention_mask=attention, position_ids=next_pos,
+                    past_key_values=out.past_key_values, use_cache=True)
+        next_pos = next_pos + 1
+    response = torch.stack(tokens, dim=1)  # (B, T)
+    mask, ended = response_mask(response, eos_token_id)
+    return Samples(response.masked_fill(~mask, pad_token_id), mask, ended)
+
+
+def response_mask(response_ids: torch.Tensor, eos_token_id: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mask, ended): mask is True up to and including the first EOS (all True without EOS)."""
+    if eos_token_id is None:
+        full = torch.ones_like(response_ids, dtype=torch.bool)
+        return full, torch.zeros(response_ids.shape[0], dtype=torch.bool, device=response_ids.device)
+    is_eos = response_ids == eos_token_id
+    eos_before = is_eos.long().cumsum(-1) - is_eos.long()  # EOS tokens strictly before t
+    return eos_before == 0, is_eos.any(-1)

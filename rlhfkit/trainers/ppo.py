@@ -1,0 +1,146 @@
+"""PPO for language models (Schulman et al. 2017; Ziegler et al. 2019; Stiennon et al. 2020).
+
+The policy is the LM: state s_t = prompt + response[:t], action a_t = the next token. One
+iteration:
+  1. rollout: sample responses to a batch of prompts; recompute log pi_old, V and log pi_ref;
+  2. rewards: the reward model's score at the last response token, minus beta * KL per token;
+  3. advantages: A = Q - V estimated with GAE(gamma, lambda), whitened over response tokens;
+     value targets R_t = A_t + V_t;
+  4. update_epochs x num_minibatches steps on loss = -(L_CLIP - c1 L_VF + c2 H);
+  5. KL controller, metrics, samples, checkpoint.
+Every number optimised comes from rlhfkit.algos.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlhfkit.algos.advantages import gae
+from rlhfkit.algos.kl import KL_ESTIMATORS, shaped_rewards
+from rlhfkit.algos.masked import explained_variance, masked_whiten
+from rlhfkit.algos.ppo import ppo_loss
+from rlhfkit.rollout.collect import collect_rollout
+from rlhfkit.tracking.console import print_table, progress_bar
+from rlhfkit.trainers.rl_common import (
+    RewardFn,
+    RLRun,
+    build_rl,
+    checkpoint,
+    iteration_generator,
+    log_samples,
+    rollout_metrics,
+    rollout_seeds,
+    save_final,
+)
+from rlhfkit.trainers.rl_config import PPOConfig
+
+
+def ppo_update(run: RLRun, rollout: Any, perms: list[torch.Tensor], minibatch: int) -> dict[str, float]:
+    """Step 4: epochs x minibatches of PPO updates; returns the mean of each statistic."""
+    cfg, acc = run.cfg, run.accelerator
+    stats: dict[str, list[float]] = defaultdict(list)
+    for perm in perms:
+        for rows in perm.split(minibatch):
+            mb = rollout.index(rows)
+            with acc.autocast():
+                out = run.actor(mb.prompt_ids, mb.prompt_mask, mb.response_ids, cfg.temperature)
+            loss, step_stats = ppo_loss(
+                out.logp.float(), mb.logp, mb.advantages, out.values, mb.values, mb.returns, out.entropy.float(),
+                mb.mask, clip_eps=cfg.clip_eps, clip_eps_value=cfg.clip_eps_value or None, vf_coef=cfg.vf_coef,
+                ent_coef=cfg.ent_coef, mode=cfg.loss_reduction,
+            )
+            acc.backward(loss)
+            if cfg.max_grad_norm > 0:
+                stats["policy/grad_norm"].append(float(acc.clip_grad_norm_(run.actor.parameters(), cfg.max_grad_norm)))
+            run.optimizer.step()
+            run.scheduler.step()
+            run.optimizer.zero_grad(set_to_none=True)
+            for k, v in step_stats.items():
+                stats[k].append(float(v))
+            if len(stats["loss/total"]) == 1:
+                # Sanity check S1: before any update the ratio is exactly 1 on the first minibatch.
+                stats["policy/clipfrac_first"].append(float(step_stats["policy/clipfrac"]))
+                stats["policy/approx_kl_first"].append(float(step_stats["policy/approx_kl"]))
+            if cfg.target_kl and float(step_stats["policy/approx_kl"]) > 1.5 * cfg.target_kl:
+                stats["policy/early_stop"].append(1.0)
+                return {k: sum(v) / len(v) for k, v in stats.items()}
+    return {k: sum(v) / len(v) for k, v in stats.items()}
+
+
+def train(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> list[dict[str, Any]]:
+    """Run PPO as configured; returns the per-iteration metrics."""
+    steps = cfg.update_epochs * cfg.num_minibatches
+    run = build_rl(cfg, with_critic=True, separate_critic=cfg.critic == "separate", steps_per_iteration=steps,
+                   reward_fn=reward_fn)
+    acc, batch = run.accelerator, cfg.rollout_batch_size
+    local_batch = batch // acc.num_processes
+    minibatch = local_batch // cfg.num_minibatches
+    history = []
+    with progress_bar(cfg.iterations, "ppo", keys=("reward", "kl"), enabled=run.main) as bar:
+        bar.update(run.start_iteration)
+        for it in range(run.start_iteration, cfg.iterations):
+            t_iter = time.perf_counter()
+            # 1. Rollout (old log-probs in the first epoch's minibatch groups, so ratio == 1 exactly there).
+            indices = run.prompts.next_indices(batch)
+            seeds, share = rollout_seeds(run, it, batch)
+            ids, mask, texts = run.prompts.batch(indices[share], run.tokenizer.pad_token_id)
+            gen = iteration_generator(cfg.seed, it)
+            perms = [torch.randperm(local_batch, generator=gen) for _ in range(cfg.update_epochs)]
+            with acc.autocast():
+                rollout, times = collect_rollout(
+                    run.unwrapped, run.reference, run.scorer, run.tokenizer, ids.to(acc.device), mask.to(acc.device),
+                    texts, run.sampling, seeds, list(perms[0].split(minibatch)), with_values=True,
+                    missing_eos_penalty=cfg.missing_eos_penalty,
+                )
+            # 2. Rewards: score at the last response token minus beta * KL per token.
+            beta = run.kl_ctl.value
+            kl = KL_ESTIMATORS[cfg.kl_estimator](rollout.logp, rollout.ref_logp, rollout.mask)  # (B, T)
+            rewards = shaped_rewards(rollout.scores, kl, rollout.mask, beta)
+            if cfg.whiten_rewards:
+                rewards = masked_whiten(rewards, rollout.mask, shift_mean=False)
+            # 3. Advantages A = Q - V by GAE, whitened; returns are the value targets.
+            advantages, returns = gae(rewards, rollout.values, rollout.mask, gamma=cfg.gamma, lam=cfg.lam)
+            rollout.rewards, rollout.returns = rewards, returns
+            rollout.advantages = masked_whiten(advantages, rollout.mask)
+            # 4. PPO epochs over shuffled minibatches.
+            t_train = time.perf_counter()
+            update_stats = ppo_update(run, rollout, perms, minibatch)
+            t_train = time.perf_counter() - t_train
+            # 5. KL controller, metrics, samples, checkpoint.
+            metrics = rollout_metrics(rollout, kl, beta)
+            run.kl_ctl.update(metrics["kl/ref"], batch)
+            metrics.update(update_stats)
+            metrics["value/explained_variance"] = float(explained_variance(rollout.values, returns, rollout.mask))
+            metrics.update(times)
+            metrics["time/training"] = t_train
+            metrics["time/iteration"] = time.perf_counter() - t_iter
+            metrics["train/lr"] = run.scheduler.get_last_lr()[0]
+            history.append(run.logger.log(it, metrics))
+            if cfg.sample_every and it % cfg.sample_every == 0:
+                log_samples(run, it, rollout)
+            if cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0 and it + 1 < cfg.iterations:
+                checkpoint(run, it)
+            bar.update(1, reward=metrics["reward/mean"], kl=metrics["kl/ref"])
+    checkpoint(run, cfg.iterations - 1)
+    save_final(run)
+    run.logger.close()
+    if run.main and history:
+        last = history[-1]
+        print_table(f"ppo -> {run.out_dir}", [
+            ("reward (first -> last iteration)", f"{history[0]['reward/mean']:.3f} -> {last['reward/mean']:.3f}"),
+            ("KL to reference", last["kl/ref"]),
+            ("entropy", last.get("policy/entropy", float("nan"))),
+            ("seconds / iteration", last["time/iteration"]),
+        ])
+    return history
+
+
+def run(cfg: PPOConfig) -> Path:
+    """CLI entry."""
+    train(cfg)
+    return Path(cfg.output_dir)

@@ -1,0 +1,199 @@
+"""REINFORCE with a baseline (Williams 1992), RLOO (Ahmadian et al. 2024) and GRPO (Shao et al. 2024).
+
+A response is one trajectory tau with return R(tau) = score - beta * KL (or the plain score
+when the KL enters the loss, as GRPO does). The estimator is
+
+    grad J(theta) = E[ sum_t grad log pi(a_t|s_t) (R(tau) - b) ]
+
+with the baseline b chosen by setting: none, a moving mean of R, the value V(s_t), the mean
+of the other k-1 samples of the same prompt (RLOO), or group normalisation (GRPO). One iteration:
+  1. rollout: k samples for each of B/k prompts; recompute log pi_old and log pi_ref;
+  2. returns R per episode;
+  3. advantages R - b;
+  4. updates: -logp * A (on-policy REINFORCE) or the PPO clipped ratio on the same advantages;
+  5. metrics, samples, checkpoint.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlhfkit.algos.kl import KL_ESTIMATORS, kl_k3
+from rlhfkit.algos.masked import aggregate, explained_variance
+from rlhfkit.algos.pg import (
+    baseline_advantages,
+    grpo_advantages,
+    moving_mean_update,
+    reinforce_loss,
+    rloo_advantages,
+)
+from rlhfkit.algos.ppo import entropy_bonus, ppo_policy_loss, ppo_value_loss
+from rlhfkit.rollout.collect import collect_rollout
+from rlhfkit.tracking.console import print_table, progress_bar
+from rlhfkit.trainers.rl_common import (
+    RewardFn,
+    RLRun,
+    build_rl,
+    checkpoint,
+    iteration_generator,
+    log_samples,
+    rollout_metrics,
+    rollout_seeds,
+    save_final,
+)
+from rlhfkit.trainers.rl_config import ReinforceConfig
+
+
+def episode_returns(cfg: ReinforceConfig, scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor,
+                    beta: float) -> torch.Tensor:
+    """Step 2: R(tau) per episode, with the KL guard in the reward unless it goes into the loss."""
+    if cfg.kl_in == "reward":
+        return scores - beta * (kl * mask).sum(-1)  # (B,)
+    return scores
+
+
+def token_returns(returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, T): every response token's return-to-go is the episode return R (one reward at the end, gamma = 1)."""
+    return torch.where(mask, returns[:, None], 0.0)
+
+
+def advantages_for(cfg: ReinforceConfig, returns: torch.Tensor, values: torch.Tensor | None, mask: torch.Tensor,
+                   baseline_mean: float | None) -> torch.Tensor:
+    """Step 3: A = R - b for the configured baseline; (B,) or (B, T) for the value baseline."""
+    k = cfg.samples_per_prompt
+    if cfg.baseline == "rloo":
+        return rloo_advantages(returns, k)
+    if cfg.baseline == "grpo":
+        return grpo_advantages(returns, k)
+    if cfg.baseline == "moving_mean":
+        return baseline_advantages(returns, 0.0 if baseline_mean is None else baseline_mean)
+    if cfg.baseline == "value":
+        # The return-to-go of every token is R (reward at the end, gamma = 1), and b(s_t) = V(s_t).
+        return baseline_advantages(token_returns(returns, mask), values.masked_fill(~mask, 0.0))
+    return returns
+
+
+def reinforce_update(run: RLRun, rollout: Any, perms: list[torch.Tensor], minibatch: int, beta: float
+                     ) -> dict[str, float]:
+    """Step 4: the policy-gradient updates; returns the mean of each statistic."""
+    cfg, acc = run.cfg, run.accelerator
+    with_values = cfg.baseline == "value"
+    stats: dict[str, list[float]] = defaultdict(list)
+    for perm in perms:
+        for rows in perm.split(minibatch):
+            mb = rollout.index(rows)
+            with acc.autocast():
+                out = run.actor(mb.prompt_ids, mb.prompt_mask, mb.response_ids, cfg.temperature,
+                                with_entropy=True, with_values=with_values)
+            logp = out.logp.float()
+            if cfg.policy_loss == "reinforce":
+                loss = reinforce_loss(logp, mb.mask, mb.advantages, mode=cfg.loss_reduction)
+            else:
+                loss, pg = ppo_policy_loss(logp, mb.logp, mb.advantages, mb.mask, cfg.clip_eps, mode=cfg.loss_reduction)
+                stats["policy/clipfrac"].append(float(pg.clipfrac))
+                stats["policy/approx_kl"].append(float(pg.approx_kl))
+            stats["loss/policy"].append(loss.item())
+            if cfg.kl_in == "loss" and beta > 0:
+                # GRPO: beta * k3(pi_theta || pi_ref) per token, inside the loss (REFERENCE F13).
+                kl_term = aggregate(kl_k3(logp, mb.ref_logp, mb.mask), mb.mask, mode=cfg.loss_reduction)
+                loss = loss + beta * kl_term
+                stats["loss/kl"].append(kl_term.item())
+            entropy = entropy_bonus(out.entropy.float(), mb.mask, mode=cfg.loss_reduction)
+            stats["policy/entropy"].append(entropy.item())
+            if cfg.ent_coef:
+                loss = loss - cfg.ent_coef * entropy
+            if with_values:
+                vf_loss, _ = ppo_value_loss(out.values, mb.values, mb.returns, mb.mask, None, mode=cfg.loss_reduction)
+                loss = loss + cfg.vf_coef * vf_loss
+                stats["loss/value"].append(vf_loss.item())
+            acc.backward(loss)
+            if cfg.max_grad_norm > 0:
+                stats["policy/grad_norm"].append(float(acc.clip_grad_norm_(run.actor.parameters(), cfg.max_grad_norm)))
+            run.optimizer.step()
+            run.scheduler.step()
+            run.optimizer.zero_grad(set_to_none=True)
+            stats["loss/total"].append(loss.item())
+    return {k: sum(v) / len(v) for k, v in stats.items()}
+
+
+def train(cfg: ReinforceConfig, reward_fn: RewardFn | None = None) -> list[dict[str, Any]]:
+    """Run REINFORCE / RLOO / GRPO as configured; returns the per-iteration metrics."""
+    steps = cfg.update_epochs * cfg.num_minibatches
+    run = build_rl(cfg, with_critic=cfg.baseline == "value", steps_per_iteration=steps,
+                   reward_fn=reward_fn)
+    acc, batch, k = run.accelerator, cfg.rollout_batch_size, cfg.samples_per_prompt
+    local_batch = batch // acc.num_processes
+    minibatch = local_batch // cfg.num_minibatches
+    baseline_mean = (run.extra_state or {}).get("baseline_mean")
+    history = []
+    with progress_bar(cfg.iterations, f"reinforce ({cfg.baseline})", keys=("reward", "kl"), enabled=run.main) as bar:
+        bar.update(run.start_iteration)
+        for it in range(run.start_iteration, cfg.iterations):
+            t_iter = time.perf_counter()
+            # 1. Rollout: k consecutive samples of each prompt (the groups RLOO and GRPO compare).
+            indices = [i for i in run.prompts.next_indices(batch // k) for _ in range(k)]
+            seeds, share = rollout_seeds(run, it, batch)
+            ids, mask, texts = run.prompts.batch(indices[share], run.tokenizer.pad_token_id)
+            gen = iteration_generator(cfg.seed, it)
+            perms = [torch.randperm(local_batch, generator=gen) for _ in range(cfg.update_epochs)]
+            with acc.autocast():
+                rollout, times = collect_rollout(
+                    run.unwrapped, run.reference, run.scorer, run.tokenizer, ids.to(acc.device), mask.to(acc.device),
+                    texts, run.sampling, seeds, list(perms[0].split(minibatch)), with_values=cfg.baseline == "value",
+                    missing_eos_penalty=cfg.missing_eos_penalty,
+                )
+            # 2-3. Returns and advantages.
+            beta = run.kl_ctl.value
+            kl = KL_ESTIMATORS[cfg.kl_estimator](rollout.logp, rollout.ref_logp, rollout.mask)
+            returns = episode_returns(cfg, rollout.scores, kl, rollout.mask, beta)
+            rollout.advantages = advantages_for(cfg, returns, rollout.values, rollout.mask, baseline_mean)
+            if cfg.baseline == "value":
+                rollout.returns = token_returns(returns, rollout.mask)
+            # 4. Updates.
+            t_train = time.perf_counter()
+            update_stats = reinforce_update(run, rollout, perms, minibatch, beta)
+            t_train = time.perf_counter() - t_train
+            if cfg.baseline == "moving_mean":
+                baseline_mean = float(moving_mean_update(baseline_mean, returns.mean().item(), cfg.baseline_decay))
+            # 5. Metrics, samples, checkpoint.
+            metrics = rollout_metrics(rollout, kl, beta)
+            run.kl_ctl.update(metrics["kl/ref"], batch)
+            metrics.update(update_stats)
+            metrics["reward/return_mean"] = returns.mean().item()
+            if cfg.baseline == "value":
+                metrics["value/explained_variance"] = float(
+                    explained_variance(rollout.values, rollout.returns, rollout.mask))
+            if baseline_mean is not None:
+                metrics["baseline/moving_mean"] = baseline_mean
+            metrics.update(times)
+            metrics["time/training"] = t_train
+            metrics["time/iteration"] = time.perf_counter() - t_iter
+            metrics["train/lr"] = run.scheduler.get_last_lr()[0]
+            history.append(run.logger.log(it, metrics))
+            if cfg.sample_every and it % cfg.sample_every == 0:
+                log_samples(run, it, rollout)
+            if cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0 and it + 1 < cfg.iterations:
+                checkpoint(run, it, {"baseline_mean": baseline_mean})
+            bar.update(1, reward=metrics["reward/mean"], kl=metrics["kl/ref"])
+    checkpoint(run, cfg.iterations - 1, {"baseline_mean": baseline_mean})
+    save_final(run)
+    run.logger.close()
+    if run.main and history:
+        print_table(f"reinforce ({cfg.baseline}) -> {run.out_dir}", [
+            ("reward (first -> last iteration)",
+             f"{history[0]['reward/mean']:.3f} -> {history[-1]['reward/mean']:.3f}"),
+            ("KL to reference", history[-1]["kl/ref"]),
+            ("seconds / iteration", history[-1]["time/iteration"]),
+        ])
+    return history
+
+
+def run(cfg: ReinforceConfig) -> Path:
+    """CLI entry."""
+    train(cfg)
+    return Path(cfg.output_dir)

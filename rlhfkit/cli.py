@@ -47,7 +47,7 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def stage(name: str, config_cls: type, run: Callable[[Any], Any], doc: str) -> None:
     """Register `rlhfkit <name>` with one option per config field."""
-    command = config_command(config_cls, user_errors(run), doc)
+    command = user_errors(config_command(config_cls, run, doc))
     app.command(name, help=doc)(command)
 
 

@@ -1,4 +1,5 @@
-"""Prompt sets for rollouts: a 'prompt' column (text or chat messages), or a .txt file, one per line."""
+"""Prompt sets for rollouts: a 'prompt' column (text or chat messages), an 'input_ids' column of
+token ids, or a .txt file with one prompt per line."""
 
 from __future__ import annotations
 
@@ -13,20 +14,37 @@ from rlhfkit.data.tokenize import encode_prompt, pad_left
 from rlhfkit.errors import DataError
 
 
-def load_prompt_texts(source: Source, tokenizer: Any = None) -> tuple[list[str], list[bool]]:
-    """(texts, templated) of every prompt; chat prompts are rendered with the chat template."""
-    name = source_name(source)
+def load_prompt_ids(rows: list[dict[str, Any]], name: str, tokenizer: Any) -> tuple[list[str], list[list[int]]]:
+    """Pre-tokenised prompts: an 'input_ids' column of token id lists (the text is decoded for logs)."""
+    texts, ids = [], []
+    for i, row in enumerate(rows, start=1):
+        value = row.get("input_ids")
+        if not isinstance(value, list) or not value or not all(isinstance(t, int) and t >= 0 for t in value):
+            raise DataError(f"{name}, row {i}, field 'input_ids': expected a non-empty list of token ids")
+        if max(value) >= len(tokenizer):
+            raise DataError(f"{name}, row {i}, field 'input_ids': id {max(value)} is outside the tokenizer's "
+                            f"{len(tokenizer)} tokens")
+        ids.append(value)
+        texts.append(row["prompt"] if isinstance(row.get("prompt"), str) else tokenizer.decode(value))
+    return texts, ids
+
+
+def read_prompt_rows(source: Source) -> list[dict[str, Any]]:
+    """Rows of a prompt source; a .txt file gives one {'prompt': line} row per non-empty line."""
     if isinstance(source, (str, Path)) and Path(source).suffix.lower() == ".txt":
         path = Path(source)
         if not path.is_file():
             raise DataError(f"{path}: file not found")
-        texts = [line.rstrip("\n") for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        if not texts:
-            raise DataError(f"{path}: no prompts (the file is empty)")
-        return texts, [False] * len(texts)
-    rows = read_rows(source)
+        rows = [{"prompt": line} for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    else:
+        rows = read_rows(source)
     if not rows:
-        raise DataError(f"{name}: no prompts (the file is empty)")
+        raise DataError(f"{source_name(source)}: no prompts (the file is empty)")
+    return rows
+
+
+def prompt_texts(rows: list[dict[str, Any]], name: str, tokenizer: Any = None) -> tuple[list[str], list[bool]]:
+    """(texts, templated) of every row's 'prompt'; chat prompts are rendered with the chat template."""
     texts, templated = [], []
     for i, row in enumerate(rows, start=1):
         if "prompt" not in row:
@@ -56,7 +74,12 @@ class PromptSet:
 
     @classmethod
     def from_source(cls, source: Source, tokenizer: Any, max_length: int, seed: int = 0) -> PromptSet:
-        texts, templated = load_prompt_texts(source, tokenizer)
+        """Prompts from a file or rows; rows with an 'input_ids' column are used as already tokenised."""
+        rows, name = read_prompt_rows(source), source_name(source)
+        if "input_ids" in rows[0]:
+            texts, ids = load_prompt_ids(rows, name, tokenizer)
+            return cls(texts, [x[-max_length:] for x in ids], seed)
+        texts, templated = prompt_texts(rows, name, tokenizer)
         ids = [encode_prompt(tokenizer, t, tmpl)[-max_length:] for t, tmpl in zip(texts, templated)]
         for i, x in enumerate(ids):
             if not x:

@@ -177,12 +177,16 @@ def train(cfg: RewardConfig) -> dict[str, float]:
 
     with staged_output(out_dir, enabled=main) as tmp:
         logger = MetricsLogger(tmp, tensorboard=cfg.tensorboard, enabled=main)
-        step, pairs_seen, t_train = 0, 0, 0.0
+        step, pairs_seen, t_eval = 0, 0, 0.0
+
+        def elapsed() -> float:
+            return time.perf_counter() - t_start - t_eval
+
+        t_start = time.perf_counter()  # pairs/s counts the whole loop (data included), not the evaluations
         with progress_bar(total_steps, "reward model", keys=("loss", "acc", "eval_acc"), enabled=main) as bar:
             # 3. Bradley-Terry updates.
             for _epoch in range(cfg.epochs):
                 for batch in train_loader:
-                    t0 = time.perf_counter()
                     with accelerator.autocast():
                         scores = scorer(batch["input_ids"], batch["attention_mask"])  # (2B,)
                     loss, r_c, r_r = pair_loss(scores, batch, cfg)
@@ -192,23 +196,25 @@ def train(cfg: RewardConfig) -> dict[str, float]:
                     optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
-                    t_train += time.perf_counter() - t0
                     step += 1
                     pairs_seen += len(r_c) * accelerator.num_processes
                     shown = {"loss": loss.item(), "acc": preference_accuracy(r_c, r_r).item()}
                     if step % cfg.log_every == 0 or step == total_steps:
                         logger.log(step, {"loss/train": shown["loss"], "train/accuracy": shown["acc"],
                                           "train/lr": scheduler.get_last_lr()[0],
-                                          "perf/pairs_per_s": pairs_seen / max(t_train, 1e-9)})
+                                          "perf/pairs_per_s": pairs_seen / max(elapsed(), 1e-9)})
                     # 4. Held-out evaluation.
                     if cfg.eval_every and step % cfg.eval_every == 0 and step != total_steps:
+                        t0 = time.perf_counter()
                         metrics = evaluate(scorer, eval_loader, accelerator, cfg)
+                        t_eval += time.perf_counter() - t0
                         logger.log(step, metrics)
                         shown["eval_acc"] = metrics["eval/accuracy"]
                     bar.update(1, **shown)
+        train_s = elapsed()
         metrics = evaluate(scorer, eval_loader, accelerator, cfg)
-        metrics["perf/pairs_per_s"] = pairs_seen / max(t_train, 1e-9)
-        metrics["train/steps"] = step
+        metrics.update({"perf/pairs_per_s": pairs_seen / max(train_s, 1e-9), "perf/train_s": train_s,
+                        "train/steps": step})
 
         # 5. Normalisation and saving.
         unwrapped = accelerator.unwrap_model(scorer).model

@@ -24,8 +24,9 @@ def main() -> None:
     args = ap.parse_args()
     W.ensure_artifacts()
     common = dict(
-        policy=str(W.ART / "policy"), prompts=str(W.ART / "prompts.jsonl"), output_dir=str(args.out / f"run_{args.algo}"),
-        overwrite=True, iterations=1 + args.iters, rollout_batch_size=W.ROLLOUT_BATCH,
+        policy=str(W.ART / "policy"), prompts=str(W.ART / "prompts.jsonl"),
+        output_dir=str(args.out / f"run_{args.algo}"), overwrite=True, iterations=1 + args.iters,
+        rollout_batch_size=W.ROLLOUT_BATCH,
         max_new_tokens=W.RESPONSE_LENGTH, temperature=1.0, stop_at_eos=False, kl_coef=W.KL_COEF,
         update_epochs=W.EPOCHS, num_minibatches=W.MINIBATCHES, learning_rate=W.LEARNING_RATE, seed=W.SEED,
         threads=W.THREADS, sample_every=0, mixed_precision=args.mixed_precision, lr_schedule="constant",

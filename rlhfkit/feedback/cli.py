@@ -1,0 +1,291 @@
+"""`rlhfkit feedback ...`: fill the store, serve the ranking page, report progress, export rankings.
+
+    rlhfkit feedback sample prompts.jsonl --project demo --k 4      # the model writes K completions each
+    rlhfkit feedback import prompts.jsonl --project demo --k 4      # or bring prompts (+ completions)
+    rlhfkit feedback add-annotator ada                              # prints ada's token once
+    rlhfkit feedback serve --project demo --annotators-per-prompt 2 # http://127.0.0.1:8000
+    rlhfkit feedback status --project demo                          # progress and agreement
+    rlhfkit feedback export --project demo --format pairwise --out prefs.jsonl
+
+Every command takes `--db` (a SQLite file, feedback.db by default, or a PostgreSQL URL). Store
+and web modules are imported inside the commands so that `rlhfkit --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from rlhfkit.errors import UserError
+from rlhfkit.feedback.checks import MAX_K, MIN_K
+
+DEFAULT_DB = "feedback.db"  # same as rlhfkit.feedback.store.DEFAULT_DB, without importing SQLAlchemy here
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+feedback_app = typer.Typer(
+    name="feedback",
+    help="Collect human rankings of sampled completions and export them for the reward model.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+class ExportFormat(str, Enum):
+    pairwise = "pairwise"
+    ranked = "ranked"
+
+
+class Merge(str, Enum):
+    majority = "majority"
+    all = "all"
+
+
+DB = typer.Option(DEFAULT_DB, "--db", help="SQLite file, or postgresql+psycopg://user:password@host:5432/dbname.")
+PROJECT = typer.Option(..., "--project", "-p", help="Project name.")
+PER_PROMPT = typer.Option(1, "--annotators-per-prompt", "-n", min=1, help="How many annotators rank each prompt.")
+
+
+def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Print a UserError (or a database failure) as one line and exit 2, never a stack trace."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from sqlalchemy.exc import DBAPIError
+
+        from rlhfkit.feedback.database import first_line
+
+        try:
+            return fn(*args, **kwargs)
+        except UserError as e:
+            message = f"error: {e}"
+        except DBAPIError as e:
+            message = f"error: database: {first_line(e)}"
+        typer.secho(message, err=True, fg=typer.colors.RED)
+        raise typer.Exit(2)
+
+    return wrapper
+
+
+@feedback_app.command("import")
+@one_line_errors
+def import_prompts(
+    file: Path = typer.Argument(..., help='JSON lines: {"prompt": str, "completions": [str, ...]} (optional).'),
+    db: str = DB,
+    project: str = PROJECT,
+    k: int | None = typer.Option(None, "--k", help="Completions per prompt; needed when the project is new."),
+    model: str = typer.Option("imported", "--model", help="Model id to record for the imported completions."),
+    sampling: str = typer.Option("{}", "--sampling", help='Sampling settings to record (JSON): {"temperature": 1.0}.'),
+) -> None:
+    """Add prompts (and optionally their K completions) from a JSON-lines file to a project."""
+    from rlhfkit.feedback.importer import read_prompt_file
+    from rlhfkit.feedback.store import FeedbackStore, NotFound
+
+    try:
+        settings = json.loads(sampling)
+    except json.JSONDecodeError as e:
+        raise UserError(f"--sampling: not valid JSON ({e.msg}); e.g. --sampling '{{\"temperature\": 1.0}}'") from None
+    if not isinstance(settings, dict):
+        raise UserError(f"--sampling: expected a JSON object, got {type(settings).__name__}")
+    if k is not None and not MIN_K <= k <= MAX_K:
+        raise UserError(
+            f"--k: must be from {MIN_K} to {MAX_K} (a ranking needs two completions; keys 1-9 pick them), got {k}"
+        )
+    rows = read_prompt_file(file)  # check the file before touching the database
+    with FeedbackStore.open(db) as store:
+        try:
+            info = store.project(project)
+        except NotFound:
+            if k is None:
+                raise UserError(f"project {project!r} does not exist yet; give --k (completions per prompt)") from None
+            info = None
+        if info is not None and k is not None and k != info.k:
+            raise UserError(f"project {project!r} has k={info.k}; --k {k} does not match (leave --k out)")
+        if rows[0].completions is not None:
+            rows = read_prompt_file(file, info.k if info else k)  # the counts, now that k is known
+        if info is None:
+            info = store.create_project(project, k)  # type: ignore[arg-type]  (k is set: checked above)
+        known = store.find_prompts(info, [r.prompt for r in rows])
+        if known:
+            first = next(r for r in rows if r.prompt in known)
+            raise UserError(
+                f"{file}, row {first.row}: prompt already in project {project!r} (prompt id {known[first.prompt]}); "
+                f"{len(known)} of the file's prompts are; remove them from the file"
+            )
+        completions = [r.completions or [] for r in rows] if rows[0].completions is not None else None
+        ids = store.add_prompts(info, [r.prompt for r in rows], completions, model=model, sampling=settings)
+    what = f" with {info.k} completions each" if completions is not None else " (no completions yet)"
+    typer.echo(f"imported {len(ids)} prompts{what} into project {project!r} (prompt ids {ids[0]}-{ids[-1]})")
+
+
+@feedback_app.command("sample")
+@one_line_errors
+def sample_prompts(
+    file: Path = typer.Argument(..., help="Prompts: .jsonl/.csv/.parquet with a 'prompt' column, or .txt."),
+    db: str = DB,
+    project: str = PROJECT,
+    model: str = typer.Option("embedded", "--model", help="Model that writes the completions (HF id, dir, embedded)."),
+    k: int = typer.Option(4, "--k", help="Completions per prompt."),
+    max_new_tokens: int = typer.Option(48, "--max-new-tokens", min=1, help="Longest completion in tokens."),
+    temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature (> 0)."),
+    top_k: int = typer.Option(0, "--top-k", min=0, help="Sample from the k most likely tokens (0 = off)."),
+    top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling mass (1 = off)."),
+    seed: int = typer.Option(0, "--seed", help="Completion j of prompt i is sampled with a seed from (seed, i, j)."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Completions sampled per batch."),
+) -> None:
+    """Sample K completions per prompt with a model and add them to a project, ready to rank."""
+    from rlhfkit.data.prompts import prompt_texts, read_prompt_rows
+    from rlhfkit.feedback.store import FeedbackStore, NotFound
+    from rlhfkit.models.loading import load_causal_lm, load_tokenizer
+    from rlhfkit.rollout.completions import sample_completions
+    from rlhfkit.rollout.sampling import SamplingSettings
+
+    if not MIN_K <= k <= MAX_K:
+        raise UserError(f"--k: must be from {MIN_K} to {MAX_K} (a ranking needs two completions), got {k}")
+    try:
+        settings = SamplingSettings(max_new_tokens, temperature, top_k, top_p)
+    except ValueError as e:
+        raise UserError(f"sampling settings: {e}") from None
+    tokenizer = load_tokenizer(model, padding_side="left")
+    texts, _ = prompt_texts(read_prompt_rows(file), str(file), tokenizer)  # check the file first
+    with FeedbackStore.open(db) as store:  # and the database, before the model works
+        try:
+            info = store.project(project)
+            if info.k != k:
+                raise UserError(f"project {project!r} has k={info.k}; pass --k {info.k}")
+        except NotFound:
+            info = None
+        if info is not None:
+            known = store.find_prompts(info, texts)
+            if known:
+                raise UserError(f"{file}: {len(known)} prompt(s) already in project {project!r}; remove them")
+        policy = load_causal_lm(model, tokenizer).eval()
+        completions = sample_completions(policy, tokenizer, texts, k, settings, seed=seed, batch_size=batch_size)
+        if info is None:
+            info = store.create_project(project, k)
+        sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "max_new_tokens": max_new_tokens,
+                    "seed": seed}
+        ids = store.add_prompts(info, texts, completions, model=model, sampling=sampling)
+    typer.echo(f"sampled {k} completions for each of {len(ids)} prompts into project {project!r}")
+
+
+@feedback_app.command("add-annotator")
+@one_line_errors
+def add_annotator(
+    name: str = typer.Argument(..., help="Annotator name (unique)."),
+    db: str = DB,
+    admin: bool = typer.Option(False, "--admin", help="May open the admin page (progress and agreement)."),
+) -> None:
+    """Add an annotator and print their sign-in token (shown this once; only its hash is stored)."""
+    from rlhfkit.feedback.store import FeedbackStore
+
+    with FeedbackStore.open(db) as store:
+        token = store.add_annotator(name, admin=admin)
+    role = "admin" if admin else "annotator"
+    typer.echo(f"added {role} {name!r}; their token (shown only now, hand it over privately):", err=True)
+    typer.echo(token)
+
+
+@feedback_app.command("serve")
+@one_line_errors
+def serve(
+    db: str = DB,
+    project: str = PROJECT,
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
+    port: int = typer.Option(8000, "--port", min=1, max=65535, help="Port to listen on."),
+    annotators_per_prompt: int = PER_PROMPT,
+) -> None:
+    """Serve the ranking page for a project until Ctrl-C."""
+    from rlhfkit.feedback.app import create_app
+    from rlhfkit.feedback.app import serve as run_server
+    from rlhfkit.feedback.store import FeedbackStore
+
+    store = FeedbackStore.open(db)
+    app = create_app(store, project, annotators_per_prompt)
+    shown = f"[{host}]" if ":" in host else host
+    typer.echo(f"labeling project {project!r} at http://{shown}:{port}/  (admin page: /admin; Ctrl-C stops)")
+    if host not in LOOPBACK:
+        typer.secho(
+            "warning: serving beyond this machine over plain HTTP: tokens and rankings travel unencrypted; "
+            "put it behind an HTTPS proxy",
+            err=True,
+            fg=typer.colors.YELLOW,
+        )
+    try:
+        run_server(app, host=host, port=port)
+    finally:
+        store.close()
+
+
+@feedback_app.command("export")
+@one_line_errors
+def export(
+    db: str = DB,
+    project: str = PROJECT,
+    out: Path = typer.Option(..., "--out", "-o", help="JSON-lines file to write (replaced atomically)."),
+    format: ExportFormat = typer.Option(
+        ExportFormat.pairwise, "--format", help="pairwise: prompt/chosen/rejected; ranked: prompt/completions(/ranks)."
+    ),
+    merge: Merge = typer.Option(
+        Merge.majority, "--merge", help="majority: one merged ranking per prompt (mean rank); all: one per annotator."
+    ),
+    drop_flagged: bool = typer.Option(
+        True, "--drop-flagged/--keep-flagged", help="Leave out prompts an annotator flagged unsafe."
+    ),
+) -> None:
+    """Write the rankings as training data for the reward model (skipped prompts never appear)."""
+    from rlhfkit.feedback.export import write_jsonl
+    from rlhfkit.feedback.store import FeedbackStore
+
+    with FeedbackStore.open(db) as store:
+        rows = store.export_rows(project, format=format.value, merge=merge.value, drop_flagged=drop_flagged)
+    n = write_jsonl(rows, out)
+    typer.echo(f"wrote {n} {format.value} rows ({merge.value}) to {out}")
+    if n == 0:
+        typer.secho(f"warning: project {project!r} has no rankings to export yet", err=True, fg=typer.colors.YELLOW)
+
+
+@feedback_app.command("status")
+@one_line_errors
+def status(db: str = DB, project: str = PROJECT, annotators_per_prompt: int = PER_PROMPT) -> None:
+    """Show progress per annotator and the agreement between annotators."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from rlhfkit.feedback.store import FeedbackStore
+
+    with FeedbackStore.open(db) as store:
+        progress = store.progress(project, annotators_per_prompt)
+        agreement = store.agreement(project)
+    console = Console()
+    console.print(
+        f"project [bold]{progress.project}[/] (k={progress.k}): {progress.prompts} prompts, {progress.ready} with all "
+        f"completions, {progress.rankings} rankings, {progress.complete} prompts ranked by "
+        f"{progress.annotators_per_prompt} or more annotators",
+        highlight=False,
+    )
+    table = Table(title="Progress")
+    for column in ("annotator", "admin", "ranked", "skipped", "unsafe", "last"):
+        table.add_column(column, justify="right" if column in ("ranked", "skipped", "unsafe") else "left")
+    for a in progress.annotators:
+        last = a.last_at.strftime("%Y-%m-%d %H:%M UTC") if a.last_at else "-"
+        table.add_row(a.annotator, "yes" if a.is_admin else "", str(a.ranked), str(a.skipped), str(a.unsafe), last)
+    console.print(table)
+    if not agreement.pairs:
+        console.print("agreement: no prompt has been ranked by two annotators yet")
+        return
+    table = Table(title="Agreement on shared prompts")
+    for column in ("annotator", "annotator", "prompts", "pairs", "agreement", "kendall tau"):
+        table.add_column(column, justify="left" if column == "annotator" else "right")
+    for pair in agreement.pairs:
+        tau = "-" if pair.kendall_tau is None else f"{pair.kendall_tau:.3f}"
+        table.add_row(pair.first, pair.second, str(pair.prompts), str(pair.pairs), f"{pair.agreement:.3f}", tau)
+    console.print(table)
+    tau = "-" if agreement.kendall_tau is None else f"{agreement.kendall_tau:.3f}"
+    console.print(f"overall: agreement {agreement.agreement:.3f}, kendall tau {tau}", highlight=False)

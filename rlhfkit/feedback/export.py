@@ -1,0 +1,156 @@
+"""Rankings -> training rows for the reward model (pure functions, no database).
+
+Two formats, one JSON object per line:
+
+    ranked    {"prompt": str, "completions": [str, ...]}   best first; with
+              "ranks": [0, 1, 1, 2] (dense, 0 = best) when the ranking has ties
+    pairwise  {"prompt": str, "chosen": str, "rejected": str}
+              one row per pair of completions ranked strictly apart
+
+and two ways of combining annotators:
+
+    majority  one row set per prompt from the merged ranking: each annotator's ranks become
+              fractional places (tied completions share the mean of the places they span:
+              ranks 0,1,1,2 -> places 0, 1.5, 1.5, 3), the places are averaged over annotators
+              (the Borda count up to sign and scale) and completions are ordered by that mean.
+              Equal means stay tied: they give no pair and share a rank; rows list tied
+              completions in their original order. Means are compared exactly (fractions).
+    all       one row set per annotator ranking, with an "annotator" field
+
+Skipped rankings never export. A prompt that any annotator flagged unsafe is left out entirely
+when `drop_flagged` (the default): the flag is about the content, which is the same for all.
+Empty completions and repeats of a text (the repeat keeps its best rank) are left out, and so
+is a ranked row whose completions all tie: they teach the reward model nothing, and the reward
+data reader (rlhfkit.data.preferences) refuses them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+FORMATS = ("ranked", "pairwise")
+MERGES = ("majority", "all")
+
+
+@dataclass(frozen=True)
+class LabeledPrompt:
+    """A prompt with its completions and the (not skipped) rankings it received."""
+
+    text: str
+    completions: list[str]  # in their stored order
+    rankings: dict[str, list[int]]  # annotator name -> rank vector aligned with completions
+    flagged: bool  # an annotator marked it unsafe (in a ranking or a skip)
+
+
+def dense_ranks(values: Sequence[Any]) -> list[int]:
+    """0 for the smallest value, 1 for the next distinct one, ... (equal values share a rank)."""
+    levels = {v: i for i, v in enumerate(sorted(set(values)))}
+    return [levels[v] for v in values]
+
+
+def fractional_places(ranks: Sequence[int]) -> list[Fraction]:
+    """The mean place (0-based) each completion occupies when ties share their places."""
+    ranks = dense_ranks(ranks)
+    counts = [ranks.count(r) for r in range(max(ranks) + 1)]
+    starts = [sum(counts[:r]) for r in range(len(counts))]
+    return [starts[r] + Fraction(counts[r] - 1, 2) for r in ranks]
+
+
+def merge_mean_rank(rank_vectors: Sequence[Sequence[int]]) -> list[int]:
+    """Merge several annotators' rank vectors into one by mean fractional place (dense ranks)."""
+    if not rank_vectors:
+        raise ValueError("no rankings to merge")
+    places = [fractional_places(r) for r in rank_vectors]
+    means = [sum(column) / len(places) for column in zip(*places, strict=True)]
+    return dense_ranks(means)
+
+
+def best_first(ranks: Sequence[int]) -> list[int]:
+    """Completion indices from best to worst; ties keep their stored order."""
+    return sorted(range(len(ranks)), key=lambda i: (ranks[i], i))
+
+
+def usable(completions: Sequence[str], ranks: Sequence[int]) -> list[tuple[str, int]]:
+    """(text, dense rank) best first, without empty texts and without repeats of a text.
+
+    The reward data reader refuses empty text and identical texts ranked differently, and
+    neither teaches the reward model anything; a repeated text keeps its best rank.
+    """
+    kept: list[tuple[str, int]] = []
+    seen: set[str] = set()
+    for i in best_first(ranks):
+        text = completions[i]
+        if text.strip() and text not in seen:
+            seen.add(text)
+            kept.append((text, ranks[i]))
+    dense = dense_ranks([r for _, r in kept])
+    return [(t, r) for (t, _), r in zip(kept, dense)]
+
+
+def ranked_row(prompt: str, completions: Sequence[str], ranks: Sequence[int]) -> list[dict[str, Any]]:
+    """The ranking as one row (none when fewer than two distinct ranks remain)."""
+    items = usable(completions, ranks)
+    dense = [r for _, r in items]
+    if len(set(dense)) < 2:
+        return []  # all tied: the row would hold no comparison
+    row: dict[str, Any] = {"prompt": prompt, "completions": [t for t, _ in items]}
+    if len(set(dense)) < len(dense):
+        row["ranks"] = dense
+    return [row]
+
+
+def pairwise_rows(prompt: str, completions: Sequence[str], ranks: Sequence[int]) -> list[dict[str, Any]]:
+    """Every pair ranked strictly apart: for each completion from the best, the ones below it."""
+    items = usable(completions, ranks)
+    return [
+        {"prompt": prompt, "chosen": a, "rejected": b}
+        for i, (a, rank_a) in enumerate(items)
+        for b, rank_b in items[i + 1 :]
+        if rank_a < rank_b
+    ]
+
+
+def build_rows(
+    prompts: Iterable[LabeledPrompt], format: str = "pairwise", merge: str = "majority", drop_flagged: bool = True
+) -> list[dict[str, Any]]:
+    """Training rows from labeled prompts, in prompt order (then annotator name for `all`)."""
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+    if merge not in MERGES:
+        raise ValueError(f"merge must be one of {', '.join(MERGES)}, got {merge!r}")
+    make = ranked_row if format == "ranked" else pairwise_rows
+    rows: list[dict[str, Any]] = []
+    for p in prompts:
+        if not p.rankings or (drop_flagged and p.flagged):
+            continue
+        if merge == "majority":
+            rows += make(p.text, p.completions, merge_mean_rank(list(p.rankings.values())))
+            continue
+        for name in sorted(p.rankings):
+            rows += [{**r, "annotator": name} for r in make(p.text, p.completions, p.rankings[name])]
+    return rows
+
+
+def write_jsonl(rows: Iterable[dict[str, Any]], path: str | Path) -> int:
+    """Write rows as JSON lines atomically (a temporary file renamed into place); returns the count."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    n = 0
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                n += 1
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return n

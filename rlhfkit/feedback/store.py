@@ -1,0 +1,793 @@
+"""The feedback store: prompts, their K completions, annotators and their rankings.
+
+A Python API over SQLAlchemy, usable without the web app (a simulated labeler writes through
+`submit_ranking` as a person does through the page):
+
+    store = FeedbackStore.open("feedback.db")            # or "postgresql+psycopg://u:p@host/db"
+    store.create_project("demo", k=4)
+    [pid] = store.add_prompts("demo", ["Write a haiku about rain."])
+    store.add_completions(pid, ["...", "...", "...", "..."], model="gpt2", sampling={"temperature": 1.0})
+    token = store.add_annotator("ada")                   # the clear token, shown once
+    view = store.next_prompt("demo", "ada", annotators_per_prompt=2)
+    store.submit_ranking("ada", view.id, order=[c.id for c in reversed(view.completions)],
+                         submission_id="any-unique-id")   # commits before returning
+    rows = store.export_rows("demo", format="pairwise")
+
+SQLite is the default (a file, WAL journal so readers never wait for the writer, foreign keys
+on, a busy timeout so concurrent writers queue instead of failing); PostgreSQL by URL runs the
+same code. Opening a database brings its schema up to date (Alembic, `migrations/`).
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import Engine, Select, and_, delete, exists, func, insert, select, update
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from rlhfkit.feedback import export as export_mod
+from rlhfkit.feedback.agreement import AgreementReport, agreement_report
+from rlhfkit.feedback.checks import (
+    MAX_COMMENT_CHARS,
+    MAX_K,
+    MAX_TOKEN_CHARS,
+    MIN_K,
+    check_completions,
+    check_model,
+    check_name,
+    check_sampling,
+    check_submission_id,
+    check_text,
+    is_row_id,
+    normalise_ranking,
+)
+from rlhfkit.feedback.database import (
+    DURABLE_OPTION,
+    SQLITE_BUSY_TIMEOUT_S,
+    WRITE_OPTION,
+    database_url,
+    first_line,
+    hash_token,
+    make_engine,
+)
+from rlhfkit.feedback.errors import Conflict, DatabaseUnavailable, FeedbackError, InvalidRanking, NotFound
+from rlhfkit.feedback.records import (
+    AnnotatorInfo,
+    AnnotatorProgress,
+    CompletionView,
+    ProjectInfo,
+    ProjectProgress,
+    PromptView,
+    RankingView,
+    SubmitResult,
+)
+from rlhfkit.feedback.schema import (
+    Annotator,
+    Assignment,
+    Completion,
+    Project,
+    Prompt,
+    Ranking,
+    RankingEntry,
+    Submission,
+    utcnow,
+)
+
+__all__ = [  # the records and errors are re-exported: `from rlhfkit.feedback.store import ...`
+    "AgreementReport", "AnnotatorInfo", "AnnotatorProgress", "CompletionView", "Conflict", "DatabaseUnavailable",
+    "FeedbackError", "FeedbackStore", "InvalidRanking", "NotFound", "ProjectInfo", "ProjectProgress", "PromptView",
+    "RankingView", "SubmitResult", "DEFAULT_DB", "LEASE_SECONDS",
+]
+
+DEFAULT_DB = "feedback.db"
+LEASE_SECONDS = 600
+"""How long a prompt handed to an annotator counts towards its annotators before it is
+offered to someone else (an annotator who walked away does not block it for long)."""
+_SUBMIT_ATTEMPTS = 3  # PostgreSQL: a concurrent insert of the same ranking is retried as an update
+_MIGRATION_LOCK = 7_240_513  # any constant: PostgreSQL advisory lock held while migrating
+
+T = TypeVar("T")
+
+
+class FeedbackStore:
+    """Projects, prompts, completions, annotators and rankings in one database."""
+
+    def __init__(self, engine: Engine) -> None:
+        """Use `FeedbackStore.open(url)`: it also checks the connection and migrates."""
+        self.engine = engine
+        self._read = sessionmaker(engine, expire_on_commit=False)
+        # Writers are marked so that SQLite takes the write lock at BEGIN (see _sqlite_engine).
+        self._write_engine = engine.execution_options(**{WRITE_OPTION: True})
+        self._write = sessionmaker(self._write_engine, expire_on_commit=False)
+        self._write_lenient = sessionmaker(
+            engine.execution_options(**{WRITE_OPTION: True, DURABLE_OPTION: False}), expire_on_commit=False
+        )
+        # SQLite has one writer at a time. Writers of this process queue on a lock instead of
+        # polling the database's busy handler, whose growing sleeps (up to 100 ms a try) make
+        # the slowest requests of a busy labeling session take seconds. Other processes still
+        # wait through the busy timeout.
+        self._write_lock = threading.Lock() if engine.dialect.name == "sqlite" else None
+
+    # ----- lifecycle ---------------------------------------------------------------------------
+    @classmethod
+    def open(cls, url: str | Path = DEFAULT_DB) -> FeedbackStore:
+        """Open (and create or upgrade to the current schema) the database at a path or URL."""
+        from alembic.util.exc import CommandError
+
+        from rlhfkit.feedback import migrations
+
+        sa_url = database_url(url)
+        shown = sa_url.render_as_string(hide_password=True)
+        engine = make_engine(sa_url)
+        store = cls(engine)
+        try:
+            with store._write_engine.begin() as connection:
+                if connection.dialect.name == "postgresql":
+                    # Two processes opening a new database at once must not both create tables.
+                    connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
+                migrations.upgrade(connection)
+        except DBAPIError as e:
+            engine.dispose()
+            raise DatabaseUnavailable(f"cannot open database {shown}: {first_line(e)}") from None
+        except CommandError as e:
+            engine.dispose()
+            raise FeedbackError(
+                f"database {shown}: {first_line(e)}; it was written by a newer rlhfkit (this one knows "
+                f"schema revision {migrations.head_revision()}): upgrade rlhfkit"
+            ) from None
+        return store
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> FeedbackStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def url(self) -> str:
+        """The database URL, password hidden."""
+        return self.engine.url.render_as_string(hide_password=True)
+
+    @contextmanager
+    def _reading(self) -> Iterator[Session]:
+        with self._read() as s, s.begin():
+            yield s
+
+    @contextmanager
+    def _writing(self, durable: bool = True) -> Iterator[Session]:
+        """A write transaction, committed at the end of the block. `durable=False` (SQLite):
+        the commit may be lost in a power cut, not in a crash of this program; for leases,
+        which expire anyway, so that handing out a prompt costs no disk flush."""
+        maker = self._write if durable else self._write_lenient
+        if self._write_lock is None:
+            with maker() as s, s.begin():
+                yield s
+            return
+        if not self._write_lock.acquire(timeout=SQLITE_BUSY_TIMEOUT_S):
+            raise DatabaseUnavailable(f"database {self.url}: busy for over {SQLITE_BUSY_TIMEOUT_S:.0f} s; try again")
+        try:
+            with maker() as s, s.begin():
+                yield s
+        finally:
+            self._write_lock.release()
+
+    # ----- lookups -----------------------------------------------------------------------------
+    @staticmethod
+    def _project(s: Session, project: str | ProjectInfo, *, lock: bool = False) -> ProjectInfo:
+        """The project; `lock` takes its row lock on PostgreSQL (SQLite writers are serialised)."""
+        if isinstance(project, ProjectInfo) and not (lock and s.get_bind().dialect.name != "sqlite"):
+            return project  # came from this store (projects are never deleted): no query needed
+        name = project.name if isinstance(project, ProjectInfo) else project
+        q = select(Project).where(Project.name == name)
+        row = s.scalar(q.with_for_update() if lock else q)  # FOR UPDATE: PostgreSQL only (SQLite has BEGIN IMMEDIATE)
+        if row is None:
+            known = s.scalars(select(Project.name).order_by(Project.name)).all()
+            hint = f"known projects: {', '.join(known)}" if known else "the database has no projects yet"
+            raise NotFound(f"project {name!r} not found ({hint})")
+        return _project_info(row)
+
+    @staticmethod
+    def _annotator(s: Session, annotator: str | AnnotatorInfo) -> AnnotatorInfo:
+        if isinstance(annotator, AnnotatorInfo):
+            return annotator  # came from this store (annotators are never deleted): no query needed
+        row = s.scalar(select(Annotator).where(Annotator.name == annotator))
+        if row is None:
+            raise NotFound(f"annotator {annotator!r} not found; add one with `rlhfkit feedback add-annotator`")
+        return _annotator_info(row)
+
+    @staticmethod
+    def _prompt(s: Session, prompt_id: int, project: ProjectInfo | None = None) -> Prompt:
+        row = s.get(Prompt, prompt_id) if is_row_id(prompt_id) else None
+        if row is None or (project is not None and row.project_id != project.id):
+            where = f" in project {project.name!r}" if project is not None else ""
+            raise NotFound(f"prompt {prompt_id!r} not found{where}")
+        return row
+
+    # ----- projects ----------------------------------------------------------------------------
+    def create_project(self, name: str, k: int, *, exist_ok: bool = False) -> ProjectInfo:
+        """A new project whose prompts each get `k` completions to rank (2 <= k <= MAX_K)."""
+        name = check_name(name, "project name")
+        if isinstance(k, bool) or not isinstance(k, int) or not MIN_K <= k <= MAX_K:
+            raise FeedbackError(
+                f"k (completions per prompt) must be an integer from {MIN_K} to {MAX_K}, got {k!r}: "
+                "ranking needs at least two, and the page picks them with the number keys 1-9"
+            )
+        with self._writing() as s:
+            existing = s.scalar(select(Project).where(Project.name == name))
+            if existing is not None:
+                if not exist_ok:
+                    raise Conflict(f"project {name!r} already exists")
+                if existing.k != k:
+                    raise Conflict(f"project {name!r} exists with k={existing.k}, not k={k}")
+                return _project_info(existing)
+            row = Project(name=name, k=k)
+            s.add(row)
+            s.flush()
+            return _project_info(row)
+
+    def project(self, name: str) -> ProjectInfo:
+        """The project called `name` (NotFound lists the known ones)."""
+        with self._reading() as s:
+            return self._project(s, name)
+
+    def projects(self) -> list[ProjectInfo]:
+        with self._reading() as s:
+            return [_project_info(p) for p in s.scalars(select(Project).order_by(Project.name))]
+
+    # ----- prompts and completions -------------------------------------------------------------
+    def add_prompts(
+        self,
+        project: str | ProjectInfo,
+        texts: Sequence[str],
+        completions: Sequence[Sequence[str]] | None = None,
+        *,
+        model: str = "imported",
+        sampling: Mapping[str, Any] | None = None,
+    ) -> list[int]:
+        """Append prompts to a project (all or none); returns their ids in the same order.
+
+        `completions[i]`, when given, are the K completions of `texts[i]` (made by `model` with
+        `sampling`); otherwise add them later with `add_completions`.
+        """
+        texts = list(texts)
+        if not texts:
+            raise FeedbackError("no prompts given")
+        for i, text in enumerate(texts):
+            check_text(text, f"prompt {i + 1}", allow_empty=False)
+        if completions is not None and len(completions) != len(texts):
+            raise FeedbackError(f"{len(texts)} prompts but {len(completions)} completion lists")
+        sampling_json = check_sampling(sampling)
+        model = check_model(model)
+        with self._writing() as s:
+            p = self._project(s, project, lock=True)
+            if completions is not None:
+                for i, cs in enumerate(completions):
+                    check_completions(cs, p.k, f"prompt {i + 1}", have=0, exact=True)
+            start = s.scalar(select(func.coalesce(func.max(Prompt.position), -1)).where(Prompt.project_id == p.id))
+            n = p.k if completions is not None else 0
+            rows = [
+                Prompt(project_id=p.id, position=start + 1 + i, text=t, n_completions=n) for i, t in enumerate(texts)
+            ]
+            s.add_all(rows)
+            s.flush()
+            if completions is not None:
+                s.add_all(
+                    Completion(prompt_id=r.id, position=j, text=c, model=model, sampling=sampling_json)
+                    for r, cs in zip(rows, completions, strict=True)
+                    for j, c in enumerate(cs)
+                )
+            return [r.id for r in rows]
+
+    def add_completions(
+        self, prompt_id: int, texts: Sequence[str], model: str, sampling: Mapping[str, Any] | None = None
+    ) -> list[int]:
+        """Add completions of one prompt made by `model` with `sampling` settings (JSON-able).
+
+        A prompt takes exactly K completions in all (several calls may add them, e.g. one per
+        model); it is offered for ranking once it has all K. Returns their ids in order.
+        """
+        sampling_json = check_sampling(sampling)
+        model = check_model(model)
+        with self._writing() as s:
+            q = select(Prompt).where(Prompt.id == prompt_id).with_for_update()
+            prompt = s.scalar(q) if is_row_id(prompt_id) else None
+            if prompt is None:
+                raise NotFound(f"prompt {prompt_id!r} not found")
+            k = s.get_one(Project, prompt.project_id).k
+            have = prompt.n_completions
+            check_completions(texts, k, f"prompt {prompt_id}", have=have, exact=False)
+            prompt.n_completions = have + len(texts)
+            rows = [
+                Completion(prompt_id=prompt.id, position=have + j, text=t, model=model, sampling=sampling_json)
+                for j, t in enumerate(texts)
+            ]
+            s.add_all(rows)
+            s.flush()
+            return [r.id for r in rows]
+
+    def find_prompts(self, project: str | ProjectInfo, texts: Sequence[str]) -> dict[str, int]:
+        """Which of `texts` are already prompts of the project: {text: prompt id}."""
+        wanted = set(texts)
+        with self._reading() as s:
+            p = self._project(s, project)
+            rows = s.execute(select(Prompt.text, Prompt.id).where(Prompt.project_id == p.id)).all()
+            return {t: i for t, i in rows if t in wanted}
+
+    def prompt(
+        self, prompt_id: int, annotator: str | AnnotatorInfo | None = None, project: str | ProjectInfo | None = None
+    ) -> PromptView:
+        """A prompt with its completions (and `annotator`'s ranking of it); NotFound if it is not
+        in `project` (when given)."""
+        with self._reading() as s:
+            p = self._project(s, project) if project is not None else None
+            a = self._annotator(s, annotator) if annotator is not None else None
+            return self._prompt_view(s, self._prompt(s, prompt_id, p), a)
+
+    # ----- annotators --------------------------------------------------------------------------
+    def add_annotator(self, name: str, admin: bool = False) -> str:
+        """Add an annotator and return their sign-in token. Only its hash is stored: show it now."""
+        name = check_name(name, "annotator name")
+        token = secrets.token_urlsafe(24)
+        with self._writing() as s:
+            if s.scalar(select(Annotator.id).where(Annotator.name == name)) is not None:
+                raise Conflict(f"annotator {name!r} already exists")
+            s.add(Annotator(name=name, token_hash=hash_token(token), is_admin=bool(admin)))
+        return token
+
+    def annotator_for_token(self, token: str | None) -> AnnotatorInfo | None:
+        """The annotator a token belongs to, or None."""
+        if not token or not isinstance(token, str) or len(token) > MAX_TOKEN_CHARS:
+            return None
+        with self._reading() as s:
+            row = s.scalar(select(Annotator).where(Annotator.token_hash == hash_token(token)))
+            return _annotator_info(row) if row is not None else None
+
+    def annotators(self) -> list[AnnotatorInfo]:
+        with self._reading() as s:
+            return [_annotator_info(a) for a in s.scalars(select(Annotator).order_by(Annotator.name))]
+
+    # ----- labeling ----------------------------------------------------------------------------
+    @staticmethod
+    def _open_to(p: ProjectInfo, a: AnnotatorInfo, annotators_per_prompt: int, now: datetime) -> Select[tuple[Prompt]]:
+        """Prompts `a` may be given: complete (K completions), not ranked or skipped by `a`, and
+        with fewer than N rankings plus other annotators' live assignments.
+
+        The counters on the prompt row rule out full prompts before any subquery runs, so the
+        cost does not grow with the rankings already made, whatever plan the database picks.
+        """
+        n_held = (
+            select(func.count())
+            .where(Assignment.prompt_id == Prompt.id, Assignment.annotator_id != a.id, Assignment.expires_at > now)
+            .scalar_subquery()
+        )
+        done_by_me = exists().where(Ranking.prompt_id == Prompt.id, Ranking.annotator_id == a.id)
+        return select(Prompt).where(
+            Prompt.project_id == p.id,
+            Prompt.n_completions == p.k,
+            Prompt.n_rankings < annotators_per_prompt,
+            ~done_by_me,
+            Prompt.n_rankings + n_held < annotators_per_prompt,
+        )
+
+    def next_prompt(
+        self,
+        project: str | ProjectInfo,
+        annotator: str | AnnotatorInfo,
+        annotators_per_prompt: int = 1,
+        *,
+        lease_seconds: float = LEASE_SECONDS,
+    ) -> PromptView | None:
+        """The prompt `annotator` should rank next, or None when there is nothing left for them.
+
+        That is the first prompt in project order that they have neither ranked nor skipped and
+        that has fewer than `annotators_per_prompt` rankings, counting the prompts handed to
+        other annotators in the last `lease_seconds` as ranked. The prompt is handed to this
+        annotator (asking again gives the same one until they rank it), so annotators working
+        at the same time get different prompts. Skips do not count towards the N rankings.
+        """
+        if isinstance(annotators_per_prompt, bool) or not isinstance(annotators_per_prompt, int) or (
+            annotators_per_prompt < 1
+        ):
+            raise FeedbackError(f"annotators_per_prompt must be an integer >= 1, got {annotators_per_prompt!r}")
+        now = utcnow()
+        with self._writing(durable=False) as s:
+            # Lock the project row (PostgreSQL) so two annotators cannot both take the last slot;
+            # the lock is held only while choosing, the view is read after the commit.
+            p = self._project(s, project, lock=True)
+            a = self._annotator(s, annotator)
+            mine = s.scalar(
+                select(Prompt)
+                .join(Assignment, Assignment.prompt_id == Prompt.id)
+                .where(
+                    Prompt.project_id == p.id,
+                    Assignment.annotator_id == a.id,
+                    Assignment.expires_at > now,
+                    ~exists().where(Ranking.prompt_id == Prompt.id, Ranking.annotator_id == a.id),
+                )
+                .order_by(Prompt.position)
+                .limit(1)
+            )
+            prompt = mine or s.scalar(
+                self._open_to(p, a, annotators_per_prompt, now).order_by(Prompt.position).limit(1)
+            )
+            if prompt is None:
+                return None
+            lease = s.get(Assignment, (a.id, prompt.id))
+            expires = now + timedelta(seconds=lease_seconds)
+            if lease is None:
+                s.add(Assignment(annotator_id=a.id, prompt_id=prompt.id, expires_at=expires))
+            elif lease.expires_at < now + timedelta(seconds=lease_seconds / 2):
+                lease.expires_at = expires  # renewed only when half gone: most reloads write nothing
+        with self._reading() as s:
+            return self._prompt_view(s, prompt, None, p.name)
+
+    def standing(
+        self, project: str | ProjectInfo, annotator: str | AnnotatorInfo, annotators_per_prompt: int = 1
+    ) -> tuple[int, int]:
+        """(done, left) for one annotator: prompts they ranked or skipped, and prompts they could
+        still be given (the one in hand included)."""
+        with self._reading() as s:
+            p, a = self._project(s, project), self._annotator(s, annotator)
+            left = select(func.count()).select_from(self._open_to(p, a, annotators_per_prompt, utcnow()).subquery())
+            done = (
+                select(func.count())
+                .select_from(Ranking)
+                .join(Prompt, Prompt.id == Ranking.prompt_id)
+                .where(Prompt.project_id == p.id, Ranking.annotator_id == a.id)
+            )
+            done_n, left_n = s.execute(select(done.scalar_subquery(), left.scalar_subquery())).one()
+            return done_n or 0, left_n or 0
+
+    def previous_prompt(
+        self, project: str | ProjectInfo, annotator: str | AnnotatorInfo, before: int | None = None
+    ) -> PromptView | None:
+        """The prompt `annotator` ranked (or skipped) just before they ranked prompt `before`;
+        the last one they ranked when `before` is None or not ranked yet. None: nothing earlier.
+
+        Order is that of first submission, so going back several times walks the history even
+        after earlier rankings were changed.
+        """
+        with self._reading() as s:
+            p, a = self._project(s, project), self._annotator(s, annotator)
+            q = (
+                select(Ranking)
+                .join(Prompt, Prompt.id == Ranking.prompt_id)
+                .where(Prompt.project_id == p.id, Ranking.annotator_id == a.id)
+            )
+            anchor = None
+            if is_row_id(before):
+                anchor = s.scalar(select(Ranking.id).where(Ranking.prompt_id == before, Ranking.annotator_id == a.id))
+            if anchor is not None:
+                q = q.where(Ranking.id < anchor)
+            r = s.scalar(q.order_by(Ranking.id.desc()).limit(1))
+            return None if r is None else self._prompt_view(s, s.get_one(Prompt, r.prompt_id), a)
+
+    def submit_ranking(
+        self,
+        annotator: str | AnnotatorInfo,
+        prompt_id: int,
+        ranks: Mapping[int, int] | None = None,
+        *,
+        order: Sequence[int] | None = None,
+        skip: bool = False,
+        unsafe: bool = False,
+        comment: str | None = None,
+        submission_id: str | None = None,
+        project: str | ProjectInfo | None = None,
+    ) -> SubmitResult:
+        """Store `annotator`'s ranking of a prompt's completions; committed when this returns.
+
+        Give the ranking as `order` (completion ids, best first) or as `ranks` ({completion id:
+        rank}, 0 best, equal ranks for ties); it must cover exactly the prompt's completions.
+        `skip=True` needs no ranking (one given is not stored). `unsafe` flags the content;
+        `comment` is free text.
+
+        `submission_id` makes the call idempotent: sending the same id again (a retry after a
+        lost answer) changes nothing and returns the stored ranking with `duplicate=True`. One
+        is generated when left out. Ranking a prompt again (with a new id) replaces the earlier
+        ranking. With `project`, a prompt of another project is NotFound.
+        """
+        sid = check_submission_id(submission_id if submission_id is not None else uuid.uuid4().hex)
+        if comment is not None:
+            if not isinstance(comment, str):
+                raise FeedbackError(f"comment must be text, got {type(comment).__name__}")
+            if len(comment) > MAX_COMMENT_CHARS:
+                raise FeedbackError(f"comment is {len(comment)} characters; the limit is {MAX_COMMENT_CHARS}")
+            comment = comment.strip() or None
+
+        def attempt(s: Session) -> SubmitResult:
+            return self._submit(s, annotator, prompt_id, ranks, order, bool(skip), bool(unsafe), comment, sid, project)
+
+        return self._retry_on_conflict(attempt, what=f"ranking of prompt {prompt_id}")
+
+    def _retry_on_conflict(self, fn: Callable[[Session], T], what: str) -> T:
+        """Run a write; on PostgreSQL, retry it when a concurrent transaction inserted the same
+        ranking or submission id first: the retry then sees the winner's row. (SQLite writers
+        are serialised and never race.)"""
+        if self._write_lock is not None:
+            with self._writing() as s:
+                return fn(s)
+        for attempt in range(_SUBMIT_ATTEMPTS):
+            try:
+                with self._writing() as s:
+                    return fn(s)
+            except IntegrityError as e:
+                if attempt == _SUBMIT_ATTEMPTS - 1:
+                    raise Conflict(f"{what}: conflicting concurrent writes ({first_line(e)}); send it again") from None
+        raise AssertionError("unreachable")
+
+    def _submit(
+        self,
+        s: Session,
+        annotator: str | AnnotatorInfo,
+        prompt_id: int,
+        ranks: Mapping[int, int] | None,
+        order: Sequence[int] | None,
+        skip: bool,
+        unsafe: bool,
+        comment: str | None,
+        sid: str,
+        project: str | ProjectInfo | None,
+    ) -> SubmitResult:
+        a = self._annotator(s, annotator)
+        seen = s.get(Submission, sid)
+        if seen is not None:
+            r = s.get_one(Ranking, seen.ranking_id)
+            if r.annotator_id != a.id or r.prompt_id != prompt_id:
+                raise Conflict(
+                    f"submission id {sid!r} was already used for another ranking; send a new id for a new ranking"
+                )
+            return SubmitResult(self._ranking_view(s, r, a.name), created=False, duplicate=True)
+
+        p = self._project(s, project) if project is not None else None
+        prompt = self._prompt(s, prompt_id, p)
+        k = p.k if p is not None else s.get_one(Project, prompt.project_id).k
+        completion_ids = list(s.scalars(select(Completion.id).where(Completion.prompt_id == prompt.id)
+                                        .order_by(Completion.position)))
+        if len(completion_ids) != k:
+            raise Conflict(
+                f"prompt {prompt_id} has {len(completion_ids)} of its {k} completions; it cannot be ranked yet"
+            )
+        new_ranks = {} if skip else normalise_ranking(prompt_id, completion_ids, ranks, order)
+
+        now = utcnow()
+        r = s.scalar(select(Ranking).where(Ranking.annotator_id == a.id, Ranking.prompt_id == prompt.id))
+        created = r is None
+        counted_before = r is not None and not r.skip
+        if r is None:
+            r = Ranking(annotator_id=a.id, prompt_id=prompt.id, created_at=now)
+            s.add(r)
+        r.skip, r.unsafe, r.comment, r.submission_id, r.updated_at = skip, unsafe, comment, sid, now
+        s.flush()
+        if counted_before != (not skip):  # a new ranking, or a skip turned ranking (or back)
+            delta = 1 if not skip else -1
+            s.execute(update(Prompt).where(Prompt.id == prompt.id).values(n_rankings=Prompt.n_rankings + delta))
+        s.execute(delete(RankingEntry).where(RankingEntry.ranking_id == r.id))
+        if new_ranks:
+            s.execute(insert(RankingEntry), [
+                {"ranking_id": r.id, "completion_id": cid, "rank": rank} for cid, rank in new_ranks.items()
+            ])
+        s.add(Submission(submission_id=sid, ranking_id=r.id, received_at=now))
+        s.execute(delete(Assignment).where(Assignment.annotator_id == a.id, Assignment.prompt_id == prompt.id))
+        s.flush()
+        return SubmitResult(_ranking_view(r, a.name, new_ranks), created=created, duplicate=False)
+
+    def get_ranking(self, annotator: str | AnnotatorInfo, prompt_id: int) -> RankingView | None:
+        """`annotator`'s ranking of a prompt, or None."""
+        if not is_row_id(prompt_id):
+            return None
+        with self._reading() as s:
+            a = self._annotator(s, annotator)
+            r = s.scalar(select(Ranking).where(Ranking.annotator_id == a.id, Ranking.prompt_id == prompt_id))
+            return None if r is None else self._ranking_view(s, r, a.name)
+
+    def rankings(self, project: str | ProjectInfo) -> list[RankingView]:
+        """All rankings and skips of a project, in prompt order, then annotator name."""
+        with self._reading() as s:
+            p = self._project(s, project)
+            rows = s.execute(
+                select(Ranking, Annotator.name)
+                .join(Prompt, Prompt.id == Ranking.prompt_id)
+                .join(Annotator, Annotator.id == Ranking.annotator_id)
+                .where(Prompt.project_id == p.id)
+                .order_by(Prompt.position, Annotator.name)
+            ).all()
+            entries = self._entries(s, p)
+            return [_ranking_view(r, name, entries.get(r.id, {})) for r, name in rows]
+
+    # ----- reporting ---------------------------------------------------------------------------
+    def progress(self, project: str | ProjectInfo, annotators_per_prompt: int = 1) -> ProjectProgress:
+        """Counts for the project and for every annotator."""
+        with self._reading() as s:
+            p = self._project(s, project)
+            in_project = and_(Prompt.id == Ranking.prompt_id, Prompt.project_id == p.id)
+            per_annotator = s.execute(
+                select(
+                    Annotator.name,
+                    Annotator.is_admin,
+                    func.count(Ranking.id).filter(Ranking.skip.is_(False)),
+                    func.count(Ranking.id).filter(Ranking.skip.is_(True)),
+                    func.count(Ranking.id).filter(Ranking.unsafe.is_(True)),
+                    func.max(Ranking.updated_at),
+                )
+                .select_from(Annotator)
+                .outerjoin(Ranking, and_(Ranking.annotator_id == Annotator.id,
+                                         exists().where(in_project)))
+                .group_by(Annotator.id, Annotator.name, Annotator.is_admin)
+                .order_by(Annotator.name)
+            ).all()
+            n_completions = (
+                select(Completion.prompt_id, func.count().label("n")).group_by(Completion.prompt_id).subquery()
+            )
+            prompts, ready = s.execute(
+                select(func.count(Prompt.id), func.count(Prompt.id).filter(n_completions.c.n == p.k))
+                .select_from(Prompt)
+                .outerjoin(n_completions, n_completions.c.prompt_id == Prompt.id)
+                .where(Prompt.project_id == p.id)
+            ).one()
+            per_prompt = (
+                select(Ranking.prompt_id, func.count().label("n"))
+                .join(Prompt, Prompt.id == Ranking.prompt_id)
+                .where(Prompt.project_id == p.id, Ranking.skip.is_(False))
+                .group_by(Ranking.prompt_id)
+                .subquery()
+            )
+            rankings, complete = s.execute(
+                select(func.coalesce(func.sum(per_prompt.c.n), 0),
+                       func.count().filter(per_prompt.c.n >= annotators_per_prompt))
+            ).one()
+            return ProjectProgress(
+                project=p.name,
+                k=p.k,
+                annotators_per_prompt=annotators_per_prompt,
+                prompts=prompts,
+                ready=ready,
+                rankings=int(rankings),
+                complete=complete,
+                annotators=[
+                    AnnotatorProgress(
+                        annotator=name,
+                        is_admin=bool(admin),
+                        ranked=ranked,
+                        skipped=skipped,
+                        unsafe=unsafe,
+                        last_at=_aware(last),
+                    )
+                    for name, admin, ranked, skipped, unsafe, last in per_annotator
+                ],
+            )
+
+    def agreement(self, project: str | ProjectInfo) -> AgreementReport:
+        """Pairwise agreement and Kendall tau-b between annotators on the prompts they share
+        (skips left out); see `rlhfkit.feedback.agreement` for the definitions."""
+        labeled = self._labeled(project)
+        return agreement_report({i: lp.rankings for i, lp in enumerate(labeled)})
+
+    def export_rows(
+        self,
+        project: str | ProjectInfo,
+        format: str = "pairwise",
+        merge: str = "majority",
+        drop_flagged: bool = True,
+    ) -> list[dict[str, Any]]:
+        """Training rows for the reward model; see `rlhfkit.feedback.export` for the formats."""
+        if format not in export_mod.FORMATS:
+            raise FeedbackError(f"format must be one of {', '.join(export_mod.FORMATS)}, got {format!r}")
+        if merge not in export_mod.MERGES:
+            raise FeedbackError(f"merge must be one of {', '.join(export_mod.MERGES)}, got {merge!r}")
+        return export_mod.build_rows(self._labeled(project), format=format, merge=merge, drop_flagged=drop_flagged)
+
+    def _labeled(self, project: str | ProjectInfo) -> list[export_mod.LabeledPrompt]:
+        """Every prompt of the project that has at least one ranking or skip, in project order."""
+        with self._reading() as s:
+            p = self._project(s, project)
+            completions: dict[int, list[tuple[int, str]]] = defaultdict(list)
+            for prompt_id, cid, text in s.execute(
+                select(Completion.prompt_id, Completion.id, Completion.text)
+                .join(Prompt, Prompt.id == Completion.prompt_id)
+                .where(Prompt.project_id == p.id)
+                .order_by(Completion.prompt_id, Completion.position)
+            ):
+                completions[prompt_id].append((cid, text))
+            entries = self._entries(s, p)
+            rows = s.execute(
+                select(Prompt.id, Prompt.text, Annotator.name, Ranking.id, Ranking.skip, Ranking.unsafe)
+                .join(Ranking, Ranking.prompt_id == Prompt.id)
+                .join(Annotator, Annotator.id == Ranking.annotator_id)
+                .where(Prompt.project_id == p.id)
+                .order_by(Prompt.position, Annotator.name)
+            ).all()
+            by_prompt: dict[int, export_mod.LabeledPrompt] = {}
+            for prompt_id, text, name, rid, skip, unsafe in rows:
+                cs = completions[prompt_id]
+                lp = by_prompt.setdefault(
+                    prompt_id, export_mod.LabeledPrompt(text, [t for _, t in cs], {}, flagged=False)
+                )
+                if unsafe and not lp.flagged:
+                    lp = by_prompt[prompt_id] = export_mod.LabeledPrompt(lp.text, lp.completions, lp.rankings, True)
+                if not skip:
+                    lp.rankings[name] = [entries[rid][cid] for cid, _ in cs]
+            return list(by_prompt.values())
+
+    # ----- record building ---------------------------------------------------------------------
+    @staticmethod
+    def _entries(s: Session, p: ProjectInfo) -> dict[int, dict[int, int]]:
+        """{ranking id: {completion id: rank}} for a whole project."""
+        out: dict[int, dict[int, int]] = defaultdict(dict)
+        for rid, cid, rank in s.execute(
+            select(RankingEntry.ranking_id, RankingEntry.completion_id, RankingEntry.rank)
+            .join(Ranking, Ranking.id == RankingEntry.ranking_id)
+            .join(Prompt, Prompt.id == Ranking.prompt_id)
+            .where(Prompt.project_id == p.id)
+        ):
+            out[rid][cid] = rank
+        return out
+
+    @staticmethod
+    def _ranking_view(s: Session, r: Ranking, annotator_name: str) -> RankingView:
+        q = select(RankingEntry.completion_id, RankingEntry.rank).where(RankingEntry.ranking_id == r.id)
+        ranks = dict(s.execute(q).all())
+        return _ranking_view(r, annotator_name, ranks)
+
+    def _prompt_view(
+        self, s: Session, prompt: Prompt, annotator: AnnotatorInfo | None, project_name: str | None = None
+    ) -> PromptView:
+        if project_name is None:
+            project_name = s.scalar(select(Project.name).where(Project.id == prompt.project_id)) or ""
+        cs = s.scalars(select(Completion).where(Completion.prompt_id == prompt.id).order_by(Completion.position))
+        ranking = None
+        if annotator is not None:
+            r = s.scalar(select(Ranking).where(Ranking.annotator_id == annotator.id, Ranking.prompt_id == prompt.id))
+            ranking = None if r is None else self._ranking_view(s, r, annotator.name)
+        return PromptView(
+            id=prompt.id,
+            project=project_name,
+            position=prompt.position,
+            text=prompt.text,
+            completions=[CompletionView(c.id, c.position, c.text, c.model, dict(c.sampling)) for c in cs],
+            ranking=ranking,
+        )
+
+
+def _aware(dt: datetime | None) -> datetime | None:
+    # Aggregates (max) bypass the column type, so SQLite hands back a string and PG a naive datetime.
+    if dt is None:
+        return None
+    if isinstance(dt, str):
+        dt = datetime.fromisoformat(dt)
+    return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt
+
+
+def _project_info(p: Project) -> ProjectInfo:
+    return ProjectInfo(p.id, p.name, p.k)
+
+
+def _annotator_info(a: Annotator) -> AnnotatorInfo:
+    return AnnotatorInfo(a.id, a.name, bool(a.is_admin))
+
+
+def _ranking_view(r: Ranking, annotator: str, ranks: dict[int, int]) -> RankingView:
+    return RankingView(
+        id=r.id,
+        annotator=annotator,
+        prompt_id=r.prompt_id,
+        ranks=dict(ranks),
+        skip=r.skip,
+        unsafe=r.unsafe,
+        comment=r.comment,
+        submission_id=r.submission_id,
+        created_at=r.created_at,
+        updated_at=r.updated_at,
+    )

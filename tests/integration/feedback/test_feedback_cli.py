@@ -1,0 +1,227 @@
+"""`rlhfkit feedback ...` through typer's CliRunner (the sub-app, as `rlhfkit` mounts it)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from rlhfkit.feedback.cli import feedback_app
+from rlhfkit.feedback.store import FeedbackStore
+
+runner = CliRunner()
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    result = runner.invoke(feedback_app, [str(a) for a in args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def one_line_error(args: list[str], fragment: str) -> None:
+    code, out, err = run(*args)
+    assert code == 2, (args, out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), (args, err)
+    assert fragment in lines[0], (args, lines[0])
+
+
+def write_jsonl(path: Path, rows: list[object]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+PROMPTS = [
+    {"prompt": "Name a colour.", "completions": ["red", "blue", "green"]},
+    {"prompt": "Name a fruit.", "completions": ["apple", "pear", "plum"]},
+]
+
+
+def test_import_add_annotator_rank_export_and_status(tmp_path: Path) -> None:
+    db = str(tmp_path / "feedback.db")
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", PROMPTS)
+    code, out, err = run("import", prompts, "--db", db, "--project", "demo", "--k", "3", "--model", "gpt2",
+                         "--sampling", '{"temperature": 0.9}')
+    assert code == 0, err
+    assert "imported 2 prompts with 3 completions each into project 'demo'" in out
+
+    code, out, err = run("add-annotator", "ada", "--db", db)
+    assert code == 0 and "shown only now" in err
+    token = out.strip()
+    assert len(out.splitlines()) == 1 and len(token) >= 32  # only the token on stdout: easy to pipe
+    assert run("add-annotator", "root", "--db", db, "--admin")[0] == 0
+
+    with FeedbackStore.open(db) as store:
+        assert store.annotator_for_token(token).name == "ada"
+        view = store.prompt(1)
+        assert (view.completions[0].model, view.completions[0].sampling) == ("gpt2", {"temperature": 0.9})
+        by_text = {c.text: c.id for p in (1, 2) for c in store.prompt(p).completions}
+        store.submit_ranking("ada", 1, order=[by_text["blue"], by_text["red"], by_text["green"]])
+        store.submit_ranking("root", 1, order=[by_text["blue"], by_text["green"], by_text["red"]])
+        store.submit_ranking("ada", 2, {by_text["apple"]: 0, by_text["pear"]: 1, by_text["plum"]: 1})
+
+    out_file = tmp_path / "out" / "pairs.jsonl"
+    code, out, err = run("export", "--db", db, "--project", "demo", "--out", out_file)
+    assert code == 0, err
+    # Colour, mean places: blue 0, red (1+2)/2 = 1.5, green (2+1)/2 = 1.5 -> blue > red = green.
+    # Fruit: ada only, apple > pear = plum.
+    assert [json.loads(line) for line in out_file.read_text().splitlines()] == [
+        {"prompt": "Name a colour.", "chosen": "blue", "rejected": "red"},
+        {"prompt": "Name a colour.", "chosen": "blue", "rejected": "green"},
+        {"prompt": "Name a fruit.", "chosen": "apple", "rejected": "pear"},
+        {"prompt": "Name a fruit.", "chosen": "apple", "rejected": "plum"},
+    ]
+    assert "wrote 4 pairwise rows (majority)" in out
+
+    ranked = tmp_path / "ranked.jsonl"
+    code, out, err = run("export", "--db", db, "--project", "demo", "--format", "ranked", "--merge", "all",
+                         "--out", ranked)
+    assert code == 0, err
+    assert [json.loads(line) for line in ranked.read_text().splitlines()] == [
+        {"prompt": "Name a colour.", "completions": ["blue", "red", "green"], "annotator": "ada"},
+        {"prompt": "Name a colour.", "completions": ["blue", "green", "red"], "annotator": "root"},
+        {"prompt": "Name a fruit.", "completions": ["apple", "pear", "plum"], "ranks": [0, 1, 1], "annotator": "ada"},
+    ]
+
+    code, out, err = run("status", "--db", db, "--project", "demo", "--annotators-per-prompt", "2")
+    assert code == 0, err
+    assert "2 prompts, 2 with all completions, 3 rankings, 1 prompts ranked by 2 or more" in " ".join(out.split())
+    assert "ada" in out and "root" in out
+    # ada vs root on the colour prompt: (b,r) agree, (b,g) agree, (r,g) disagree -> 2/3, tau 1/3.
+    assert "0.667" in out and "0.333" in out
+
+
+def test_import_prompts_without_completions(tmp_path: Path) -> None:
+    db = str(tmp_path / "feedback.db")
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "one"}, {"prompt": "two"}])
+    code, out, _ = run("import", prompts, "--db", db, "--project", "demo", "--k", "4")
+    assert code == 0 and "imported 2 prompts (no completions yet)" in out
+    more = write_jsonl(tmp_path / "q.jsonl", [{"prompt": "three", "completions": ["a", "b", "c", "d"]}])
+    code, out, err = run("import", more, "--db", db, "--project", "demo")  # k comes from the project
+    assert code == 0, err
+    with FeedbackStore.open(db) as store:
+        assert [len(store.prompt(i).completions) for i in (1, 2, 3)] == [0, 0, 4]
+
+
+def test_bad_input_gives_one_line_naming_the_row_and_field(tmp_path: Path) -> None:
+    db = str(tmp_path / "feedback.db")
+    good = write_jsonl(tmp_path / "good.jsonl", PROMPTS)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n\n")
+    cases = [
+        ([empty, "--k", "3"], "empty.jsonl: no prompts (the file is empty)"),
+        ([good, "--k", "1"], "--k: must be from 2 to 9"),
+        ([good, "--k", "10"], "--k: must be from 2 to 9"),
+        ([good], "project 'demo' does not exist yet; give --k"),
+        ([tmp_path / "missing.jsonl", "--k", "3"], "missing.jsonl: file not found"),
+        ([good, "--k", "3", "--sampling", "{temp"], "--sampling: not valid JSON"),
+        ([write_jsonl(tmp_path / "a.jsonl", [PROMPTS[0], "just text"]), "--k", "3"],
+         "a.jsonl, row 2: expected a JSON object"),
+        ([write_jsonl(tmp_path / "b.jsonl", [{"prompt": "x", "completions": ["1", "2"]}]), "--k", "3"],
+         "b.jsonl, row 1, field 'completions': 2 given; the project takes exactly k=3"),
+        ([write_jsonl(tmp_path / "c.jsonl", [{"prompt": "x", "completion": ["1", "2", "3"]}]), "--k", "3"],
+         "c.jsonl, row 1, field 'completion': unknown field"),
+        ([write_jsonl(tmp_path / "d.jsonl", [PROMPTS[0], {"prompt": "y"}]), "--k", "3"],
+         "d.jsonl, row 2, field 'completions': missing, but row 1 has them"),
+        ([write_jsonl(tmp_path / "e.jsonl", [PROMPTS[0], PROMPTS[0]]), "--k", "3"],
+         "e.jsonl, row 2, field 'prompt': the same prompt as row 1"),
+        ([write_jsonl(tmp_path / "f.jsonl", [{"prompt": "  "}]), "--k", "3"],
+         "f.jsonl, row 1, field 'prompt': must be non-empty text"),
+    ]
+    (tmp_path / "g.jsonl").write_text('{"prompt": "fine"}\n{"prompt": \n')
+    cases.append(([tmp_path / "g.jsonl", "--k", "3"], "g.jsonl, row 2: not valid JSON"))
+    for args, fragment in cases:
+        one_line_error(["import", *args, "--db", db, "--project", "demo"], fragment)
+    with FeedbackStore.open(db) as store:
+        assert store.projects() == []  # a refused import leaves nothing behind, not even the project
+
+    assert run("import", good, "--db", db, "--project", "demo", "--k", "3")[0] == 0
+    one_line_error(["import", good, "--db", db, "--project", "demo"], "row 1: prompt already in project 'demo'")
+    one_line_error(["import", good, "--db", db, "--project", "demo", "--k", "4"], "has k=3; --k 4 does not match")
+    assert run("add-annotator", "ada", "--db", db)[0] == 0
+    one_line_error(["add-annotator", "ada", "--db", db], "annotator 'ada' already exists")
+    for command in (["status"], ["export", "--out", tmp_path / "x.jsonl"], ["serve"]):
+        one_line_error([*command, "--db", db, "--project", "nope"], "project 'nope' not found (known projects: demo)")
+
+
+def test_database_errors_are_one_line_and_fast(tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed again: nothing listens there
+    closed = f"postgresql://ann:secret@127.0.0.1:{port}/labels"
+    for command in (["status", "--project", "demo"], ["add-annotator", "ada"],
+                    ["export", "--project", "demo", "--out", tmp_path / "x.jsonl"]):
+        start = time.monotonic()
+        one_line_error([*command, "--db", closed], f"cannot open database postgresql+psycopg://ann:***@127.0.0.1:{port}")
+        assert time.monotonic() - start < 10
+    one_line_error(["status", "--project", "demo", "--db", "mysql://u@h/db"], "'mysql' is not supported")
+    one_line_error(["status", "--project", "demo", "--db", str(tmp_path / "nowhere" / "f.db")], "does not exist")
+
+
+def test_export_rows_have_the_columns_the_reward_data_reader_expects(tmp_path: Path) -> None:
+    """pairwise: exactly prompt/chosen/rejected, all strings; ranked: prompt (str), completions
+    (strings, K of them), ranks (ints from 0, best first) only with ties; `all` adds annotator."""
+    db = str(tmp_path / "feedback.db")
+    rows = [{"prompt": f"prompt {i}", "completions": [f"c{i}-{j}" for j in range(4)]} for i in range(3)]
+    assert run("import", write_jsonl(tmp_path / "p.jsonl", rows), "--db", db, "--project", "demo", "--k", "4")[0] == 0
+    with FeedbackStore.open(db) as store:
+        for name in ("ann", "bob"):
+            store.add_annotator(name)
+        for pid in (1, 2, 3):
+            ids = [c.id for c in store.prompt(pid).completions]
+            store.submit_ranking("ann", pid, order=ids)
+            store.submit_ranking("bob", pid, dict(zip(ids, [1, 0, 1, 2])))  # a tie
+
+    exported = {}
+    for fmt in ("pairwise", "ranked"):
+        for merge in ("majority", "all"):
+            out = tmp_path / f"{fmt}-{merge}.jsonl"
+            code, _, err = run("export", "--db", db, "-p", "demo", "--format", fmt, "--merge", merge, "--out", out)
+            assert code == 0, err
+            exported[fmt, merge] = [json.loads(line) for line in out.read_text().splitlines()]
+            assert exported[fmt, merge], (fmt, merge)
+
+    for merge in ("majority", "all"):
+        extra = {"annotator"} if merge == "all" else set()
+        for row in exported["pairwise", merge]:
+            assert set(row) == {"prompt", "chosen", "rejected"} | extra
+            assert all(isinstance(row[k], str) and row[k] for k in row)
+            assert row["chosen"] != row["rejected"]
+        for row in exported["ranked", merge]:
+            assert set(row) - {"ranks"} == {"prompt", "completions"} | extra
+            assert isinstance(row["prompt"], str)
+            assert len(row["completions"]) == 4 and all(isinstance(c, str) for c in row["completions"])
+            if "ranks" in row:
+                r = row["ranks"]
+                assert all(type(x) is int for x in r) and r == sorted(r) and r[0] == 0 and len(set(r)) < len(r)
+
+    # And the reward stage's own reader accepts every file as it is.
+    preferences = pytest.importorskip("rlhfkit.data.preferences")
+    for (fmt, merge), file_rows in exported.items():
+        examples = preferences.load_examples(tmp_path / f"{fmt}-{merge}.jsonl")
+        assert len(examples) == len(file_rows)
+
+
+def test_every_command_has_help() -> None:
+    for command in ([], ["import"], ["add-annotator"], ["serve"], ["export"], ["status"]):
+        code, out, _ = run(*command, "--help")
+        assert code == 0 and "Usage" in out
+
+
+def test_mounts_under_the_main_command_line() -> None:
+    import typer
+
+    main = typer.Typer()
+    main.add_typer(feedback_app, name="feedback")
+
+    @main.callback()
+    def root() -> None:
+        """rlhfkit"""
+
+    result = runner.invoke(main, ["feedback", "--help"])
+    assert result.exit_code == 0
+    for command in ("import", "add-annotator", "serve", "export", "status"):
+        assert command in result.stdout

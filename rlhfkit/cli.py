@@ -16,6 +16,7 @@ import typer
 from rlhfkit import __version__
 from rlhfkit.config import config_command
 from rlhfkit.errors import UserError
+from rlhfkit.feedback.cli import feedback_app
 from rlhfkit.trainers.reward_config import RewardConfig, ScoreConfig
 from rlhfkit.trainers.rl_config import PPOConfig, ReinforceConfig
 
@@ -90,6 +91,9 @@ stage("ppo", PPOConfig, _ppo,
 stage("reinforce", ReinforceConfig, _reinforce,
       "Optimise the policy with REINFORCE, grad J = E[sum_t grad log pi(a_t|s_t) (R - b)], with the baseline "
       "b chosen by --baseline: none, moving_mean, value, rloo or grpo.")
+
+
+app.add_typer(feedback_app, name="feedback")
 
 
 @app.command("version")

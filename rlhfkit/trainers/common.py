@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration
 
 from rlhfkit.config import save_config
 from rlhfkit.errors import ConfigError
@@ -35,7 +36,8 @@ def make_accelerator(cfg: Any) -> Accelerator:
     mp = cfg.mixed_precision
     if mp == "fp16" and not torch.cuda.is_available():
         raise ConfigError("setting 'mixed_precision': fp16 needs a GPU; use bf16 or no on a CPU")
-    return Accelerator(mixed_precision=mp)
+    # split_batches: a batch_size setting is the global batch, whatever the number of processes.
+    return Accelerator(mixed_precision=mp, dataloader_config=DataLoaderConfiguration(split_batches=True))
 
 
 def make_optimizer(params: Any, cfg: Any) -> torch.optim.Optimizer:

@@ -24,28 +24,31 @@ from rlhfkit.algos.advantages import gae
 from rlhfkit.algos.kl import KL_ESTIMATORS, shaped_rewards
 from rlhfkit.algos.masked import explained_variance, masked_whiten
 from rlhfkit.algos.ppo import ppo_loss
+from rlhfkit.rollout.batch import Rollout
 from rlhfkit.rollout.collect import collect_rollout
+from rlhfkit.rollout.gather import gather_rollout, plan_iteration
 from rlhfkit.tracking.console import print_table, progress_bar
 from rlhfkit.trainers.rl_common import (
     RewardFn,
     RLRun,
     build_rl,
     checkpoint,
+    episode_seeds,
     iteration_generator,
     log_samples,
+    mean_across_processes,
     rollout_metrics,
-    rollout_seeds,
     save_final,
 )
 from rlhfkit.trainers.rl_config import PPOConfig
 
 
-def ppo_update(run: RLRun, rollout: Any, perms: list[torch.Tensor], minibatch: int) -> dict[str, float]:
+def ppo_update(run: RLRun, rollout: Rollout, minibatches: list[list[torch.Tensor]]) -> dict[str, float]:
     """Step 4: epochs x minibatches of PPO updates; returns the mean of each statistic."""
     cfg, acc = run.cfg, run.accelerator
     stats: dict[str, list[float]] = defaultdict(list)
-    for perm in perms:
-        for rows in perm.split(minibatch):
+    for epoch in minibatches:
+        for rows in epoch:
             mb = rollout.index(rows)
             with acc.autocast():
                 out = run.actor(mb.prompt_ids, mb.prompt_mask, mb.response_ids, cfg.temperature)
@@ -66,37 +69,43 @@ def ppo_update(run: RLRun, rollout: Any, perms: list[torch.Tensor], minibatch: i
                 # Sanity check S1: before any update the ratio is exactly 1 on the first minibatch.
                 stats["policy/clipfrac_first"].append(float(step_stats["policy/clipfrac"]))
                 stats["policy/approx_kl_first"].append(float(step_stats["policy/approx_kl"]))
-            if cfg.target_kl and float(step_stats["policy/approx_kl"]) > 1.5 * cfg.target_kl:
+            if cfg.target_kl and _approx_kl(acc, step_stats) > 1.5 * cfg.target_kl:
                 stats["policy/early_stop"].append(1.0)
-                return {k: sum(v) / len(v) for k, v in stats.items()}
-    return {k: sum(v) / len(v) for k, v in stats.items()}
+                return mean_across_processes(acc, {k: sum(v) / len(v) for k, v in stats.items()})
+    return mean_across_processes(acc, {k: sum(v) / len(v) for k, v in stats.items()})
 
 
-def train(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> list[dict[str, Any]]:
+def _approx_kl(acc: Any, step_stats: dict[str, torch.Tensor]) -> float:
+    """This step's approximate KL, averaged over processes so they all stop together."""
+    return mean_across_processes(acc, {"kl": float(step_stats["policy/approx_kl"])})["kl"]
+
+
+def train(cfg: PPOConfig, reward_fn: RewardFn | None = None,
+          gold_fn: RewardFn | None = None) -> list[dict[str, Any]]:
     """Run PPO as configured; returns the per-iteration metrics."""
     steps = cfg.update_epochs * cfg.num_minibatches
     run = build_rl(cfg, with_critic=True, separate_critic=cfg.critic == "separate", steps_per_iteration=steps,
-                   reward_fn=reward_fn)
-    acc, batch = run.accelerator, cfg.rollout_batch_size
-    local_batch = batch // acc.num_processes
-    minibatch = local_batch // cfg.num_minibatches
+                   reward_fn=reward_fn, gold_fn=gold_fn)
+    acc, batch, pad_id = run.accelerator, cfg.rollout_batch_size, run.tokenizer.pad_token_id
     history = []
     with progress_bar(cfg.iterations, "ppo", keys=("reward", "kl"), enabled=run.main) as bar:
         bar.update(run.start_iteration)
         for it in range(run.start_iteration, cfg.iterations):
             t_iter = time.perf_counter()
-            # 1. Rollout (old log-probs in the first epoch's minibatch groups, so ratio == 1 exactly there).
-            indices = run.prompts.next_indices(batch)
-            seeds, share = rollout_seeds(run, it, batch)
-            ids, mask, texts = run.prompts.batch(indices[share], run.tokenizer.pad_token_id)
-            gen = iteration_generator(cfg.seed, it)
-            perms = [torch.randperm(local_batch, generator=gen) for _ in range(cfg.update_epochs)]
+            # 1. Rollout of this process's episodes (old log-probs in the first epoch's minibatch groups, so
+            #    ratio == 1 exactly there), then the whole batch gathered in global order.
+            plan = plan_iteration(iteration_generator(cfg.seed, it), batch, cfg.update_epochs, cfg.num_minibatches,
+                                  acc.process_index, acc.num_processes)
+            ids, mask, texts = run.prompts.batch(run.prompts.next_indices(batch), pad_id)
+            own = plan.own
             with acc.autocast():
-                rollout, times = collect_rollout(
-                    run.unwrapped, run.reference, run.scorer, run.tokenizer, ids.to(acc.device), mask.to(acc.device),
-                    texts, run.sampling, seeds, list(perms[0].split(minibatch)), with_values=True,
+                local, times = collect_rollout(
+                    run.unwrapped, run.reference, run.scorer, run.tokenizer, ids[own].to(acc.device),
+                    mask[own].to(acc.device), [texts[j] for j in own.tolist()], run.sampling,
+                    episode_seeds(cfg.seed, it, own), plan.first_epoch_groups(), with_values=True,
                     missing_eos_penalty=cfg.missing_eos_penalty,
                 )
+            rollout = gather_rollout(acc, local, own, batch, pad_id)
             # 2. Rewards: score at the last response token minus beta * KL per token.
             beta = run.kl_ctl.value
             kl = KL_ESTIMATORS[cfg.kl_estimator](rollout.logp, rollout.ref_logp, rollout.mask)  # (B, T)
@@ -109,10 +118,10 @@ def train(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> list[dict[str, A
             rollout.advantages = masked_whiten(advantages, rollout.mask)
             # 4. PPO epochs over shuffled minibatches.
             t_train = time.perf_counter()
-            update_stats = ppo_update(run, rollout, perms, minibatch)
+            update_stats = ppo_update(run, rollout, plan.minibatches)
             t_train = time.perf_counter() - t_train
             # 5. KL controller, metrics, samples, checkpoint.
-            metrics = rollout_metrics(rollout, kl, beta)
+            metrics = rollout_metrics(run, rollout, kl, beta)
             run.kl_ctl.update(metrics["kl/ref"], batch)
             metrics.update(update_stats)
             metrics["value/explained_variance"] = float(explained_variance(rollout.values, returns, rollout.mask))

@@ -33,17 +33,20 @@ from rlhfkit.algos.pg import (
     rloo_advantages,
 )
 from rlhfkit.algos.ppo import entropy_bonus, ppo_policy_loss, ppo_value_loss
+from rlhfkit.rollout.batch import Rollout
 from rlhfkit.rollout.collect import collect_rollout
+from rlhfkit.rollout.gather import gather_rollout, plan_iteration
 from rlhfkit.tracking.console import print_table, progress_bar
 from rlhfkit.trainers.rl_common import (
     RewardFn,
     RLRun,
     build_rl,
     checkpoint,
+    episode_seeds,
     iteration_generator,
     log_samples,
+    mean_across_processes,
     rollout_metrics,
-    rollout_seeds,
     save_final,
 )
 from rlhfkit.trainers.rl_config import ReinforceConfig
@@ -78,14 +81,14 @@ def advantages_for(cfg: ReinforceConfig, returns: torch.Tensor, values: torch.Te
     return returns
 
 
-def reinforce_update(run: RLRun, rollout: Any, perms: list[torch.Tensor], minibatch: int, beta: float
+def reinforce_update(run: RLRun, rollout: Rollout, minibatches: list[list[torch.Tensor]], beta: float
                      ) -> dict[str, float]:
     """Step 4: the policy-gradient updates; returns the mean of each statistic."""
     cfg, acc = run.cfg, run.accelerator
     with_values = cfg.baseline == "value"
     stats: dict[str, list[float]] = defaultdict(list)
-    for perm in perms:
-        for rows in perm.split(minibatch):
+    for epoch in minibatches:
+        for rows in epoch:
             mb = rollout.index(rows)
             with acc.autocast():
                 out = run.actor(mb.prompt_ids, mb.prompt_mask, mb.response_ids, cfg.temperature,
@@ -118,35 +121,38 @@ def reinforce_update(run: RLRun, rollout: Any, perms: list[torch.Tensor], miniba
             run.scheduler.step()
             run.optimizer.zero_grad(set_to_none=True)
             stats["loss/total"].append(loss.item())
-    return {k: sum(v) / len(v) for k, v in stats.items()}
+    return mean_across_processes(acc, {k: sum(v) / len(v) for k, v in stats.items()})
 
 
-def train(cfg: ReinforceConfig, reward_fn: RewardFn | None = None) -> list[dict[str, Any]]:
+def train(cfg: ReinforceConfig, reward_fn: RewardFn | None = None,
+          gold_fn: RewardFn | None = None) -> list[dict[str, Any]]:
     """Run REINFORCE / RLOO / GRPO as configured; returns the per-iteration metrics."""
     steps = cfg.update_epochs * cfg.num_minibatches
     run = build_rl(cfg, with_critic=cfg.baseline == "value", steps_per_iteration=steps,
-                   reward_fn=reward_fn)
+                   reward_fn=reward_fn, gold_fn=gold_fn)
     acc, batch, k = run.accelerator, cfg.rollout_batch_size, cfg.samples_per_prompt
-    local_batch = batch // acc.num_processes
-    minibatch = local_batch // cfg.num_minibatches
+    pad_id = run.tokenizer.pad_token_id
     baseline_mean = (run.extra_state or {}).get("baseline_mean")
     history = []
     with progress_bar(cfg.iterations, f"reinforce ({cfg.baseline})", keys=("reward", "kl"), enabled=run.main) as bar:
         bar.update(run.start_iteration)
         for it in range(run.start_iteration, cfg.iterations):
             t_iter = time.perf_counter()
-            # 1. Rollout: k consecutive samples of each prompt (the groups RLOO and GRPO compare).
+            # 1. Rollout: k consecutive samples of each prompt (the groups RLOO and GRPO compare); each process
+            #    samples its share, then the whole batch is gathered in global order.
+            plan = plan_iteration(iteration_generator(cfg.seed, it), batch, cfg.update_epochs, cfg.num_minibatches,
+                                  acc.process_index, acc.num_processes)
             indices = [i for i in run.prompts.next_indices(batch // k) for _ in range(k)]
-            seeds, share = rollout_seeds(run, it, batch)
-            ids, mask, texts = run.prompts.batch(indices[share], run.tokenizer.pad_token_id)
-            gen = iteration_generator(cfg.seed, it)
-            perms = [torch.randperm(local_batch, generator=gen) for _ in range(cfg.update_epochs)]
+            ids, mask, texts = run.prompts.batch(indices, pad_id)
+            own = plan.own
             with acc.autocast():
-                rollout, times = collect_rollout(
-                    run.unwrapped, run.reference, run.scorer, run.tokenizer, ids.to(acc.device), mask.to(acc.device),
-                    texts, run.sampling, seeds, list(perms[0].split(minibatch)), with_values=cfg.baseline == "value",
+                local, times = collect_rollout(
+                    run.unwrapped, run.reference, run.scorer, run.tokenizer, ids[own].to(acc.device),
+                    mask[own].to(acc.device), [texts[j] for j in own.tolist()], run.sampling,
+                    episode_seeds(cfg.seed, it, own), plan.first_epoch_groups(), with_values=cfg.baseline == "value",
                     missing_eos_penalty=cfg.missing_eos_penalty,
                 )
+            rollout = gather_rollout(acc, local, own, batch, pad_id)
             # 2-3. Returns and advantages.
             beta = run.kl_ctl.value
             kl = KL_ESTIMATORS[cfg.kl_estimator](rollout.logp, rollout.ref_logp, rollout.mask)
@@ -156,12 +162,12 @@ def train(cfg: ReinforceConfig, reward_fn: RewardFn | None = None) -> list[dict[
                 rollout.returns = token_returns(returns, rollout.mask)
             # 4. Updates.
             t_train = time.perf_counter()
-            update_stats = reinforce_update(run, rollout, perms, minibatch, beta)
+            update_stats = reinforce_update(run, rollout, plan.minibatches, beta)
             t_train = time.perf_counter() - t_train
             if cfg.baseline == "moving_mean":
                 baseline_mean = float(moving_mean_update(baseline_mean, returns.mean().item(), cfg.baseline_decay))
             # 5. Metrics, samples, checkpoint.
-            metrics = rollout_metrics(rollout, kl, beta)
+            metrics = rollout_metrics(run, rollout, kl, beta)
             run.kl_ctl.update(metrics["kl/ref"], batch)
             metrics.update(update_stats)
             metrics["reward/return_mean"] = returns.mean().item()

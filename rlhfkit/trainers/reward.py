@@ -39,7 +39,7 @@ from rlhfkit.data.tokenize import (
     pad_right,
     tokenize_pairs,
 )
-from rlhfkit.errors import DataError
+from rlhfkit.errors import ConfigError, DataError
 from rlhfkit.models.loading import load_tokenizer
 from rlhfkit.models.reward_model import RewardScorer, build_reward_model, set_normalization
 from rlhfkit.tracking.console import console, print_table, progress_bar
@@ -169,7 +169,10 @@ def train(cfg: RewardConfig) -> dict[str, float]:
     train_loader = _loader(train_data, cfg.batch_size, pad_id, shuffle=True, seed=cfg.seed)
     eval_loader = _loader(eval_data, cfg.eval_batch_size, pad_id, shuffle=False, seed=cfg.seed)
     optimizer = make_optimizer(scorer.parameters(), cfg)
-    total_steps = cfg.epochs * math.ceil(len(train_data) / (cfg.batch_size * accelerator.num_processes))
+    if cfg.batch_size % accelerator.num_processes or cfg.eval_batch_size % accelerator.num_processes:
+        raise ConfigError(f"settings 'batch_size' ({cfg.batch_size}) and 'eval_batch_size' ({cfg.eval_batch_size}) "
+                          f"are global batches: they must divide over {accelerator.num_processes} processes")
+    total_steps = cfg.epochs * math.ceil(len(train_data) / cfg.batch_size)
     scheduler = make_scheduler(optimizer, cfg, total_steps)
     scorer, optimizer, train_loader, eval_loader, scheduler = accelerator.prepare(
         scorer, optimizer, train_loader, eval_loader, scheduler
@@ -197,7 +200,7 @@ def train(cfg: RewardConfig) -> dict[str, float]:
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
                     step += 1
-                    pairs_seen += len(r_c) * accelerator.num_processes
+                    pairs_seen += len(r_c) * accelerator.num_processes  # r_c holds this process's share
                     shown = {"loss": loss.item(), "acc": preference_accuracy(r_c, r_r).item()}
                     if step % cfg.log_every == 0 or step == total_steps:
                         logger.log(step, {"loss/train": shown["loss"], "train/accuracy": shown["acc"],

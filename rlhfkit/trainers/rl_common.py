@@ -74,6 +74,7 @@ class RLRun:
     logger: MetricsLogger
     start_iteration: int = 0
     extra_state: dict[str, Any] | None = None
+    gold_fn: RewardFn | None = None
 
     @property
     def main(self) -> bool:
@@ -98,7 +99,7 @@ def build_scorer(cfg: Any, policy_tokenizer: Any, device: torch.device, reward_f
 
 
 def build_rl(cfg: Any, with_critic: bool, separate_critic: bool = False, steps_per_iteration: int = 1,
-             reward_fn: RewardFn | None = None) -> RLRun:
+             reward_fn: RewardFn | None = None, gold_fn: RewardFn | None = None) -> RLRun:
     """Models, data, optimiser and logger of an RL run; resumes from a checkpoint when asked."""
     out_dir = Path(cfg.output_dir)
     resuming = cfg.resume and find_checkpoint(out_dir) is not None
@@ -106,6 +107,10 @@ def build_rl(cfg: Any, with_critic: bool, separate_critic: bool = False, steps_p
         check_output_dir(out_dir, cfg.overwrite)
     accelerator = make_accelerator(cfg)
     seed_everything(cfg.seed)
+    world = accelerator.num_processes
+    if cfg.rollout_batch_size % (cfg.num_minibatches * world):
+        raise ConfigError(f"setting 'rollout_batch_size': {cfg.rollout_batch_size} episodes must split into "
+                          f"{cfg.num_minibatches} minibatches over {world} processes")
 
     tokenizer = load_tokenizer(cfg.policy, padding_side="left")
     prompts = PromptSet.from_source(cfg.prompts, tokenizer, cfg.max_prompt_length, seed=cfg.seed)
@@ -131,8 +136,10 @@ def build_rl(cfg: Any, with_critic: bool, separate_critic: bool = False, steps_p
     kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
               else FixedKLController(cfg.kl_coef))
     sampling = SamplingSettings(cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, cfg.stop_at_eos)
+    if gold_fn is None and cfg.gold_fn:
+        gold_fn = import_function(cfg.gold_fn)
     run = RLRun(cfg, accelerator, tokenizer, actor, reference_logp, scorer, prompts, optimizer, scheduler, kl_ctl,
-                sampling, out_dir, logger=None)  # type: ignore[arg-type]
+                sampling, out_dir, logger=None, gold_fn=gold_fn)  # type: ignore[arg-type]
     if resuming:
         resume(run)
     elif accelerator.is_main_process:
@@ -146,20 +153,32 @@ def build_rl(cfg: Any, with_critic: bool, separate_critic: bool = False, steps_p
     return run
 
 
-def rollout_seeds(run: RLRun, iteration: int, batch: int) -> tuple[list[int], slice]:
-    """Per-episode seeds of this process's share of the global batch, and that share's slice."""
-    n_proc, rank = run.accelerator.num_processes, run.accelerator.process_index
-    per = batch // n_proc
-    share = slice(rank * per, (rank + 1) * per)
-    return [derived_seed(run.cfg.seed, iteration, j) for j in range(share.start, share.stop)], share
+def episode_seeds(seed: int, iteration: int, rows: torch.Tensor) -> list[int]:
+    """The sampling seed of each episode: a function of (seed, iteration, global row) only."""
+    return [derived_seed(seed, iteration, j) for j in rows.tolist()]
 
 
-def rollout_metrics(rollout: Rollout, kl: torch.Tensor, beta: float) -> dict[str, float]:
-    """Reward, KL and response statistics of one rollout batch."""
+def mean_across_processes(accelerator: Accelerator, stats: dict[str, float]) -> dict[str, float]:
+    """Average per-process statistics (losses, clip fractions) over all processes."""
+    if accelerator.num_processes == 1 or not stats:
+        return stats
+    keys = sorted(stats)
+    values = torch.tensor([stats[k] for k in keys], dtype=torch.float64, device=accelerator.device)
+    values = accelerator.reduce(values, reduction="mean")
+    return dict(zip(keys, values.tolist()))
+
+
+def rollout_metrics(run: RLRun, rollout: Rollout, kl: torch.Tensor, beta: float) -> dict[str, float]:
+    """Reward, KL and response statistics of one rollout batch (and the gold judge's score, if any)."""
     mask = rollout.mask
     seq_kl = (kl * mask).sum(-1)  # (B,)
     lengths = mask.sum(-1).float()
+    gold = {}
+    if run.gold_fn is not None:
+        scores = [float(x) for x in run.gold_fn(rollout.prompts, rollout.responses)]
+        gold = {"gold/mean": sum(scores) / len(scores)}
     return {
+        **gold,
         "reward/mean": rollout.scores.mean().item(),
         "reward/std": rollout.scores.std(unbiased=False).item(),
         "reward/total": (rollout.scores - beta * seq_kl).mean().item(),

@@ -17,6 +17,8 @@ class RolloutSettings:
     reward_model: str = setting("", "Saved reward model directory (from rlhfkit reward).")
     reward_fn: str = setting("", "Instead of a reward model: a Python function 'module:function' taking "
                              "(prompts, responses) and returning one float per episode.")
+    gold_fn: str = setting("", "Optional held-out judge 'module:function' (prompts, responses) -> scores, logged as "
+                           "gold/mean every iteration and never used for training (to see reward hacking).")
     prompts: str = setting("", "Prompts: .jsonl/.json/.csv/.parquet with a 'prompt' column, or .txt (one per line).")
     iterations: int = setting(100, "Rollout + update iterations.")
     rollout_batch_size: int = setting(64, "Episodes sampled per iteration.")

@@ -9,7 +9,8 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import Any, Optional
 
 import typer
 
@@ -94,6 +95,18 @@ stage("reinforce", ReinforceConfig, _reinforce,
 
 
 app.add_typer(feedback_app, name="feedback")
+
+
+@app.command("report")
+@user_errors
+def report(
+    run_dir: Path = typer.Argument(..., help="A run folder (reward, ppo, reinforce) or a demo folder."),
+    out: Optional[Path] = typer.Option(None, "--out", help="HTML path (default RUN_DIR/report.html)."),
+) -> None:
+    """Rebuild the HTML report and PNG plots of a run from its metrics.jsonl."""
+    from rlhfkit.tracking.report import build_report
+
+    typer.echo(build_report(run_dir, out))
 
 
 @app.command("version")

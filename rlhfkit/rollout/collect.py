@@ -62,8 +62,8 @@ def collect_rollout(
             values[rows] = out.values.float()
     ref_logp = reference(prompt_ids, prompt_mask, samples.response_ids).float()
     responses = decode_responses(tokenizer, samples.response_ids, samples.response_mask)
-    scores = scorer(prompt_ids, prompt_mask, samples.response_ids, samples.response_mask, prompt_texts,
-                    responses).float()
+    scores = scorer(prompt_ids, prompt_mask, samples.response_ids, samples.response_mask, samples.ended,
+                    prompt_texts, responses).float()
     if missing_eos_penalty:
         # Responses that never stop lose a fixed amount (TRL's missing_eos_penalty, REFERENCE D5).
         scores = scores - missing_eos_penalty * (~samples.ended).float()

@@ -8,6 +8,7 @@ its own tokenizer (REFERENCE D10), ending in its own EOS.
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -20,7 +21,8 @@ from rlhfkit.models.reward_model import reward_scores
 
 class Scorer(Protocol):
     def __call__(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,
-                 response_mask: torch.Tensor, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
+                 response_mask: torch.Tensor, ended: torch.Tensor, prompts: Sequence[str], responses: Sequence[str]
+                 ) -> torch.Tensor:
         """(B,) float scores of the episodes."""
         ...
 
@@ -47,7 +49,8 @@ class RewardModelScorer:
 
     @torch.no_grad()
     def __call__(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,
-                 response_mask: torch.Tensor, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
+                 response_mask: torch.Tensor, ended: torch.Tensor, prompts: Sequence[str], responses: Sequence[str]
+                 ) -> torch.Tensor:
         if self.shares_tokenizer:
             # [left-padded prompt | response | right pad]: positions skip the left pad and the score is
             # read at the last real token, the EOS (or the last token of a response without one).
@@ -70,16 +73,28 @@ class RewardModelScorer:
         return torch.cat(scores)
 
 
-class FunctionScorer:
-    """Score episodes with a Python function `fn(prompts, responses) -> list[float]`."""
+def call_text_fn(fn: Callable[..., Sequence[float]], prompts: Sequence[str], responses: Sequence[str],
+                 ended: Sequence[bool]) -> list[float]:
+    """`fn(prompts, responses)`, plus `ended=` (did each response emit EOS?) when fn takes that keyword."""
+    try:
+        takes_ended = "ended" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # builtins and some callables have no signature
+        takes_ended = False
+    kwargs = {"ended": list(ended)} if takes_ended else {}
+    return [float(x) for x in fn(list(prompts), list(responses), **kwargs)]
 
-    def __init__(self, fn: Callable[[list[str], list[str]], Sequence[float]]) -> None:
+
+class FunctionScorer:
+    """Score episodes with a Python function `fn(prompts, responses[, ended]) -> list[float]`."""
+
+    def __init__(self, fn: Callable[..., Sequence[float]]) -> None:
         self.fn = fn
 
     def __call__(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,
-                 response_mask: torch.Tensor, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
-        scores = self.fn(list(prompts), list(responses))
-        out = torch.as_tensor(list(scores), dtype=torch.float32)
+                 response_mask: torch.Tensor, ended: torch.Tensor, prompts: Sequence[str], responses: Sequence[str]
+                 ) -> torch.Tensor:
+        scores = call_text_fn(self.fn, prompts, responses, ended.tolist())
+        out = torch.as_tensor(scores, dtype=torch.float32)
         if out.shape != (len(prompts),):
             raise ValueError(f"reward function returned {tuple(out.shape)} scores for {len(prompts)} episodes")
         return out

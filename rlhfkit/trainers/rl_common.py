@@ -26,7 +26,7 @@ from rlhfkit.models.policy import ActorCritic, token_logprobs
 from rlhfkit.models.reward_model import build_reward_model
 from rlhfkit.rollout.batch import Rollout
 from rlhfkit.rollout.sampling import SamplingSettings
-from rlhfkit.rollout.scoring import FunctionScorer, RewardModelScorer, Scorer, import_function
+from rlhfkit.rollout.scoring import FunctionScorer, RewardModelScorer, Scorer, call_text_fn, import_function
 from rlhfkit.tracking.diagnostics import text_metrics
 from rlhfkit.tracking.metrics import MetricsLogger
 from rlhfkit.trainers.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
@@ -39,7 +39,7 @@ from rlhfkit.trainers.common import (
     seed_everything,
 )
 
-RewardFn = Callable[[list[str], list[str]], Sequence[float]]
+RewardFn = Callable[..., Sequence[float]]  # (prompts, responses[, ended=]) -> one float per episode
 _MIX = (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB)
 
 
@@ -175,7 +175,7 @@ def rollout_metrics(run: RLRun, rollout: Rollout, kl: torch.Tensor, beta: float)
     lengths = mask.sum(-1).float()
     gold = {}
     if run.gold_fn is not None:
-        scores = [float(x) for x in run.gold_fn(rollout.prompts, rollout.responses)]
+        scores = call_text_fn(run.gold_fn, rollout.prompts, rollout.responses, rollout.ended.tolist())
         gold = {"gold/mean": sum(scores) / len(scores)}
     return {
         **gold,

@@ -108,8 +108,9 @@ def test_reward_model_scores_ids_directly_or_after_retokenising(lm, tiny_model_d
     retok = RewardModelScorer(rm, tok, tok)
     retok.shares_tokenizer = False
     prompts = ["describe the", "tell me about"]
-    a = direct(ids, mask, resp, resp_mask, prompts, responses)
-    b = retok(ids, mask, resp, resp_mask, prompts, responses)
+    ended = torch.tensor([True, True])
+    a = direct(ids, mask, resp, resp_mask, ended, prompts, responses)
+    b = retok(ids, mask, resp, resp_mask, ended, prompts, responses)
     torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
 
 

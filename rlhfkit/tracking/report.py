@@ -1,0 +1,507 @@
+"""The HTML report of a run folder: one self-contained file (inline CSS, plots as base64 PNG).
+
+`build_report(run_dir)` looks at what the folder holds and reports on it:
+
+- a demo folder (`demo.json` plus a reward-model run and two RL runs, with and without the
+  KL/entropy guard): the headline numbers of demo.json, both runs on shared plots, samples of
+  the start policy and both final policies side by side;
+- one RL run (PPO or REINFORCE: `metrics.jsonl` with reward/kl/policy keys, `samples.jsonl`);
+- one reward-model run (`metrics.jsonl` with loss/train and eval/* rows, `eval.json`).
+
+Everything is rebuilt from the files alone, so `rlhfkit report RUN_DIR` works on any finished,
+running or killed run. Keys or files that are missing are left out; sample texts are model
+output and go through the template's autoescaping.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import yaml
+
+from rlhfkit.errors import DataError
+from rlhfkit.tracking import plots
+from rlhfkit.tracking.metrics import read_metrics
+
+TEMPLATES = Path(__file__).parent / "templates"
+RL_KEYS = ("reward/mean", "kl/ref", "policy/entropy", "loss/policy", "gold/mean", "response/length")
+RM_KEYS = ("loss/train", "train/accuracy", "eval/accuracy", "eval/loss")
+PLOT_NAMES = ("reward.png", "kl.png", "entropy.png", "diversity.png", "reward_model.png")
+MAX_SAMPLE_CHARS = 2000  # a runaway response would otherwise make the table unreadable
+DEMO_RUNS = (("with_guard", "with guard"), ("without_guard", "without guard"))
+
+# RL metrics shown first -> last in a single run's headline table.
+RL_HEADLINE = (
+    ("reward/mean", "Proxy reward (mean reward-model score)"),
+    ("gold/mean", "Gold judge score (mean)"),
+    ("kl/ref", "KL to the reference (nats per response)"),
+    ("policy/entropy", "Policy entropy (nats per token)"),
+    ("response/distinct_1", "distinct-1"),
+    ("response/distinct_2", "distinct-2"),
+    ("response/repetition", "Repetition"),
+    ("response/length", "Response length (tokens)"),
+    ("response/eos_share", "Share of responses ending with EOS"),
+)
+# Labels of a reward model's eval.json entries; others are shown under their key.
+RM_LABELS = {
+    "eval/accuracy": "Held-out accuracy",
+    "eval/loss": "Held-out loss (nats per pair)",
+    "eval/margin": "Mean margin r_chosen - r_rejected",
+    "eval/reward_mean": "Mean reward",
+    "eval/reward_std": "Reward standard deviation",
+    "eval/pairs": "Held-out pairs",
+    "perf/pairs_per_s": "Training throughput (pairs/s)",
+    "perf/train_s": "Training time (s)",
+    "train/steps": "Optimizer steps",
+}
+PERCENT_KEYS = {"eval/accuracy"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Number formatting: 4 significant digits, n/a for missing or non-finite values
+# ---------------------------------------------------------------------------------------------
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def fmt(value: Any, digits: int = 4) -> str:
+    """0.81234 -> '0.8123', 12345.6 -> '12,346', 3e-05 -> '3e-05', None/NaN -> 'n/a'."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    x = _number(value)
+    if x is None:
+        return "n/a"
+    if x == 0:
+        return "0"
+    if abs(x) >= 10 ** digits:
+        return f"{x:,.0f}"
+    return f"{x:.{digits}g}"
+
+
+def fmt_signed(value: Any) -> str:
+    x = _number(value)
+    return "n/a" if x is None else ("+" if x > 0 else "") + fmt(x)
+
+
+def fmt_percent(value: Any) -> str:
+    """A share in [0, 1] as a percentage with one decimal: 0.8125 -> '81.2%'."""
+    x = _number(value)
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+# ---------------------------------------------------------------------------------------------
+# What the template shows
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class Cell:
+    text: str
+    note: str = ""  # a second, smaller line (e.g. a sample's score)
+    numeric: bool = False  # right-aligned
+
+
+@dataclass
+class Table:
+    title: str
+    header: list[str]
+    rows: list[list[Cell]]
+    caption: str = ""
+    notes: list[str] = field(default_factory=list)  # one-line readings of the table, below it
+    samples: bool = False  # cells hold model text: wrapped, monospaced
+
+
+@dataclass
+class Plot:
+    title: str
+    caption: str
+    path: Path
+    src: str  # data: URI of the PNG
+
+
+@dataclass
+class Report:
+    title: str
+    folder: str
+    kind: str
+    facts: list[tuple[str, str]] = field(default_factory=list)
+    tables: list[Table] = field(default_factory=list)
+    plots: list[Plot] = field(default_factory=list)
+    samples: list[Table] = field(default_factory=list)
+    settings: list[tuple[str, str]] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading a run folder
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class RunFiles:
+    folder: Path
+    rows: list[dict[str, Any]]  # metrics.jsonl
+    samples: list[dict[str, Any]]  # samples.jsonl
+    config: dict[str, Any]  # config.yaml parsed ({} if missing or unreadable)
+    config_text: str | None  # config.yaml as written
+    eval: dict[str, Any] | None  # eval.json
+
+    def has(self, keys: Sequence[str]) -> bool:
+        return any(k in row for row in self.rows for k in keys)
+
+
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    return [r for r in read_metrics(path) if isinstance(r, dict)] if path.is_file() else []
+
+
+def _json_object(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: not valid JSON ({e}); rewrite it or delete it") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def load_run(folder: Path) -> RunFiles:
+    """The report's inputs in one run folder; every file is optional here."""
+    config_text, config = None, {}
+    if (folder / "config.yaml").is_file():
+        config_text = (folder / "config.yaml").read_text(encoding="utf-8", errors="replace")
+        try:
+            parsed = yaml.safe_load(config_text)
+        except yaml.YAMLError:
+            parsed = None  # still shown as text; only the algorithm name is read from it
+        config = parsed if isinstance(parsed, dict) else {}
+    return RunFiles(folder, _jsonl(folder / "metrics.jsonl"), _jsonl(folder / "samples.jsonl"), config,
+                    config_text, _json_object(folder / "eval.json"))
+
+
+def detect(run_dir: Path) -> str:
+    """'demo', 'rl' or 'reward_model'; a DataError says what was expected otherwise."""
+    if not run_dir.is_dir():
+        raise DataError(f"{run_dir}: not a folder; pass a run folder written by rlhfkit (reward, ppo, "
+                        "reinforce or demo)")
+    if (run_dir / "demo.json").is_file():
+        return "demo"
+    run = load_run(run_dir)
+    if run.has(RL_KEYS):
+        return "rl"
+    if run.has(RM_KEYS) or run.eval is not None:
+        return "reward_model"
+    found = "metrics.jsonl has none of the expected keys" if (run_dir / "metrics.jsonl").is_file() else \
+        "it holds no metrics.jsonl, eval.json or demo.json"
+    raise DataError(
+        f"{run_dir}: nothing to report ({found}); expected an RL run (metrics.jsonl with "
+        f"{', '.join(RL_KEYS[:3])}), a reward-model run (metrics.jsonl with loss/train or eval/accuracy, "
+        "or eval.json) or a demo folder (demo.json)"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Plots
+# ---------------------------------------------------------------------------------------------
+PLOT_TEXT = {
+    "reward.png": ("Proxy reward and gold score",
+                   "The proxy is the reward model being optimised; the gold judge is held out. Reward hacking "
+                   "shows as the proxy climbing while the gold score stalls or falls."),
+    "kl.png": ("KL to the reference policy",
+               "How far the policy has moved from the frozen start policy, summed over response tokens. "
+               "The KL penalty keeps this bounded; without it the policy may drift without limit."),
+    "entropy.png": ("Policy entropy",
+                    "Mean per-token entropy of the sampling distribution. A fall towards 0 means the policy "
+                    "has collapsed onto a few outputs."),
+    "diversity.png": ("Response diversity",
+                      "distinct-n: unique n-grams over all n-grams of a batch's responses; repetition: share "
+                      "of words in a response that repeat an earlier word. Collapse shows as distinct-n "
+                      "falling and repetition rising."),
+    "reward_model.png": ("Reward-model training",
+                         "Bradley-Terry loss and preference accuracy per optimizer step on training batches, "
+                         "with held-out evaluations as squares; the dotted line is chance (50%)."),
+}
+
+
+def _embed(path: Path | None) -> Plot | None:
+    if path is None:
+        return None
+    title, caption = PLOT_TEXT[path.name]
+    src = "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+    return Plot(title, caption, path, src)
+
+
+def rl_plots(runs: Mapping[str, Sequence[Mapping[str, Any]]], plot_dir: Path) -> list[Plot]:
+    made = [plots.reward_plot(runs, plot_dir), plots.kl_plot(runs, plot_dir), plots.entropy_plot(runs, plot_dir),
+            plots.diversity_plot(runs, plot_dir)]
+    return [p for p in map(_embed, made) if p is not None]
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables
+# ---------------------------------------------------------------------------------------------
+def _clip(text: Any) -> str:
+    text = "" if text is None else str(text)
+    return text if len(text) <= MAX_SAMPLE_CHARS else text[:MAX_SAMPLE_CHARS] + " \u2026 [cut]"
+
+
+def _ends(rows: Sequence[Mapping[str, Any]], key: str, k: int) -> tuple[float | None, float | None]:
+    """Means of the first and of the last `k` numbers logged under `key` (None if there are none)."""
+    values = [x for x in (_number(r.get(key)) for r in rows if key in r) if x is not None]
+    if not values:
+        return None, None
+    head, tail = values[:k], values[-k:]
+    return sum(head) / len(head), sum(tail) / len(tail)
+
+
+def _mean(rows: Sequence[Mapping[str, Any]], key: str) -> float | None:
+    values = [x for x in (_number(r.get(key)) for r in rows) if x is not None]
+    return sum(values) / len(values) if values else None
+
+
+def algorithm(config: Mapping[str, Any]) -> str:
+    """PPO or REINFORCE, told apart by a setting only one of them has."""
+    if "baseline" in config:
+        return f"REINFORCE (baseline: {config['baseline']})"
+    if "lam" in config or "clip_eps_value" in config:
+        return "PPO"
+    return "policy optimisation"
+
+
+def rl_headline(rows: Sequence[Mapping[str, Any]]) -> Table:
+    """Start vs end of the run, each the mean of a few iterations so one noisy batch does not decide it."""
+    logged = [r for r in rows if any(k in r for k in RL_KEYS)]
+    k = max(1, min(10, len(logged) // 10))
+    out = []
+    for key, label in RL_HEADLINE:
+        first, last = _ends(logged, key, k)
+        if first is None or last is None:
+            continue
+        out.append([Cell(label), Cell(fmt(first), numeric=True), Cell(fmt(last), numeric=True),
+                     Cell(fmt_signed(last - first), numeric=True)])
+    steps = [r["step"] for r in logged if isinstance(r.get("step"), int)]
+    span = f"Iterations {min(steps)} to {max(steps)}." if steps else ""
+    which = ("first iteration", "last iteration") if k == 1 else (f"first {k} iterations", f"last {k} iterations")
+    if k > 1:
+        span += f" Start and end are means over the {k} first and {k} last logged iterations."
+    return Table("Headline", ["metric", *which, "change"], out, caption=span.strip())
+
+
+def rl_samples(samples: Sequence[Mapping[str, Any]]) -> list[Table]:
+    """samples.jsonl rows of the first and the last logged step."""
+    steps = sorted({s["step"] for s in samples if isinstance(s.get("step"), int)})
+    if not steps:
+        return []
+    chosen = [(steps[0], "first")] + ([(steps[-1], "last")] if len(steps) > 1 else [])
+    tables = []
+    for step, when in chosen:
+        rows = [[Cell(_clip(s.get("prompt"))), Cell(_clip(s.get("response"))), Cell(fmt(s.get("score")), numeric=True)]
+                for s in samples if s.get("step") == step]
+        tables.append(Table(f"Samples at iteration {step} ({when} logged)", ["prompt", "response", "proxy score"],
+                            rows, samples=True))
+    return tables
+
+
+def rm_table(metrics: Mapping[str, Any]) -> Table:
+    rows = []
+    known = [k for k in RM_LABELS if k in metrics]
+    others = sorted(k for k in metrics if k not in RM_LABELS and _number(metrics[k]) is not None)
+    for key in known + others:
+        value = fmt_percent(metrics[key]) if key in PERCENT_KEYS else fmt(metrics[key])
+        rows.append([Cell(RM_LABELS.get(key, key)), Cell(value, numeric=True)])
+    return Table("Final held-out evaluation", ["metric", "value"], rows)
+
+
+def _last_eval(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """The last metrics row with held-out numbers (used when eval.json is missing)."""
+    evals = [r for r in rows if "eval/accuracy" in r or "eval/loss" in r]
+    return {k: v for k, v in evals[-1].items() if k not in ("step", "time")} if evals else None
+
+
+# ---------------------------------------------------------------------------------------------
+# One report per kind of folder
+# ---------------------------------------------------------------------------------------------
+def rl_report(run: RunFiles, plot_dir: Path) -> Report:
+    report = Report(f"RL run: {run.folder.name}", run.folder.name, "rl")
+    report.facts.append(("Algorithm", algorithm(run.config)))
+    report.facts.append(("Iterations logged", fmt(sum(any(k in r for k in RL_KEYS) for r in run.rows))))
+    for key, label in (("kl_coef", "KL coefficient"), ("ent_coef", "Entropy coefficient")):
+        if key in run.config:
+            report.facts.append((label, fmt(run.config[key])))
+    per_iteration = _mean(run.rows, "time/iteration")
+    if per_iteration is not None:
+        report.facts.append(("Seconds per iteration (mean)", fmt(per_iteration)))
+    report.tables.append(rl_headline(run.rows))
+    report.plots = rl_plots({run.folder.name: run.rows}, plot_dir)
+    report.samples = rl_samples(run.samples)
+    if run.config_text is not None:
+        report.settings.append(("config.yaml", run.config_text))
+    return report
+
+
+def rm_report(run: RunFiles, plot_dir: Path) -> Report:
+    report = Report(f"Reward model: {run.folder.name}", run.folder.name, "reward_model")
+    final = run.eval if run.eval is not None else _last_eval(run.rows)
+    if final is not None:
+        if "eval/accuracy" in final:
+            report.facts.append(("Held-out accuracy", fmt_percent(final["eval/accuracy"])))
+        report.tables.append(rm_table(final))
+    plot = _embed(plots.reward_model_plot(run.rows, plot_dir))
+    report.plots = [plot] if plot is not None else []
+    if run.config_text is not None:
+        report.settings.append(("config.yaml", run.config_text))
+    return report
+
+
+def _get(data: Mapping[str, Any], *keys: str) -> Any:
+    """data[k1][k2]... or None when any level is missing or not a mapping."""
+    for key in keys:
+        if not isinstance(data, Mapping) or key not in data:
+            return None
+        data = data[key]
+    return data
+
+
+def demo_headline(demo: Mapping[str, Any]) -> Table:
+    """Start / with guard / without guard side by side, and one line per run on proxy vs gold."""
+    columns = ["start"] + [key for key, _ in DEMO_RUNS]
+    rows = []
+    for group, label, show in (
+        ("gold", "Gold judge score (mean)", fmt),
+        ("proxy", "Proxy reward (mean reward-model score)", fmt),
+        ("win_rate", "Gold win rate over the start policy", fmt_percent),
+        ("kl_final", "Final KL to the reference (nats per response)", fmt),
+        ("distinct_2", "distinct-2", fmt),
+    ):
+        values = [_get(demo, group, c) for c in columns]
+        if all(v is None for v in values):
+            continue
+        rows.append([Cell(label)] + [Cell("\u2014" if v is None else show(v), numeric=True) for v in values])
+    notes = []
+    for key, label in DEMO_RUNS:
+        d_proxy = _number(_get(demo, "proxy", key)), _number(_get(demo, "proxy", "start"))
+        d_gold = _number(_get(demo, "gold", key)), _number(_get(demo, "gold", "start"))
+        if None in d_proxy or None in d_gold:
+            continue
+        proxy, gold = d_proxy[0] - d_proxy[1], d_gold[0] - d_gold[1]  # type: ignore[operator]
+        line = f"{label.capitalize()}: proxy reward {fmt_signed(proxy)}, gold score {fmt_signed(gold)} vs the start."
+        if proxy > 0 and gold < 0:
+            line += " The proxy rose while the gold score fell: reward hacking."
+        notes.append(line)
+    header = ["", "start policy"] + [f"final, {label}" for _, label in DEMO_RUNS]
+    caption = ("Mean scores on held-out prompts. The proxy is the reward model both policies optimise; the gold "
+               "judge is never trained against.")
+    return Table("Headline", header, rows, caption=caption, notes=notes)
+
+
+def demo_samples(demo: Mapping[str, Any]) -> list[Table]:
+    rows = []
+    for s in demo.get("samples") or []:
+        if not isinstance(s, Mapping):
+            continue
+        row = [Cell(_clip(s.get("prompt")))]
+        for key in ("start", "with_guard", "without_guard"):
+            gold = s.get(f"gold_{key}")
+            row.append(Cell(_clip(s.get(key)), note="" if gold is None else f"gold {fmt(gold)}"))
+        rows.append(row)
+    if not rows:
+        return []
+    header = ["prompt", "start policy"] + [f"final, {label}" for _, label in DEMO_RUNS]
+    return [Table("Responses before and after", header, rows, samples=True)]
+
+
+def demo_report(run_dir: Path, plot_dir: Path) -> Report:
+    demo = _json_object(run_dir / "demo.json") or {}
+    report = Report(f"RLHF demo: {run_dir.name}", run_dir.name, "demo")
+    if _get(demo, "reward_model_accuracy") is not None:
+        report.facts.append(("Reward model held-out accuracy", fmt_percent(demo["reward_model_accuracy"])))
+    for key, label in DEMO_RUNS:
+        if _get(demo, "win_rate", key) is not None:
+            report.facts.append((f"Gold win rate, {label}", fmt_percent(demo["win_rate"][key])))
+    if _get(demo, "seconds") is not None:
+        report.facts.append(("Demo wall time", f"{fmt(demo['seconds'])} s"))
+    table = demo_headline(demo)
+    if table.rows:
+        report.tables.append(table)
+
+    runs: dict[str, list[dict[str, Any]]] = {}
+    configs: list[tuple[str, str]] = []
+    for key, label in DEMO_RUNS:
+        name = _get(demo, "runs", key)
+        if isinstance(name, str) and (run_dir / name).is_dir():
+            run = load_run(run_dir / name)
+            if run.rows:
+                runs[label] = run.rows
+            if run.config_text is not None:
+                configs.append((f"{name}/config.yaml ({label})", run.config_text))
+    report.plots = rl_plots(runs, plot_dir) if runs else []
+
+    rm_name = _get(demo, "reward_model")
+    if isinstance(rm_name, str) and (run_dir / rm_name).is_dir():
+        rm = load_run(run_dir / rm_name)
+        plot = _embed(plots.reward_model_plot(rm.rows, plot_dir))
+        if plot is not None:
+            report.plots.append(plot)
+        final = rm.eval if rm.eval is not None else _last_eval(rm.rows)
+        if final:
+            table = rm_table(final)
+            table.title = "Reward model: final held-out evaluation"
+            report.tables.append(table)
+        if rm.config_text is not None:
+            configs.insert(0, (f"{rm_name}/config.yaml (reward model)", rm.config_text))
+
+    report.samples = demo_samples(demo)
+    if demo.get("settings") is not None:
+        report.settings.append(("demo settings", yaml.safe_dump(demo["settings"], sort_keys=False)))
+    report.settings += configs
+    return report
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering
+# ---------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=1)
+def _environment() -> jinja2.Environment:
+    # Autoescape on: prompts and responses are untrusted model output.
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True,
+                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+
+
+def render(report: Report) -> str:
+    """The report as one HTML document."""
+    return _environment().get_template("report.html").render(report=report)
+
+
+def build_report(run_dir: Path, out: Path | None = None) -> Path:
+    """Write the HTML report of `run_dir` (default `run_dir/report.html`) and its PNG plots (in a
+    `plots/` folder beside the HTML); returns the HTML path."""
+    run_dir = Path(run_dir)
+    kind = detect(run_dir)
+    out = Path(out) if out is not None else run_dir / "report.html"
+    plot_dir = out.parent / "plots"
+    if kind == "demo":
+        report = demo_report(run_dir, plot_dir)
+    elif kind == "rl":
+        report = rl_report(load_run(run_dir), plot_dir)
+    else:
+        report = rm_report(load_run(run_dir), plot_dir)
+    made = {p.path.name for p in report.plots}
+    for name in PLOT_NAMES:  # a plot whose data is gone must not linger from an earlier build
+        if name not in made and (plot_dir / name).is_file():
+            (plot_dir / name).unlink()
+    html = render(report)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")  # written whole, then moved: a reader never sees half a report
+    tmp.write_text(html, encoding="utf-8")
+    os.replace(tmp, out)
+    return out
+

@@ -23,7 +23,7 @@ def main() -> None:
     from rlhfkit.trainers.reward_config import RewardConfig
 
     cfg = RewardConfig(
-        model=str(W.ART / "policy"), train_data=str(W.ART / "pairs_train.jsonl"),
+        model=str(W.ART / "policy"), tokenizer=str(W.ART / "tokenizer"), train_data=str(W.ART / "pairs_train.jsonl"),
         eval_data=str(W.ART / "pairs_eval.jsonl"), output_dir=str(args.out / "reward_model"), overwrite=True,
         batch_size=32, eval_batch_size=100, epochs=1, max_length=48, learning_rate=1e-4, weight_decay=0.0,
         lr_schedule="linear", normalize="none", seed=W.SEED, threads=W.THREADS, log_every=10,

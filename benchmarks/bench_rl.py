@@ -24,7 +24,7 @@ def main() -> None:
     args = ap.parse_args()
     W.ensure_artifacts()
     common = dict(
-        policy=str(W.ART / "policy"), prompts=str(W.ART / "prompts.jsonl"),
+        policy=str(W.ART / "policy"), tokenizer=str(W.ART / "tokenizer"), prompts=str(W.ART / "prompts.jsonl"),
         output_dir=str(args.out / f"run_{args.algo}"), overwrite=True, iterations=1 + args.iters,
         rollout_batch_size=W.ROLLOUT_BATCH,
         max_new_tokens=W.RESPONSE_LENGTH, temperature=1.0, stop_at_eos=False, kl_coef=W.KL_COEF,

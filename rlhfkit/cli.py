@@ -18,6 +18,7 @@ from rlhfkit import __version__
 from rlhfkit.config import config_command
 from rlhfkit.errors import UserError
 from rlhfkit.feedback.cli import feedback_app
+from rlhfkit.trainers.demo_config import DemoConfig
 from rlhfkit.trainers.reward_config import RewardConfig, ScoreConfig
 from rlhfkit.trainers.rl_config import PPOConfig, ReinforceConfig
 
@@ -82,6 +83,15 @@ def _reinforce(cfg: ReinforceConfig) -> None:
     run(cfg)
 
 
+def _demo(cfg: DemoConfig) -> None:
+    from rlhfkit.trainers.demo import run_demo
+
+    run_demo(cfg)
+
+
+stage("demo", DemoConfig, _demo,
+      "Run the whole method on the embedded model: sample, rank (simulated labeler), reward model, PPO with and "
+      "without the KL/entropy guard, evaluation with the gold judge, HTML report.")
 stage("reward", RewardConfig, _reward,
       "Train a reward model on comparisons: the base LM's trunk plus a scalar head, loss "
       "-log sigmoid(r_chosen - r_rejected).")

@@ -27,9 +27,12 @@ def encode_prompt(tokenizer: Any, text: str, templated: bool = False) -> list[in
 def encode_response(tokenizer: Any, text: str, add_eos: bool = True) -> list[int]:
     """Response ids, ending in EOS (the reward is read at that token)."""
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    if add_eos and tokenizer.eos_token_id is not None and (not ids or ids[-1] != tokenizer.eos_token_id):
-        ids = ids + [tokenizer.eos_token_id]
-    return ids
+    return _with_eos(tokenizer, ids) if add_eos and ids else ids
+
+
+def _with_eos(tokenizer: Any, ids: list[int]) -> list[int]:
+    eos = tokenizer.eos_token_id
+    return ids + [eos] if eos is not None and ids[-1] != eos else ids
 
 
 @dataclass
@@ -60,8 +63,12 @@ def tokenize_pairs(
     out = TokenizedPairs([], [], [], [])
     for i, pair in enumerate(pairs):
         p = encode_prompt(tokenizer, pair.prompt, pair.templated)
-        c = encode_response(tokenizer, pair.chosen)
-        r = encode_response(tokenizer, pair.rejected)
+        c = encode_response(tokenizer, pair.chosen, add_eos=False)
+        r = encode_response(tokenizer, pair.rejected, add_eos=False)
+        if not c or not r:
+            raise DataError(f"comparison {i + 1}: a response encodes to no tokens; check the tokenizer "
+                            f"({type(tokenizer).__name__} with {len(tokenizer)} tokens)")
+        c, r = _with_eos(tokenizer, c), _with_eos(tokenizer, r)
         longest = max(len(c), len(r))
         if len(p) + longest > max_length:
             keep = max_length - longest

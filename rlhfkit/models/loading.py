@@ -17,7 +17,7 @@ from rlhfkit.errors import ModelError
 EMBEDDED = "embedded"
 
 
-def resolve_model_path(name_or_path: str | Path) -> str:
+def resolve_model_path(name_or_path: str | Path, need_config: bool = True) -> str:
     """`"embedded"` -> the shipped tiny model; an existing directory -> itself; else a hub id.
 
     A string that looks like a local path (starts with '.', '/', '~' or exists partly) but is
@@ -30,7 +30,7 @@ def resolve_model_path(name_or_path: str | Path) -> str:
         return str(embedded_model_path())
     path = Path(name).expanduser()
     if path.is_dir():
-        if not (path / "config.json").is_file():
+        if need_config and not (path / "config.json").is_file():
             raise ModelError(f"{path}: not a model directory (no config.json); pass a saved model's folder")
         return str(path)
     if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
@@ -39,13 +39,17 @@ def resolve_model_path(name_or_path: str | Path) -> str:
     return name
 
 
-def load_pretrained(loader, name_or_path: str | Path, what: str, **kwargs):
+def load_pretrained(loader, name_or_path: str | Path, what: str, need_config: bool = True, **kwargs):
     """`loader.from_pretrained` with the path resolved and load errors as one-line ModelErrors."""
-    path = resolve_model_path(name_or_path)
+    path = resolve_model_path(name_or_path, need_config)
     try:
         return loader.from_pretrained(path, **kwargs)
     except OSError as e:
         raise ModelError(f"{name_or_path}: cannot load the {what} ({str(e).splitlines()[0]})") from None
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "tokenizer.model",
+                   "spiece.model")
 
 
 def load_tokenizer(name_or_path: str | Path, padding_side: str = "left") -> PreTrainedTokenizerBase:
@@ -55,7 +59,14 @@ def load_tokenizer(name_or_path: str | Path, padding_side: str = "left") -> PreT
     never derives masks from pad ids: attention and response masks come from lengths and the
     first EOS of each response (REFERENCE D1 explains the bug this avoids).
     """
-    tok = load_pretrained(AutoTokenizer, name_or_path, "tokenizer")
+    path = Path(resolve_model_path(name_or_path, need_config=False))
+    # transformers quietly builds an empty tokenizer for a folder without one: every text would be [].
+    if path.is_dir() and not any((path / f).is_file() for f in TOKENIZER_FILES):
+        raise ModelError(f"{name_or_path}: no tokenizer files in this folder; pass the tokenizer's folder with "
+                         "--tokenizer")
+    tok = load_pretrained(AutoTokenizer, name_or_path, "tokenizer", need_config=False)
+    if len(tok) < 2:
+        raise ModelError(f"{name_or_path}: the tokenizer has {len(tok)} token(s); pass a real one with --tokenizer")
     if tok.pad_token is None:
         if tok.eos_token is None:
             raise ModelError(f"{name_or_path}: tokenizer has neither a pad nor an EOS token; add a pad token")

@@ -155,7 +155,7 @@ def train(cfg: RewardConfig) -> dict[str, float]:
     seed_everything(cfg.seed)
 
     # 1. Data (checked completely before the model is built).
-    tokenizer = load_tokenizer(cfg.model, padding_side="right")
+    tokenizer = load_tokenizer(cfg.tokenizer or cfg.model, padding_side="right")
     train_data, eval_data = load_comparisons(cfg, tokenizer)
     if main and (train_data.truncated or train_data.dropped or eval_data.truncated or eval_data.dropped):
         console.print(f"[yellow]max_length={cfg.max_length}: truncated {train_data.truncated} train / "

@@ -13,6 +13,7 @@ class RewardConfig(RunSettings, OptimSettings):
     """Train a reward model on comparisons with the loss -log sigmoid(r_chosen - r_rejected)."""
 
     model: str = setting(EMBEDDED_MODEL, "Base causal LM (HF id, local dir or 'embedded') or a saved reward model.")
+    tokenizer: str = setting("", "Tokenizer folder or HF id (empty = the model's own).")
     train_data: str = setting("", "Preference data: .jsonl/.json/.csv/.parquet or a saved datasets folder.")
     eval_data: str = setting("", "Held-out preference data (empty = split eval_fraction off train_data).")
     eval_fraction: float = setting(0.1, "Share of train_data rows held out for evaluation when eval_data is empty.")

@@ -112,7 +112,7 @@ def build_rl(cfg: Any, with_critic: bool, separate_critic: bool = False, steps_p
         raise ConfigError(f"setting 'rollout_batch_size': {cfg.rollout_batch_size} episodes must split into "
                           f"{cfg.num_minibatches} minibatches over {world} processes")
 
-    tokenizer = load_tokenizer(cfg.policy, padding_side="left")
+    tokenizer = load_tokenizer(cfg.tokenizer or cfg.policy, padding_side="left")
     prompts = PromptSet.from_source(cfg.prompts, tokenizer, cfg.max_prompt_length, seed=cfg.seed)
     device = accelerator.device
     scorer = build_scorer(cfg, tokenizer, device, reward_fn)

@@ -14,6 +14,7 @@ class RolloutSettings:
 
     policy: str = setting(EMBEDDED_MODEL, "Start policy (HF id, local dir or 'embedded'); the frozen reference is "
                           "a copy of it.")
+    tokenizer: str = setting("", "The policy's tokenizer, folder or HF id (empty = the policy's own).")
     reward_model: str = setting("", "Saved reward model directory (from rlhfkit reward).")
     reward_fn: str = setting("", "Instead of a reward model: a Python function 'module:function' taking "
                              "(prompts, responses) and returning one float per episode.")

@@ -133,6 +133,17 @@ def test_bad_model_paths_and_vocab_mismatch(tiny_model_dir: Path, rule_pairs_fil
     assert not (tmp_path / "o").exists()
 
 
+def test_model_folder_without_a_tokenizer_is_refused(tiny_model_dir, rule_pairs_file, tmp_path: Path) -> None:
+    # transformers would quietly build an empty tokenizer here, turning every text into no tokens
+    bare = tmp_path / "bare"
+    AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1).save_pretrained(bare)
+    with pytest.raises(ModelError, match="no tokenizer files in this folder; pass the tokenizer's folder"):
+        train(RewardConfig(model=str(bare), train_data=str(rule_pairs_file), output_dir=str(tmp_path / "o")))
+    cfg = RewardConfig(model=str(bare), tokenizer=str(tiny_model_dir), train_data=str(rule_pairs_file),
+                       output_dir=str(tmp_path / "o"), max_length=96, epochs=1)
+    assert train(cfg)["eval/pairs"] > 0  # with --tokenizer it trains
+
+
 def test_too_long_pairs_are_reported(tiny_model_dir: Path, rule_pairs_file: Path, tmp_path: Path) -> None:
     with pytest.raises(DataError, match="every comparison is longer than max_length=3"):
         train(RewardConfig(model=str(tiny_model_dir), train_data=str(rule_pairs_file), output_dir=str(tmp_path / "o"),

@@ -1,0 +1,44 @@
+"""Settings of `rlhfkit demo`: the whole method on the embedded model, sized for a 2-core CPU."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rlhfkit.config import require, setting
+from rlhfkit.trainers.settings import EMBEDDED_MODEL
+
+
+@dataclass
+class DemoConfig:
+    """Pretrained model -> K samples per prompt -> simulated rankings -> reward model -> PPO (with and
+    without the KL/entropy guard) -> evaluation with the gold judge -> HTML report."""
+
+    output_dir: str = setting("runs/demo", "Folder for every stage's output and the report (replaced on each run).")
+    model: str = setting(EMBEDDED_MODEL, "Start policy; the demo task is written for the embedded model.")
+    seed: int = setting(0, "Seed of every stage (the same seed gives the same numbers).")
+    label_prompts: int = setting(400, "Prompts whose completions the simulated labeler ranks.")
+    k: int = setting(4, "Completions sampled per prompt for ranking.")
+    labeler_noise: float = setting(0.05, "Share of completion pairs the simulated labeler orders against the gold "
+                                   "judge (like disagreeing annotators).")
+    eval_prompts: int = setting(64, "Held-out prompts for the final evaluation.")
+    max_new_tokens: int = setting(24, "Longest response in tokens.")
+    rm_epochs: int = setting(2, "Reward-model passes over the comparisons.")
+    rm_learning_rate: float = setting(1e-3, "Reward-model learning rate.")
+    iterations: int = setting(60, "PPO iterations of each run.")
+    rollout_batch_size: int = setting(64, "Episodes per PPO iteration.")
+    learning_rate: float = setting(2e-4, "PPO learning rate.")
+    kl_coef: float = setting(0.1, "KL coefficient of the guarded run (the unguarded run uses 0).")
+    ent_coef: float = setting(0.01, "Entropy bonus of the guarded run (the unguarded run uses 0).")
+    threads: int = setting(0, "CPU threads for torch (0 = torch's default).")
+    quick: bool = setting(False, "A shortened demo (same code path, a fraction of the work) for tests.")
+
+    def __post_init__(self) -> None:
+        require(bool(self.output_dir), "output_dir", "must not be empty")
+        require(self.label_prompts >= 20, "label_prompts", f"must be >= 20, got {self.label_prompts}")
+        require(2 <= self.k <= 9, "k", f"must be from 2 to 9, got {self.k}")
+        require(0 <= self.labeler_noise <= 0.5, "labeler_noise", f"must be in [0, 0.5], got {self.labeler_noise}")
+        require(self.eval_prompts >= 4, "eval_prompts", f"must be >= 4, got {self.eval_prompts}")
+        require(self.iterations >= 1, "iterations", f"must be >= 1, got {self.iterations}")
+        require(self.rollout_batch_size % 4 == 0, "rollout_batch_size",
+                f"must be a multiple of 4 (4 minibatches), got {self.rollout_batch_size}")
+        require(self.kl_coef >= 0 and self.ent_coef >= 0, "kl_coef", "coefficients must be >= 0")

@@ -46,8 +46,8 @@ def gold(prompts: list[str], responses: list[str], ended: list[bool] | None = No
 
 def quick_settings(cfg: DemoConfig) -> DemoConfig:
     """The shortened demo of the tests: same stages, a fraction of the work."""
-    return replace(cfg, label_prompts=min(cfg.label_prompts, 48), eval_prompts=min(cfg.eval_prompts, 16),
-                   iterations=min(cfg.iterations, 3), rollout_batch_size=min(cfg.rollout_batch_size, 16),
+    return replace(cfg, label_prompts=min(cfg.label_prompts, 40), eval_prompts=min(cfg.eval_prompts, 16),
+                   iterations=min(cfg.iterations, 2), rollout_batch_size=min(cfg.rollout_batch_size, 16),
                    rm_epochs=1)
 
 

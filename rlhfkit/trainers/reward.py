@@ -29,6 +29,7 @@ from rlhfkit.algos.reward import (
     preference_accuracy,
     reward_centering_penalty,
 )
+from rlhfkit.data.batching import LengthGroupedBatches
 from rlhfkit.data.io import read_rows
 from rlhfkit.data.preferences import expand_pairs, load_examples
 from rlhfkit.data.tokenize import (
@@ -82,11 +83,15 @@ def load_comparisons(cfg: RewardConfig, tokenizer: Any) -> tuple[TokenizedPairs,
     return train, evals
 
 
-def _loader(data: TokenizedPairs, batch_size: int, pad_id: int, shuffle: bool, seed: int) -> DataLoader:
+def _loader(data: TokenizedPairs, batch_size: int, pad_id: int, shuffle: bool, seed: int,
+            group_by_length: bool = False) -> DataLoader:
     items = list(zip(data.chosen, data.rejected, data.weights, data.margins))
+    collate = partial(collate_pairs, pad_id=pad_id)
+    if shuffle and group_by_length:
+        lengths = [max(len(c), len(r)) for c, r in zip(data.chosen, data.rejected)]
+        return DataLoader(items, batch_sampler=LengthGroupedBatches(lengths, batch_size, seed), collate_fn=collate)
     gen = torch.Generator().manual_seed(seed)
-    return DataLoader(items, batch_size=batch_size, shuffle=shuffle, generator=gen,
-                      collate_fn=partial(collate_pairs, pad_id=pad_id))
+    return DataLoader(items, batch_size=batch_size, shuffle=shuffle, generator=gen, collate_fn=collate)
 
 
 def pair_loss(scores: torch.Tensor, batch: dict[str, torch.Tensor], cfg: RewardConfig) -> tuple[torch.Tensor, ...]:
@@ -166,7 +171,8 @@ def train(cfg: RewardConfig) -> dict[str, float]:
     model = build_reward_model(cfg.model, tokenizer)
     scorer = RewardScorer(model)
     pad_id = tokenizer.pad_token_id
-    train_loader = _loader(train_data, cfg.batch_size, pad_id, shuffle=True, seed=cfg.seed)
+    train_loader = _loader(train_data, cfg.batch_size, pad_id, shuffle=True, seed=cfg.seed,
+                           group_by_length=cfg.group_by_length)
     eval_loader = _loader(eval_data, cfg.eval_batch_size, pad_id, shuffle=False, seed=cfg.seed)
     optimizer = make_optimizer(scorer.parameters(), cfg)
     if cfg.batch_size % accelerator.num_processes or cfg.eval_batch_size % accelerator.num_processes:

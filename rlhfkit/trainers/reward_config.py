@@ -24,6 +24,8 @@ class RewardConfig(RunSettings, OptimSettings):
     )
     batch_size: int = setting(32, "Comparisons per optimizer step (chosen and rejected go in one forward pass).")
     eval_batch_size: int = setting(64, "Comparisons per evaluation forward pass.")
+    group_by_length: bool = setting(True, "Batch comparisons of similar length together (less padding), in a "
+                                    "random order of batches.")
     epochs: int = setting(1, "Passes over the training comparisons (one is the usual choice: more overfits).")
     eval_every: int = setting(0, "Evaluate every N optimizer steps (0 = only at the end).")
     margin_column: bool = setting(True, "Use a 'margin' column when present: -log sigmoid(r_c - r_r - m).")

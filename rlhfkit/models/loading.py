@@ -13,6 +13,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhfkit.errors import ModelError
+from rlhfkit.models.kernels import use_fused_kernels
 
 EMBEDDED = "embedded"
 
@@ -102,7 +103,7 @@ def load_causal_lm(
         check_vocab(model, tokenizer, str(name_or_path))
         if model.config.pad_token_id is None:
             model.config.pad_token_id = tokenizer.pad_token_id
-    return disable_dropout(model)
+    return use_fused_kernels(disable_dropout(model))
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
 
+from rlhfkit.models.kernels import use_fused_kernels
 from rlhfkit.models.loading import (
     check_vocab,
     disable_dropout,
@@ -49,7 +50,7 @@ def build_reward_model(
             if head.bias is not None:
                 head.bias.zero_()
     model.config.problem_type = "regression"
-    return disable_dropout(model)
+    return use_fused_kernels(disable_dropout(model))
 
 
 def is_reward_model(name_or_path: str | Path) -> bool:

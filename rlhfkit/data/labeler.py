@@ -79,28 +79,50 @@ def noisy_ranks(scores: Sequence[float], noise: float, rng: random.Random) -> li
     return ranks
 
 
+def tied_noisy_ranks(scores: Sequence[float], noise: float, rng: random.Random) -> list[int]:
+    """Like `noisy_ranks`, but completions with equal scores share a rank (a tie).
+
+    The noise acts on the distinct score levels: the labeler may misorder two different
+    replies, and marks replies it cannot tell apart as tied, as annotators do.
+    """
+    levels = sorted(set(scores), reverse=True)
+    level_ranks = noisy_ranks(levels, noise, rng)  # rank of each distinct level
+    return [level_ranks[levels.index(s)] for s in scores]
+
+
 class SimulatedLabeler:
     """Ranks completions like a human annotator would: by the gold judge, with noise.
 
     `noise` is the expected share of completion pairs the labeler orders against the gold score
-    (0 = always the gold order, 0.5 = random). See the module docstring for the model.
+    (0 = always the gold order, 0.5 = random). See the module docstring for the model. With
+    `ties=True`, completions of equal gold score get equal ranks instead of an arbitrary order;
+    `resolution` > 0 makes the labeler perceive gold scores on a grid of that step (1.0: five levels
+    from -2 to 2), so replies that differ by less look equally good.
     """
 
-    def __init__(self, noise: float = 0.1, seed: int = 0) -> None:
+    def __init__(self, noise: float = 0.1, seed: int = 0, ties: bool = False, resolution: float = 0.0) -> None:
         dispersion_for(float(noise), 2)  # validates noise now, not at the first ranking
+        if resolution < 0:
+            raise ValueError(f"resolution must be >= 0, got {resolution}")
         self.noise = float(noise)
         self.seed = int(seed)
+        self.ties = ties
+        self.resolution = float(resolution)
 
     def score(self, prompt: str, completion: str) -> float:
-        """The gold score the labeler ranks by (noise-free)."""
-        return gold_score(prompt, completion)
+        """The gold score as the labeler perceives it (noise-free): rounded to `resolution` when set,
+        like an annotator who cannot tell replies less than about one step of quality apart."""
+        score = gold_score(prompt, completion)
+        return round(score / self.resolution) * self.resolution if self.resolution else score
 
     def rank(self, prompt: str, completions: Sequence[str]) -> list[int]:
-        """A rank per completion, 0 = best, as a permutation of range(len(completions))."""
+        """A rank per completion, 0 = best: a permutation of range(len(completions)), or with ties
+        the rank of each completion's gold level (equal scores, equal ranks)."""
         if isinstance(completions, str):
             raise TypeError("completions must be a list of strings, not one string")
         if len(completions) == 0:
             raise ValueError("rank() needs at least one completion")
         # str seeds hash with SHA-512 in `random`: stable across processes, unlike hash()
         rng = random.Random("\x1f".join([str(self.seed), prompt, *completions]))
-        return noisy_ranks([self.score(prompt, c) for c in completions], self.noise, rng)
+        scores = [self.score(prompt, c) for c in completions]
+        return (tied_noisy_ranks if self.ties else noisy_ranks)(scores, self.noise, rng)

@@ -63,17 +63,18 @@ def token_logprobs(
 class ActorCritic(torch.nn.Module):
     """Policy plus critic behind one forward: (logp, entropy, values) per response token.
 
-    `critic=None` puts a value head on the policy trunk (zero-initialised, as OAI does, so the
-    first value estimates are 0); otherwise `critic` is a sequence-classification model whose
-    score head, applied at every position, gives V(s_t).
+    With `critic=None` and `value_head=True` a value head sits on the policy trunk (zero-initialised,
+    as OAI does, so the first value estimates are 0); a `critic` is a sequence-classification model
+    whose score head, applied at every position, gives V(s_t); with neither there are no values.
     """
 
-    def __init__(self, policy: PreTrainedModel, critic: PreTrainedModel | None = None) -> None:
+    def __init__(self, policy: PreTrainedModel, critic: PreTrainedModel | None = None,
+                 value_head: bool = True) -> None:
         super().__init__()
         self.policy = policy
         self.critic = critic
         self.value_head = None
-        if critic is None:
+        if critic is None and value_head:
             self.value_head = torch.nn.Linear(hidden_size(policy), 1)
             torch.nn.init.zeros_(self.value_head.weight)
             torch.nn.init.zeros_(self.value_head.bias)
@@ -99,6 +100,8 @@ class ActorCritic(torch.nn.Module):
         if with_values:
             if self.value_head is not None:
                 values = self.value_head(hidden).squeeze(-1).float()  # (B, T)
+            elif self.critic is None:
+                raise ValueError("values asked for, but this ActorCritic has neither a value head nor a critic")
             else:
                 critic_hidden = response_hidden(self.critic, prompt_ids, prompt_mask, response_ids)
                 values = score_head(self.critic)(critic_hidden).squeeze(-1).float()  # (B, T)

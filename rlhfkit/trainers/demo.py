@@ -58,7 +58,7 @@ def collect_rankings(cfg: DemoConfig, out: Path, model: Any, tokenizer: Any) -> 
     prompts = synthetic.prompts(cfg.label_prompts, seed=cfg.seed, split="train")
     settings = SamplingSettings(max_new_tokens=cfg.max_new_tokens)
     completions = sample_completions(model, tokenizer, prompts, cfg.k, settings, seed=cfg.seed)
-    labeler = SimulatedLabeler(noise=cfg.labeler_noise, seed=cfg.seed)
+    labeler = SimulatedLabeler(noise=cfg.labeler_noise, seed=cfg.seed, ties=True, resolution=cfg.labeler_resolution)
     with FeedbackStore.open(out / "feedback.db") as store:
         project = store.create_project("demo", cfg.k)
         store.add_prompts(project, prompts, completions, model=cfg.model,

@@ -16,19 +16,22 @@ class DemoConfig:
     output_dir: str = setting("runs/demo", "Folder for every stage's output and the report (replaced on each run).")
     model: str = setting(EMBEDDED_MODEL, "Start policy; the demo task is written for the embedded model.")
     seed: int = setting(0, "Seed of every stage (the same seed gives the same numbers).")
-    label_prompts: int = setting(400, "Prompts whose completions the simulated labeler ranks.")
+    label_prompts: int = setting(521, "Prompts whose completions the simulated labeler ranks (the task has 521 "
+                                 "training prompts).")
     k: int = setting(4, "Completions sampled per prompt for ranking.")
-    labeler_noise: float = setting(0.05, "Share of completion pairs the simulated labeler orders against the gold "
+    labeler_noise: float = setting(0.02, "Share of completion pairs the simulated labeler orders against the gold "
                                    "judge (like disagreeing annotators).")
+    labeler_resolution: float = setting(1.0, "The labeler perceives gold scores on a grid of this step and marks "
+                                        "replies it cannot tell apart as ties (0 = exact scores).")
     eval_prompts: int = setting(64, "Held-out prompts for the final evaluation.")
     max_new_tokens: int = setting(24, "Longest response in tokens.")
-    rm_epochs: int = setting(2, "Reward-model passes over the comparisons.")
+    rm_epochs: int = setting(3, "Reward-model passes over the comparisons.")
     rm_learning_rate: float = setting(1e-3, "Reward-model learning rate.")
     iterations: int = setting(60, "PPO iterations of each run.")
     rollout_batch_size: int = setting(64, "Episodes per PPO iteration.")
     learning_rate: float = setting(2e-4, "PPO learning rate.")
-    kl_coef: float = setting(0.1, "KL coefficient of the guarded run (the unguarded run uses 0).")
-    ent_coef: float = setting(0.01, "Entropy bonus of the guarded run (the unguarded run uses 0).")
+    kl_coef: float = setting(0.2, "KL coefficient of the guarded run (the unguarded run uses 0).")
+    ent_coef: float = setting(0.02, "Entropy bonus of the guarded run (the unguarded run uses 0).")
     threads: int = setting(0, "CPU threads for torch (0 = torch's default).")
     quick: bool = setting(False, "A shortened demo (same code path, a fraction of the work) for tests.")
 

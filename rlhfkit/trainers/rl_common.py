@@ -8,6 +8,7 @@ exactly, and the split of episodes over processes does not change what is sample
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from collections.abc import Callable, Sequence
@@ -26,7 +27,14 @@ from rlhfkit.models.policy import ActorCritic, token_logprobs
 from rlhfkit.models.reward_model import build_reward_model
 from rlhfkit.rollout.batch import Rollout
 from rlhfkit.rollout.sampling import SamplingSettings
-from rlhfkit.rollout.scoring import FunctionScorer, RewardModelScorer, Scorer, call_text_fn, import_function
+from rlhfkit.rollout.scoring import (
+    FunctionScorer,
+    RewardModelScorer,
+    Scorer,
+    call_text_fn,
+    import_function,
+    same_tokenizer,
+)
 from rlhfkit.tracking.diagnostics import text_metrics
 from rlhfkit.tracking.metrics import MetricsLogger
 from rlhfkit.trainers.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
@@ -117,7 +125,9 @@ def build_rl(cfg: Any, with_critic: bool, separate_critic: bool = False, steps_p
     device = accelerator.device
     scorer = build_scorer(cfg, tokenizer, device, reward_fn)
     policy = load_causal_lm(cfg.policy, tokenizer)
-    reference = load_causal_lm(cfg.policy, tokenizer).to(device).eval().requires_grad_(False)
+    # The reference: one frozen copy of the start policy, never updated (with LoRA it would be the
+    # base model with the adapters disabled, and this copy would go).
+    reference = copy.deepcopy(policy).to(device).eval().requires_grad_(False)
 
     def reference_logp(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
@@ -125,10 +135,12 @@ def build_rl(cfg: Any, with_critic: bool, separate_critic: bool = False, steps_p
 
     critic = None
     if with_critic and separate_critic:
-        critic = build_reward_model(cfg.reward_model, load_tokenizer(cfg.reward_model), init_head=False)
-    actor = ActorCritic(policy, critic)
-    if not with_critic:
-        actor.value_head = None
+        critic_tokenizer = load_tokenizer(cfg.reward_model)
+        if not same_tokenizer(critic_tokenizer, tokenizer):
+            raise ConfigError("setting 'critic': a separate critic starts from the reward model and reads the "
+                              "policy's token ids, so they must share a tokenizer; use --critic shared")
+        critic = build_reward_model(cfg.reward_model, critic_tokenizer, init_head=False)
+    actor = ActorCritic(policy, critic, value_head=with_critic and critic is None)
     optimizer = make_optimizer(actor.parameters(), cfg)
     scheduler = make_scheduler(optimizer, cfg, cfg.iterations * steps_per_iteration)
     actor, optimizer, scheduler = accelerator.prepare(actor, optimizer, scheduler)

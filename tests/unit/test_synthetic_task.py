@@ -213,3 +213,13 @@ def test_rank_input_errors():
         SimulatedLabeler().rank(P, "one string")
     with pytest.raises(ValueError):
         SimulatedLabeler().rank(P, [])
+
+
+def test_labeler_with_ties_gives_equal_ranks_to_equal_gold_scores():
+    from rlhfkit.data.labeler import tied_noisy_ranks
+
+    # scores 1.0, 0.5, 1.0, -1.0: two levels tie at the top; without noise the ranks follow the levels
+    assert tied_noisy_ranks([1.0, 0.5, 1.0, -1.0], 0.0, random.Random(0)) == [0, 1, 0, 2]
+    labeler = SimulatedLabeler(noise=0.0, ties=True)
+    ranks = labeler.rank("customer : i forgot my password . agent :", ["ok .", "ok .", "thank you , happy to help ."])
+    assert ranks[0] == ranks[1] and ranks[2] < ranks[0]

@@ -1,0 +1,175 @@
+"""Run rlhfkit and the peer (TRL) on the shared workload in one session and print the ratios.
+
+    python benchmarks/run.py [--tag TAG] [--iters N] [--bf16 auto|yes|no] [--skip-peer]
+
+Each benchmark is its own process. rlhfkit: reward-model training, then PPO, GRPO and RLOO
+(seconds per iteration split into generation / scoring / training, tokens per second, peak
+RSS, reward per iteration). The peer: ../shared/bench/peer/run_all.sh, fp32 and, where the
+hardware has native bf16 matmuls, bf16. Results: benchmarks/results/TAG/{results.json,table.md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import workload as W
+
+HERE = Path(__file__).resolve().parent
+ALGOS = ("ppo", "grpo", "rloo")
+
+
+def native_bf16() -> bool:
+    """True on a GPU, or a CPU with bf16 matrix instructions (else bf16 matmuls are emulated, and slow)."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return True
+    except ImportError:
+        pass
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def run(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> bool:
+    t0 = time.perf_counter()
+    with log.open("w") as f:
+        done = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    status = "ok" if done.returncode == 0 else f"FAILED (see {log})"
+    print(f"  {log.stem}: {status} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    return done.returncode == 0
+
+
+def ours(out: Path, iters: int, precisions: list[str]) -> None:
+    for mp in precisions:
+        tag = "" if mp == "no" else "_bf16"
+        run([sys.executable, str(HERE / "bench_reward.py"), "--out", str(out), "--mixed-precision", mp],
+            out / f"reward{tag}.log")
+        for algo in ALGOS:
+            run([sys.executable, str(HERE / "bench_rl.py"), "--algo", algo, "--out", str(out), "--iters", str(iters),
+                 "--mixed-precision", mp], out / f"{algo}{tag}.log")
+
+
+def peer(tag: str, bf16: bool) -> dict[str, Path]:
+    dirs = {"fp32": W.PEER_DIR / "results" / tag}
+    env = {"PEER_DIR": str(W.PEER_DIR)}
+    print("peer (TRL) fp32:", flush=True)
+    subprocess.run(["bash", str(W.PEER_HARNESS / "run_all.sh"), tag], env={**os.environ, **env}, check=False)
+    if bf16:
+        print("peer (TRL) bf16:", flush=True)
+        subprocess.run(["bash", str(W.PEER_HARNESS / "run_all.sh"), tag + "-bf16"],
+                       env={**os.environ, **env, "PEER_BF16": "1"}, check=False)
+        dirs["bf16"] = W.PEER_DIR / "results" / (tag + "-bf16")
+    return dirs
+
+
+def load(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def gain(rewards: list[float] | None) -> float | None:
+    """Reward change per iteration: (last - first) / (iterations - 1)."""
+    if not rewards or len(rewards) < 2:
+        return None
+    return (rewards[-1] - rewards[0]) / (len(rewards) - 1)
+
+
+def collect(out: Path, peer_dirs: dict[str, Path]) -> dict:
+    results: dict = {"ours": {}, "peer": {}}
+    for prec, suffix in (("fp32", ""), ("bf16", "_bf16")):
+        for name in ("reward", *ALGOS):
+            r = load(out / f"{name}{suffix}.json")
+            if r:
+                results["ours"].setdefault(prec, {})[name] = r
+    for prec, folder in peer_dirs.items():
+        for name in ("reward", *ALGOS, "dpo"):
+            r = load(folder / f"{name}.json")
+            if r:
+                results["peer"].setdefault(prec, {})[name] = r
+    return results
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}x" if a and b else "n/a"
+
+
+def table(results: dict) -> str:
+    """Markdown table: rlhfkit vs the peer's best precision, and equal-precision ratios."""
+    ours, peer = results["ours"], results["peer"]
+    lines = ["| benchmark | rlhfkit fp32 | TRL fp32 | TRL bf16 | ratio vs TRL best | fp32 vs fp32 | bf16 vs bf16 |",
+             "|---|---|---|---|---|---|---|"]
+
+    def get(side: dict, prec: str, name: str, key: str) -> float | None:
+        return side.get(prec, {}).get(name, {}).get(key)
+
+    # reward model: pairs/s (higher is better); ratio = ours / peer
+    o32, p32, p16 = (get(ours, "fp32", "reward", "pairs_per_s"), get(peer, "fp32", "reward", "pairs_per_s"),
+                     get(peer, "bf16", "reward", "pairs_per_s"))
+    o16 = get(ours, "bf16", "reward", "pairs_per_s")
+    best = max(x for x in (p32, p16) if x) if (p32 or p16) else None
+    lines.append(f"| reward model, pairs/s (higher is better) | {o32} | {p32} | {p16 or 'not run'} | "
+                 f"{ratio(o32, best)} | {ratio(o32, p32)} | {ratio(o16, p16)} |")
+    acc = (get(ours, "fp32", "reward", "eval_accuracy"), get(peer, "fp32", "reward", "eval_accuracy_manual"))
+    lines.append(f"| reward model, held-out accuracy | {acc[0]} | {acc[1]} | | | | |")
+    for algo in ALGOS:
+        o32, p32, p16 = (get(ours, "fp32", algo, "iter_s_median"), get(peer, "fp32", algo, "iter_s_median"),
+                         get(peer, "bf16", algo, "iter_s_median"))
+        o16 = get(ours, "bf16", algo, "iter_s_median")
+        best = min(x for x in (p32, p16) if x) if (p32 or p16) else None
+        lines.append(f"| {algo.upper()}, s/iteration (lower is better) | {o32} | {p32} | {p16 or 'not run'} | "
+                     f"{ratio(o32, best)} | {ratio(o32, p32)} | {ratio(o16, p16)} |")
+        o_rss, p_rss = get(ours, "fp32", algo, "peak_rss_mb"), get(peer, "fp32", algo, "peak_rss_mb_getrusage")
+        key = "scores" if algo == "ppo" else "reward"
+        o_gain, p_gain = gain(get(ours, "fp32", algo, "reward")), gain(get(peer, "fp32", algo, key))
+        lines.append(f"| {algo.upper()}, peak RSS MB | {o_rss} | {p_rss} | | {ratio(o_rss, p_rss)} | | |")
+        lines.append(f"| {algo.upper()}, reward gain / iteration | {_f(o_gain)} | {_f(p_gain)} | | | | |")
+        phases = [get(ours, "fp32", algo, k) for k in ("gen_s_median", "score_s_median", "train_s_median")]
+        lines.append(f"| {algo.upper()}, rlhfkit generation / scoring / training s | "
+                     f"{' / '.join(str(x) for x in phases)} | | | | | |")
+    return "\n".join(lines) + "\n"
+
+
+def _f(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:+.4f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tag", default=time.strftime("run_%Y%m%d_%H%M%S"))
+    ap.add_argument("--iters", type=int, default=8, help="timed iterations per RL benchmark (after 1 warm-up)")
+    ap.add_argument("--bf16", choices=("auto", "yes", "no"), default="auto",
+                    help="also run bf16 (auto: only with native bf16 matmuls)")
+    ap.add_argument("--skip-peer", action="store_true", help="rlhfkit only (no ratios)")
+    args = ap.parse_args()
+    bf16 = args.bf16 == "yes" or (args.bf16 == "auto" and native_bf16())
+    out = HERE / "results" / args.tag
+    out.mkdir(parents=True, exist_ok=True)
+    W.ensure_artifacts()
+    print(f"rlhfkit ({'fp32 and bf16' if bf16 else 'fp32'}):", flush=True)
+    ours(out, args.iters, ["no", "bf16"] if bf16 else ["no"])
+    peer_dirs = {} if args.skip_peer else peer(args.tag, bf16)
+    results = collect(out, peer_dirs)
+    results["machine"] = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                          "native_bf16": native_bf16(), "bf16_run": bf16}
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    text = table(results)
+    if not bf16:
+        text += ("\nbf16 not run: this machine has no native bf16 matrix instructions (emulated bf16 matmuls run "
+                 "about 100x slower than fp32 here), so fp32 is every library's best precision.\n")
+    (out / "table.md").write_text(text)
+    print(text)
+    print(f"results: {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -21,6 +21,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--iters", type=int, default=8)
     ap.add_argument("--mixed-precision", default="no", choices=("no", "bf16"))
+    ap.add_argument("--reward-model", type=Path, default=None,
+                    help="PPO's reward model (default: OUT/reward_model from bench_reward.py)")
     args = ap.parse_args()
     W.ensure_artifacts()
     common = dict(
@@ -35,7 +37,7 @@ def main() -> None:
         from rlhfkit.trainers.ppo import train
         from rlhfkit.trainers.rl_config import PPOConfig
 
-        reward_model = args.out / "reward_model"
+        reward_model = args.reward_model or args.out / "reward_model"
         history = train(PPOConfig(**common, reward_model=str(reward_model), critic="shared"))
     else:
         from rlhfkit.trainers.reinforce import train

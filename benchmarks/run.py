@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -50,14 +51,30 @@ def run(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> bool:
     return done.returncode == 0
 
 
+def shared_reward_model(out: Path) -> Path | None:
+    """The peer's trained reward model with the workload's tokenizer beside it, so both PPOs score with
+    the same model (and their reward curves are comparable); None before the peer has run."""
+    peer_rm = W.ART / "reward_model"
+    if not (peer_rm / "config.json").is_file():
+        return None
+    target = out / "reward_model_peer"
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(peer_rm, target)
+    for f in (W.ART / "tokenizer").iterdir():
+        shutil.copy(f, target / f.name)
+    return target
+
+
 def ours(out: Path, iters: int, precisions: list[str]) -> None:
     for mp in precisions:
         tag = "" if mp == "no" else "_bf16"
         run([sys.executable, str(HERE / "bench_reward.py"), "--out", str(out), "--mixed-precision", mp],
             out / f"reward{tag}.log")
+        rm = shared_reward_model(out)
         for algo in ALGOS:
+            extra = ["--reward-model", str(rm)] if rm and algo == "ppo" else []
             run([sys.executable, str(HERE / "bench_rl.py"), "--algo", algo, "--out", str(out), "--iters", str(iters),
-                 "--mixed-precision", mp], out / f"{algo}{tag}.log")
+                 "--mixed-precision", mp, *extra], out / f"{algo}{tag}.log")
 
 
 def peer(tag: str, bf16: bool) -> dict[str, Path]:
@@ -155,9 +172,10 @@ def main() -> None:
     out = HERE / "results" / args.tag
     out.mkdir(parents=True, exist_ok=True)
     W.ensure_artifacts()
+    # The peer first: its reward-model benchmark writes the reward model both PPO runs then use.
+    peer_dirs = {} if args.skip_peer else peer(args.tag, bf16)
     print(f"rlhfkit ({'fp32 and bf16' if bf16 else 'fp32'}):", flush=True)
     ours(out, args.iters, ["no", "bf16"] if bf16 else ["no"])
-    peer_dirs = {} if args.skip_peer else peer(args.tag, bf16)
     results = collect(out, peer_dirs)
     results["machine"] = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                           "native_bf16": native_bf16(), "bf16_run": bf16}

@@ -33,7 +33,7 @@ from rlhfkit.algos.pg import (
     reinforce_loss,
     rloo_advantages,
 )
-from rlhfkit.algos.policy import entropy_from_logits, logprobs_from_logits
+from rlhfkit.algos.policy import entropy_from_logits, logprobs_and_entropy, logprobs_from_logits
 from rlhfkit.algos.ppo import (
     PolicyLossStats,
     ValueLossStats,
@@ -74,6 +74,7 @@ __all__ = [
     "kl_k1",
     "kl_k2",
     "kl_k3",
+    "logprobs_and_entropy",
     "logprobs_from_logits",
     "masked_mean",
     "masked_sum",

@@ -33,23 +33,7 @@ def logprobs_from_logits(
     Returns:
       (B, T) log-probabilities.
     """
-    check_rank("logits", logits, "B", "T", "V")
-    check_rank("tokens", tokens, "B", "T")
-    check_positive("temperature", temperature)
-    if tokens.shape != logits.shape[:2]:
-        raise ValueError(
-            f"tokens must have shape (B, T) = {tuple(logits.shape[:2])} to match logits "
-            f"{tuple(logits.shape)}, got {tuple(tokens.shape)}"
-        )
-    if tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
-        raise ValueError(f"tokens must hold integer token ids, got dtype {tokens.dtype}")
-    vocab_size = logits.shape[-1]
-    low, high = (int(tokens.min()), int(tokens.max())) if tokens.numel() else (0, 0)
-    if low < 0 or high >= vocab_size:
-        raise ValueError(
-            f"tokens must be ids in [0, {vocab_size}), got values in [{low}, {high}]; "
-            "replace pad ids first, e.g. tokens.masked_fill(~mask, 0)"
-        )
+    _check_tokens(logits, tokens, temperature)
     if logits.dtype in _LOW_PRECISION:
         rows = zip(logits, tokens, strict=True)
         return torch.stack([_token_logprobs(z.float(), a, temperature) for z, a in rows])  # (B, T) float32
@@ -91,3 +75,54 @@ def _entropy(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     z = logits if temperature == 1.0 else logits / temperature  # (..., V)
     probs = torch.softmax(z, dim=-1)  # (..., V)
     return torch.logsumexp(z, dim=-1) - (probs * z).sum(dim=-1)  # (...)
+
+
+def logprobs_and_entropy(
+    logits: torch.Tensor,
+    tokens: torch.Tensor,
+    temperature: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log pi(a_t|s_t), H_t) with one shared logsumexp:  logp = z[a] - lse,  H = lse - sum_v exp(z_v - lse) z_v.
+
+    The same values as `logprobs_from_logits` and `entropy_from_logits` (z = logits / temperature),
+    computed together so the trainer's forward takes one pass over the (B, T, V) logits for the
+    normaliser instead of two. Same checks and precision rules as those two functions.
+
+    Args:
+      logits: (B, T, V) logits whose row t predicts tokens[:, t].
+      tokens: (B, T) integer token ids in [0, V).
+      temperature: > 0.
+
+    Returns:
+      ((B, T) log-probabilities, (B, T) entropies in nats).
+    """
+    logp = logprobs_from_logits(logits, tokens, temperature) if logits.dtype in _LOW_PRECISION else None
+    if logp is not None:  # low precision: the per-sequence float32 paths of the two functions
+        return logp, entropy_from_logits(logits, temperature)
+    _check_tokens(logits, tokens, temperature)
+    z = logits if temperature == 1.0 else logits / temperature  # (B, T, V)
+    lse = torch.logsumexp(z, dim=-1)  # (B, T)
+    logp = z.gather(-1, tokens.long().unsqueeze(-1)).squeeze(-1) - lse  # (B, T)
+    entropy = lse - (torch.exp(z - lse.unsqueeze(-1)) * z).sum(dim=-1)  # (B, T)
+    return logp, entropy
+
+
+def _check_tokens(logits: torch.Tensor, tokens: torch.Tensor, temperature: float) -> None:
+    """Shapes, dtype and range of the token ids (checking the range reads the ids: one sync)."""
+    check_rank("logits", logits, "B", "T", "V")
+    check_rank("tokens", tokens, "B", "T")
+    check_positive("temperature", temperature)
+    if tokens.shape != logits.shape[:2]:
+        raise ValueError(
+            f"tokens must have shape (B, T) = {tuple(logits.shape[:2])} to match logits "
+            f"{tuple(logits.shape)}, got {tuple(tokens.shape)}"
+        )
+    if tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
+        raise ValueError(f"tokens must hold integer token ids, got dtype {tokens.dtype}")
+    vocab_size = logits.shape[-1]
+    low, high = (int(tokens.min()), int(tokens.max())) if tokens.numel() else (0, 0)
+    if low < 0 or high >= vocab_size:
+        raise ValueError(
+            f"tokens must be ids in [0, {vocab_size}), got values in [{low}, {high}]; "
+            "replace pad ids first, e.g. tokens.masked_fill(~mask, 0)"
+        )

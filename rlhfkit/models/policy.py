@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel
 
-from rlhfkit.algos.policy import entropy_from_logits, logprobs_from_logits
+from rlhfkit.algos.policy import logprobs_and_entropy, logprobs_from_logits
 from rlhfkit.models.loading import position_ids_from_mask
 from rlhfkit.models.parts import hidden_size, lm_head, score_head, trunk
 
@@ -55,9 +55,9 @@ def token_logprobs(
     """log pi(a_t|s_t) of a causal LM (the reference model's forward), logits divided by temperature."""
     hidden = response_hidden(model, prompt_ids, prompt_mask, response_ids)
     logits = lm_head(model)(hidden)  # (B, T, V)
-    logp = logprobs_from_logits(logits, response_ids, temperature)
-    entropy = entropy_from_logits(logits, temperature) if with_entropy else None
-    return PolicyOutput(logp, entropy)
+    if with_entropy:
+        return PolicyOutput(*logprobs_and_entropy(logits, response_ids, temperature))
+    return PolicyOutput(logprobs_from_logits(logits, response_ids, temperature))
 
 
 class ActorCritic(torch.nn.Module):
@@ -94,8 +94,10 @@ class ActorCritic(torch.nn.Module):
     ) -> PolicyOutput:
         hidden = response_hidden(self.policy, prompt_ids, prompt_mask, response_ids)  # (B, T, H)
         logits = lm_head(self.policy)(hidden)  # (B, T, V)
-        logp = logprobs_from_logits(logits, response_ids, temperature)
-        entropy = entropy_from_logits(logits, temperature) if with_entropy else None
+        if with_entropy:
+            logp, entropy = logprobs_and_entropy(logits, response_ids, temperature)
+        else:
+            logp, entropy = logprobs_from_logits(logits, response_ids, temperature), None
         values = None
         if with_values:
             if self.value_head is not None:

@@ -24,6 +24,7 @@ class Rollout:
     ref_logp: torch.Tensor  # (B, T) log pi_ref(a_t|s_t), same temperature
     scores: torch.Tensor  # (B,) reward-model (or function) score, after the missing-EOS penalty
     values: torch.Tensor | None = None  # (B, T) V(s_t) from the critic, when there is one
+    entropy: torch.Tensor | None = None  # (B, T) H(pi_old(.|s_t)), the sampling policy's entropy
     rewards: torch.Tensor | None = None  # (B, T) per-token rewards (score + KL penalty)
     advantages: torch.Tensor | None = None  # (B, T) or (B,)
     returns: torch.Tensor | None = None  # (B, T) value targets

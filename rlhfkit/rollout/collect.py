@@ -52,12 +52,12 @@ def collect_rollout(
 
     t0 = time.perf_counter()
     batch, n_resp = prompt_ids.shape[0], samples.response_ids.shape[1]
-    logp = torch.zeros(batch, n_resp)
+    logp, entropy = torch.zeros(batch, n_resp), torch.zeros(batch, n_resp)
     values = torch.zeros(batch, n_resp) if with_values else None
     for rows in forward_chunks:
         out = actor(prompt_ids[rows], prompt_mask[rows], samples.response_ids[rows], sampling.temperature,
-                    with_entropy=False, with_values=with_values)
-        logp[rows] = out.logp.float()
+                    with_entropy=True, with_values=with_values)
+        logp[rows], entropy[rows] = out.logp.float(), out.entropy.float()
         if with_values:
             values[rows] = out.values.float()
     ref_logp = reference(prompt_ids, prompt_mask, samples.response_ids).float()
@@ -71,7 +71,7 @@ def collect_rollout(
 
     rollout = Rollout(
         prompt_ids=prompt_ids, prompt_mask=prompt_mask, response_ids=samples.response_ids, mask=samples.response_mask,
-        ended=samples.ended, logp=logp, ref_logp=ref_logp, scores=scores, values=values,
+        ended=samples.ended, logp=logp, ref_logp=ref_logp, scores=scores, values=values, entropy=entropy,
         prompts=list(prompt_texts), responses=responses,
     )
     return rollout, {"time/generation": t_gen, "time/scoring": t_score}

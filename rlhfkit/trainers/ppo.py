@@ -50,10 +50,13 @@ def ppo_update(run: RLRun, rollout: Rollout, minibatches: list[list[torch.Tensor
     for epoch in minibatches:
         for rows in epoch:
             mb = rollout.index(rows)
+            # The entropy needs a gradient only for a bonus; the logged one comes from the rollout.
             with acc.autocast():
-                out = run.actor(mb.prompt_ids, mb.prompt_mask, mb.response_ids, cfg.temperature)
+                out = run.actor(mb.prompt_ids, mb.prompt_mask, mb.response_ids, cfg.temperature,
+                                with_entropy=cfg.ent_coef > 0)
             loss, step_stats = ppo_loss(
-                out.logp.float(), mb.logp, mb.advantages, out.values, mb.values, mb.returns, out.entropy.float(),
+                out.logp.float(), mb.logp, mb.advantages, out.values, mb.values, mb.returns,
+                None if out.entropy is None else out.entropy.float(),
                 mb.mask, clip_eps=cfg.clip_eps, clip_eps_value=cfg.clip_eps_value or None, vf_coef=cfg.vf_coef,
                 ent_coef=cfg.ent_coef, mode=cfg.loss_reduction,
             )
@@ -64,7 +67,7 @@ def ppo_update(run: RLRun, rollout: Rollout, minibatches: list[list[torch.Tensor
             run.scheduler.step()
             run.optimizer.zero_grad(set_to_none=True)
             for k, v in step_stats.items():
-                stats[k].append(float(v))
+                stats["policy/entropy_bonus" if k == "policy/entropy" else k].append(float(v))
             if len(stats["loss/total"]) == 1:
                 # Sanity check S1: before any update the ratio is exactly 1 on the first minibatch.
                 stats["policy/clipfrac_first"].append(float(step_stats["policy/clipfrac"]))
@@ -121,9 +124,8 @@ def train(cfg: PPOConfig, reward_fn: RewardFn | None = None,
             update_stats = ppo_update(run, rollout, plan.minibatches)
             t_train = time.perf_counter() - t_train
             # 5. KL controller, metrics, samples, checkpoint.
-            metrics = rollout_metrics(run, rollout, kl, beta)
+            metrics = {**update_stats, **rollout_metrics(run, rollout, kl, beta)}
             run.kl_ctl.update(metrics["kl/ref"], batch)
-            metrics.update(update_stats)
             metrics["value/explained_variance"] = float(explained_variance(rollout.values, returns, rollout.mask))
             metrics.update(times)
             metrics["time/training"] = t_train

@@ -92,7 +92,7 @@ def reinforce_update(run: RLRun, rollout: Rollout, minibatches: list[list[torch.
             mb = rollout.index(rows)
             with acc.autocast():
                 out = run.actor(mb.prompt_ids, mb.prompt_mask, mb.response_ids, cfg.temperature,
-                                with_entropy=True, with_values=with_values)
+                                with_entropy=cfg.ent_coef > 0, with_values=with_values)
             logp = out.logp.float()
             if cfg.policy_loss == "reinforce":
                 loss = reinforce_loss(logp, mb.mask, mb.advantages, mode=cfg.loss_reduction)
@@ -106,9 +106,9 @@ def reinforce_update(run: RLRun, rollout: Rollout, minibatches: list[list[torch.
                 kl_term = aggregate(kl_k3(logp, mb.ref_logp, mb.mask), mb.mask, mode=cfg.loss_reduction)
                 loss = loss + beta * kl_term
                 stats["loss/kl"].append(kl_term.item())
-            entropy = entropy_bonus(out.entropy.float(), mb.mask, mode=cfg.loss_reduction)
-            stats["policy/entropy"].append(entropy.item())
             if cfg.ent_coef:
+                entropy = entropy_bonus(out.entropy.float(), mb.mask, mode=cfg.loss_reduction)
+                stats["policy/entropy_bonus"].append(entropy.item())
                 loss = loss - cfg.ent_coef * entropy
             if with_values:
                 vf_loss, _ = ppo_value_loss(out.values, mb.values, mb.returns, mb.mask, None, mode=cfg.loss_reduction)
@@ -167,9 +167,8 @@ def train(cfg: ReinforceConfig, reward_fn: RewardFn | None = None,
             if cfg.baseline == "moving_mean":
                 baseline_mean = float(moving_mean_update(baseline_mean, returns.mean().item(), cfg.baseline_decay))
             # 5. Metrics, samples, checkpoint.
-            metrics = rollout_metrics(run, rollout, kl, beta)
+            metrics = {**update_stats, **rollout_metrics(run, rollout, kl, beta)}
             run.kl_ctl.update(metrics["kl/ref"], batch)
-            metrics.update(update_stats)
             metrics["reward/return_mean"] = returns.mean().item()
             if cfg.baseline == "value":
                 metrics["value/explained_variance"] = float(

@@ -195,6 +195,8 @@ def rollout_metrics(run: RLRun, rollout: Rollout, kl: torch.Tensor, beta: float)
         "reward/std": rollout.scores.std(unbiased=False).item(),
         "reward/total": (rollout.scores - beta * seq_kl).mean().item(),
         "kl/ref": seq_kl.mean().item(),
+        # entropy of the policy that sampled the batch, per response token
+        "policy/entropy": (rollout.entropy * mask).sum().item() / max(mask.sum().item(), 1),
         "kl/coef": beta,
         "response/length": lengths.mean().item(),
         "response/eos_share": rollout.ended.float().mean().item(),

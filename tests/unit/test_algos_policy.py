@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rlhfkit.algos import entropy_from_logits, logprobs_from_logits
+from rlhfkit.algos import entropy_from_logits, logprobs_and_entropy, logprobs_from_logits
 from rlhfkit.algos import policy as policy_module
 
 F64 = torch.float64
@@ -133,3 +133,22 @@ def test_entropy_bad_arguments():
         entropy_from_logits(logits[0])
     with pytest.raises(ValueError, match="temperature must be positive"):
         entropy_from_logits(logits, temperature=-1.0)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_logprobs_and_entropy_equal_the_separate_functions(temperature):
+    # independent reference: a full float64 log_softmax, -sum p log p
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(3, 5, 11, generator=gen, dtype=torch.float64) * 2
+    tokens = torch.randint(0, 11, (3, 5), generator=gen)
+    logp, entropy = logprobs_and_entropy(logits, tokens, temperature)
+    log_probs = torch.log_softmax(logits / temperature, dim=-1)
+    torch.testing.assert_close(logp, log_probs.gather(-1, tokens[..., None]).squeeze(-1), atol=1e-12, rtol=0)
+    torch.testing.assert_close(entropy, -(log_probs.exp() * log_probs).sum(-1), atol=1e-12, rtol=0)
+
+
+def test_logprobs_and_entropy_bad_arguments():
+    with pytest.raises(ValueError, match="tokens must be ids in"):
+        logprobs_and_entropy(torch.zeros(1, 2, 4), torch.tensor([[0, 4]]))
+    with pytest.raises(ValueError, match="temperature"):
+        logprobs_and_entropy(torch.zeros(1, 2, 4), torch.tensor([[0, 1]]), temperature=0.0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import signal
@@ -138,3 +139,43 @@ def test_killed_run_resumes_and_reproduces_the_uninterrupted_run(tiny_model_dir,
     samples = lambda p: (p / "samples.jsonl").read_text()  # noqa: E731
     assert samples(killed) == samples(full)
     assert (killed / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize(("baseline", "extra"), [("none", {}), ("value", {}), ("grpo", {"kl_in": "loss"})])
+def test_every_baseline_runs_and_logs(tiny_model_dir, prompts_file, tmp_path, baseline, extra) -> None:
+    cfg = ReinforceConfig(**common(tiny_model_dir, prompts_file, tmp_path / "run", iterations=2, baseline=baseline,
+                                   samples_per_prompt=4, kl_coef=0.1, update_epochs=2, num_minibatches=2,
+                                   policy_loss="clipped", **extra))
+    history = train_reinforce(cfg, reward_fn=count_a)
+    assert len(history) == 2 and all(math.isfinite(h["loss/total"]) for h in history)
+    if baseline == "value":
+        assert "loss/value" in history[0] and "value/explained_variance" in history[0]
+    if baseline == "grpo":
+        assert "loss/kl" in history[0]
+
+
+def test_separate_critic_and_a_reward_model_with_another_tokenizer(tiny_model_dir, prompts_file, tmp_path) -> None:
+    """PPO scores with a reward model whose tokenizer differs from the policy's (decode and re-encode),
+    and a separate critic initialised from a reward model that shares the policy's tokenizer."""
+    from toy_data import corpus
+
+    from rlhfkit.models.tiny import save_tiny
+    from rlhfkit.trainers.reward import train as train_reward
+    from rlhfkit.trainers.reward_config import RewardConfig
+
+    other = save_tiny(tmp_path / "other", corpus(seed=3), vocab_size=300, n_layer=1, n_embd=32)
+    rows = [{"prompt": "describe the", "chosen": " road light", "rejected": " a a a"}] * 8
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for name, base in (("rm_other", other), ("rm_same", tiny_model_dir)):
+        data = str(tmp_path / "p.jsonl")
+        train_reward(RewardConfig(model=str(base), train_data=data, eval_data=data, output_dir=str(tmp_path / name),
+                                  max_length=64, batch_size=4))
+    history = train_ppo(PPOConfig(**common(tiny_model_dir, prompts_file, tmp_path / "ppo_other", iterations=2,
+                                           reward_model=str(tmp_path / "rm_other"), num_minibatches=2)))
+    assert all(math.isfinite(h["reward/mean"]) for h in history)
+    history = train_ppo(PPOConfig(**common(tiny_model_dir, prompts_file, tmp_path / "ppo_critic", iterations=2,
+                                           reward_model=str(tmp_path / "rm_same"), critic="separate",
+                                           num_minibatches=2, tensorboard=True)))
+    assert history[0]["policy/clipfrac_first"] == 0.0
+    assert (tmp_path / "ppo_critic" / "critic" / "model.safetensors").is_file()
+    assert list((tmp_path / "ppo_critic" / "tb").glob("events.out.tfevents.*"))

@@ -30,7 +30,7 @@ class DemoConfig:
     iterations: int = setting(60, "PPO iterations of each run.")
     rollout_batch_size: int = setting(64, "Episodes per PPO iteration.")
     learning_rate: float = setting(2e-4, "PPO learning rate.")
-    kl_coef: float = setting(0.2, "KL coefficient of the guarded run (the unguarded run uses 0).")
+    kl_coef: float = setting(0.4, "KL coefficient of the guarded run (the unguarded run uses 0).")
     ent_coef: float = setting(0.02, "Entropy bonus of the guarded run (the unguarded run uses 0).")
     threads: int = setting(0, "CPU threads for torch (0 = torch's default).")
     quick: bool = setting(False, "A shortened demo (same code path, a fraction of the work) for tests.")

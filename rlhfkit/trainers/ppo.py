@@ -25,20 +25,16 @@ from rlhfkit.algos.kl import KL_ESTIMATORS, shaped_rewards
 from rlhfkit.algos.masked import explained_variance, masked_whiten
 from rlhfkit.algos.ppo import ppo_loss
 from rlhfkit.rollout.batch import Rollout
-from rlhfkit.rollout.collect import collect_rollout
-from rlhfkit.rollout.gather import gather_rollout, plan_iteration
-from rlhfkit.tracking.console import print_table, progress_bar
+from rlhfkit.tracking.console import progress_bar
 from rlhfkit.trainers.rl_common import (
     RewardFn,
     RLRun,
     build_rl,
-    checkpoint,
-    episode_seeds,
-    iteration_generator,
-    log_samples,
+    end_iteration,
+    end_run,
     mean_across_processes,
     rollout_metrics,
-    save_final,
+    rollout_step,
 )
 from rlhfkit.trainers.rl_config import PPOConfig
 
@@ -89,26 +85,14 @@ def train(cfg: PPOConfig, reward_fn: RewardFn | None = None,
     steps = cfg.update_epochs * cfg.num_minibatches
     run = build_rl(cfg, with_critic=True, separate_critic=cfg.critic == "separate", steps_per_iteration=steps,
                    reward_fn=reward_fn, gold_fn=gold_fn)
-    acc, batch, pad_id = run.accelerator, cfg.rollout_batch_size, run.tokenizer.pad_token_id
+    batch = cfg.rollout_batch_size
     history = []
     with progress_bar(cfg.iterations, "ppo", keys=("reward", "kl"), enabled=run.main) as bar:
         bar.update(run.start_iteration)
         for it in range(run.start_iteration, cfg.iterations):
             t_iter = time.perf_counter()
-            # 1. Rollout of this process's episodes (old log-probs in the first epoch's minibatch groups, so
-            #    ratio == 1 exactly there), then the whole batch gathered in global order.
-            plan = plan_iteration(iteration_generator(cfg.seed, it), batch, cfg.update_epochs, cfg.num_minibatches,
-                                  acc.process_index, acc.num_processes)
-            ids, mask, texts = run.prompts.batch(run.prompts.next_indices(batch), pad_id)
-            own = plan.own
-            with acc.autocast():
-                local, times = collect_rollout(
-                    run.unwrapped, run.reference, run.scorer, run.tokenizer, ids[own].to(acc.device),
-                    mask[own].to(acc.device), [texts[j] for j in own.tolist()], run.sampling,
-                    episode_seeds(cfg.seed, it, own), plan.first_epoch_groups(), with_values=True,
-                    missing_eos_penalty=cfg.missing_eos_penalty,
-                )
-            rollout = gather_rollout(acc, local, own, batch, pad_id)
+            # 1. Rollout.
+            rollout, plan, times = rollout_step(run, it, run.prompts.next_indices(batch), with_values=True)
             # 2. Rewards: score at the last response token minus beta * KL per token.
             beta = run.kl_ctl.value
             kl = KL_ESTIMATORS[cfg.kl_estimator](rollout.logp, rollout.ref_logp, rollout.mask)  # (B, T)
@@ -127,27 +111,10 @@ def train(cfg: PPOConfig, reward_fn: RewardFn | None = None,
             metrics = {**update_stats, **rollout_metrics(run, rollout, kl, beta)}
             run.kl_ctl.update(metrics["kl/ref"], batch)
             metrics["value/explained_variance"] = float(explained_variance(rollout.values, returns, rollout.mask))
-            metrics.update(times)
-            metrics["time/training"] = t_train
-            metrics["time/iteration"] = time.perf_counter() - t_iter
-            metrics["train/lr"] = run.scheduler.get_last_lr()[0]
-            history.append(run.logger.log(it, metrics))
-            if cfg.sample_every and it % cfg.sample_every == 0:
-                log_samples(run, it, rollout)
-            if cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0 and it + 1 < cfg.iterations:
-                checkpoint(run, it)
+            metrics.update(times, **{"time/training": t_train, "time/iteration": time.perf_counter() - t_iter})
+            history.append(end_iteration(run, it, rollout, metrics))
             bar.update(1, reward=metrics["reward/mean"], kl=metrics["kl/ref"])
-    checkpoint(run, cfg.iterations - 1)
-    save_final(run)
-    run.logger.close()
-    if run.main and history:
-        last = history[-1]
-        print_table(f"ppo -> {run.out_dir}", [
-            ("reward (first -> last iteration)", f"{history[0]['reward/mean']:.3f} -> {last['reward/mean']:.3f}"),
-            ("KL to reference", last["kl/ref"]),
-            ("entropy", last.get("policy/entropy", float("nan"))),
-            ("seconds / iteration", last["time/iteration"]),
-        ])
+    end_run(run, history, "ppo")
     return history
 
 

@@ -34,20 +34,16 @@ from rlhfkit.algos.pg import (
 )
 from rlhfkit.algos.ppo import entropy_bonus, ppo_policy_loss, ppo_value_loss
 from rlhfkit.rollout.batch import Rollout
-from rlhfkit.rollout.collect import collect_rollout
-from rlhfkit.rollout.gather import gather_rollout, plan_iteration
-from rlhfkit.tracking.console import print_table, progress_bar
+from rlhfkit.tracking.console import progress_bar
 from rlhfkit.trainers.rl_common import (
     RewardFn,
     RLRun,
     build_rl,
-    checkpoint,
-    episode_seeds,
-    iteration_generator,
-    log_samples,
+    end_iteration,
+    end_run,
     mean_across_processes,
     rollout_metrics,
-    save_final,
+    rollout_step,
 )
 from rlhfkit.trainers.rl_config import ReinforceConfig
 
@@ -130,29 +126,16 @@ def train(cfg: ReinforceConfig, reward_fn: RewardFn | None = None,
     steps = cfg.update_epochs * cfg.num_minibatches
     run = build_rl(cfg, with_critic=cfg.baseline == "value", steps_per_iteration=steps,
                    reward_fn=reward_fn, gold_fn=gold_fn)
-    acc, batch, k = run.accelerator, cfg.rollout_batch_size, cfg.samples_per_prompt
-    pad_id = run.tokenizer.pad_token_id
+    batch, k = cfg.rollout_batch_size, cfg.samples_per_prompt
     baseline_mean = (run.extra_state or {}).get("baseline_mean")
     history = []
     with progress_bar(cfg.iterations, f"reinforce ({cfg.baseline})", keys=("reward", "kl"), enabled=run.main) as bar:
         bar.update(run.start_iteration)
         for it in range(run.start_iteration, cfg.iterations):
             t_iter = time.perf_counter()
-            # 1. Rollout: k consecutive samples of each prompt (the groups RLOO and GRPO compare); each process
-            #    samples its share, then the whole batch is gathered in global order.
-            plan = plan_iteration(iteration_generator(cfg.seed, it), batch, cfg.update_epochs, cfg.num_minibatches,
-                                  acc.process_index, acc.num_processes)
+            # 1. Rollout: k consecutive samples of each prompt (the groups RLOO and GRPO compare).
             indices = [i for i in run.prompts.next_indices(batch // k) for _ in range(k)]
-            ids, mask, texts = run.prompts.batch(indices, pad_id)
-            own = plan.own
-            with acc.autocast():
-                local, times = collect_rollout(
-                    run.unwrapped, run.reference, run.scorer, run.tokenizer, ids[own].to(acc.device),
-                    mask[own].to(acc.device), [texts[j] for j in own.tolist()], run.sampling,
-                    episode_seeds(cfg.seed, it, own), plan.first_epoch_groups(), with_values=cfg.baseline == "value",
-                    missing_eos_penalty=cfg.missing_eos_penalty,
-                )
-            rollout = gather_rollout(acc, local, own, batch, pad_id)
+            rollout, plan, times = rollout_step(run, it, indices, with_values=cfg.baseline == "value")
             # 2-3. Returns and advantages.
             beta = run.kl_ctl.value
             kl = KL_ESTIMATORS[cfg.kl_estimator](rollout.logp, rollout.ref_logp, rollout.mask)
@@ -175,26 +158,10 @@ def train(cfg: ReinforceConfig, reward_fn: RewardFn | None = None,
                     explained_variance(rollout.values, rollout.returns, rollout.mask))
             if baseline_mean is not None:
                 metrics["baseline/moving_mean"] = baseline_mean
-            metrics.update(times)
-            metrics["time/training"] = t_train
-            metrics["time/iteration"] = time.perf_counter() - t_iter
-            metrics["train/lr"] = run.scheduler.get_last_lr()[0]
-            history.append(run.logger.log(it, metrics))
-            if cfg.sample_every and it % cfg.sample_every == 0:
-                log_samples(run, it, rollout)
-            if cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0 and it + 1 < cfg.iterations:
-                checkpoint(run, it, {"baseline_mean": baseline_mean})
+            metrics.update(times, **{"time/training": t_train, "time/iteration": time.perf_counter() - t_iter})
+            history.append(end_iteration(run, it, rollout, metrics, {"baseline_mean": baseline_mean}))
             bar.update(1, reward=metrics["reward/mean"], kl=metrics["kl/ref"])
-    checkpoint(run, cfg.iterations - 1, {"baseline_mean": baseline_mean})
-    save_final(run)
-    run.logger.close()
-    if run.main and history:
-        print_table(f"reinforce ({cfg.baseline}) -> {run.out_dir}", [
-            ("reward (first -> last iteration)",
-             f"{history[0]['reward/mean']:.3f} -> {history[-1]['reward/mean']:.3f}"),
-            ("KL to reference", history[-1]["kl/ref"]),
-            ("seconds / iteration", history[-1]["time/iteration"]),
-        ])
+    end_run(run, history, f"reinforce ({cfg.baseline})", {"baseline_mean": baseline_mean})
     return history
 
 

@@ -26,6 +26,8 @@ from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.models.policy import ActorCritic, token_logprobs
 from rlhfkit.models.reward_model import build_reward_model
 from rlhfkit.rollout.batch import Rollout
+from rlhfkit.rollout.collect import collect_rollout
+from rlhfkit.rollout.gather import IterationPlan, gather_rollout, plan_iteration
 from rlhfkit.rollout.sampling import SamplingSettings
 from rlhfkit.rollout.scoring import (
     FunctionScorer,
@@ -35,6 +37,7 @@ from rlhfkit.rollout.scoring import (
     import_function,
     same_tokenizer,
 )
+from rlhfkit.tracking.console import print_table
 from rlhfkit.tracking.diagnostics import text_metrics
 from rlhfkit.tracking.metrics import MetricsLogger
 from rlhfkit.trainers.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
@@ -163,6 +166,56 @@ def build_rl(cfg: Any, with_critic: bool, separate_critic: bool = False, steps_p
     run.logger = MetricsLogger(out_dir, tensorboard=cfg.tensorboard, enabled=accelerator.is_main_process,
                                append=resuming)
     return run
+
+
+def rollout_step(run: RLRun, iteration: int, prompt_indices: list[int], with_values: bool
+                 ) -> tuple[Rollout, IterationPlan, dict[str, float]]:
+    """Step 1 of both loops: this process samples and scores its share of the episodes (old log-probs
+    in the first epoch's minibatch groups, so ratio == 1 exactly there); the whole batch is then
+    gathered in global order. Returns the rollout, the iteration's minibatch plan and the timings."""
+    cfg, acc = run.cfg, run.accelerator
+    plan = plan_iteration(iteration_generator(cfg.seed, iteration), len(prompt_indices), cfg.update_epochs,
+                          cfg.num_minibatches, acc.process_index, acc.num_processes)
+    ids, mask, texts = run.prompts.batch(prompt_indices, run.tokenizer.pad_token_id)
+    own = plan.own
+    with acc.autocast():
+        local, times = collect_rollout(
+            run.unwrapped, run.reference, run.scorer, run.tokenizer, ids[own].to(acc.device),
+            mask[own].to(acc.device), [texts[j] for j in own.tolist()], run.sampling,
+            episode_seeds(cfg.seed, iteration, own), plan.first_epoch_groups(), with_values=with_values,
+            missing_eos_penalty=cfg.missing_eos_penalty,
+        )
+    return gather_rollout(acc, local, own, len(prompt_indices), run.tokenizer.pad_token_id), plan, times
+
+
+def end_iteration(run: RLRun, iteration: int, rollout: Rollout, metrics: dict[str, float],
+                  extra_state: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Step 5 of both loops: log the iteration's metrics, samples every N, a checkpoint every N."""
+    cfg = run.cfg
+    metrics["train/lr"] = run.scheduler.get_last_lr()[0]
+    record = run.logger.log(iteration, metrics)
+    if cfg.sample_every and iteration % cfg.sample_every == 0:
+        log_samples(run, iteration, rollout)
+    if cfg.checkpoint_every and (iteration + 1) % cfg.checkpoint_every == 0 and iteration + 1 < cfg.iterations:
+        checkpoint(run, iteration, extra_state)
+    return record
+
+
+def end_run(run: RLRun, history: list[dict[str, Any]], title: str, extra_state: dict[str, Any] | None = None
+            ) -> None:
+    """The final checkpoint and model, and a summary table."""
+    checkpoint(run, run.cfg.iterations - 1, extra_state)
+    save_final(run)
+    run.logger.close()
+    if run.main and history:
+        first, last = history[0], history[-1]
+        rows = [("reward (first -> last iteration)", f"{first['reward/mean']:.3f} -> {last['reward/mean']:.3f}")]
+        if "gold/mean" in last:
+            rows.append(("gold score (first -> last iteration)",
+                         f"{first['gold/mean']:.3f} -> {last['gold/mean']:.3f}"))
+        rows += [("KL to reference", last["kl/ref"]), ("entropy", last["policy/entropy"]),
+                 ("seconds / iteration", last["time/iteration"])]
+        print_table(f"{title} -> {run.out_dir}", rows)
 
 
 def episode_seeds(seed: int, iteration: int, rows: torch.Tensor) -> list[int]:

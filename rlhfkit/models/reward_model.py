@@ -15,13 +15,9 @@ import torch
 from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhfkit.models.kernels import use_fused_kernels
-from rlhfkit.models.loading import (
-    check_vocab,
-    disable_dropout,
-    load_pretrained,
-    position_ids_from_mask,
-)
-from rlhfkit.models.parts import score_head, trunk
+from rlhfkit.models.loading import check_vocab, disable_dropout, load_pretrained
+from rlhfkit.models.parts import score_head
+from rlhfkit.models.readout import hidden_at
 
 # Normalisation r' = gain * r + bias lives in the config (REFERENCE F2), so the head stays the
 # stock bias-free layer that plain transformers knows how to load.
@@ -78,16 +74,11 @@ def reward_scores(
 ) -> torch.Tensor:
     """Scalar rewards (B,) read at the last real token of each sequence.
 
-    Only the gathered hidden states go through the head. With `normalized`, the gain and bias
+    Only the readout hidden states go through the head. With `normalized`, the gain and bias
     saved by reward normalisation are applied.
     """
-    hidden = trunk(model)(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids_from_mask(attention_mask),
-    ).last_hidden_state  # (B, L, H)
-    idx = last_token_index(attention_mask)
-    last = hidden[torch.arange(hidden.shape[0], device=hidden.device), idx]  # (B, H)
+    # The last block runs on the readout token only where the architecture allows (models/readout.py).
+    last = hidden_at(model, input_ids, attention_mask, last_token_index(attention_mask))  # (B, H)
     head = score_head(model)
     scores = head(last.to(head.weight.dtype)).squeeze(-1).float()  # (B,)
     if normalized:

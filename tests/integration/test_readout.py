@@ -1,0 +1,95 @@
+"""The one-row last block gives the full forward's hidden state and gradients, in float64."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2ForSequenceClassification, LlamaConfig, LlamaForSequenceClassification
+
+from rlhfkit.models.loading import position_ids_from_mask
+from rlhfkit.models.parts import trunk
+from rlhfkit.models.readout import hidden_at, readout_supported
+from rlhfkit.models.reward_model import last_token_index
+
+
+def _gpt2(**overrides) -> torch.nn.Module:
+    torch.manual_seed(0)
+    settings = dict(vocab_size=50, n_positions=32, n_embd=32, n_layer=3, n_head=4, resid_pdrop=0.0,
+                    embd_pdrop=0.0, attn_pdrop=0.0, pad_token_id=0)
+    cfg = GPT2Config(**{**settings, **overrides})
+    return GPT2ForSequenceClassification(cfg).double().eval()
+
+
+def _batch(padding: str) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(1)
+    lengths = [9, 4, 12, 1, 7]
+    ids = torch.zeros(len(lengths), 12, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, n in enumerate(lengths):
+        cols = slice(0, n) if padding == "right" else slice(12 - n, 12)
+        ids[row, cols] = torch.randint(1, 50, (n,), generator=gen)
+        mask[row, cols] = 1
+    # Padding positions hold random ids: they must not matter either way.
+    return ids.masked_fill(mask == 0, 7), mask
+
+
+def _full(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    hidden = trunk(model)(input_ids=ids, attention_mask=mask,
+                          position_ids=position_ids_from_mask(mask)).last_hidden_state
+    return hidden[torch.arange(ids.shape[0]), last_token_index(mask)]
+
+
+@pytest.mark.parametrize("padding", ["left", "right"])
+@pytest.mark.parametrize("inverse_layer_scale", [False, True])
+def test_matches_the_full_forward_and_its_gradients(padding: str, inverse_layer_scale: bool) -> None:
+    model = _gpt2(scale_attn_by_inverse_layer_idx=inverse_layer_scale)
+    assert readout_supported(model)
+    ids, mask = _batch(padding)
+    weights = torch.randn(5, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+
+    expected = _full(model, ids, mask)
+    (expected * weights).sum().backward()
+    expected_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+
+    got = hidden_at(model, ids, mask, last_token_index(mask))
+    (got * weights).sum().backward()
+    torch.testing.assert_close(got, expected, atol=1e-12, rtol=0)
+    got_grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert got_grads.keys() == expected_grads.keys()
+    for name, grad in expected_grads.items():
+        torch.testing.assert_close(got_grads[name], grad, atol=1e-12, rtol=0, msg=name)
+
+
+def test_any_query_position_not_only_the_last() -> None:
+    model = _gpt2()
+    ids, mask = _batch("right")
+    index = torch.tensor([3, 0, 11, 0, 6])
+    hidden = trunk(model)(input_ids=ids, attention_mask=mask,
+                          position_ids=position_ids_from_mask(mask)).last_hidden_state
+    with torch.no_grad():
+        torch.testing.assert_close(hidden_at(model, ids, mask, index), hidden[torch.arange(5), index],
+                                   atol=1e-12, rtol=0)
+
+
+def test_the_trunk_is_whole_again_afterwards_even_after_an_error() -> None:
+    model = _gpt2()
+    body = trunk(model)
+    blocks, norm = body.h, body.ln_f
+    ids, mask = _batch("right")
+    with pytest.raises(IndexError):
+        hidden_at(model, ids.clamp_max(10_000) + 10_000, mask, last_token_index(mask))  # ids outside the vocab
+    assert body.h is blocks and len(body.h) == 3 and body.ln_f is norm
+
+
+def test_other_architectures_take_the_full_forward() -> None:
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=32, pad_token_id=0)
+    model = LlamaForSequenceClassification(cfg).double().eval()
+    assert not readout_supported(model)
+    ids, mask = _batch("left")
+    with torch.no_grad():
+        torch.testing.assert_close(hidden_at(model, ids, mask, last_token_index(mask)), _full(model, ids, mask),
+                                   atol=1e-12, rtol=0)
+    assert not readout_supported(_gpt2(n_layer=1)) and not readout_supported(_gpt2(reorder_and_upcast_attn=True))

@@ -4,7 +4,11 @@
 PPO scores with the reward model from bench_reward.py; GRPO and RLOO with the python reward
 (number of positive words), 16 prompts x 4 samples. One warm-up iteration, then N timed ones.
 
+Old log-probs come from the sampling loop by default (TRL's PPO takes them from `generate` too);
+`--old-logprobs forward` adds the exact recomputation (one more no-grad forward per iteration).
+
 Usage: python benchmarks/bench_rl.py --algo ppo|grpo|rloo --out DIR [--iters N] [--mixed-precision bf16]
+       [--old-logprobs forward|sampling]
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--iters", type=int, default=8)
     ap.add_argument("--mixed-precision", default="no", choices=("no", "bf16"))
+    ap.add_argument("--old-logprobs", default="sampling", choices=("forward", "sampling"),
+                    help="sampling (as TRL's PPO: no extra forward) or forward (first ratio exactly 1)")
     ap.add_argument("--reward-model", type=Path, default=None,
                     help="PPO's reward model (default: OUT/reward_model from bench_reward.py)")
     args = ap.parse_args()
@@ -32,6 +38,7 @@ def main() -> None:
         max_new_tokens=W.RESPONSE_LENGTH, temperature=1.0, stop_at_eos=False, kl_coef=W.KL_COEF,
         update_epochs=W.EPOCHS, num_minibatches=W.MINIBATCHES, learning_rate=W.LEARNING_RATE, seed=W.SEED,
         threads=W.THREADS, sample_every=0, mixed_precision=args.mixed_precision, lr_schedule="constant",
+        old_logprobs=args.old_logprobs,
     )
     if args.algo == "ppo":
         from rlhfkit.trainers.ppo import train
@@ -50,7 +57,8 @@ def main() -> None:
     key = lambda k: [h[k] for h in timed]  # noqa: E731
     it = W.median(key("time/iteration"))
     W.save_result(args.out, args.algo + ("_bf16" if args.mixed_precision == "bf16" else ""), {
-        "algo": args.algo, "mixed_precision": args.mixed_precision, "iters_timed": len(timed),
+        "algo": args.algo, "mixed_precision": args.mixed_precision, "old_logprobs": args.old_logprobs,
+        "iters_timed": len(timed),
         "warmup_iter_s": round(history[0]["time/iteration"], 3),
         "iter_s_median": round(it, 3), "iter_s_all": [round(x, 3) for x in key("time/iteration")],
         "gen_s_median": round(W.median(key("time/generation")), 3),

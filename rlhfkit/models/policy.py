@@ -102,9 +102,14 @@ class ActorCritic(torch.nn.Module):
         if with_values:
             if self.value_head is not None:
                 values = self.value_head(hidden).squeeze(-1).float()  # (B, T)
-            elif self.critic is None:
-                raise ValueError("values asked for, but this ActorCritic has neither a value head nor a critic")
             else:
-                critic_hidden = response_hidden(self.critic, prompt_ids, prompt_mask, response_ids)
-                values = score_head(self.critic)(critic_hidden).squeeze(-1).float()  # (B, T)
+                values = self.critic_values(prompt_ids, prompt_mask, response_ids)
         return PolicyOutput(logp, entropy, values)
+
+    def critic_values(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor
+                      ) -> torch.Tensor:
+        """V(s_t) of the separate critic: its score head at every response state, (B, T)."""
+        if self.critic is None:
+            raise ValueError("values asked for, but this ActorCritic has neither a value head nor a critic")
+        critic_hidden = response_hidden(self.critic, prompt_ids, prompt_mask, response_ids)
+        return score_head(self.critic)(critic_hidden).squeeze(-1).float()  # (B, T)

@@ -1,8 +1,13 @@
-"""Collect one Rollout: sample responses, recompute log-probs and values, score the episodes.
+"""Collect one Rollout: sample responses, get old log-probs and values, score the episodes.
 
-Old log-probs are recomputed with the trainer's own forward (dropout off, logits / T) rather
-than taken from the sampling loop (REFERENCE D7), in the same row groups as the first epoch's
-minibatches: the first minibatch then sees ratio == 1 exactly (S1), bit for bit.
+Where the old log-probs come from (REFERENCE D7), `old_logprobs`:
+- "forward" (default): recomputed with the trainer's own forward (dropout off, logits / T), in
+  the same row groups as the first epoch's minibatches: the first minibatch then sees ratio == 1
+  exactly (S1), bit for bit. One extra no-grad forward of the policy per iteration.
+- "sampling": kept from the sampling loop (as TRL's PPO does), with the shared value head's
+  values on the same hidden states: no extra forward. The KV-cache forward rounds differently
+  from the full one, so the first ratio is 1 only to float precision (about 1e-6 in float32,
+  more under bf16 autocast).
 """
 
 from __future__ import annotations
@@ -43,23 +48,35 @@ def collect_rollout(
     forward_chunks: list[torch.Tensor],
     with_values: bool = True,
     missing_eos_penalty: float = 0.0,
+    old_logprobs: str = "forward",
 ) -> tuple[Rollout, dict[str, float]]:
     """One batch of episodes and the seconds spent generating and scoring them."""
+    if old_logprobs not in ("forward", "sampling"):
+        raise ValueError(f"old_logprobs must be 'forward' or 'sampling', got {old_logprobs!r}")
+    from_sampling = old_logprobs == "sampling"
     t0 = time.perf_counter()
     samples = sample(actor.policy, prompt_ids, prompt_mask, sampling, tokenizer.eos_token_id,
-                     tokenizer.pad_token_id, seeds)
+                     tokenizer.pad_token_id, seeds, with_logprobs=from_sampling,
+                     value_head=actor.value_head if from_sampling and with_values else None)
     t_gen = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    batch, n_resp = prompt_ids.shape[0], samples.response_ids.shape[1]
-    logp, entropy = torch.zeros(batch, n_resp), torch.zeros(batch, n_resp)
-    values = torch.zeros(batch, n_resp) if with_values else None
-    for rows in forward_chunks:
-        out = actor(prompt_ids[rows], prompt_mask[rows], samples.response_ids[rows], sampling.temperature,
-                    with_entropy=True, with_values=with_values)
-        logp[rows], entropy[rows] = out.logp.float(), out.entropy.float()
-        if with_values:
-            values[rows] = out.values.float()
+    if from_sampling:
+        logp, entropy, values = samples.logp, samples.entropy, samples.values
+        if with_values and values is None:  # a separate critic: its own forward, the policy's is not needed
+            values = torch.zeros(samples.response_ids.shape)
+            for rows in forward_chunks:
+                values[rows] = actor.critic_values(prompt_ids[rows], prompt_mask[rows], samples.response_ids[rows])
+    else:
+        batch, n_resp = prompt_ids.shape[0], samples.response_ids.shape[1]
+        logp, entropy = torch.zeros(batch, n_resp), torch.zeros(batch, n_resp)
+        values = torch.zeros(batch, n_resp) if with_values else None
+        for rows in forward_chunks:
+            out = actor(prompt_ids[rows], prompt_mask[rows], samples.response_ids[rows], sampling.temperature,
+                        with_entropy=True, with_values=with_values)
+            logp[rows], entropy[rows] = out.logp.float(), out.entropy.float()
+            if with_values:
+                values[rows] = out.values.float()
     ref_logp = reference(prompt_ids, prompt_mask, samples.response_ids).float()
     responses = decode_responses(tokenizer, samples.response_ids, samples.response_mask)
     scores = scorer(prompt_ids, prompt_mask, samples.response_ids, samples.response_mask, samples.ended,

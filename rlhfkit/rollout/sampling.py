@@ -6,15 +6,21 @@ only on its prompt and its seed, not on which other prompts share the batch or t
 so 1 process and N processes sample the same episodes and a resumed run repeats the same
 samples. Sampling is Gumbel-max: argmax(z / T + g) with g ~ Gumbel(0, 1) is an exact draw from
 softmax(z / T).
+
+`sample` can also record, at no extra forward pass, what the trainer needs about each step: the
+log-probability and entropy of the sampling policy (logits / T, before top-k/top-p filtering)
+and a value head's V(s_t) on the same hidden state (the `old_logprobs: sampling` option).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
+from rlhfkit.algos.policy import logprobs_and_entropy
 from rlhfkit.models.loading import position_ids_from_mask
 
 
@@ -45,6 +51,10 @@ class Samples:
     response_ids: torch.Tensor  # (B, T) int64
     response_mask: torch.Tensor  # (B, T) bool: real tokens up to and including the first EOS
     ended: torch.Tensor  # (B,) bool: the response emitted EOS
+    # With `with_logprobs`: per step, log pi(a_t|s_t) and H_t at logits / T, 0 after the mask.
+    logp: torch.Tensor | None = None  # (B, T)
+    entropy: torch.Tensor | None = None  # (B, T)
+    values: torch.Tensor | None = None  # (B, T) value_head(hidden of s_t), when a value head is given
 
 
 def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
@@ -82,10 +92,13 @@ def sample(
     eos_token_id: int | None,
     pad_token_id: int,
     seeds: list[int] | None = None,
+    with_logprobs: bool = False,
+    value_head: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Samples:
     """Sample one response per left-padded prompt (B, P) with a KV cache.
 
-    The loop stops early once every response has emitted EOS (when `stop_at_eos`).
+    The loop stops early once every response has emitted EOS (when `stop_at_eos`). With
+    `with_logprobs`, each step's log-prob and entropy (and `value_head`'s value) are kept.
     """
     batch, device = prompt_ids.shape[0], prompt_ids.device
     if seeds is None:
@@ -95,32 +108,44 @@ def sample(
     generators = episode_generators(seeds)
     attention = prompt_mask.long()
     positions = position_ids_from_mask(attention)
-    cache = DynamicCache()
+    with_hidden = value_head is not None  # the last layer's output (after the final norm) is V's input
     out = model(input_ids=prompt_ids, attention_mask=attention, position_ids=positions,
-                past_key_values=cache, use_cache=True, logits_to_keep=1)
+                past_key_values=DynamicCache(), use_cache=True, logits_to_keep=1, output_hidden_states=with_hidden)
     next_pos = positions[:, -1:] + 1
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
-    tokens = []
+    tokens, logps, entropies, values = [], [], [], []
     for _ in range(settings.max_new_tokens):
         logits = out.logits[:, -1].float()  # (B, V)
         if settings.greedy:
             token = logits.argmax(-1)
         else:
-            logits = filter_logits(logits / settings.temperature, settings.top_k, settings.top_p)
-            token = (logits + gumbel_noise(generators, logits.shape[-1], device)).argmax(-1)  # (B,)
+            filtered = filter_logits(logits / settings.temperature, settings.top_k, settings.top_p)
+            token = (filtered + gumbel_noise(generators, logits.shape[-1], device)).argmax(-1)  # (B,)
         token = token.masked_fill(finished, pad_token_id)
         tokens.append(token)
+        if with_logprobs:
+            logp, entropy = logprobs_and_entropy(logits[:, None], token[:, None], settings.temperature)
+            logps.append(logp[:, 0])
+            entropies.append(entropy[:, 0])
+            if value_head is not None:
+                values.append(value_head(out.hidden_states[-1][:, -1]).reshape(batch).float())
         if eos_token_id is not None:
             finished |= token == eos_token_id
             if settings.stop_at_eos and bool(finished.all()):
                 break
         attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
         out = model(input_ids=token[:, None], attention_mask=attention, position_ids=next_pos,
-                    past_key_values=out.past_key_values, use_cache=True)
+                    past_key_values=out.past_key_values, use_cache=True, output_hidden_states=with_hidden)
         next_pos = next_pos + 1
     response = torch.stack(tokens, dim=1)  # (B, T)
     mask, ended = response_mask(response, eos_token_id)
-    return Samples(response.masked_fill(~mask, pad_token_id), mask, ended)
+    samples = Samples(response.masked_fill(~mask, pad_token_id), mask, ended)
+    if with_logprobs:
+        samples.logp = torch.stack(logps, dim=1).masked_fill(~mask, 0.0)
+        samples.entropy = torch.stack(entropies, dim=1).masked_fill(~mask, 0.0)
+        if value_head is not None:
+            samples.values = torch.stack(values, dim=1).masked_fill(~mask, 0.0)
+    return samples
 
 
 def response_mask(response_ids: torch.Tensor, eos_token_id: int | None) -> tuple[torch.Tensor, torch.Tensor]:

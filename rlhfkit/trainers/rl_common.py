@@ -183,7 +183,7 @@ def rollout_step(run: RLRun, iteration: int, prompt_indices: list[int], with_val
             run.unwrapped, run.reference, run.scorer, run.tokenizer, ids[own].to(acc.device),
             mask[own].to(acc.device), [texts[j] for j in own.tolist()], run.sampling,
             episode_seeds(cfg.seed, iteration, own), plan.first_epoch_groups(), with_values=with_values,
-            missing_eos_penalty=cfg.missing_eos_penalty,
+            missing_eos_penalty=cfg.missing_eos_penalty, old_logprobs=cfg.old_logprobs,
         )
     return gather_rollout(acc, local, own, len(prompt_indices), run.tokenizer.pad_token_id), plan, times
 

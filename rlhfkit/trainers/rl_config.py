@@ -30,6 +30,9 @@ class RolloutSettings:
     top_p: float = setting(1.0, "Nucleus sampling mass (1 = off).")
     stop_at_eos: bool = setting(True, "Stop a response at its first EOS (everything after it is masked anyway).")
     missing_eos_penalty: float = setting(0.0, "Subtract this from the score of responses that never emit EOS.")
+    old_logprobs: str = setting("forward", "Where log pi_old comes from: the trainer's own forward after sampling "
+                                "(forward: first ratio exactly 1) or the sampling loop itself (sampling: no extra "
+                                "forward; ratio 1 to float precision).", choices=("forward", "sampling"))
     kl_coef: float = setting(0.05, "beta: weight of the KL penalty to the reference policy.")
     kl_estimator: str = setting("k1", "Per-token KL estimator (k1 unbiased, k2 squared, k3 unbiased and >= 0).",
                                 choices=("k1", "k2", "k3"))

@@ -179,3 +179,29 @@ def test_separate_critic_and_a_reward_model_with_another_tokenizer(tiny_model_di
     assert history[0]["policy/clipfrac_first"] == 0.0
     assert (tmp_path / "ppo_critic" / "critic" / "model.safetensors").is_file()
     assert list((tmp_path / "ppo_critic" / "tb").glob("events.out.tfevents.*"))
+
+
+@pytest.mark.parametrize("critic", ["shared", "separate"])
+def test_old_logprobs_from_the_sampling_loop(tiny_model_dir, prompts_file, tmp_path, critic) -> None:
+    """old_logprobs=sampling runs PPO with no extra forward: the first ratio is 1 to float precision, not bit for
+    bit, and the run learns like the default one."""
+    extra = {}
+    if critic == "separate":
+        from rlhfkit.trainers.reward import train as train_reward
+        from rlhfkit.trainers.reward_config import RewardConfig
+
+        rows = [{"prompt": "describe the", "chosen": " a a a", "rejected": " road light"}] * 8
+        (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        train_reward(RewardConfig(model=str(tiny_model_dir), train_data=str(tmp_path / "p.jsonl"),
+                                  eval_data=str(tmp_path / "p.jsonl"), output_dir=str(tmp_path / "rm"), max_length=64,
+                                  batch_size=4))
+        extra = {"critic": "separate", "reward_model": str(tmp_path / "rm")}
+    cfg = PPOConfig(**common(tiny_model_dir, prompts_file, tmp_path / "run", iterations=3 if extra else 16,
+                             num_minibatches=2, update_epochs=2, kl_coef=0.0, old_logprobs="sampling", **extra))
+    history = train_ppo(cfg, reward_fn=None if extra else count_a)
+    for row in history:
+        assert row["policy/clipfrac_first"] == 0.0
+        assert abs(row["policy/approx_kl_first"]) < 1e-6
+    if not extra:
+        start, end = mean(history[:2], "reward/mean"), mean(history[-2:], "reward/mean")
+        assert end > start + 1.0, (start, end)

@@ -121,3 +121,28 @@ def test_same_tokenizer_detection(tiny_model_dir: Path) -> None:
     b = AutoTokenizer.from_pretrained(tiny_model_dir)
     assert same_tokenizer(a, b)
     assert not same_tokenizer(a, tiny_tokenizer(["completely different words here"], vocab_size=300))
+
+
+@pytest.mark.parametrize("top_k", [0, 5])
+def test_sampling_time_logprobs_entropy_and_values_match_the_trainers_forward(lm, top_k: int) -> None:
+    """old_logprobs=sampling: the loop's own log-probs (before top-k filtering), entropies and value-head
+    values equal a separate full forward over the finished responses, up to float32 rounding."""
+    tok, model = lm
+    actor = ActorCritic(model)
+    with torch.no_grad():  # a value head that is not zero, so the values say something
+        actor.value_head.weight.normal_(0.0, 0.1, generator=torch.Generator().manual_seed(0))
+        actor.value_head.bias.fill_(0.3)
+    ids, mask = encode(tok, ["tell me about the river", "describe", "what happened to the old window door"])
+    settings = SamplingSettings(max_new_tokens=10, temperature=0.7, top_k=top_k)
+    out = sample(model, ids, mask, settings, tok.eos_token_id, tok.pad_token_id, seeds=[4, 5, 6],
+                 with_logprobs=True, value_head=actor.value_head)
+    plain = sample(model, ids, mask, settings, tok.eos_token_id, tok.pad_token_id, seeds=[4, 5, 6])
+    assert torch.equal(out.response_ids, plain.response_ids)  # recording changes nothing that is sampled
+    with torch.no_grad():
+        full = actor(ids, mask, out.response_ids, temperature=0.7)
+    m = out.response_mask
+    torch.testing.assert_close(out.logp[m], full.logp[m], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.entropy[m], full.entropy[m], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.values[m], full.values[m], atol=1e-5, rtol=1e-5)
+    assert (out.logp[~m] == 0).all() and (out.values[~m] == 0).all()
+    assert (out.logp[m] < 0).all() and (out.values[m] != 0).all()

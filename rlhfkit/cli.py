@@ -91,7 +91,7 @@ def _demo(cfg: DemoConfig) -> None:
 
 stage("demo", DemoConfig, _demo,
       "Run the whole method on the embedded model: sample, rank (simulated labeler), reward model, PPO with and "
-      "without the KL/entropy guard, evaluation with the gold judge, HTML report.")
+      "without the KL guard, evaluation with the gold judge, HTML report.")
 stage("reward", RewardConfig, _reward,
       "Train a reward model on comparisons: the base LM's trunk plus a scalar head, loss "
       "-log sigmoid(r_chosen - r_rejected).")

@@ -380,7 +380,9 @@ def demo_headline(demo: Mapping[str, Any]) -> Table:
         ("proxy", "Proxy reward (mean reward-model score)", fmt),
         ("win_rate", "Gold win rate over the start policy", fmt_percent),
         ("kl_final", "Final KL to the reference (nats per response)", fmt),
-        ("distinct_2", "distinct-2", fmt),
+        ("distinct_1", "distinct-1 (unique words / words, all replies)", fmt),
+        ("distinct_2", "distinct-2 (unique word pairs / pairs, all replies)", fmt),
+        ("repetition", "Repetition (share of a reply's words that repeat)", fmt),
     ):
         values = [_get(demo, group, c) for c in columns]
         if all(v is None for v in values):

@@ -4,7 +4,7 @@
   2. the simulated labeler ranks them through the feedback store (the path human rankings take)
      and the rankings are exported as comparisons;
   3. train the reward model on the comparisons;
-  4. PPO against the reward model with the KL penalty and the entropy bonus (the guard);
+  4. PPO against the reward model with the KL penalty (and the entropy bonus, if set): the guard;
   5. the same PPO with both coefficients 0: the reward-hacking run;
   6. evaluate start and final policies on held-out prompts with the gold judge (which no stage
      trained on), then write demo.json and the HTML report.
@@ -32,7 +32,7 @@ from rlhfkit.rollout.completions import sample_completions
 from rlhfkit.rollout.sampling import SamplingSettings, sample
 from rlhfkit.rollout.scoring import RewardModelScorer
 from rlhfkit.tracking.console import console, print_table
-from rlhfkit.tracking.diagnostics import distinct_n
+from rlhfkit.tracking.diagnostics import distinct_n, repetition_rate
 from rlhfkit.trainers.demo_config import DemoConfig
 
 ANNOTATOR = "simulated-labeler"
@@ -133,7 +133,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
                iterations=cfg.iterations, rollout_batch_size=cfg.rollout_batch_size, max_new_tokens=cfg.max_new_tokens,
                learning_rate=cfg.learning_rate, update_epochs=4, num_minibatches=4, seed=cfg.seed, threads=cfg.threads,
                missing_eos_penalty=1.0, sample_every=max(1, cfg.iterations // 6), log_every=1, lr_schedule="constant")
-    console.rule("[bold]4. PPO with the guard: KL penalty and entropy bonus")
+    bonus = f" and entropy bonus {cfg.ent_coef}" if cfg.ent_coef else ""
+    console.rule(f"[bold]4. PPO with the guard: KL penalty {cfg.kl_coef}{bonus}")
     train_ppo(PPOConfig(**ppo, output_dir=str(out / "ppo"), kl_coef=cfg.kl_coef, ent_coef=cfg.ent_coef),
               gold_fn=gold)
     console.rule("[bold]5. PPO without the guard: KL coefficient 0, entropy bonus 0 (reward hacking)")
@@ -158,7 +159,9 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         "gold": {k: mean(v["gold"]) for k, v in results.items()},
         "proxy": {k: mean(v["proxy"]) for k, v in results.items()},
         "kl_final": final_kl,
+        "distinct_1": {k: distinct_n(v["responses"], 1) for k, v in results.items()},
         "distinct_2": {k: distinct_n(v["responses"], 2) for k, v in results.items()},
+        "repetition": {k: repetition_rate(v["responses"]) for k, v in results.items()},
         "samples": [
             {"prompt": p, **{k: results[k]["responses"][i] for k in results},
              **{f"gold_{k}": results[k]["gold"][i] for k in results}}
@@ -175,7 +178,9 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         ("gold win rate vs start, without guard", summary["win_rate"]["without_guard"]),
         ("gold score start / guard / no guard", _triple(summary["gold"])),
         ("proxy (RM) score start / guard / no guard", _triple(summary["proxy"])),
+        ("distinct-1 start / guard / no guard", _triple(summary["distinct_1"])),
         ("distinct-2 start / guard / no guard", _triple(summary["distinct_2"])),
+        ("repetition start / guard / no guard", _triple(summary["repetition"])),
         ("KL to reference at the end, guard / no guard", f"{final_kl['with_guard']:.3f} / "
                                                          f"{final_kl['without_guard']:.3f}"),
         ("minutes", summary["seconds"] / 60),

@@ -63,6 +63,9 @@ def test_summary_numbers_come_from_the_runs(demo_runs) -> None:
     assert "kl_coef: 0.0" in ppo_config and "ent_coef: 0.0" in ppo_config
     for name in ("with_guard", "without_guard"):
         assert 0.0 <= summary["win_rate"][name] <= 1.0
+    for metric in ("distinct_1", "distinct_2", "repetition"):
+        assert set(summary[metric]) == {"start", "with_guard", "without_guard"}
+        assert all(0.0 <= v <= 1.0 for v in summary[metric].values()), metric
     html = (out / "report.html").read_text()
     assert f"{100 * summary['win_rate']['with_guard']:.1f}%" in html
     assert f"{100 * summary['reward_model_accuracy']:.1f}%" in html
@@ -70,6 +73,7 @@ def test_summary_numbers_come_from_the_runs(demo_runs) -> None:
 
 def test_the_same_seed_gives_the_same_numbers(demo_runs) -> None:
     _, first, second = demo_runs
-    for key in ("reward_model_accuracy", "win_rate", "gold", "proxy", "kl_final", "distinct_2", "samples"):
+    for key in ("reward_model_accuracy", "win_rate", "gold", "proxy", "kl_final", "distinct_1", "distinct_2",
+                "repetition", "samples"):
         assert first[key] == second[key], key
     assert not any(isinstance(v, float) and math.isnan(v) for v in first["gold"].values())

@@ -64,13 +64,13 @@ def collect_rollout(
     if from_sampling:
         logp, entropy, values = samples.logp, samples.entropy, samples.values
         if with_values and values is None:  # a separate critic: its own forward, the policy's is not needed
-            values = torch.zeros(samples.response_ids.shape)
+            values = torch.zeros(samples.response_ids.shape, device=prompt_ids.device)
             for rows in forward_chunks:
                 values[rows] = actor.critic_values(prompt_ids[rows], prompt_mask[rows], samples.response_ids[rows])
     else:
-        batch, n_resp = prompt_ids.shape[0], samples.response_ids.shape[1]
-        logp, entropy = torch.zeros(batch, n_resp), torch.zeros(batch, n_resp)
-        values = torch.zeros(batch, n_resp) if with_values else None
+        shape, device = samples.response_ids.shape, prompt_ids.device  # (B, T), where the models run
+        logp, entropy = torch.zeros(shape, device=device), torch.zeros(shape, device=device)
+        values = torch.zeros(shape, device=device) if with_values else None
         for rows in forward_chunks:
             out = actor(prompt_ids[rows], prompt_mask[rows], samples.response_ids[rows], sampling.temperature,
                         with_entropy=True, with_values=with_values)

@@ -35,6 +35,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GenerationConfig, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from rlhfkit.data import synthetic
+from rlhfkit.data.tokenize import pad_right
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT_DIR = ROOT / "rlhfkit" / "assets" / "tiny"
@@ -69,17 +70,6 @@ def encode(tok: PreTrainedTokenizerFast, pairs: list[tuple[str, str]]) -> list[l
     return docs
 
 
-def batch_of(docs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded (B, T) input ids and the matching 0/1 attention mask."""
-    width = max(len(d) for d in docs)
-    ids = torch.full((len(docs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(docs), width), dtype=torch.long)
-    for i, d in enumerate(docs):
-        ids[i, : len(d)] = torch.tensor(d)
-        mask[i, : len(d)] = 1
-    return ids, mask
-
-
 def lm_loss(model: GPT2LMHeadModel, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy over real (non-pad) target tokens."""
     logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]  # (B, T-1, V)
@@ -111,7 +101,7 @@ def pretrain(model: GPT2LMHeadModel, docs: list[list[int]], pad_id: int, steps: 
         if len(order) < BATCH:
             order += torch.randperm(len(docs), generator=gen).tolist()
         chosen, order = order[:BATCH], order[BATCH:]
-        ids, mask = batch_of([docs[i] for i in chosen], pad_id)
+        ids, mask = pad_right([docs[i] for i in chosen], pad_id)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps)
         loss = lm_loss(model, ids, mask)
@@ -131,7 +121,7 @@ def pretrain(model: GPT2LMHeadModel, docs: list[list[int]], pad_id: int, steps: 
 def heldout_loss(model: GPT2LMHeadModel, docs: list[list[int]], pad_id: int) -> float:
     total, count = 0.0, 0
     for i in range(0, len(docs), 256):
-        ids, mask = batch_of(docs[i: i + 256], pad_id)
+        ids, mask = pad_right(docs[i: i + 256], pad_id)
         n = int(mask[:, 1:].sum())
         total += lm_loss(model, ids, mask).item() * n
         count += n

@@ -18,7 +18,7 @@ from rlhfkit import __version__
 from rlhfkit.config import config_command
 from rlhfkit.errors import UserError
 from rlhfkit.feedback.cli import feedback_app
-from rlhfkit.trainers.demo_config import DemoConfig
+from rlhfkit.pipelines.demo_config import DemoConfig
 from rlhfkit.trainers.reward_config import RewardConfig, ScoreConfig
 from rlhfkit.trainers.rl_config import PPOConfig, ReinforceConfig
 
@@ -66,7 +66,7 @@ def _reward(cfg: RewardConfig) -> None:
 
 
 def _score(cfg: ScoreConfig) -> None:
-    from rlhfkit.trainers.score import run
+    from rlhfkit.pipelines.score import run
 
     run(cfg)
 
@@ -84,7 +84,7 @@ def _reinforce(cfg: ReinforceConfig) -> None:
 
 
 def _demo(cfg: DemoConfig) -> None:
-    from rlhfkit.trainers.demo import run_demo
+    from rlhfkit.pipelines.demo import run_demo
 
     run_demo(cfg)
 

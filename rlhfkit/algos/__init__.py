@@ -15,6 +15,7 @@ from rlhfkit.algos.kl import (
     kl_k3,
     shaped_rewards,
 )
+from rlhfkit.algos.logprobs import entropy_from_logits, logprobs_and_entropy, logprobs_from_logits
 from rlhfkit.algos.masked import (
     AGGREGATE_MODES,
     aggregate,
@@ -33,7 +34,6 @@ from rlhfkit.algos.pg import (
     reinforce_loss,
     rloo_advantages,
 )
-from rlhfkit.algos.policy import entropy_from_logits, logprobs_and_entropy, logprobs_from_logits
 from rlhfkit.algos.ppo import (
     PolicyLossStats,
     ValueLossStats,

@@ -12,10 +12,9 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from rlhfkit.defaults import EMBEDDED_MODEL as EMBEDDED
 from rlhfkit.errors import ModelError
 from rlhfkit.models.kernels import use_fused_kernels
-
-EMBEDDED = "embedded"
 
 
 def resolve_model_path(name_or_path: str | Path, need_config: bool = True) -> str:

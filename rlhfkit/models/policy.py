@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel
 
-from rlhfkit.algos.policy import logprobs_and_entropy, logprobs_from_logits
+from rlhfkit.algos.logprobs import logprobs_and_entropy, logprobs_from_logits
 from rlhfkit.models.loading import position_ids_from_mask
-from rlhfkit.models.parts import hidden_size, lm_head, score_head, trunk
+from rlhfkit.models.trunk_and_heads import hidden_size, lm_head, score_head, trunk
 
 
 @dataclass

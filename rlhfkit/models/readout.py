@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel
 
 from rlhfkit.models.loading import position_ids_from_mask
-from rlhfkit.models.parts import trunk
+from rlhfkit.models.trunk_and_heads import trunk
 
 
 def readout_supported(model: PreTrainedModel) -> bool:

@@ -16,8 +16,8 @@ from transformers import AutoModelForSequenceClassification, PreTrainedModel, Pr
 
 from rlhfkit.models.kernels import use_fused_kernels
 from rlhfkit.models.loading import check_vocab, disable_dropout, load_pretrained
-from rlhfkit.models.parts import score_head
 from rlhfkit.models.readout import hidden_at
+from rlhfkit.models.trunk_and_heads import score_head
 
 # Normalisation r' = gain * r + bias lives in the config (REFERENCE F2), so the head stays the
 # stock bias-free layer that plain transformers knows how to load.

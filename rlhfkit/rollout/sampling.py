@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
-from rlhfkit.algos.policy import logprobs_and_entropy
+from rlhfkit.algos.logprobs import logprobs_and_entropy
 from rlhfkit.models.loading import position_ids_from_mask
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rlhfkit.config import require, setting
-from rlhfkit.trainers.settings import EMBEDDED_MODEL, OptimSettings, RunSettings
+from rlhfkit.defaults import EMBEDDED_MODEL
+from rlhfkit.trainers.settings import OptimSettings, RunSettings
 
 
 @dataclass

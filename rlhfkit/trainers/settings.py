@@ -9,9 +9,6 @@ from dataclasses import dataclass
 
 from rlhfkit.config import require, setting
 
-EMBEDDED_MODEL = "embedded"
-"""Model name that stands for the tiny model shipped in rlhfkit/assets (works offline)."""
-
 
 @dataclass
 class RunSettings:

@@ -7,9 +7,9 @@ import torch
 from transformers import GPT2Config, GPT2ForSequenceClassification, LlamaConfig, LlamaForSequenceClassification
 
 from rlhfkit.models.loading import position_ids_from_mask
-from rlhfkit.models.parts import trunk
 from rlhfkit.models.readout import hidden_at, readout_supported
 from rlhfkit.models.reward_model import last_token_index
+from rlhfkit.models.trunk_and_heads import trunk
 
 
 def _gpt2(**overrides) -> torch.nn.Module:

@@ -14,9 +14,9 @@ from rlhfkit.data.tokenize import encode_prompt, encode_response, pad_left, pad_
 from rlhfkit.errors import DataError, ModelError
 from rlhfkit.models.loading import load_tokenizer
 from rlhfkit.models.reward_model import build_reward_model, reward_scores
+from rlhfkit.pipelines.score import score_rows
 from rlhfkit.trainers.reward import train
 from rlhfkit.trainers.reward_config import RewardConfig, ScoreConfig
-from rlhfkit.trainers.score import score_rows
 
 
 @pytest.fixture(scope="module")

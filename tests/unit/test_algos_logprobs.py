@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rlhfkit.algos import entropy_from_logits, logprobs_and_entropy, logprobs_from_logits
-from rlhfkit.algos import policy as policy_module
+from rlhfkit.algos import logprobs as policy_module
 
 F64 = torch.float64
 

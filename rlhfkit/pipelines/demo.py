@@ -27,13 +27,13 @@ from rlhfkit.data.labeler import SimulatedLabeler
 from rlhfkit.data.tokenize import encode_prompt, pad_left
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.models.reward_model import build_reward_model
+from rlhfkit.pipelines.demo_config import DemoConfig
 from rlhfkit.rollout.collect import decode_responses
 from rlhfkit.rollout.completions import sample_completions
 from rlhfkit.rollout.sampling import SamplingSettings, sample
 from rlhfkit.rollout.scoring import RewardModelScorer
 from rlhfkit.tracking.console import console, print_table
 from rlhfkit.tracking.diagnostics import distinct_n, repetition_rate
-from rlhfkit.trainers.demo_config import DemoConfig
 
 ANNOTATOR = "simulated-labeler"
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from rlhfkit.config import require, setting
 from rlhfkit.data import synthetic
-from rlhfkit.trainers.settings import EMBEDDED_MODEL
+from rlhfkit.defaults import EMBEDDED_MODEL
 
 
 @dataclass

@@ -130,7 +130,12 @@ def build_config(
     values: dict[str, Any] = {}
     sources: list[tuple[str, Mapping[str, Any]]] = []
     if config_file is not None:
-        sources.append((str(config_file), read_yaml(config_file)))
+        data = read_yaml(config_file)
+        recorded, expected = data.pop(STAGE_KEY, None), getattr(cls, "STAGE", None)
+        if recorded is not None and expected is not None and recorded != expected:
+            raise ConfigError(f"{config_file}: written by 'rlhfkit {recorded}', not '{expected}'; pass a "
+                              f"{expected} config (or delete its '{STAGE_KEY}:' line)")
+        sources.append((str(config_file), data))
     if overrides:
         sources.append(("command line", {k: v for k, v in overrides.items() if v is not None}))
     for origin, mapping in sources:
@@ -149,9 +154,15 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+STAGE_KEY = "stage"
+"""First key of a saved config.yaml: the command that wrote it (each config class's `STAGE`)."""
+
+
 def save_config(cfg: Any, path: str | Path) -> None:
-    """Write the resolved config as YAML (loadable again with --config)."""
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    """Write the resolved config as YAML, headed by the stage that wrote it (loadable again with --config)."""
+    stage = getattr(cfg, "STAGE", None)
+    data = ({STAGE_KEY: stage} if stage else {}) | to_dict(cfg)
+    Path(path).write_text(yaml.safe_dump(data, sort_keys=False))
 
 
 def describe(cls: type) -> list[tuple[str, str, Any, str]]:

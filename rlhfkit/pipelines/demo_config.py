@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from rlhfkit.config import require, setting
 from rlhfkit.data import synthetic
@@ -13,6 +14,8 @@ from rlhfkit.defaults import EMBEDDED_MODEL
 class DemoConfig:
     """Pretrained model -> K samples per prompt -> simulated rankings -> reward model -> PPO (with and
     without the KL guard) -> evaluation with the gold judge -> HTML report."""
+
+    STAGE: ClassVar[str] = "demo"
 
     output_dir: str = setting("runs/demo", "Folder for every stage's output and the report (replaced on each run).")
     model: str = setting(EMBEDDED_MODEL, "Start policy; the demo task is written for the embedded model.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from rlhfkit.config import require, setting
 from rlhfkit.defaults import EMBEDDED_MODEL
@@ -12,6 +13,8 @@ from rlhfkit.trainers.settings import OptimSettings, RunSettings
 @dataclass
 class RewardConfig(RunSettings, OptimSettings):
     """Train a reward model on comparisons with the loss -log sigmoid(r_chosen - r_rejected)."""
+
+    STAGE: ClassVar[str] = "reward"
 
     model: str = setting(EMBEDDED_MODEL, "Base causal LM (HF id, local dir or 'embedded') or a saved reward model.")
     tokenizer: str = setting("", "Tokenizer folder or HF id (empty = the model's own).")
@@ -58,6 +61,8 @@ class RewardConfig(RunSettings, OptimSettings):
 @dataclass
 class ScoreConfig:
     """Score prompt + completion rows with a saved reward model."""
+
+    STAGE: ClassVar[str] = "score"
 
     model: str = setting("", "Saved reward model directory (from rlhfkit reward).")
     data: str = setting("", "Rows with 'prompt' and 'completion' (or 'response') fields: .jsonl/.csv/.parquet.")

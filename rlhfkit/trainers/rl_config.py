@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from rlhfkit.config import require, setting
 from rlhfkit.defaults import EMBEDDED_MODEL
@@ -81,6 +82,8 @@ class RolloutSettings:
 class PPOConfig(RolloutSettings, RunSettings, OptimSettings):
     """PPO with a per-token KL penalty to the reference: loss = -(L_CLIP - c1 L_VF + c2 H)."""
 
+    STAGE: ClassVar[str] = "ppo"
+
     critic: str = setting("shared", "Value function: a head on the policy trunk (shared) or a separate model "
                           "initialised from the reward model (separate).", choices=("shared", "separate"))
     vf_coef: float = setting(0.1, "c1: weight of the value loss L_VF.")
@@ -107,6 +110,8 @@ class PPOConfig(RolloutSettings, RunSettings, OptimSettings):
 @dataclass
 class ReinforceConfig(RolloutSettings, RunSettings, OptimSettings):
     """Policy gradient: grad J = E[sum_t grad log pi(a_t|s_t) (R - b)], with the baseline b by setting."""
+
+    STAGE: ClassVar[str] = "reinforce"
 
     baseline: str = setting(
         "rloo", "b: none, a moving mean of R, the value function V(s_t), leave-one-out over the k samples of a "

@@ -6,7 +6,6 @@ This module stays a thin dispatcher: configs are light dataclasses, and each sta
 
 from __future__ import annotations
 
-import functools
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -15,8 +14,8 @@ from typing import Any, Optional
 import typer
 
 from rlhfkit import __version__
+from rlhfkit.cli_errors import one_line_errors
 from rlhfkit.config import config_command
-from rlhfkit.errors import UserError
 from rlhfkit.feedback.cli import feedback_app
 from rlhfkit.pipelines.demo_config import DemoConfig
 from rlhfkit.trainers.reward_config import RewardConfig, ScoreConfig
@@ -34,23 +33,9 @@ app = typer.Typer(
 )
 
 
-def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Print a UserError as one line and exit 2 instead of a stack trace."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except UserError as e:
-            typer.secho(f"error: {e}", err=True, fg=typer.colors.RED)
-            raise typer.Exit(2) from None
-
-    return wrapper
-
-
 def stage(name: str, config_cls: type, run: Callable[[Any], Any], doc: str) -> None:
     """Register `rlhfkit <name>` with one option per config field."""
-    command = user_errors(config_command(config_cls, run, doc))
+    command = one_line_errors(config_command(config_cls, run, doc))
     app.command(name, help=doc)(command)
 
 
@@ -108,7 +93,7 @@ app.add_typer(feedback_app, name="feedback")
 
 
 @app.command("report")
-@user_errors
+@one_line_errors
 def report(
     run_dir: Path = typer.Argument(..., help="A run folder (reward, ppo, reinforce) or a demo folder."),
     out: Optional[Path] = typer.Option(None, "--out", help="HTML path (default RUN_DIR/report.html)."),

@@ -28,18 +28,69 @@ from rlhfkit.errors import ConfigError
 C = TypeVar("C")
 
 
-def setting(default: Any, help: str, *, choices: tuple[str, ...] | None = None) -> Any:
-    """Declare a config field with its default, its help text and (optionally) allowed values."""
-    meta = {"help": help, "choices": choices}
+def setting(
+    default: Any,
+    help: str,
+    *,
+    choices: tuple[str, ...] | None = None,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+) -> Any:
+    """Declare a config field: its default, help text, and the values it allows.
+
+    `choices` lists the allowed strings; `ge`/`gt`/`le`/`lt` bound a number (>=, >, <=, <). The
+    bounds are checked for every config in one place (`check_bounds`) and shown in `--help`.
+    """
+    meta = {"help": help, "choices": choices, "ge": ge, "gt": gt, "le": le, "lt": lt}
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
 
 
+_BOUNDS = (("ge", ">=", lambda v, b: v >= b), ("gt", ">", lambda v, b: v > b),
+           ("le", "<=", lambda v, b: v <= b), ("lt", "<", lambda v, b: v < b))
+
+
+def bounds_text(metadata: Mapping[str, Any]) -> str:
+    """'>= 1', '> 0 and <= 1', ... for help texts and errors ('' when unbounded)."""
+    return " and ".join(f"{op} {metadata[key]:g}" for key, op, _ in _BOUNDS if metadata.get(key) is not None)
+
+
+def check_bounds(cfg: Any) -> None:
+    """Check every numeric setting of `cfg` against the bounds declared with it."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        for key, _, ok in _BOUNDS:
+            bound = f.metadata.get(key)
+            if bound is not None and not ok(value, bound):
+                raise ConfigError(f"setting '{f.name}': must be {bounds_text(f.metadata)}, got {value}")
+
+
 def require(ok: bool, name: str, message: str) -> None:
-    """Raise a ConfigError naming the setting when a check fails (use in __post_init__)."""
+    """Raise a ConfigError naming the setting when a rule that ties settings together fails."""
     if not ok:
         raise ConfigError(f"setting '{name}': {message}")
+
+
+class Settings:
+    """Base of every stage config: checks the declared bounds, then the stage's cross-setting rules.
+
+    A stage config is a dataclass that inherits setting groups (plain dataclasses of fields) and
+    this class; it overrides `check` for the rules that involve several settings at once.
+    """
+
+    STAGE: typing.ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        check_bounds(self)
+        self.check()
+
+    def check(self) -> None:
+        """Rules between settings (one `require` each); bounds of single settings are declared instead."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,6 +271,8 @@ def config_command(cls: type[C], run: Callable[[C], Any], doc: str) -> Callable[
         choices = f.metadata.get("choices")
         if choices:
             help_text += f" One of: {', '.join(choices)}."
+        if bounds_text(f.metadata):
+            help_text += f" Allowed: {bounds_text(f.metadata)}."
         shown = ",".join(map(str, default)) if isinstance(default, list) else str(default)
         flag = "--" + f.name.replace("_", "-")
         tp = _cli_type(hints[f.name])

@@ -4,6 +4,7 @@ Each docstring opens with the formula it computes; docs/math.md maps every equat
 method to its function and to the test that checks it.
 """
 
+from rlhfkit.algos._checks import value_checks
 from rlhfkit.algos.advantages import gae, td_errors
 from rlhfkit.algos.dpo import DPOStats, dpo_loss, ipo_loss, sequence_logprobs
 from rlhfkit.algos.kl import (
@@ -19,6 +20,7 @@ from rlhfkit.algos.logprobs import entropy_from_logits, logprobs_and_entropy, lo
 from rlhfkit.algos.masked import (
     AGGREGATE_MODES,
     aggregate,
+    aggregate_denominator,
     explained_variance,
     masked_mean,
     masked_sum,
@@ -36,6 +38,7 @@ from rlhfkit.algos.pg import (
 )
 from rlhfkit.algos.ppo import (
     PolicyLossStats,
+    PPOLoss,
     ValueLossStats,
     entropy_bonus,
     ppo_loss,
@@ -58,9 +61,11 @@ __all__ = [
     "AdaptiveKLController",
     "DPOStats",
     "FixedKLController",
+    "PPOLoss",
     "PolicyLossStats",
     "ValueLossStats",
     "aggregate",
+    "aggregate_denominator",
     "baseline_advantages",
     "bradley_terry_loss",
     "discounted_returns",
@@ -94,4 +99,5 @@ __all__ = [
     "sequence_logprobs",
     "shaped_rewards",
     "td_errors",
+    "value_checks",
 ]

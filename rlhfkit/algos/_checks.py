@@ -2,15 +2,53 @@
 
 Each check raises `ValueError` naming the argument and showing what it received, so a caller
 sees "mask must have the shape of logp (4, 7), got (4, 8)" instead of a broadcast error from
-deep inside torch. Shape checks never read tensor values (no device sync); the few checks that
-must look at values (token ids in range, a mask row with no token) say so where they are used.
+deep inside torch. Shape and dtype checks never read tensor values and always run. The few
+checks that must look at values (token ids in range, a mask row with no token, weights >= 0)
+would make the device wait on every minibatch, so they run only while value checks are on:
+inside `with value_checks():`, or everywhere with the environment variable
+RLHFKIT_CHECK_VALUES=1. The trainers turn them on for the first iteration of a run.
 """
 
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
+
+_value_checks = os.environ.get("RLHFKIT_CHECK_VALUES", "0") not in ("", "0", "false", "no")
+
+
+def value_checks_enabled() -> bool:
+    """checks_on = the current setting of the value-reading checks.
+
+    Args:
+      (none)
+
+    Returns:
+      True while checks that read tensor values (and so sync the device) run.
+    """
+    return _value_checks
+
+
+@contextmanager
+def value_checks(enabled: bool = True) -> Iterator[None]:
+    """with value_checks(): ...  runs the value-reading checks inside the block (or skips them).
+
+    Args:
+      enabled: True to run them, False to skip them.
+
+    Returns:
+      a context manager; the previous setting is restored on exit.
+    """
+    global _value_checks
+    before, _value_checks = _value_checks, enabled
+    try:
+        yield
+    finally:
+        _value_checks = before
 
 
 def check_tensor(name: str, x: object) -> torch.Tensor:

@@ -19,6 +19,7 @@ from rlhfkit.algos._checks import (
     check_positive,
     check_rank,
     check_same_shape,
+    value_checks_enabled,
 )
 
 
@@ -105,8 +106,8 @@ def shaped_rewards(
     Args:
       score: (B,) reward-model scores (after any missing-EOS penalty).
       kl: (B, T) per-token KL estimates (usually `kl_k1` of the rollout log-probs).
-      mask: torch.bool (B, T); every row needs a True token to carry its score (checking this
-        reads the mask, one sync).
+      mask: torch.bool (B, T); every row needs a True token to carry its score (checked with value
+        checks on, `rlhfkit.algos.value_checks`: it reads the mask, a device sync).
       beta: KL coefficient >= 0.
 
     Returns:
@@ -118,9 +119,10 @@ def shaped_rewards(
     if score.shape[0] != kl.shape[0]:
         raise ValueError(f"score must have shape (B,) = ({kl.shape[0]},), got {tuple(score.shape)}")
     beta = check_nonnegative("beta", beta)
-    empty_rows = (~mask.any(dim=1)).nonzero().flatten().tolist()
-    if empty_rows:
-        raise ValueError(f"mask rows {empty_rows} have no True token, so their score has no place")
+    if value_checks_enabled():
+        empty_rows = (~mask.any(dim=1)).nonzero().flatten().tolist()
+        if empty_rows:
+            raise ValueError(f"mask rows {empty_rows} have no True token, so their score has no place")
     positions = torch.arange(mask.shape[1], device=mask.device)  # (T,)
     last = torch.where(mask, positions, -1).amax(dim=1)  # (B,) last True index
     rewards = torch.where(mask, -beta * kl, 0.0)  # (B, T)

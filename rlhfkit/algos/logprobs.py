@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from rlhfkit.algos._checks import check_positive, check_rank
+from rlhfkit.algos._checks import check_positive, check_rank, value_checks_enabled
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -27,7 +27,8 @@ def logprobs_from_logits(
     Args:
       logits: (B, T, V) logits whose row t predicts tokens[:, t] (already shifted by one).
       tokens: (B, T) integer token ids in [0, V). Pad ids outside the vocabulary must be replaced
-        first (e.g. `tokens.masked_fill(~mask, 0)`); checking the range reads the ids (one sync).
+        first (e.g. `tokens.masked_fill(~mask, 0)`); the range is checked with value checks on
+        (`rlhfkit.algos.value_checks`), since reading the ids syncs the device.
       temperature: > 0.
 
     Returns:
@@ -108,7 +109,7 @@ def logprobs_and_entropy(
 
 
 def _check_tokens(logits: torch.Tensor, tokens: torch.Tensor, temperature: float) -> None:
-    """Shapes, dtype and range of the token ids (checking the range reads the ids: one sync)."""
+    """Shapes and dtype of the token ids; their range only with value checks on (it reads the ids: a sync)."""
     check_rank("logits", logits, "B", "T", "V")
     check_rank("tokens", tokens, "B", "T")
     check_positive("temperature", temperature)
@@ -119,6 +120,8 @@ def _check_tokens(logits: torch.Tensor, tokens: torch.Tensor, temperature: float
         )
     if tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
         raise ValueError(f"tokens must hold integer token ids, got dtype {tokens.dtype}")
+    if not value_checks_enabled():
+        return
     vocab_size = logits.shape[-1]
     low, high = (int(tokens.min()), int(tokens.max())) if tokens.numel() else (0, 0)
     if low < 0 or high >= vocab_size:

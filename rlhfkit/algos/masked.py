@@ -12,7 +12,14 @@ import math
 
 import torch
 
-from rlhfkit.algos._checks import check_choice, check_mask, check_positive, check_rank, check_same_shape
+from rlhfkit.algos._checks import (
+    check_choice,
+    check_mask,
+    check_positive,
+    check_rank,
+    check_same_shape,
+    value_checks_enabled,
+)
 
 AGGREGATE_MODES = ("token", "sequence", "sequence_sum", "constant")
 
@@ -60,20 +67,22 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = False) -> t
 
     Args:
       x: values, any shape.
-      mask: torch.bool, shape of `x`; needs >= 1 True entry (>= 2 when unbiased). Counting them
-        reads the mask's values (one device sync).
+      mask: torch.bool, shape of `x`; needs >= 1 True entry (>= 2 when unbiased), checked only
+        when value checks are on (`rlhfkit.algos.value_checks`), since counting them syncs the device.
       unbiased: apply Bessel's correction n / (n - 1).
 
     Returns:
       0-dim tensor.
     """
     check_mask(mask, x, "x")
-    n = int(mask.sum())
-    if n < (2 if unbiased else 1):
-        raise ValueError(
-            f"mask selects {n} entries of x {tuple(x.shape)}: masked_var needs at least "
-            f"{2 if unbiased else 1} (unbiased={unbiased})"
-        )
+    n = mask.sum()  # a tensor: the count stays on the device
+    if value_checks_enabled():
+        count = int(n)
+        if count < (2 if unbiased else 1):
+            raise ValueError(
+                f"mask selects {count} entries of x {tuple(x.shape)}: masked_var needs at least "
+                f"{2 if unbiased else 1} (unbiased={unbiased})"
+            )
     mean = masked_mean(x, mask)
     var = masked_mean((x - mean) ** 2, mask)
     return var * n / (n - 1) if unbiased else var
@@ -117,6 +126,7 @@ def aggregate(
     mask: torch.Tensor,
     mode: str = "token",
     constant: float | None = None,
+    denominator: torch.Tensor | float | None = None,
 ) -> torch.Tensor:
     """token:        sum_{i,t} m l / sum_{i,t} m            (mean over all tokens of the batch)
     sequence:     mean_{i: n_i > 0} (sum_t m l / n_i)    (mean per sequence, then over sequences)
@@ -130,11 +140,17 @@ def aggregate(
     dividing by the token count. Sequences with no True token are skipped by "sequence" and count
     as zero-loss samples in "sequence_sum" and "constant".
 
+    Every mode is a sum over the rows divided by a count (`aggregate_denominator`). When the batch
+    is one part of a larger one (a micro-batch, or one process's share), pass the count of the
+    whole batch as `denominator`: the parts' results then add up to the whole batch's result
+    exactly, whatever the split.
+
     Args:
       per_token: (B, T) per-token terms.
       mask: torch.bool (B, T).
       mode: one of "token", "sequence", "sequence_sum", "constant".
       constant: > 0, required by mode "constant" (ignored by the others).
+      denominator: the count to divide by; None = `aggregate_denominator(mask, mode)` of this batch.
 
     Returns:
       0-dim tensor.
@@ -142,17 +158,44 @@ def aggregate(
     check_rank("per_token", per_token, "B", "T")
     check_mask(mask, per_token, "per_token")
     check_choice("mode", mode, AGGREGATE_MODES)
-    batch_size = per_token.shape[0]
+    if denominator is None:
+        denominator = aggregate_denominator(mask, mode)
     if mode == "token":
-        return masked_mean(per_token, mask)
-    if mode == "sequence":
-        per_sequence = masked_mean(per_token, mask, dim=-1)  # (B,), 0 for empty rows
-        return per_sequence.sum() / mask.any(dim=-1).sum().clamp(min=1)
-    if mode == "sequence_sum":
-        return masked_sum(per_token, mask) / batch_size
-    if constant is None:
-        raise ValueError("constant must be given with mode='constant' (e.g. the maximum response length)")
-    return masked_sum(per_token, mask) / (batch_size * check_positive("constant", constant))
+        total = masked_sum(per_token, mask)
+    elif mode == "sequence":
+        total = masked_mean(per_token, mask, dim=-1).sum()  # sum of per-sequence means, 0 for empty rows
+    else:
+        total = masked_sum(per_token, mask)
+    if mode == "constant":
+        if constant is None:
+            raise ValueError("constant must be given with mode='constant' (e.g. the maximum response length)")
+        return total / (denominator * check_positive("constant", constant))
+    return total / denominator
+
+
+def aggregate_denominator(mask: torch.Tensor, mode: str = "token") -> torch.Tensor:
+    """The count `aggregate` divides by: tokens (token), sequences with a token (sequence), or rows
+    (sequence_sum, constant); at least 1, so an empty batch gives 0 rather than NaN.
+
+    Computed on the mask of the whole batch (for example the global minibatch, which every process
+    has after the rollout is gathered) and passed to `aggregate` for each of its parts.
+
+    Args:
+      mask: torch.bool (B, T).
+      mode: one of "token", "sequence", "sequence_sum", "constant".
+
+    Returns:
+      0-dim float tensor on the mask's device (no device sync).
+    """
+    check_rank("mask", mask, "B", "T")
+    check_choice("mode", mode, AGGREGATE_MODES)
+    if mode == "token":
+        count = mask.sum()
+    elif mode == "sequence":
+        count = mask.any(dim=-1).sum()
+    else:
+        count = torch.tensor(mask.shape[0], device=mask.device)
+    return count.clamp(min=1).float()
 
 
 @torch.no_grad()

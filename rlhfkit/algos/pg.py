@@ -57,6 +57,7 @@ def reinforce_loss(
     advantages: torch.Tensor,
     mode: str = "sequence",
     constant: float | None = None,
+    denominator: torch.Tensor | float | None = None,
 ) -> torch.Tensor:
     """loss = -aggregate_{i,t}(log pi(a_i,t | s_i,t) * A_i(,t)),  whose gradient is -grad J.
 
@@ -75,6 +76,7 @@ def reinforce_loss(
         or (B, T) per token.
       mode: "token", "sequence", "sequence_sum" or "constant" (see `aggregate`).
       constant: for mode "constant".
+      denominator: the count of the whole batch when this is one part of it (see `aggregate`).
 
     Returns:
       0-dim loss to minimise.
@@ -82,7 +84,7 @@ def reinforce_loss(
     check_rank("logp", logp, "B", "T")
     check_mask(mask, logp, "logp")
     advantages = check_per_sequence_or_token("advantages", advantages, logp).detach()
-    return -aggregate(logp * advantages, mask, mode=mode, constant=constant)
+    return -aggregate(logp * advantages, mask, mode=mode, constant=constant, denominator=denominator)
 
 
 def baseline_advantages(rewards: torch.Tensor, baseline: float | torch.Tensor) -> torch.Tensor:

@@ -59,6 +59,7 @@ def ppo_policy_loss(
     clip_eps: float = 0.2,
     mode: str = "token",
     constant: float | None = None,
+    denominator: torch.Tensor | float | None = None,
 ) -> tuple[torch.Tensor, PolicyLossStats]:
     """loss = -L_CLIP = aggregate(max(-A_t rho_t, -A_t clip(rho_t, 1 - eps, 1 + eps))),
     rho_t = exp(logp_t - old_logp_t).
@@ -79,7 +80,7 @@ def ppo_policy_loss(
       advantages: (B, T) per-token advantages (GAE), or (B,) per sequence (RLOO/GRPO); detached.
       mask: torch.bool (B, T).
       clip_eps: eps > 0.
-      mode, constant: the reduction, see `aggregate`.
+      mode, constant, denominator: the reduction, see `aggregate`.
 
     Returns:
       (0-dim loss, PolicyLossStats).
@@ -95,7 +96,7 @@ def ppo_policy_loss(
     ratio = torch.exp(log_ratio)  # (B, T)
     unclipped = -advantages * ratio  # (B, T)
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps)  # (B, T)
-    loss = aggregate(torch.maximum(unclipped, clipped), mask, mode=mode, constant=constant)
+    loss = aggregate(torch.maximum(unclipped, clipped), mask, mode=mode, constant=constant, denominator=denominator)
     with torch.no_grad():
         stats = PolicyLossStats(
             clipfrac=masked_mean((clipped > unclipped).to(logp.dtype), mask),
@@ -116,6 +117,7 @@ def ppo_value_loss(
     clip_eps_value: float | None = 0.2,
     mode: str = "token",
     constant: float | None = None,
+    denominator: torch.Tensor | float | None = None,
 ) -> tuple[torch.Tensor, ValueLossStats]:
     """loss = L_VF = 0.5 * aggregate(max((V - R)^2, (V_old + clip(V - V_old, -eps_v, eps_v) - R)^2)).
 
@@ -129,7 +131,7 @@ def ppo_value_loss(
       returns: (B, T) value targets R_t.
       mask: torch.bool (B, T).
       clip_eps_value: eps_v > 0, or None for no clipping.
-      mode, constant: the reduction, see `aggregate`.
+      mode, constant, denominator: the reduction, see `aggregate`.
 
     Returns:
       (0-dim loss, ValueLossStats).
@@ -149,7 +151,7 @@ def ppo_value_loss(
         clipped_values = old_values + torch.clamp(values - old_values, -eps_v, eps_v)  # (B, T)
         clipped = (clipped_values - returns) ** 2  # (B, T)
         per_token, clip_active = torch.maximum(unclipped, clipped), clipped > unclipped
-    loss = 0.5 * aggregate(per_token, mask, mode=mode, constant=constant)
+    loss = 0.5 * aggregate(per_token, mask, mode=mode, constant=constant, denominator=denominator)
     with torch.no_grad():
         stats = ValueLossStats(
             clipfrac=masked_mean(clip_active.to(values.dtype), mask),
@@ -163,6 +165,7 @@ def entropy_bonus(
     mask: torch.Tensor,
     mode: str = "token",
     constant: float | None = None,
+    denominator: torch.Tensor | float | None = None,
 ) -> torch.Tensor:
     """H = aggregate(H(pi(.|s_t))),  H(pi) = -sum_a pi(a) log pi(a)  (to maximise).
 
@@ -172,14 +175,25 @@ def entropy_bonus(
     Args:
       entropy: (B, T) per-token entropies.
       mask: torch.bool (B, T).
-      mode, constant: the reduction, see `aggregate`.
+      mode, constant, denominator: the reduction, see `aggregate`.
 
     Returns:
       0-dim tensor.
     """
     check_rank("entropy", entropy, "B", "T")
     check_mask(mask, entropy, "entropy")
-    return aggregate(entropy, mask, mode=mode, constant=constant)
+    return aggregate(entropy, mask, mode=mode, constant=constant, denominator=denominator)
+
+
+class PPOLoss(NamedTuple):
+    """The PPO objective's terms: `total` carries the gradient, the rest are detached 0-dim tensors."""
+
+    total: torch.Tensor  # -L_PPO = pg_loss + c1 L_VF - c2 H, to minimise
+    policy: torch.Tensor  # -L_CLIP
+    value: torch.Tensor  # L_VF
+    entropy: torch.Tensor | None  # H, when per-token entropies were given
+    policy_stats: PolicyLossStats
+    value_stats: ValueLossStats
 
 
 def ppo_loss(
@@ -197,7 +211,8 @@ def ppo_loss(
     ent_coef: float = 0.0,
     mode: str = "token",
     constant: float | None = None,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    denominator: torch.Tensor | float | None = None,
+) -> PPOLoss:
     """loss = -L_PPO = -(L_CLIP - c1 L_VF + c2 H) = pg_loss + c1 L_VF - c2 H.
 
     The PPO objective as the method states it (Schulman et al. 2017, eq. 9), with
@@ -214,40 +229,29 @@ def ppo_loss(
       mask: torch.bool (B, T).
       clip_eps, clip_eps_value: clip ranges, see `ppo_policy_loss` and `ppo_value_loss`.
       vf_coef: c1 >= 0.  ent_coef: c2 >= 0.
-      mode, constant: the reduction of every term, see `aggregate`.
+      mode, constant, denominator: the reduction of every term, see `aggregate`.
 
     Returns:
-      (0-dim loss, stats): stats maps metric keys ("loss/policy", "loss/value", "loss/total",
-      "policy/entropy" when entropy is given, "policy/clipfrac", "policy/approx_kl",
-      "policy/approx_kl_k3", "policy/ratio_mean", "policy/ratio_max", "policy/ratio_min",
-      "value/clipfrac", "value/mean") to 0-dim detached tensors.
+      PPOLoss: `total` to minimise (with grad) and each term and diagnostic, detached.
     """
     vf_coef = check_nonnegative("vf_coef", vf_coef)
     ent_coef = check_nonnegative("ent_coef", ent_coef)
-    pg_loss, policy_stats = ppo_policy_loss(logp, old_logp, advantages, mask, clip_eps, mode, constant)
-    vf_loss, value_stats = ppo_value_loss(values, old_values, returns, mask, clip_eps_value, mode, constant)
+    pg_loss, policy_stats = ppo_policy_loss(logp, old_logp, advantages, mask, clip_eps, mode, constant, denominator)
+    vf_loss, value_stats = ppo_value_loss(values, old_values, returns, mask, clip_eps_value, mode, constant,
+                                          denominator)
     if entropy is None:
         if ent_coef != 0.0:
             raise ValueError(f"entropy is None but ent_coef = {ent_coef}: pass the per-token entropies")
         entropy_term = torch.zeros((), dtype=pg_loss.dtype, device=pg_loss.device)
     else:
-        entropy_term = entropy_bonus(entropy, mask, mode=mode, constant=constant)
+        entropy_term = entropy_bonus(entropy, mask, mode=mode, constant=constant, denominator=denominator)
     l_clip = -pg_loss  # the surrogate to maximise
     objective = l_clip - vf_coef * vf_loss + ent_coef * entropy_term  # L_PPO, to maximise
-    loss = -objective
-    stats = {
-        "loss/policy": pg_loss,
-        "loss/value": vf_loss,
-        "loss/total": loss,
-        "policy/clipfrac": policy_stats.clipfrac,
-        "policy/approx_kl": policy_stats.approx_kl,
-        "policy/approx_kl_k3": policy_stats.approx_kl_k3,
-        "policy/ratio_mean": policy_stats.ratio_mean,
-        "policy/ratio_max": policy_stats.ratio_max,
-        "policy/ratio_min": policy_stats.ratio_min,
-        "value/clipfrac": value_stats.clipfrac,
-        "value/mean": value_stats.values_mean,
-    }
-    if entropy is not None:
-        stats["policy/entropy"] = entropy_term
-    return loss, {key: value.detach() for key, value in stats.items()}
+    return PPOLoss(
+        total=-objective,
+        policy=pg_loss.detach(),
+        value=vf_loss.detach(),
+        entropy=None if entropy is None else entropy_term.detach(),
+        policy_stats=policy_stats,
+        value_stats=value_stats,
+    )

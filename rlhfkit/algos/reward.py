@@ -14,6 +14,7 @@ from rlhfkit.algos._checks import (
     check_positive,
     check_rank,
     check_same_shape,
+    value_checks_enabled,
 )
 
 
@@ -22,21 +23,25 @@ def bradley_terry_loss(
     r_rejected: torch.Tensor,
     margin: float | torch.Tensor | None = None,
     weights: torch.Tensor | None = None,
+    denominator: torch.Tensor | float | None = None,
 ) -> torch.Tensor:
-    """loss = mean_i -log sigmoid(r_c,i - r_r,i - m_i) = mean_i softplus(r_r,i - r_c,i + m_i).
+    """loss = sum_i w_i (-log sigmoid(r_c,i - r_r,i - m_i)) / sum_i w_i  (w_i = 1 without weights).
 
     Pairwise Bradley-Terry loss of the reward model (InstructGPT, Ouyang et al. 2022, eq. 1;
     Stiennon et al. 2020), with the optional margin m of Llama 2. Computed as -log_sigmoid, which
     equals softplus(r_r - r_c + m) exactly and never overflows (torch's softplus switches to
-    the identity above 20, an error of up to 2e-9). With weights w the mean is
-    sum_i w_i l_i / sum_i w_i: weights from `pair_weights` make every ranked prompt count once
-    whatever its number of pairs (InstructGPT divides each prompt's loss by K choose 2).
+    the identity above 20, an error of up to 2e-9). Weights from `pair_weights` make every ranked
+    prompt count once whatever its number of pairs (InstructGPT divides each prompt's loss by
+    K choose 2). When these pairs are one part of a batch (a micro-batch, or one process's share),
+    pass the whole batch's sum_i w_i (or pair count) as `denominator`: the parts' losses then add
+    up to the whole batch's loss exactly.
 
     Args:
       r_chosen: (B,) rewards of the preferred completions.
       r_rejected: (B,) rewards of the other completions.
       margin: None, a float >= 0, or (B,) per-pair margins m_i.
-      weights: None or (B,) non-negative pair weights (not all zero).
+      weights: None or (B,) non-negative pair weights (not all zero; checked with value checks on).
+      denominator: None (this batch's weight sum, or B) or the whole batch's.
 
     Returns:
       0-dim tensor.
@@ -52,11 +57,11 @@ def bradley_terry_loss(
         logits = logits - margin
     losses = -F.logsigmoid(logits)  # (B,) = softplus(-logits)
     if weights is None:
-        return losses.mean()
+        return losses.sum() / (losses.shape[0] if denominator is None else denominator)
     check_same_shape(r_chosen=r_chosen, weights=weights)
-    if bool((weights < 0).any()) or not bool(weights.sum() > 0):
+    if value_checks_enabled() and (bool((weights < 0).any()) or not bool(weights.sum() > 0)):
         raise ValueError(f"weights must be >= 0 with a positive sum, got {weights.tolist()}")
-    return (weights * losses).sum() / weights.sum()
+    return (weights * losses).sum() / (weights.sum() if denominator is None else denominator)
 
 
 @torch.no_grad()
@@ -160,8 +165,9 @@ def normalization_gain_bias(
     return gain, target_mean - gain * mean
 
 
-def reward_centering_penalty(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torch.Tensor:
-    """mean_i (r_c,i + r_r,i)^2.
+def reward_centering_penalty(r_chosen: torch.Tensor, r_rejected: torch.Tensor,
+                             denominator: torch.Tensor | float | None = None) -> torch.Tensor:
+    """mean_i (r_c,i + r_r,i)^2  = sum_i (r_c,i + r_r,i)^2 / B.
 
     The auxiliary term that keeps a reward model's outputs centred on 0 (Eisenstein et al. 2023;
     TRL `center_rewards_coefficient`, recommended weight 0.01): the Bradley-Terry loss only sees
@@ -169,10 +175,11 @@ def reward_centering_penalty(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -
 
     Args:
       r_chosen, r_rejected: (B,) rewards of the chosen and rejected responses.
+      denominator: None (B) or the pair count of the whole batch these pairs are part of.
 
     Returns:
       0-dim penalty, to be added to the loss times its coefficient.
     """
     check_rank("r_chosen", r_chosen, "B")
     check_same_shape(r_chosen=r_chosen, r_rejected=r_rejected)
-    return (r_chosen + r_rejected).pow(2).mean()
+    return (r_chosen + r_rejected).pow(2).sum() / (r_chosen.shape[0] if denominator is None else denominator)

@@ -12,6 +12,8 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
+from rlhfkit import seeds
+
 
 class LengthGroupedBatches:
     """A batch sampler over items of the given lengths; pass n is seeded by (seed, n)."""
@@ -26,7 +28,7 @@ class LengthGroupedBatches:
         return -(-len(self.lengths) // self.batch_size)
 
     def __iter__(self) -> Iterator[list[int]]:
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.passes)
+        gen = seeds.generator(self.seed, seeds.PAIR_PASS, self.passes)
         self.passes += 1
         order = torch.randperm(len(self.lengths), generator=gen).tolist()
         span = self.batch_size * self.group

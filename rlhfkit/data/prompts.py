@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from rlhfkit import seeds
 from rlhfkit.data.io import Source, read_rows, source_name
 from rlhfkit.data.preferences import render
 from rlhfkit.data.tokenize import encode_prompt, pad_left
@@ -90,7 +91,7 @@ class PromptSet:
         return len(self.texts)
 
     def _order(self, epoch: int) -> list[int]:
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        gen = seeds.generator(self.seed, seeds.PROMPT_PASS, epoch)
         return torch.randperm(len(self), generator=gen).tolist()
 
     def next_indices(self, n: int) -> list[int]:

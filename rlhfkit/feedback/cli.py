@@ -13,19 +13,17 @@ and web modules are imported inside the commands so that `rlhfkit --help` stays 
 
 from __future__ import annotations
 
-import functools
 import json
-from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import Any
 
 import typer
 
+from rlhfkit.cli_errors import one_line_errors
+from rlhfkit.defaults import DEFAULT_DB, EMBEDDED_MODEL
 from rlhfkit.errors import UserError
 from rlhfkit.feedback.checks import MAX_K, MIN_K
 
-DEFAULT_DB = "feedback.db"  # same as rlhfkit.feedback.store.DEFAULT_DB, without importing SQLAlchemy here
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 feedback_app = typer.Typer(
@@ -50,27 +48,6 @@ class Merge(str, Enum):
 DB = typer.Option(DEFAULT_DB, "--db", help="SQLite file, or postgresql+psycopg://user:password@host:5432/dbname.")
 PROJECT = typer.Option(..., "--project", "-p", help="Project name.")
 PER_PROMPT = typer.Option(1, "--annotators-per-prompt", "-n", min=1, help="How many annotators rank each prompt.")
-
-
-def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Print a UserError (or a database failure) as one line and exit 2, never a stack trace."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from sqlalchemy.exc import DBAPIError
-
-        from rlhfkit.feedback.database import first_line
-
-        try:
-            return fn(*args, **kwargs)
-        except UserError as e:
-            message = f"error: {e}"
-        except DBAPIError as e:
-            message = f"error: database: {first_line(e)}"
-        typer.secho(message, err=True, fg=typer.colors.RED)
-        raise typer.Exit(2)
-
-    return wrapper
 
 
 @feedback_app.command("import")
@@ -130,7 +107,9 @@ def sample_prompts(
     file: Path = typer.Argument(..., help="Prompts: .jsonl/.csv/.parquet with a 'prompt' column, or .txt."),
     db: str = DB,
     project: str = PROJECT,
-    model: str = typer.Option("embedded", "--model", help="Model that writes the completions (HF id, dir, embedded)."),
+    model: str = typer.Option(
+        EMBEDDED_MODEL, "--model", help=f"Model that writes the completions (HF id, dir, {EMBEDDED_MODEL})."
+    ),
     k: int = typer.Option(4, "--k", help="Completions per prompt."),
     max_new_tokens: int = typer.Option(48, "--max-new-tokens", min=1, help="Longest completion in tokens."),
     temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature (> 0)."),
@@ -240,12 +219,12 @@ def export(
     ),
 ) -> None:
     """Write the rankings as training data for the reward model (skipped prompts never appear)."""
-    from rlhfkit.feedback.export import write_jsonl
+    from rlhfkit.data.io import write_jsonl
     from rlhfkit.feedback.store import FeedbackStore
 
     with FeedbackStore.open(db) as store:
         rows = store.export_rows(project, format=format.value, merge=merge.value, drop_flagged=drop_flagged)
-    n = write_jsonl(rows, out)
+    n = write_jsonl(out, rows)
     typer.echo(f"wrote {n} {format.value} rows ({merge.value}) to {out}")
     if n == 0:
         typer.secho(f"warning: project {project!r} has no rankings to export yet", err=True, fg=typer.colors.YELLOW)

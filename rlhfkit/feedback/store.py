@@ -13,6 +13,11 @@ A Python API over SQLAlchemy, usable without the web app (a simulated labeler wr
                          submission_id="any-unique-id")   # commits before returning
     rows = store.export_rows("demo", format="pairwise")
 
+This module's one job is the store itself: opening the database, its transactions, and writing
+and looking up projects, prompts, completions, annotators and rankings. The labelling queue
+(which prompt an annotator gets next) is in `queue.py`, the reports (progress, agreement, export
+rows) in `reports.py`; `FeedbackStore` runs their queries in its transactions, so the API is one.
+
 SQLite is the default (a file, WAL journal so readers never wait for the writer, foreign keys
 on, a busy timeout so concurrent writers queue instead of failing); PostgreSQL by URL runs the
 same code. Opening a database brings its schema up to date (Alembic, `migrations/`).
@@ -23,19 +28,18 @@ from __future__ import annotations
 import secrets
 import threading
 import uuid
-from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, Select, and_, delete, exists, func, insert, select, update
+from sqlalchemy import Engine, delete, func, insert, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from rlhfkit.feedback import export as export_mod
-from rlhfkit.feedback.agreement import AgreementReport, agreement_report
+from rlhfkit.defaults import DEFAULT_DB
+from rlhfkit.feedback import queue, reports
+from rlhfkit.feedback.agreement import AgreementReport
 from rlhfkit.feedback.checks import (
     MAX_COMMENT_CHARS,
     MAX_K,
@@ -60,6 +64,7 @@ from rlhfkit.feedback.database import (
     make_engine,
 )
 from rlhfkit.feedback.errors import Conflict, DatabaseUnavailable, FeedbackError, InvalidRanking, NotFound
+from rlhfkit.feedback.queue import LEASE_SECONDS
 from rlhfkit.feedback.records import (
     AnnotatorInfo,
     AnnotatorProgress,
@@ -85,13 +90,9 @@ from rlhfkit.feedback.schema import (
 __all__ = [  # the records and errors are re-exported: `from rlhfkit.feedback.store import ...`
     "AgreementReport", "AnnotatorInfo", "AnnotatorProgress", "CompletionView", "Conflict", "DatabaseUnavailable",
     "FeedbackError", "FeedbackStore", "InvalidRanking", "NotFound", "ProjectInfo", "ProjectProgress", "PromptView",
-    "RankingView", "SubmitResult", "DEFAULT_DB", "LEASE_SECONDS",
+    "RankingView", "SubmitResult", "LEASE_SECONDS",
 ]
 
-DEFAULT_DB = "feedback.db"
-LEASE_SECONDS = 600
-"""How long a prompt handed to an annotator counts towards its annotators before it is
-offered to someone else (an annotator who walked away does not block it for long)."""
 _SUBMIT_ATTEMPTS = 3  # PostgreSQL: a concurrent insert of the same ranking is retried as an update
 _MIGRATION_LOCK = 7_240_513  # any constant: PostgreSQL advisory lock held while migrating
 
@@ -358,29 +359,7 @@ class FeedbackStore:
         with self._reading() as s:
             return [_annotator_info(a) for a in s.scalars(select(Annotator).order_by(Annotator.name))]
 
-    # ----- labeling ----------------------------------------------------------------------------
-    @staticmethod
-    def _open_to(p: ProjectInfo, a: AnnotatorInfo, annotators_per_prompt: int, now: datetime) -> Select[tuple[Prompt]]:
-        """Prompts `a` may be given: complete (K completions), not ranked or skipped by `a`, and
-        with fewer than N rankings plus other annotators' live assignments.
-
-        The counters on the prompt row rule out full prompts before any subquery runs, so the
-        cost does not grow with the rankings already made, whatever plan the database picks.
-        """
-        n_held = (
-            select(func.count())
-            .where(Assignment.prompt_id == Prompt.id, Assignment.annotator_id != a.id, Assignment.expires_at > now)
-            .scalar_subquery()
-        )
-        done_by_me = exists().where(Ranking.prompt_id == Prompt.id, Ranking.annotator_id == a.id)
-        return select(Prompt).where(
-            Prompt.project_id == p.id,
-            Prompt.n_completions == p.k,
-            Prompt.n_rankings < annotators_per_prompt,
-            ~done_by_me,
-            Prompt.n_rankings + n_held < annotators_per_prompt,
-        )
-
+    # ----- labelling queue (the queries: rlhfkit.feedback.queue) -------------------------------
     def next_prompt(
         self,
         project: str | ProjectInfo,
@@ -397,39 +376,16 @@ class FeedbackStore:
         annotator (asking again gives the same one until they rank it), so annotators working
         at the same time get different prompts. Skips do not count towards the N rankings.
         """
-        if isinstance(annotators_per_prompt, bool) or not isinstance(annotators_per_prompt, int) or (
-            annotators_per_prompt < 1
-        ):
-            raise FeedbackError(f"annotators_per_prompt must be an integer >= 1, got {annotators_per_prompt!r}")
+        queue.check_annotators_per_prompt(annotators_per_prompt)
         now = utcnow()
         with self._writing(durable=False) as s:
             # Lock the project row (PostgreSQL) so two annotators cannot both take the last slot;
             # the lock is held only while choosing, the view is read after the commit.
             p = self._project(s, project, lock=True)
             a = self._annotator(s, annotator)
-            mine = s.scalar(
-                select(Prompt)
-                .join(Assignment, Assignment.prompt_id == Prompt.id)
-                .where(
-                    Prompt.project_id == p.id,
-                    Assignment.annotator_id == a.id,
-                    Assignment.expires_at > now,
-                    ~exists().where(Ranking.prompt_id == Prompt.id, Ranking.annotator_id == a.id),
-                )
-                .order_by(Prompt.position)
-                .limit(1)
-            )
-            prompt = mine or s.scalar(
-                self._open_to(p, a, annotators_per_prompt, now).order_by(Prompt.position).limit(1)
-            )
+            prompt = queue.take_next(s, p, a, annotators_per_prompt, now, lease_seconds)
             if prompt is None:
                 return None
-            lease = s.get(Assignment, (a.id, prompt.id))
-            expires = now + timedelta(seconds=lease_seconds)
-            if lease is None:
-                s.add(Assignment(annotator_id=a.id, prompt_id=prompt.id, expires_at=expires))
-            elif lease.expires_at < now + timedelta(seconds=lease_seconds / 2):
-                lease.expires_at = expires  # renewed only when half gone: most reloads write nothing
         with self._reading() as s:
             return self._prompt_view(s, prompt, None, p.name)
 
@@ -440,15 +396,7 @@ class FeedbackStore:
         still be given (the one in hand included)."""
         with self._reading() as s:
             p, a = self._project(s, project), self._annotator(s, annotator)
-            left = select(func.count()).select_from(self._open_to(p, a, annotators_per_prompt, utcnow()).subquery())
-            done = (
-                select(func.count())
-                .select_from(Ranking)
-                .join(Prompt, Prompt.id == Ranking.prompt_id)
-                .where(Prompt.project_id == p.id, Ranking.annotator_id == a.id)
-            )
-            done_n, left_n = s.execute(select(done.scalar_subquery(), left.scalar_subquery())).one()
-            return done_n or 0, left_n or 0
+            return queue.standing(s, p, a, annotators_per_prompt, utcnow())
 
     def previous_prompt(
         self, project: str | ProjectInfo, annotator: str | AnnotatorInfo, before: int | None = None
@@ -461,19 +409,10 @@ class FeedbackStore:
         """
         with self._reading() as s:
             p, a = self._project(s, project), self._annotator(s, annotator)
-            q = (
-                select(Ranking)
-                .join(Prompt, Prompt.id == Ranking.prompt_id)
-                .where(Prompt.project_id == p.id, Ranking.annotator_id == a.id)
-            )
-            anchor = None
-            if is_row_id(before):
-                anchor = s.scalar(select(Ranking.id).where(Ranking.prompt_id == before, Ranking.annotator_id == a.id))
-            if anchor is not None:
-                q = q.where(Ranking.id < anchor)
-            r = s.scalar(q.order_by(Ranking.id.desc()).limit(1))
-            return None if r is None else self._prompt_view(s, s.get_one(Prompt, r.prompt_id), a)
+            prompt = queue.previous(s, p, a, before)
+            return None if prompt is None else self._prompt_view(s, prompt, a)
 
+    # ----- rankings ----------------------------------------------------------------------------
     def submit_ranking(
         self,
         annotator: str | AnnotatorInfo,
@@ -604,76 +543,20 @@ class FeedbackStore:
                 .where(Prompt.project_id == p.id)
                 .order_by(Prompt.position, Annotator.name)
             ).all()
-            entries = self._entries(s, p)
+            entries = reports.entries(s, p)
             return [_ranking_view(r, name, entries.get(r.id, {})) for r, name in rows]
 
-    # ----- reporting ---------------------------------------------------------------------------
+    # ----- reports (the queries: rlhfkit.feedback.reports) -------------------------------------
     def progress(self, project: str | ProjectInfo, annotators_per_prompt: int = 1) -> ProjectProgress:
         """Counts for the project and for every annotator."""
         with self._reading() as s:
-            p = self._project(s, project)
-            in_project = and_(Prompt.id == Ranking.prompt_id, Prompt.project_id == p.id)
-            per_annotator = s.execute(
-                select(
-                    Annotator.name,
-                    Annotator.is_admin,
-                    func.count(Ranking.id).filter(Ranking.skip.is_(False)),
-                    func.count(Ranking.id).filter(Ranking.skip.is_(True)),
-                    func.count(Ranking.id).filter(Ranking.unsafe.is_(True)),
-                    func.max(Ranking.updated_at),
-                )
-                .select_from(Annotator)
-                .outerjoin(Ranking, and_(Ranking.annotator_id == Annotator.id,
-                                         exists().where(in_project)))
-                .group_by(Annotator.id, Annotator.name, Annotator.is_admin)
-                .order_by(Annotator.name)
-            ).all()
-            n_completions = (
-                select(Completion.prompt_id, func.count().label("n")).group_by(Completion.prompt_id).subquery()
-            )
-            prompts, ready = s.execute(
-                select(func.count(Prompt.id), func.count(Prompt.id).filter(n_completions.c.n == p.k))
-                .select_from(Prompt)
-                .outerjoin(n_completions, n_completions.c.prompt_id == Prompt.id)
-                .where(Prompt.project_id == p.id)
-            ).one()
-            per_prompt = (
-                select(Ranking.prompt_id, func.count().label("n"))
-                .join(Prompt, Prompt.id == Ranking.prompt_id)
-                .where(Prompt.project_id == p.id, Ranking.skip.is_(False))
-                .group_by(Ranking.prompt_id)
-                .subquery()
-            )
-            rankings, complete = s.execute(
-                select(func.coalesce(func.sum(per_prompt.c.n), 0),
-                       func.count().filter(per_prompt.c.n >= annotators_per_prompt))
-            ).one()
-            return ProjectProgress(
-                project=p.name,
-                k=p.k,
-                annotators_per_prompt=annotators_per_prompt,
-                prompts=prompts,
-                ready=ready,
-                rankings=int(rankings),
-                complete=complete,
-                annotators=[
-                    AnnotatorProgress(
-                        annotator=name,
-                        is_admin=bool(admin),
-                        ranked=ranked,
-                        skipped=skipped,
-                        unsafe=unsafe,
-                        last_at=_aware(last),
-                    )
-                    for name, admin, ranked, skipped, unsafe, last in per_annotator
-                ],
-            )
+            return reports.progress(s, self._project(s, project), annotators_per_prompt)
 
     def agreement(self, project: str | ProjectInfo) -> AgreementReport:
         """Pairwise agreement and Kendall tau-b between annotators on the prompts they share
         (skips left out); see `rlhfkit.feedback.agreement` for the definitions."""
-        labeled = self._labeled(project)
-        return agreement_report({i: lp.rankings for i, lp in enumerate(labeled)})
+        with self._reading() as s:
+            return reports.agreement(s, self._project(s, project))
 
     def export_rows(
         self,
@@ -683,58 +566,11 @@ class FeedbackStore:
         drop_flagged: bool = True,
     ) -> list[dict[str, Any]]:
         """Training rows for the reward model; see `rlhfkit.feedback.export` for the formats."""
-        if format not in export_mod.FORMATS:
-            raise FeedbackError(f"format must be one of {', '.join(export_mod.FORMATS)}, got {format!r}")
-        if merge not in export_mod.MERGES:
-            raise FeedbackError(f"merge must be one of {', '.join(export_mod.MERGES)}, got {merge!r}")
-        return export_mod.build_rows(self._labeled(project), format=format, merge=merge, drop_flagged=drop_flagged)
-
-    def _labeled(self, project: str | ProjectInfo) -> list[export_mod.LabeledPrompt]:
-        """Every prompt of the project that has at least one ranking or skip, in project order."""
+        reports.check_export_options(format, merge)
         with self._reading() as s:
-            p = self._project(s, project)
-            completions: dict[int, list[tuple[int, str]]] = defaultdict(list)
-            for prompt_id, cid, text in s.execute(
-                select(Completion.prompt_id, Completion.id, Completion.text)
-                .join(Prompt, Prompt.id == Completion.prompt_id)
-                .where(Prompt.project_id == p.id)
-                .order_by(Completion.prompt_id, Completion.position)
-            ):
-                completions[prompt_id].append((cid, text))
-            entries = self._entries(s, p)
-            rows = s.execute(
-                select(Prompt.id, Prompt.text, Annotator.name, Ranking.id, Ranking.skip, Ranking.unsafe)
-                .join(Ranking, Ranking.prompt_id == Prompt.id)
-                .join(Annotator, Annotator.id == Ranking.annotator_id)
-                .where(Prompt.project_id == p.id)
-                .order_by(Prompt.position, Annotator.name)
-            ).all()
-            by_prompt: dict[int, export_mod.LabeledPrompt] = {}
-            for prompt_id, text, name, rid, skip, unsafe in rows:
-                cs = completions[prompt_id]
-                lp = by_prompt.setdefault(
-                    prompt_id, export_mod.LabeledPrompt(text, [t for _, t in cs], {}, flagged=False)
-                )
-                if unsafe and not lp.flagged:
-                    lp = by_prompt[prompt_id] = export_mod.LabeledPrompt(lp.text, lp.completions, lp.rankings, True)
-                if not skip:
-                    lp.rankings[name] = [entries[rid][cid] for cid, _ in cs]
-            return list(by_prompt.values())
+            return reports.export_rows(s, self._project(s, project), format, merge, drop_flagged)
 
     # ----- record building ---------------------------------------------------------------------
-    @staticmethod
-    def _entries(s: Session, p: ProjectInfo) -> dict[int, dict[int, int]]:
-        """{ranking id: {completion id: rank}} for a whole project."""
-        out: dict[int, dict[int, int]] = defaultdict(dict)
-        for rid, cid, rank in s.execute(
-            select(RankingEntry.ranking_id, RankingEntry.completion_id, RankingEntry.rank)
-            .join(Ranking, Ranking.id == RankingEntry.ranking_id)
-            .join(Prompt, Prompt.id == Ranking.prompt_id)
-            .where(Prompt.project_id == p.id)
-        ):
-            out[rid][cid] = rank
-        return out
-
     @staticmethod
     def _ranking_view(s: Session, r: Ranking, annotator_name: str) -> RankingView:
         q = select(RankingEntry.completion_id, RankingEntry.rank).where(RankingEntry.ranking_id == r.id)
@@ -759,15 +595,6 @@ class FeedbackStore:
             completions=[CompletionView(c.id, c.position, c.text, c.model, dict(c.sampling)) for c in cs],
             ranking=ranking,
         )
-
-
-def _aware(dt: datetime | None) -> datetime | None:
-    # Aggregates (max) bypass the column type, so SQLite hands back a string and PG a naive datetime.
-    if dt is None:
-        return None
-    if isinstance(dt, str):
-        dt = datetime.fromisoformat(dt)
-    return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt
 
 
 def _project_info(p: Project) -> ProjectInfo:

@@ -79,10 +79,6 @@ class ActorCritic(torch.nn.Module):
             torch.nn.init.zeros_(self.value_head.weight)
             torch.nn.init.zeros_(self.value_head.bias)
 
-    @property
-    def shared_trunk(self) -> bool:
-        return self.critic is None
-
     def forward(
         self,
         prompt_ids: torch.Tensor,

@@ -12,7 +12,8 @@ import torch
 class Rollout:
     """One batch of B episodes; response tensors are right-padded to T tokens.
 
-    The trainer fills `rewards`, `advantages` and `returns` after scoring.
+    The `old_` fields hold the numbers of the policy that sampled the batch (pi_old, V_old); the
+    trainer fills `advantages` and `returns` after scoring.
     """
 
     prompt_ids: torch.Tensor  # (B, P) left-padded prompt ids
@@ -20,12 +21,11 @@ class Rollout:
     response_ids: torch.Tensor  # (B, T) sampled ids, pad after the first EOS
     mask: torch.Tensor  # (B, T) bool: real response tokens up to and including the first EOS
     ended: torch.Tensor  # (B,) bool: the response emitted EOS
-    logp: torch.Tensor  # (B, T) log pi_old(a_t|s_t), recomputed by the trainer's forward, logits / T
+    old_logp: torch.Tensor  # (B, T) log pi_old(a_t|s_t) at logits / T (trainer's forward or the sampling loop)
     ref_logp: torch.Tensor  # (B, T) log pi_ref(a_t|s_t), same temperature
     scores: torch.Tensor  # (B,) reward-model (or function) score, after the missing-EOS penalty
-    values: torch.Tensor | None = None  # (B, T) V(s_t) from the critic, when there is one
+    old_values: torch.Tensor | None = None  # (B, T) V_old(s_t) from the critic, when there is one
     entropy: torch.Tensor | None = None  # (B, T) H(pi_old(.|s_t)), the sampling policy's entropy
-    rewards: torch.Tensor | None = None  # (B, T) per-token rewards (score + KL penalty)
     advantages: torch.Tensor | None = None  # (B, T) or (B,)
     returns: torch.Tensor | None = None  # (B, T) value targets
     prompts: list[str] = dataclasses.field(default_factory=list)  # decoded prompt texts
@@ -33,6 +33,10 @@ class Rollout:
 
     def __len__(self) -> int:
         return self.response_ids.shape[0]
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Every tensor field by name (to check devices, move or gather them)."""
+        return {f.name: v for f in dataclasses.fields(self) if isinstance(v := getattr(self, f.name), torch.Tensor)}
 
     def index(self, idx: torch.Tensor) -> Rollout:
         """A minibatch: every per-episode field restricted to the rows in `idx`."""

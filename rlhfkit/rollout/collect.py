@@ -80,7 +80,7 @@ def collect_rollout(
     ref_logp = reference(prompt_ids, prompt_mask, samples.response_ids).float()
     responses = decode_responses(tokenizer, samples.response_ids, samples.response_mask)
     scores = scorer(prompt_ids, prompt_mask, samples.response_ids, samples.response_mask, samples.ended,
-                    prompt_texts, responses).float()
+                    prompt_texts, responses).float().to(prompt_ids.device)  # a Python function scores on the CPU
     if missing_eos_penalty:
         # Responses that never stop lose a fixed amount (TRL's missing_eos_penalty, REFERENCE D5).
         scores = scores - missing_eos_penalty * (~samples.ended).float()
@@ -88,7 +88,7 @@ def collect_rollout(
 
     rollout = Rollout(
         prompt_ids=prompt_ids, prompt_mask=prompt_mask, response_ids=samples.response_ids, mask=samples.response_mask,
-        ended=samples.ended, logp=logp, ref_logp=ref_logp, scores=scores, values=values, entropy=entropy,
+        ended=samples.ended, old_logp=logp, ref_logp=ref_logp, scores=scores, old_values=values, entropy=entropy,
         prompts=list(prompt_texts), responses=responses,
     )
     return rollout, {"time/generation": t_gen, "time/scoring": t_score}

@@ -13,10 +13,7 @@ import torch
 from rlhfkit.data.tokenize import encode_prompt, pad_left
 from rlhfkit.rollout.collect import decode_responses
 from rlhfkit.rollout.sampling import SamplingSettings, sample
-
-
-def completion_seed(seed: int, prompt_index: int, sample_index: int) -> int:
-    return (seed * 1_000_003 + prompt_index) * 1_009 + sample_index
+from rlhfkit.seeds import COMPLETION, derived_seed
 
 
 @torch.no_grad()
@@ -31,6 +28,6 @@ def sample_completions(model: Any, tokenizer: Any, prompts: list[str], k: int, s
         chunk = episodes[start:start + batch_size]
         prompt_ids, prompt_mask = pad_left([ids[i] for i, _ in chunk], tokenizer.pad_token_id)
         out = sample(model, prompt_ids.to(device), prompt_mask.to(device), settings, tokenizer.eos_token_id,
-                     tokenizer.pad_token_id, seeds=[completion_seed(seed, i, j) for i, j in chunk])
+                     tokenizer.pad_token_id, seeds=[derived_seed(seed, COMPLETION, i, j) for i, j in chunk])
         texts += decode_responses(tokenizer, out.response_ids, out.response_mask)
     return [texts[i * k:(i + 1) * k] for i in range(len(prompts))]

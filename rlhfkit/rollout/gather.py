@@ -3,7 +3,10 @@
 Each process samples and scores only the episodes it trains on in the first epoch; then every
 process gathers the whole batch in global order and computes rewards, advantages and whitening
 on all of it, exactly as a single process would. Minibatches are global too: process r trains on
-rows r, r + N, r + 2N, ... of each global minibatch, and DDP averages the gradients.
+rows r, r + N, r + 2N, ... of each global minibatch. Every loss divides by the token (or
+sequence) count of the whole global minibatch, which each process knows from the gathered batch,
+so the N processes' gradients add up to the one-process gradient (DDP averages, so each process
+scales its loss by N).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ class IterationPlan:
 
     own: torch.Tensor  # (B / N,) global indices this process samples, in first-epoch minibatch order
     minibatches: list[list[torch.Tensor]]  # [epoch][k] -> global row indices this process trains on
+    global_minibatches: list[list[torch.Tensor]]  # [epoch][k] -> every process's rows of that minibatch
 
     def first_epoch_groups(self) -> list[torch.Tensor]:
         """Positions within `own` of the first epoch's minibatches (for exact old log-probs)."""
@@ -38,8 +42,9 @@ def plan_iteration(generator: torch.Generator, batch: int, epochs: int, num_mini
     if minibatch % world:
         raise ValueError(f"minibatch of {minibatch} episodes cannot be split over {world} processes")
     perms = [torch.randperm(batch, generator=generator) for _ in range(epochs)]
-    minibatches = [[chunk[rank::world] for chunk in perm.split(minibatch)] for perm in perms]
-    return IterationPlan(torch.cat(minibatches[0]), minibatches)
+    whole = [list(perm.split(minibatch)) for perm in perms]
+    minibatches = [[chunk[rank::world] for chunk in epoch] for epoch in whole]
+    return IterationPlan(torch.cat(minibatches[0]), minibatches, whole)
 
 
 def gather_rollout(accelerator: Accelerator, local: Rollout, own: torch.Tensor, batch: int, pad_id: int) -> Rollout:

@@ -94,7 +94,7 @@ class FunctionScorer:
                  response_mask: torch.Tensor, ended: torch.Tensor, prompts: Sequence[str], responses: Sequence[str]
                  ) -> torch.Tensor:
         scores = call_text_fn(self.fn, prompts, responses, ended.tolist())
-        out = torch.as_tensor(scores, dtype=torch.float32)
+        out = torch.as_tensor(scores, dtype=torch.float32, device=response_ids.device)
         if out.shape != (len(prompts),):
             raise ValueError(f"reward function returned {tuple(out.shape)} scores for {len(prompts)} episodes")
         return out

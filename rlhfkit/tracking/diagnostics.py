@@ -37,3 +37,11 @@ def text_metrics(texts: Sequence[str]) -> dict[str, float]:
         "response/distinct_2": distinct_n(texts, 2),
         "response/repetition": repetition_rate(texts),
     }
+
+
+def win_rate(final: Sequence[float], start: Sequence[float]) -> float:
+    """Share of prompts where the final policy's reply scores above the start policy's (ties count half)."""
+    if len(final) != len(start) or not start:
+        raise ValueError(f"win_rate needs two equally long, non-empty score lists, got {len(final)} and {len(start)}")
+    wins = sum(1.0 if f > s else 0.5 if f == s else 0.0 for f, s in zip(final, start))
+    return wins / len(start)

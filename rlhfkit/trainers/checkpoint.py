@@ -3,19 +3,25 @@
 A checkpoint is written to a temporary sibling folder, flushed to disk, then swapped in with
 renames, so a run killed at any moment (SIGKILL included) leaves either the previous or the new
 checkpoint, never a mix. It holds the trainable weights, optimizer, scheduler, KL controller,
-prompt sampler, RNG states and the iteration number.
+prompt sampler, RNG states and the iteration number. The RL runs' resume and final save live
+here too, so the loops only say when to checkpoint.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
+
+if TYPE_CHECKING:
+    from rlhfkit.trainers.rl_run import RLRun
 
 CHECKPOINT = "checkpoint"
 
@@ -68,3 +74,77 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
     state = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=False)
     set_rng_state(state["rng"])
     return weights, state
+
+
+# ---------------------------------------------------------------------------------------------
+# The RL runs' checkpoints, resume and final save
+# ---------------------------------------------------------------------------------------------
+def save_rl_checkpoint(run: RLRun, iteration: int, extra: dict[str, Any] | None = None) -> None:
+    """Save a resumable checkpoint after `iteration` (main process only)."""
+    run.accelerator.wait_for_everyone()
+    if not run.main:
+        return
+    state = {
+        "iteration": iteration,
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "kl_ctl": run.kl_ctl.state_dict(),
+        "prompts": run.prompts.state_dict(),
+        "evaluation": run.evaluation.state_dict() if run.evaluation is not None else {},
+        "extra": extra or {},
+    }
+    save_checkpoint(run.out_dir, run.unwrapped.state_dict(), state)
+
+
+def resume_rl(run: RLRun) -> None:
+    """Load the latest checkpoint and drop metrics logged after it."""
+    weights, state = load_checkpoint(find_checkpoint(run.out_dir))  # type: ignore[arg-type]
+    run.unwrapped.load_state_dict(weights)
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.kl_ctl.load_state_dict(state["kl_ctl"])
+    run.prompts.load_state_dict(state["prompts"])
+    if run.evaluation is not None:
+        run.evaluation.load_state_dict(state.get("evaluation") or {})
+    run.start_iteration = state["iteration"] + 1
+    run.extra_state = state.get("extra") or {}
+    if run.main:
+        for name in ("metrics.jsonl", "samples.jsonl"):
+            path = run.out_dir / name
+            if path.exists():
+                keep = [line for line in path.read_text().splitlines() if _logged_by(line, state["iteration"])]
+                path.write_text("".join(line + "\n" for line in keep))
+
+
+def _logged_by(line: str, iteration: int) -> bool:
+    """Whether a metrics/samples line was written by iterations 0..iteration (the held-out evaluation
+    after iteration i is logged at step i + 1)."""
+    try:
+        record = json.loads(line)
+        step = int(record["step"])
+    except (ValueError, KeyError, TypeError):
+        return False
+    is_eval = all(k.startswith("eval/") for k in record if k not in ("step", "time"))
+    return step <= iteration or (is_eval and step == iteration + 1)
+
+
+def save_final_policy(run: RLRun) -> None:
+    """The trained policy in save_pretrained layout (plus its tokenizer and critic) directly in output_dir."""
+    run.accelerator.wait_for_everyone()
+    if not run.main:
+        return
+    actor = run.unwrapped
+    tmp = run.out_dir / ".final.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    actor.policy.save_pretrained(tmp, safe_serialization=True)
+    run.tokenizer.save_pretrained(tmp)
+    if actor.value_head is not None:
+        save_file({k: v.contiguous() for k, v in actor.value_head.state_dict().items()}, tmp / "value_head.safetensors")
+    elif actor.critic is not None:
+        actor.critic.save_pretrained(tmp / "critic", safe_serialization=True)
+    for item in tmp.iterdir():
+        target = run.out_dir / item.name
+        if target.is_dir():
+            shutil.rmtree(target)
+        item.replace(target)
+    tmp.rmdir()

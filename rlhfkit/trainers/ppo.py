@@ -2,81 +2,86 @@
 
 The policy is the LM: state s_t = prompt + response[:t], action a_t = the next token. One
 iteration:
-  1. rollout: sample responses to a batch of prompts; recompute log pi_old, V and log pi_ref;
+  1. rollout: sample responses to a batch of prompts; recompute log pi_old, V_old and log pi_ref;
   2. rewards: the reward model's score at the last response token, minus beta * KL per token;
   3. advantages: A = Q - V estimated with GAE(gamma, lambda), whitened over response tokens;
      value targets R_t = A_t + V_t;
   4. update_epochs x num_minibatches steps on loss = -(L_CLIP - c1 L_VF + c2 H);
-  5. KL controller, metrics, samples, checkpoint.
+  5. KL controller, metrics, samples, held-out evaluation, checkpoint.
 Every number optimised comes from rlhfkit.algos.
 """
 
 from __future__ import annotations
 
 import time
-from collections import defaultdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from rlhfkit.algos._checks import value_checks, value_checks_enabled
 from rlhfkit.algos.advantages import gae
 from rlhfkit.algos.kl import KL_ESTIMATORS, shaped_rewards
-from rlhfkit.algos.masked import explained_variance, masked_whiten
+from rlhfkit.algos.masked import aggregate_denominator, explained_variance, masked_whiten
 from rlhfkit.algos.ppo import ppo_loss
 from rlhfkit.rollout.batch import Rollout
+from rlhfkit.rollout.gather import IterationPlan
 from rlhfkit.tracking.console import progress_bar
-from rlhfkit.trainers.rl_common import (
-    RewardFn,
-    RLRun,
-    build_rl,
-    end_iteration,
-    end_run,
-    mean_across_processes,
-    rollout_metrics,
-    rollout_step,
-)
+from rlhfkit.trainers.optim_step import StepStats, micro_batches, optimizer_step
 from rlhfkit.trainers.rl_config import PPOConfig
+from rlhfkit.trainers.rl_metrics import record_grad_norm, record_ppo_loss, rollout_metrics
+from rlhfkit.trainers.rl_run import RewardFn, RLRun, build_rl, end_iteration, end_run
 
 
-def ppo_update(run: RLRun, rollout: Rollout, minibatches: list[list[torch.Tensor]]) -> dict[str, float]:
-    """Step 4: epochs x minibatches of PPO updates; returns the mean of each statistic."""
+def ppo_micro_loss(run: RLRun, rollout: Rollout, part: torch.Tensor, denominator: torch.Tensor, tokens: torch.Tensor,
+                  stats: StepStats, first_step: bool) -> torch.Tensor:
+    """One micro-batch's share of the minibatch's PPO loss (divided by the global count)."""
     cfg, acc = run.cfg, run.accelerator
-    stats: dict[str, list[float]] = defaultdict(list)
-    for epoch in minibatches:
-        for rows in epoch:
-            mb = rollout.index(rows)
-            # The entropy needs a gradient only for a bonus; the logged one comes from the rollout.
-            with acc.autocast():
-                out = run.actor(mb.prompt_ids, mb.prompt_mask, mb.response_ids, cfg.temperature,
-                                with_entropy=cfg.ent_coef > 0)
-            loss, step_stats = ppo_loss(
-                out.logp.float(), mb.logp, mb.advantages, out.values, mb.values, mb.returns,
-                None if out.entropy is None else out.entropy.float(),
-                mb.mask, clip_eps=cfg.clip_eps, clip_eps_value=cfg.clip_eps_value or None, vf_coef=cfg.vf_coef,
-                ent_coef=cfg.ent_coef, mode=cfg.loss_reduction,
-            )
-            acc.backward(loss)
-            if cfg.max_grad_norm > 0:
-                stats["policy/grad_norm"].append(float(acc.clip_grad_norm_(run.actor.parameters(), cfg.max_grad_norm)))
-            run.optimizer.step()
-            run.scheduler.step()
-            run.optimizer.zero_grad(set_to_none=True)
-            for k, v in step_stats.items():
-                stats["policy/entropy_bonus" if k == "policy/entropy" else k].append(float(v))
-            if len(stats["loss/total"]) == 1:
-                # Sanity check S1: before any update the ratio is exactly 1 on the first minibatch.
-                stats["policy/clipfrac_first"].append(float(step_stats["policy/clipfrac"]))
-                stats["policy/approx_kl_first"].append(float(step_stats["policy/approx_kl"]))
-            if cfg.target_kl and _approx_kl(acc, step_stats) > 1.5 * cfg.target_kl:
-                stats["policy/early_stop"].append(1.0)
-                return mean_across_processes(acc, {k: sum(v) / len(v) for k, v in stats.items()})
-    return mean_across_processes(acc, {k: sum(v) / len(v) for k, v in stats.items()})
+    mb = rollout.index(part)
+    # The entropy needs a gradient only for a bonus; the logged one comes from the rollout.
+    with acc.autocast():
+        out = run.actor(mb.prompt_ids, mb.prompt_mask, mb.response_ids, cfg.temperature,
+                        with_entropy=cfg.ent_coef > 0)
+    terms = ppo_loss(
+        out.logp.float(), mb.old_logp, mb.advantages, out.values, mb.old_values, mb.returns,
+        None if out.entropy is None else out.entropy.float(), mb.mask, clip_eps=cfg.clip_eps,
+        clip_eps_value=cfg.clip_eps_value or None, vf_coef=cfg.vf_coef, ent_coef=cfg.ent_coef,
+        mode=cfg.loss_reduction, denominator=denominator,
+    )
+    record_ppo_loss(stats, terms, mb.mask.sum() / tokens, first_step)
+    return terms.total
 
 
-def _approx_kl(acc: Any, step_stats: dict[str, torch.Tensor]) -> float:
-    """This step's approximate KL, averaged over processes so they all stop together."""
-    return mean_across_processes(acc, {"kl": float(step_stats["policy/approx_kl"])})["kl"]
+def ppo_update(run: RLRun, rollout: Rollout, plan: IterationPlan) -> dict[str, float]:
+    """Step 4: epochs x minibatches of PPO updates; returns the mean of each statistic over the steps."""
+    cfg, acc = run.cfg, run.accelerator
+    stats = StepStats()
+    for epoch_rows, epoch_global in zip(plan.minibatches, plan.global_minibatches):
+        for rows, global_rows in zip(epoch_rows, epoch_global):
+            # Losses divide by the global minibatch's count: the same result on 1 and N processes.
+            global_mask = rollout.mask[global_rows.to(rollout.mask.device)]
+            denominator = aggregate_denominator(global_mask, cfg.loss_reduction)
+            tokens = global_mask.sum().clamp(min=1)
+            first_step = stats.steps == 0
+            grad_norm = optimizer_step(acc, run.actor, run.optimizer, run.scheduler,
+                                       micro_batches(rows, cfg.micro_batch_size),
+                                       partial(ppo_micro_loss, run, rollout, denominator=denominator, tokens=tokens,
+                                               stats=stats, first_step=first_step),
+                                       cfg.max_grad_norm)
+            record_grad_norm(stats, grad_norm, acc.num_processes)
+            step = stats.end_step()
+            if cfg.target_kl and _global(acc, step["policy/approx_kl"]) > 1.5 * cfg.target_kl:
+                stats.add("policy/early_stop", 1.0 / acc.num_processes)
+                stats.end_step()
+                return stats.summary(acc)
+    return stats.summary(acc)
+
+
+def _global(acc: Any, contribution: torch.Tensor) -> float:
+    """A statistic's value over the whole minibatch: its contributions summed over processes."""
+    value = contribution.to(acc.device).reshape(1)
+    return float(acc.reduce(value, reduction="sum") if acc.num_processes > 1 else value)
 
 
 def train(cfg: PPOConfig, reward_fn: RewardFn | None = None,
@@ -91,28 +96,31 @@ def train(cfg: PPOConfig, reward_fn: RewardFn | None = None,
         bar.update(run.start_iteration)
         for it in range(run.start_iteration, cfg.iterations):
             t_iter = time.perf_counter()
-            # 1. Rollout.
-            rollout, plan, times = rollout_step(run, it, run.prompts.next_indices(batch), with_values=True)
-            # 2. Rewards: score at the last response token minus beta * KL per token.
-            beta = run.kl_ctl.value
-            kl = KL_ESTIMATORS[cfg.kl_estimator](rollout.logp, rollout.ref_logp, rollout.mask)  # (B, T)
-            rewards = shaped_rewards(rollout.scores, kl, rollout.mask, beta)
-            if cfg.whiten_rewards:
-                rewards = masked_whiten(rewards, rollout.mask, shift_mean=False)
-            # 3. Advantages A = Q - V by GAE, whitened; returns are the value targets.
-            advantages, returns = gae(rewards, rollout.values, rollout.mask, gamma=cfg.gamma, lam=cfg.lam)
-            rollout.rewards, rollout.returns = rewards, returns
-            rollout.advantages = masked_whiten(advantages, rollout.mask)
-            # 4. PPO epochs over shuffled minibatches.
-            t_train = time.perf_counter()
-            update_stats = ppo_update(run, rollout, plan.minibatches)
-            t_train = time.perf_counter() - t_train
-            # 5. KL controller, metrics, samples, checkpoint.
-            metrics = {**update_stats, **rollout_metrics(run, rollout, kl, beta)}
+            # The algos' value checks read tensors (a device sync): on for the run's first iteration only.
+            with value_checks(it == run.start_iteration or value_checks_enabled()):
+                # 1. Rollout.
+                rollout, plan, times = run.worker.collect(run.prompts, run.prompts.next_indices(batch), cfg.seed, it,
+                                                          cfg.update_epochs, cfg.num_minibatches, with_values=True)
+                # 2. Rewards: score at the last response token minus beta * KL per token.
+                beta = run.kl_ctl.value
+                kl = KL_ESTIMATORS[cfg.kl_estimator](rollout.old_logp, rollout.ref_logp, rollout.mask)  # (B, T)
+                rewards = shaped_rewards(rollout.scores, kl, rollout.mask, beta)
+                if cfg.whiten_rewards:
+                    rewards = masked_whiten(rewards, rollout.mask, shift_mean=False)
+                # 3. Advantages A = Q - V by GAE, whitened; returns are the value targets.
+                advantages, returns = gae(rewards, rollout.old_values, rollout.mask, gamma=cfg.gamma, lam=cfg.lam)
+                rollout.returns = returns
+                rollout.advantages = masked_whiten(advantages, rollout.mask)
+                # 4. PPO epochs over shuffled minibatches.
+                t_train = time.perf_counter()
+                update_stats = ppo_update(run, rollout, plan)
+                t_train = time.perf_counter() - t_train
+            # 5. KL controller, metrics, samples, evaluation, checkpoint.
+            metrics = {**update_stats, **rollout_metrics(rollout, kl, beta, run.gold_fn)}
             run.kl_ctl.update(metrics["kl/ref"], batch)
-            metrics["value/explained_variance"] = float(explained_variance(rollout.values, returns, rollout.mask))
+            metrics["value/explained_variance"] = float(explained_variance(rollout.old_values, returns, rollout.mask))
             metrics.update(times, **{"time/training": t_train, "time/iteration": time.perf_counter() - t_iter})
-            history.append(end_iteration(run, it, rollout, metrics))
+            history.append(end_iteration(run, it, metrics, rollout))
             bar.update(1, reward=metrics["reward/mean"], kl=metrics["kl/ref"])
     end_run(run, history, "ppo")
     return history

@@ -11,20 +11,21 @@ of the other k-1 samples of the same prompt (RLOO), or group normalisation (GRPO
   2. returns R per episode;
   3. advantages R - b;
   4. updates: -logp * A (on-policy REINFORCE) or the PPO clipped ratio on the same advantages;
-  5. metrics, samples, checkpoint.
+  5. metrics, samples, held-out evaluation, checkpoint.
 """
 
 from __future__ import annotations
 
 import time
-from collections import defaultdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from rlhfkit.algos._checks import value_checks, value_checks_enabled
 from rlhfkit.algos.kl import KL_ESTIMATORS, kl_k3
-from rlhfkit.algos.masked import aggregate, explained_variance
+from rlhfkit.algos.masked import aggregate, aggregate_denominator, explained_variance
 from rlhfkit.algos.pg import (
     baseline_advantages,
     grpo_advantages,
@@ -34,18 +35,12 @@ from rlhfkit.algos.pg import (
 )
 from rlhfkit.algos.ppo import entropy_bonus, ppo_policy_loss, ppo_value_loss
 from rlhfkit.rollout.batch import Rollout
+from rlhfkit.rollout.gather import IterationPlan
 from rlhfkit.tracking.console import progress_bar
-from rlhfkit.trainers.rl_common import (
-    RewardFn,
-    RLRun,
-    build_rl,
-    end_iteration,
-    end_run,
-    mean_across_processes,
-    rollout_metrics,
-    rollout_step,
-)
+from rlhfkit.trainers.optim_step import StepStats, micro_batches, optimizer_step
 from rlhfkit.trainers.rl_config import ReinforceConfig
+from rlhfkit.trainers.rl_metrics import record_grad_norm, record_policy_stats, rollout_metrics
+from rlhfkit.trainers.rl_run import RewardFn, RLRun, build_rl, end_iteration, end_run
 
 
 def episode_returns(cfg: ReinforceConfig, scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor,
@@ -77,47 +72,64 @@ def advantages_for(cfg: ReinforceConfig, returns: torch.Tensor, values: torch.Te
     return returns
 
 
-def reinforce_update(run: RLRun, rollout: Rollout, minibatches: list[list[torch.Tensor]], beta: float
-                     ) -> dict[str, float]:
-    """Step 4: the policy-gradient updates; returns the mean of each statistic."""
+def pg_micro_loss(run: RLRun, rollout: Rollout, part: torch.Tensor, denominator: torch.Tensor, tokens: torch.Tensor,
+                 stats: StepStats, first_step: bool, beta: float) -> torch.Tensor:
+    """One micro-batch's share of the minibatch's policy-gradient loss (divided by the global count)."""
     cfg, acc = run.cfg, run.accelerator
     with_values = cfg.baseline == "value"
-    stats: dict[str, list[float]] = defaultdict(list)
-    for epoch in minibatches:
-        for rows in epoch:
-            mb = rollout.index(rows)
-            with acc.autocast():
-                out = run.actor(mb.prompt_ids, mb.prompt_mask, mb.response_ids, cfg.temperature,
-                                with_entropy=cfg.ent_coef > 0, with_values=with_values)
-            logp = out.logp.float()
-            if cfg.policy_loss == "reinforce":
-                loss = reinforce_loss(logp, mb.mask, mb.advantages, mode=cfg.loss_reduction)
-            else:
-                loss, pg = ppo_policy_loss(logp, mb.logp, mb.advantages, mb.mask, cfg.clip_eps, mode=cfg.loss_reduction)
-                stats["policy/clipfrac"].append(float(pg.clipfrac))
-                stats["policy/approx_kl"].append(float(pg.approx_kl))
-            stats["loss/policy"].append(loss.item())
-            if cfg.kl_in == "loss" and beta > 0:
-                # GRPO: beta * k3(pi_theta || pi_ref) per token, inside the loss (REFERENCE F13).
-                kl_term = aggregate(kl_k3(logp, mb.ref_logp, mb.mask), mb.mask, mode=cfg.loss_reduction)
-                loss = loss + beta * kl_term
-                stats["loss/kl"].append(kl_term.item())
-            if cfg.ent_coef:
-                entropy = entropy_bonus(out.entropy.float(), mb.mask, mode=cfg.loss_reduction)
-                stats["policy/entropy_bonus"].append(entropy.item())
-                loss = loss - cfg.ent_coef * entropy
-            if with_values:
-                vf_loss, _ = ppo_value_loss(out.values, mb.values, mb.returns, mb.mask, None, mode=cfg.loss_reduction)
-                loss = loss + cfg.vf_coef * vf_loss
-                stats["loss/value"].append(vf_loss.item())
-            acc.backward(loss)
-            if cfg.max_grad_norm > 0:
-                stats["policy/grad_norm"].append(float(acc.clip_grad_norm_(run.actor.parameters(), cfg.max_grad_norm)))
-            run.optimizer.step()
-            run.scheduler.step()
-            run.optimizer.zero_grad(set_to_none=True)
-            stats["loss/total"].append(loss.item())
-    return mean_across_processes(acc, {k: sum(v) / len(v) for k, v in stats.items()})
+    mb = rollout.index(part)
+    share = mb.mask.sum() / tokens
+    with acc.autocast():
+        out = run.actor(mb.prompt_ids, mb.prompt_mask, mb.response_ids, cfg.temperature,
+                        with_entropy=cfg.ent_coef > 0, with_values=with_values)
+    logp = out.logp.float()
+    if cfg.policy_loss == "reinforce":
+        loss = reinforce_loss(logp, mb.mask, mb.advantages, mode=cfg.loss_reduction,
+                              denominator=denominator)
+    else:
+        loss, pg = ppo_policy_loss(logp, mb.old_logp, mb.advantages, mb.mask, cfg.clip_eps,
+                                   mode=cfg.loss_reduction, denominator=denominator)
+        record_policy_stats(stats, pg, share, first_step)
+    stats.add("loss/policy", loss.detach())
+    if cfg.kl_in == "loss" and beta > 0:
+        # GRPO: beta * k3(pi_theta || pi_ref) per token, inside the loss (Shao et al. 2024, eq. 3-4).
+        kl_term = aggregate(kl_k3(logp, mb.ref_logp, mb.mask), mb.mask, mode=cfg.loss_reduction,
+                            denominator=denominator)
+        loss = loss + beta * kl_term
+        stats.add("loss/kl", kl_term.detach())
+    if cfg.ent_coef:
+        entropy = entropy_bonus(out.entropy.float(), mb.mask, mode=cfg.loss_reduction,
+                                denominator=denominator)
+        stats.add("policy/entropy_bonus", entropy.detach())
+        loss = loss - cfg.ent_coef * entropy
+    if with_values:
+        vf_loss, _ = ppo_value_loss(out.values, mb.old_values, mb.returns, mb.mask, None,
+                                    mode=cfg.loss_reduction, denominator=denominator)
+        loss = loss + cfg.vf_coef * vf_loss
+        stats.add("loss/value", vf_loss.detach())
+    stats.add("loss/total", loss.detach())
+    return loss
+
+
+def reinforce_update(run: RLRun, rollout: Rollout, plan: IterationPlan, beta: float) -> dict[str, float]:
+    """Step 4: the policy-gradient updates; returns the mean of each statistic over the steps."""
+    cfg, acc = run.cfg, run.accelerator
+    stats = StepStats()
+    for epoch_rows, epoch_global in zip(plan.minibatches, plan.global_minibatches):
+        for rows, global_rows in zip(epoch_rows, epoch_global):
+            # Losses divide by the global minibatch's count: the same result on 1 and N processes.
+            global_mask = rollout.mask[global_rows.to(rollout.mask.device)]
+            denominator = aggregate_denominator(global_mask, cfg.loss_reduction)
+            tokens = global_mask.sum().clamp(min=1)
+            first_step = stats.steps == 0
+            grad_norm = optimizer_step(acc, run.actor, run.optimizer, run.scheduler,
+                                       micro_batches(rows, cfg.micro_batch_size),
+                                       partial(pg_micro_loss, run, rollout, denominator=denominator, tokens=tokens,
+                                               stats=stats, first_step=first_step, beta=beta),
+                                       cfg.max_grad_norm)
+            record_grad_norm(stats, grad_norm, acc.num_processes)
+            stats.end_step()
+    return stats.summary(acc)
 
 
 def train(cfg: ReinforceConfig, reward_fn: RewardFn | None = None,
@@ -133,33 +145,36 @@ def train(cfg: ReinforceConfig, reward_fn: RewardFn | None = None,
         bar.update(run.start_iteration)
         for it in range(run.start_iteration, cfg.iterations):
             t_iter = time.perf_counter()
-            # 1. Rollout: k consecutive samples of each prompt (the groups RLOO and GRPO compare).
-            indices = [i for i in run.prompts.next_indices(batch // k) for _ in range(k)]
-            rollout, plan, times = rollout_step(run, it, indices, with_values=cfg.baseline == "value")
-            # 2-3. Returns and advantages.
-            beta = run.kl_ctl.value
-            kl = KL_ESTIMATORS[cfg.kl_estimator](rollout.logp, rollout.ref_logp, rollout.mask)
-            returns = episode_returns(cfg, rollout.scores, kl, rollout.mask, beta)
-            rollout.advantages = advantages_for(cfg, returns, rollout.values, rollout.mask, baseline_mean)
-            if cfg.baseline == "value":
-                rollout.returns = token_returns(returns, rollout.mask)
-            # 4. Updates.
-            t_train = time.perf_counter()
-            update_stats = reinforce_update(run, rollout, plan.minibatches, beta)
-            t_train = time.perf_counter() - t_train
+            # The algos' value checks read tensors (a device sync): on for the run's first iteration only.
+            with value_checks(it == run.start_iteration or value_checks_enabled()):
+                # 1. Rollout: k consecutive samples of each prompt (the groups RLOO and GRPO compare).
+                indices = [i for i in run.prompts.next_indices(batch // k) for _ in range(k)]
+                rollout, plan, times = run.worker.collect(run.prompts, indices, cfg.seed, it, cfg.update_epochs,
+                                                          cfg.num_minibatches, with_values=cfg.baseline == "value")
+                # 2-3. Returns and advantages.
+                beta = run.kl_ctl.value
+                kl = KL_ESTIMATORS[cfg.kl_estimator](rollout.old_logp, rollout.ref_logp, rollout.mask)
+                returns = episode_returns(cfg, rollout.scores, kl, rollout.mask, beta)
+                rollout.advantages = advantages_for(cfg, returns, rollout.old_values, rollout.mask, baseline_mean)
+                if cfg.baseline == "value":
+                    rollout.returns = token_returns(returns, rollout.mask)
+                # 4. Updates.
+                t_train = time.perf_counter()
+                update_stats = reinforce_update(run, rollout, plan, beta)
+                t_train = time.perf_counter() - t_train
             if cfg.baseline == "moving_mean":
                 baseline_mean = float(moving_mean_update(baseline_mean, returns.mean().item(), cfg.baseline_decay))
-            # 5. Metrics, samples, checkpoint.
-            metrics = {**update_stats, **rollout_metrics(run, rollout, kl, beta)}
+            # 5. Metrics, samples, evaluation, checkpoint.
+            metrics = {**update_stats, **rollout_metrics(rollout, kl, beta, run.gold_fn)}
             run.kl_ctl.update(metrics["kl/ref"], batch)
             metrics["reward/return_mean"] = returns.mean().item()
             if cfg.baseline == "value":
                 metrics["value/explained_variance"] = float(
-                    explained_variance(rollout.values, rollout.returns, rollout.mask))
+                    explained_variance(rollout.old_values, rollout.returns, rollout.mask))
             if baseline_mean is not None:
                 metrics["baseline/moving_mean"] = baseline_mean
             metrics.update(times, **{"time/training": t_train, "time/iteration": time.perf_counter() - t_iter})
-            history.append(end_iteration(run, it, rollout, metrics, {"baseline_mean": baseline_mean}))
+            history.append(end_iteration(run, it, metrics, rollout, {"baseline_mean": baseline_mean}))
             bar.update(1, reward=metrics["reward/mean"], kl=metrics["kl/ref"])
     end_run(run, history, f"reinforce ({cfg.baseline})", {"baseline_mean": baseline_mean})
     return history

@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from rlhfkit.config import require, setting
+from rlhfkit.config import Settings, require, setting
 from rlhfkit.defaults import EMBEDDED_MODEL
 from rlhfkit.trainers.settings import OptimSettings, RunSettings
 
 
 @dataclass
-class RewardConfig(RunSettings, OptimSettings):
+class RewardConfig(RunSettings, OptimSettings, Settings):
     """Train a reward model on comparisons with the loss -log sigmoid(r_chosen - r_rejected)."""
 
     STAGE: ClassVar[str] = "reward"
@@ -20,20 +20,22 @@ class RewardConfig(RunSettings, OptimSettings):
     tokenizer: str = setting("", "Tokenizer folder or HF id (empty = the model's own).")
     train_data: str = setting("", "Preference data: .jsonl/.json/.csv/.parquet or a saved datasets folder.")
     eval_data: str = setting("", "Held-out preference data (empty = split eval_fraction off train_data).")
-    eval_fraction: float = setting(0.1, "Share of train_data rows held out for evaluation when eval_data is empty.")
-    max_length: int = setting(512, "Longest prompt + response in tokens.")
+    eval_fraction: float = setting(0.1, "Share of train_data rows held out for evaluation when eval_data is empty.",
+                                   ge=0, lt=1)
+    max_length: int = setting(512, "Longest prompt + response in tokens.", ge=2)
     truncation: str = setting(
         "truncate_prompt", "Longer pairs lose prompt tokens on the left, or are dropped.",
         choices=("truncate_prompt", "drop"),
     )
-    batch_size: int = setting(32, "Comparisons per optimizer step (chosen and rejected go in one forward pass).")
-    eval_batch_size: int = setting(64, "Comparisons per evaluation forward pass.")
+    batch_size: int = setting(32, "Comparisons per optimizer step (chosen and rejected go in one forward pass).",
+                              ge=1)
+    eval_batch_size: int = setting(64, "Comparisons per evaluation forward pass.", ge=1)
     group_by_length: bool = setting(True, "Batch comparisons of similar length together (less padding), in a "
                                     "random order of batches.")
-    epochs: int = setting(1, "Passes over the training comparisons (one is the usual choice: more overfits).")
-    eval_every: int = setting(0, "Evaluate every N optimizer steps (0 = only at the end).")
+    epochs: int = setting(1, "Passes over the training comparisons (one is the usual choice: more overfits).", ge=1)
+    eval_every: int = setting(0, "Evaluate every N optimizer steps (0 = only at the end).", ge=0)
     margin_column: bool = setting(True, "Use a 'margin' column when present: -log sigmoid(r_c - r_r - m).")
-    center_rewards_coef: float = setting(0.0, "Add c * mean((r_c + r_r)^2) to keep rewards centred (0 = off).")
+    center_rewards_coef: float = setting(0.0, "Add c * mean((r_c + r_r)^2) to keep rewards centred (0 = off).", ge=0)
     normalize: str = setting(
         "mean", "After training, shift (mean) or shift and scale (mean_std) rewards on normalize_data to mean 0 "
         "(std 1); stored in the model config.", choices=("none", "mean", "mean_std"),
@@ -41,25 +43,16 @@ class RewardConfig(RunSettings, OptimSettings):
     normalize_data: str = setting(
         "", "prompt/completion rows for normalisation (empty = the training responses, chosen and rejected)."
     )
-    learning_rate: float = setting(5e-5, "Peak learning rate of AdamW.")
-    weight_decay: float = setting(0.0, "AdamW weight decay.")
 
-    def __post_init__(self) -> None:
-        RunSettings.__post_init__(self)
-        OptimSettings.__post_init__(self)
+    def check(self) -> None:
         require(bool(self.train_data), "train_data", "is required: pass --train-data FILE")
-        require(0.0 < self.eval_fraction < 1.0 or bool(self.eval_data), "eval_fraction",
+        require(bool(self.output_dir), "output_dir", "must not be empty")
+        require(self.eval_fraction > 0 or bool(self.eval_data), "eval_fraction",
                 f"must be in (0, 1) when eval_data is empty, got {self.eval_fraction}")
-        require(self.max_length >= 2, "max_length", f"must be >= 2, got {self.max_length}")
-        require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
-        require(self.eval_batch_size >= 1, "eval_batch_size", f"must be >= 1, got {self.eval_batch_size}")
-        require(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
-        require(self.eval_every >= 0, "eval_every", f"must be >= 0, got {self.eval_every}")
-        require(self.center_rewards_coef >= 0, "center_rewards_coef", f"must be >= 0, got {self.center_rewards_coef}")
 
 
 @dataclass
-class ScoreConfig:
+class ScoreConfig(Settings):
     """Score prompt + completion rows with a saved reward model."""
 
     STAGE: ClassVar[str] = "score"
@@ -67,12 +60,10 @@ class ScoreConfig:
     model: str = setting("", "Saved reward model directory (from rlhfkit reward).")
     data: str = setting("", "Rows with 'prompt' and 'completion' (or 'response') fields: .jsonl/.csv/.parquet.")
     output: str = setting("", "Where to write the rows with a 'score' field added (.jsonl; empty = print).")
-    batch_size: int = setting(64, "Rows per forward pass.")
-    max_length: int = setting(1024, "Longest prompt + completion; prompts are truncated on the left.")
+    batch_size: int = setting(64, "Rows per forward pass.", ge=1)
+    max_length: int = setting(1024, "Longest prompt + completion; prompts are truncated on the left.", ge=2)
     normalized: bool = setting(True, "Apply the normalisation saved with the model.")
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         require(bool(self.model), "model", "is required: pass --model DIR")
         require(bool(self.data), "data", "is required: pass --data FILE")
-        require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
-        require(self.max_length >= 2, "max_length", f"must be >= 2, got {self.max_length}")

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import inspect
 import json
+import math
+import re
 import socket
+import subprocess
+import sys
 import time
+from collections import Counter
 from pathlib import Path
 
-import pytest
+import typer
 from typer.testing import CliRunner
 
+from rlhfkit.data.preferences import load_examples, load_preferences
 from rlhfkit.feedback.cli import feedback_app
 from rlhfkit.feedback.store import FeedbackStore
 
@@ -198,30 +205,96 @@ def test_export_rows_have_the_columns_the_reward_data_reader_expects(tmp_path: P
                 r = row["ranks"]
                 assert all(type(x) is int for x in r) and r == sorted(r) and r[0] == 0 and len(set(r)) < len(r)
 
-    # And the reward stage's own reader accepts every file as it is.
-    preferences = pytest.importorskip("rlhfkit.data.preferences")
+    # And the reward stage's own reader turns every file into exactly the comparisons submitted.
+    # ann ranked c0 > c1 > c2 > c3; bob c1 > c0 = c2 > c3 (the tie c0, c2 is no comparison).
+    # majority, mean fractional places: c0 (0 + 1.5)/2 = 0.75, c1 (1 + 0)/2 = 0.5,
+    # c2 (2 + 1.5)/2 = 1.75, c3 (3 + 3)/2 = 3, so c1 > c0 > c2 > c3.
+    def beats(ranks: list[int]) -> list[tuple[int, int]]:
+        """(better, worse) completion indices for every pair ranked strictly apart."""
+        return [(a, b) for a in range(4) for b in range(4) if ranks[a] < ranks[b]]
+
+    ann, bob, merged = [0, 1, 2, 3], [1, 0, 1, 2], [1, 0, 2, 3]
+    expected = {
+        merge: Counter((f"prompt {i}", f"c{i}-{a}", f"c{i}-{b}") for i in range(3) for a, b in pairs)
+        for merge, pairs in (("majority", beats(merged)), ("all", beats(ann) + beats(bob)))
+    }
+    assert sum(expected["majority"].values()) == 3 * 6 and sum(expected["all"].values()) == 3 * (6 + 5)
     for (fmt, merge), file_rows in exported.items():
-        examples = preferences.load_examples(tmp_path / f"{fmt}-{merge}.jsonl")
-        assert len(examples) == len(file_rows)
+        path = tmp_path / f"{fmt}-{merge}.jsonl"
+        assert len(load_examples(path)) == len(file_rows)
+        pairs = load_preferences(path)
+        assert Counter((p.prompt, p.chosen, p.rejected) for p in pairs) == expected[merge], (fmt, merge)
+        assert math.isclose(sum(p.weight for p in pairs), len(file_rows))  # each row counts once in the loss
 
 
 def test_every_command_has_help() -> None:
-    for command in ([], ["import"], ["add-annotator"], ["serve"], ["export"], ["status"]):
-        code, out, _ = run(*command, "--help")
-        assert code == 0 and "Usage" in out
+    commands = feedback_app.registered_commands
+    names = [c.name for c in commands]
+    assert None not in names and len(set(names)) == len(names)  # each registered under its own name
+    assert {"import", "sample", "add-annotator", "serve", "export", "status"} <= set(names)
+    summaries = {c.name: inspect.getdoc(c.callback).splitlines()[0] for c in commands}
+
+    code, out, err = run("--help")
+    assert code == 0, err
+    assert all(listed(name, out) for name in names), out
+    for name in names:
+        code, out, err = run(name, "--help")
+        assert code == 0, (name, err)
+        flat = " ".join(out.split())
+        assert re.search(rf"Usage: \S+ {re.escape(name)} ", flat), (name, flat)
+        assert summaries[name] in flat, (name, flat)
+        assert not [other for other, text in summaries.items() if other != name and text in flat], (name, flat)
 
 
-def test_mounts_under_the_main_command_line() -> None:
-    import typer
+def listed(name: str, help_text: str) -> bool:
+    """`name` starts a line of a help page's command list (plain or drawn in a rich panel)."""
+    return re.search(rf"^[\s│]*{re.escape(name)}\s", help_text, re.MULTILINE) is not None
 
-    main = typer.Typer()
-    main.add_typer(feedback_app, name="feedback")
 
-    @main.callback()
-    def root() -> None:
-        """rlhfkit"""
+def test_mounts_under_the_main_command_line(tmp_path: Path) -> None:
+    from rlhfkit.cli import app
 
-    result = runner.invoke(main, ["feedback", "--help"])
-    assert result.exit_code == 0
-    for command in ("import", "add-annotator", "serve", "export", "status"):
-        assert command in result.stdout
+    result = runner.invoke(app, ["feedback", "--help"])
+    assert result.exit_code == 0, result.output
+    for command in feedback_app.registered_commands:
+        assert listed(command.name, result.stdout), (command.name, result.stdout)
+
+    db = str(tmp_path / "feedback.db")
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", PROMPTS)
+    result = runner.invoke(app, ["feedback", "import", str(prompts), "--db", db, "--project", "demo", "--k", "3"])
+    assert result.exit_code == 0, result.output
+    assert "imported 2 prompts with 3 completions each into project 'demo'" in result.stdout
+    result = runner.invoke(app, ["feedback", "add-annotator", "ada", "--db", db])
+    assert result.exit_code == 0, result.output
+    with FeedbackStore.open(db) as store:
+        assert store.annotator_for_token(result.stdout.strip()).name == "ada"
+        assert [c.text for c in store.prompt(1).completions] == ["red", "blue", "green"]
+
+    result = runner.invoke(app, ["feedback", "status", "--db", db, "--project", "nope"])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == "error: project 'nope' not found (known projects: demo)"
+
+
+def test_one_line_errors_reports_database_failures_and_lets_bugs_through() -> None:
+    from sqlalchemy.exc import OperationalError
+
+    from rlhfkit.cli_errors import one_line_errors
+
+    app = typer.Typer()
+
+    @app.command()
+    @one_line_errors
+    def fail(kind: str) -> None:
+        if kind == "database":
+            raise OperationalError("SELECT 1", {}, Exception("disk I/O error\nmore detail"))
+        raise KeyError(kind)
+
+    result = runner.invoke(app, ["database"])
+    assert (result.exit_code, result.stderr) == (2, "error: database: disk I/O error\n")
+    result = runner.invoke(app, ["bug"])
+    assert result.exit_code == 1 and isinstance(result.exception, KeyError)  # a bug keeps its traceback
+
+
+def test_the_error_decorator_does_not_load_sqlalchemy() -> None:
+    code = "import sys, rlhfkit.cli_errors; assert 'sqlalchemy' not in sys.modules, 'sqlalchemy loaded'"
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from rlhfkit.data.io import write_jsonl
 from rlhfkit.feedback.agreement import PairCounts, agreement_report, pair_counts
 from rlhfkit.feedback.export import (
     LabeledPrompt,
@@ -19,7 +20,6 @@ from rlhfkit.feedback.export import (
     merge_mean_rank,
     pairwise_rows,
     ranked_row,
-    write_jsonl,
 )
 
 
@@ -108,7 +108,7 @@ def test_flagged_prompts_are_dropped_whole() -> None:
 
 def test_write_jsonl_replaces_the_file_atomically(tmp_path: Path) -> None:
     out = tmp_path / "sub" / "rows.jsonl"
-    assert write_jsonl([{"prompt": "é", "chosen": "a", "rejected": "b"}], out) == 1
+    assert write_jsonl(out, [{"prompt": "é", "chosen": "a", "rejected": "b"}]) == 1
     assert out.read_text(encoding="utf-8") == '{"prompt": "é", "chosen": "a", "rejected": "b"}\n'
 
     def broken():
@@ -116,6 +116,6 @@ def test_write_jsonl_replaces_the_file_atomically(tmp_path: Path) -> None:
         raise RuntimeError("disk on fire")
 
     with pytest.raises(RuntimeError):
-        write_jsonl(broken(), out)
+        write_jsonl(out, broken())
     assert json.loads(out.read_text(encoding="utf-8"))["prompt"] == "é"  # the old file is intact
     assert [p.name for p in out.parent.iterdir()] == ["rows.jsonl"]  # no temporary file left

@@ -1,0 +1,56 @@
+"""One job: turn the errors a user can act on into one red `error: ...` line and exit code 2.
+
+Both command lines (`rlhfkit ...` and `rlhfkit feedback ...`) wrap their commands in
+`one_line_errors`. It catches a `UserError` (bad input, an unknown project, ...) and a database
+failure (SQLAlchemy's `DBAPIError`) and prints its message as one line on stderr, never a stack
+trace. SQLAlchemy is not imported here, so that `rlhfkit --help` stays fast: an exception can
+only be a `DBAPIError` once SQLAlchemy has been loaded, so the check looks in `sys.modules`.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+
+from rlhfkit.errors import UserError
+
+EXIT_USER_ERROR = 2
+"""The exit status of a command stopped by an error the user can fix."""
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def is_database_error(e: BaseException) -> bool:
+    """Whether `e` is a SQLAlchemy DBAPIError (a driver failure), without importing SQLAlchemy."""
+    exc = sys.modules.get("sqlalchemy.exc")
+    return exc is not None and isinstance(e, exc.DBAPIError)
+
+
+def error_message(e: BaseException) -> str:
+    """The one line printed for a UserError or a database failure."""
+    if isinstance(e, UserError):
+        return f"error: {e}"
+    from rlhfkit.feedback.database import first_line  # SQLAlchemy is loaded already: e is its error
+
+    return f"error: database: {first_line(e)}"
+
+
+def one_line_errors(fn: F) -> F:
+    """Run a command; print a UserError or a database failure as `error: <message>` in red on
+    stderr and exit with status 2. Other exceptions (bugs) propagate with their traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:
+            if not (isinstance(e, UserError) or is_database_error(e)):
+                raise
+            typer.secho(error_message(e), err=True, fg=typer.colors.RED)
+            raise typer.Exit(EXIT_USER_ERROR) from None
+
+    return wrapper  # type: ignore[return-value]

@@ -1,0 +1,128 @@
+"""One job: the labelling queue, which prompt an annotator is given next (and which came before).
+
+A prompt is open to an annotator when it has all K completions, the annotator has neither
+ranked nor skipped it, and it has fewer than N rankings counting the prompts handed to other
+annotators in the last `LEASE_SECONDS` (a lease, the `assignments` table) as ranked. Prompts are
+given in project order, so annotators working at the same time get different prompts, and a
+prompt in hand is given again until it is ranked.
+
+These are queries on an open session; `FeedbackStore.next_prompt`, `standing` and
+`previous_prompt` run them inside their transactions.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import Select, exists, func, select
+from sqlalchemy.orm import Session
+
+from rlhfkit.feedback.checks import is_row_id
+from rlhfkit.feedback.errors import FeedbackError
+from rlhfkit.feedback.records import AnnotatorInfo, ProjectInfo
+from rlhfkit.feedback.schema import Assignment, Prompt, Ranking
+
+LEASE_SECONDS = 600
+"""How long a prompt handed to an annotator counts towards its annotators before it is
+offered to someone else (an annotator who walked away does not block it for long)."""
+
+
+def check_annotators_per_prompt(n: object) -> int:
+    """N, the rankings each prompt needs: an integer >= 1."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise FeedbackError(f"annotators_per_prompt must be an integer >= 1, got {n!r}")
+    return n
+
+
+def open_to(p: ProjectInfo, a: AnnotatorInfo, annotators_per_prompt: int, now: datetime) -> Select[tuple[Prompt]]:
+    """Prompts `a` may be given: complete (K completions), not ranked or skipped by `a`, and
+    with fewer than N rankings plus other annotators' live assignments.
+
+    The counters on the prompt row rule out full prompts before any subquery runs, so the
+    cost does not grow with the rankings already made, whatever plan the database picks.
+    """
+    n_held = (
+        select(func.count())
+        .where(Assignment.prompt_id == Prompt.id, Assignment.annotator_id != a.id, Assignment.expires_at > now)
+        .scalar_subquery()
+    )
+    done_by_me = exists().where(Ranking.prompt_id == Prompt.id, Ranking.annotator_id == a.id)
+    return select(Prompt).where(
+        Prompt.project_id == p.id,
+        Prompt.n_completions == p.k,
+        Prompt.n_rankings < annotators_per_prompt,
+        ~done_by_me,
+        Prompt.n_rankings + n_held < annotators_per_prompt,
+    )
+
+
+def take_next(
+    s: Session,
+    p: ProjectInfo,
+    a: AnnotatorInfo,
+    annotators_per_prompt: int,
+    now: datetime,
+    lease_seconds: float = LEASE_SECONDS,
+) -> Prompt | None:
+    """The prompt `a` holds (leased, not ranked yet) or else the first one open to them, leased
+    to `a` for `lease_seconds`; None when nothing is left. Writes the lease: run it in a write
+    transaction that holds the project's lock, so two annotators cannot take the last slot."""
+    mine = s.scalar(
+        select(Prompt)
+        .join(Assignment, Assignment.prompt_id == Prompt.id)
+        .where(
+            Prompt.project_id == p.id,
+            Assignment.annotator_id == a.id,
+            Assignment.expires_at > now,
+            ~exists().where(Ranking.prompt_id == Prompt.id, Ranking.annotator_id == a.id),
+        )
+        .order_by(Prompt.position)
+        .limit(1)
+    )
+    prompt = mine or s.scalar(open_to(p, a, annotators_per_prompt, now).order_by(Prompt.position).limit(1))
+    if prompt is None:
+        return None
+    lease = s.get(Assignment, (a.id, prompt.id))
+    expires = now + timedelta(seconds=lease_seconds)
+    if lease is None:
+        s.add(Assignment(annotator_id=a.id, prompt_id=prompt.id, expires_at=expires))
+    elif lease.expires_at < now + timedelta(seconds=lease_seconds / 2):
+        lease.expires_at = expires  # renewed only when half gone: most reloads write nothing
+    return prompt
+
+
+def standing(
+    s: Session, p: ProjectInfo, a: AnnotatorInfo, annotators_per_prompt: int, now: datetime
+) -> tuple[int, int]:
+    """(done, left) for `a`: prompts they ranked or skipped, and prompts they could still be
+    given (the one in hand included)."""
+    left = select(func.count()).select_from(open_to(p, a, annotators_per_prompt, now).subquery())
+    done = (
+        select(func.count())
+        .select_from(Ranking)
+        .join(Prompt, Prompt.id == Ranking.prompt_id)
+        .where(Prompt.project_id == p.id, Ranking.annotator_id == a.id)
+    )
+    done_n, left_n = s.execute(select(done.scalar_subquery(), left.scalar_subquery())).one()
+    return done_n or 0, left_n or 0
+
+
+def previous(s: Session, p: ProjectInfo, a: AnnotatorInfo, before: int | None) -> Prompt | None:
+    """The prompt `a` ranked (or skipped) just before they ranked prompt `before`; the last one
+    they ranked when `before` is None or not ranked yet. None: nothing earlier.
+
+    Order is that of first submission (ranking ids), so going back several times walks the
+    history even after earlier rankings were changed.
+    """
+    q = (
+        select(Ranking)
+        .join(Prompt, Prompt.id == Ranking.prompt_id)
+        .where(Prompt.project_id == p.id, Ranking.annotator_id == a.id)
+    )
+    anchor = None
+    if is_row_id(before):
+        anchor = s.scalar(select(Ranking.id).where(Ranking.prompt_id == before, Ranking.annotator_id == a.id))
+    if anchor is not None:
+        q = q.where(Ranking.id < anchor)
+    r = s.scalar(q.order_by(Ranking.id.desc()).limit(1))
+    return None if r is None else s.get_one(Prompt, r.prompt_id)

@@ -1,0 +1,204 @@
+"""An RL run's setup and its end-of-iteration steps, shared by the PPO and REINFORCE loops.
+
+`build_rl` loads the models, prompts, scorer, optimiser and logger once (or resumes them from a
+checkpoint); `end_iteration` logs, evaluates on held-out prompts and checkpoints on schedule;
+`end_run` writes the final checkpoint and model. Step 1 of an iteration (sampling and scoring)
+is `run.worker.collect(...)`, in rollout/.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+
+from rlhfkit.algos.kl import AdaptiveKLController, FixedKLController
+from rlhfkit.data.prompts import PromptSet
+from rlhfkit.errors import ConfigError
+from rlhfkit.models.loading import load_causal_lm, load_tokenizer
+from rlhfkit.models.policy import ActorCritic, token_logprobs
+from rlhfkit.models.reward_model import build_reward_model
+from rlhfkit.rollout.sampling import SamplingSettings
+from rlhfkit.rollout.scoring import FunctionScorer, RewardModelScorer, Scorer, import_function, same_tokenizer
+from rlhfkit.rollout.step import RolloutWorker
+from rlhfkit.tracking.console import print_table
+from rlhfkit.tracking.metrics import MetricsLogger
+from rlhfkit.trainers.checkpoint import find_checkpoint, resume_rl, save_final_policy, save_rl_checkpoint
+from rlhfkit.trainers.common import (
+    check_output_dir,
+    make_accelerator,
+    make_optimizer,
+    make_scheduler,
+    save_run_config,
+    seed_everything,
+)
+from rlhfkit.trainers.rl_evaluation import HeldOutEvaluation
+from rlhfkit.trainers.rl_metrics import sample_rows
+
+RewardFn = Callable[..., Sequence[float]]  # (prompts, responses[, ended=]) -> one float per episode
+
+
+@dataclass
+class RLRun:
+    """Everything an RL loop needs, built once."""
+
+    cfg: Any
+    accelerator: Accelerator
+    tokenizer: Any
+    actor: torch.nn.Module  # prepared (maybe DDP-wrapped) ActorCritic
+    worker: RolloutWorker  # samples and scores episodes (step 1)
+    prompts: PromptSet
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    kl_ctl: FixedKLController | AdaptiveKLController
+    out_dir: Path
+    logger: MetricsLogger
+    evaluation: HeldOutEvaluation | None = None
+    start_iteration: int = 0
+    extra_state: dict[str, Any] | None = None
+    gold_fn: RewardFn | None = None
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def unwrapped(self) -> ActorCritic:
+        return self.accelerator.unwrap_model(self.actor)
+
+
+def build_scorer(cfg: Any, policy_tokenizer: Any, device: torch.device, reward_fn: RewardFn | None = None) -> Scorer:
+    """The reward model (frozen, eval mode) or the Python reward function."""
+    if reward_fn is not None:
+        return FunctionScorer(reward_fn)
+    if cfg.reward_fn:
+        return FunctionScorer(import_function(cfg.reward_fn))
+    if not cfg.reward_model:
+        raise ConfigError("setting 'reward_model': pass --reward-model DIR or --reward-fn module:function")
+    rm_tokenizer = load_tokenizer(cfg.reward_model, padding_side="right")
+    rm = build_reward_model(cfg.reward_model, rm_tokenizer, init_head=False).to(device).eval().requires_grad_(False)
+    return RewardModelScorer(rm, rm_tokenizer, policy_tokenizer)
+
+
+def build_rl(cfg: Any, with_critic: bool, separate_critic: bool = False, steps_per_iteration: int = 1,
+             reward_fn: RewardFn | None = None, gold_fn: RewardFn | None = None) -> RLRun:
+    """Models, data, optimiser and logger of an RL run; resumes from a checkpoint when asked."""
+    out_dir = Path(cfg.output_dir)
+    resuming = cfg.resume and find_checkpoint(out_dir) is not None
+    if not resuming:
+        check_output_dir(out_dir, cfg.overwrite)
+    accelerator = make_accelerator(cfg)
+    seed_everything(cfg.seed)
+    world = accelerator.num_processes
+    if cfg.rollout_batch_size % (cfg.num_minibatches * world):
+        raise ConfigError(f"setting 'rollout_batch_size': {cfg.rollout_batch_size} episodes must split into "
+                          f"{cfg.num_minibatches} minibatches over {world} processes")
+
+    tokenizer = load_tokenizer(cfg.tokenizer or cfg.policy, padding_side="left")
+    prompts = PromptSet.from_source(cfg.prompts, tokenizer, cfg.max_prompt_length, seed=cfg.seed)
+    evaluation = None
+    if cfg.eval_prompts:
+        held_out = PromptSet.from_source(cfg.eval_prompts, tokenizer, cfg.max_prompt_length, seed=cfg.seed)
+        evaluation = HeldOutEvaluation(held_out, cfg.seed, cfg.eval_batch_size)
+    device = accelerator.device
+    scorer = build_scorer(cfg, tokenizer, device, reward_fn)
+    policy = load_causal_lm(cfg.policy, tokenizer)
+    # The reference: one frozen copy of the start policy, never updated (with LoRA it would be the
+    # base model with the adapters disabled, and this copy would go).
+    reference = copy.deepcopy(policy).to(device).eval().requires_grad_(False)
+
+    def reference_logp(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return token_logprobs(reference, prompt_ids, prompt_mask, response_ids, cfg.temperature).logp
+
+    critic = None
+    if with_critic and separate_critic:
+        critic_tokenizer = load_tokenizer(cfg.reward_model)
+        if not same_tokenizer(critic_tokenizer, tokenizer):
+            raise ConfigError("setting 'critic': a separate critic starts from the reward model and reads the "
+                              "policy's token ids, so they must share a tokenizer; use --critic shared")
+        critic = build_reward_model(cfg.reward_model, critic_tokenizer, init_head=False)
+    actor = ActorCritic(policy, critic, value_head=with_critic and critic is None)
+    optimizer = make_optimizer(actor.parameters(), cfg)
+    scheduler = make_scheduler(optimizer, cfg, cfg.iterations * steps_per_iteration)
+    actor, optimizer, scheduler = accelerator.prepare(actor, optimizer, scheduler)
+
+    kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
+              else FixedKLController(cfg.kl_coef))
+    sampling = SamplingSettings(cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, cfg.stop_at_eos)
+    worker = RolloutWorker(accelerator, accelerator.unwrap_model(actor), reference_logp, scorer, tokenizer, sampling,
+                           cfg.missing_eos_penalty, cfg.old_logprobs)
+    if gold_fn is None and cfg.gold_fn:
+        gold_fn = import_function(cfg.gold_fn)
+    run = RLRun(cfg, accelerator, tokenizer, actor, worker, prompts, optimizer, scheduler, kl_ctl, out_dir,
+                logger=None, evaluation=evaluation, gold_fn=gold_fn)  # type: ignore[arg-type]
+    if resuming:
+        resume_rl(run)
+    elif accelerator.is_main_process:
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        out_dir.mkdir(parents=True)
+    if accelerator.is_main_process:
+        save_run_config(cfg, out_dir)
+    run.logger = MetricsLogger(out_dir, tensorboard=cfg.tensorboard, enabled=accelerator.is_main_process,
+                               append=resuming)
+    if evaluation is not None and not resuming:
+        evaluate(run, step=0)  # the start policy: the baseline of the win rates
+    return run
+
+
+def evaluate(run: RLRun, step: int) -> dict[str, float]:
+    """Held-out evaluation (main process; the others wait), logged at `step`."""
+    metrics: dict[str, float] = {}
+    if run.evaluation is not None and run.main:
+        metrics = run.evaluation(run.worker, run.gold_fn)
+        run.logger.log(step, metrics)
+    run.accelerator.wait_for_everyone()
+    return metrics
+
+
+def end_iteration(run: RLRun, iteration: int, metrics: dict[str, float], rollout: Any,
+                  extra_state: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Step 5 of both loops: metrics every log_every iterations, samples every sample_every, held-out
+    evaluation every eval_every, a checkpoint every checkpoint_every. Returns the iteration's record."""
+    cfg = run.cfg
+    metrics["train/lr"] = run.scheduler.get_last_lr()[0]
+    record = {"step": iteration, **metrics}
+    last = iteration + 1 == cfg.iterations
+    if (iteration + 1) % cfg.log_every == 0 or last:
+        run.logger.log(iteration, metrics)
+    if cfg.sample_every and iteration % cfg.sample_every == 0 and run.main:
+        with (run.out_dir / "samples.jsonl").open("a", encoding="utf-8") as f:
+            f.write(sample_rows(iteration, rollout))
+    if run.evaluation is not None and ((cfg.eval_every and (iteration + 1) % cfg.eval_every == 0) or last):
+        record.update(evaluate(run, iteration + 1))
+    if cfg.checkpoint_every and (iteration + 1) % cfg.checkpoint_every == 0 and not last:
+        save_rl_checkpoint(run, iteration, extra_state)
+    return record
+
+
+def end_run(run: RLRun, history: list[dict[str, Any]], title: str, extra_state: dict[str, Any] | None = None
+            ) -> None:
+    """The final checkpoint and model, and a summary table."""
+    save_rl_checkpoint(run, run.cfg.iterations - 1, extra_state)
+    save_final_policy(run)
+    run.logger.close()
+    if run.main and history:
+        first, last = history[0], history[-1]
+        rows = [("reward (first -> last iteration)", f"{first['reward/mean']:.3f} -> {last['reward/mean']:.3f}")]
+        if "gold/mean" in last:
+            rows.append(("gold score (first -> last iteration)",
+                         f"{first['gold/mean']:.3f} -> {last['gold/mean']:.3f}"))
+        if "eval/win_rate" in last:
+            rows.append(("held-out win rate vs start (proxy)", last["eval/win_rate"]))
+        if "eval/gold_win_rate" in last:
+            rows.append(("held-out win rate vs start (gold)", last["eval/gold_win_rate"]))
+        rows += [("KL to reference", last["kl/ref"]), ("entropy", last["policy/entropy"]),
+                 ("seconds / iteration", last["time/iteration"])]
+        print_table(f"{title} -> {run.out_dir}", rows)

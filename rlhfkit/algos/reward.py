@@ -40,7 +40,8 @@ def bradley_terry_loss(
       r_chosen: (B,) rewards of the preferred completions.
       r_rejected: (B,) rewards of the other completions.
       margin: None, a float >= 0, or (B,) per-pair margins m_i.
-      weights: None or (B,) non-negative pair weights (not all zero; checked with value checks on).
+      weights: None or (B,) non-negative pair weights, not all zero unless `denominator` is given
+        (checked with value checks on).
       denominator: None (this batch's weight sum, or B) or the whole batch's.
 
     Returns:
@@ -59,7 +60,8 @@ def bradley_terry_loss(
     if weights is None:
         return losses.sum() / (losses.shape[0] if denominator is None else denominator)
     check_same_shape(r_chosen=r_chosen, weights=weights)
-    if value_checks_enabled() and (bool((weights < 0).any()) or not bool(weights.sum() > 0)):
+    # a part of a batch (denominator given) may hold only weight-0 stand-in rows
+    if value_checks_enabled() and (bool((weights < 0).any()) or (denominator is None and not bool(weights.sum() > 0))):
         raise ValueError(f"weights must be >= 0 with a positive sum, got {weights.tolist()}")
     return (weights * losses).sum() / (weights.sum() if denominator is None else denominator)
 

@@ -13,7 +13,6 @@ The loop, in order:
 from __future__ import annotations
 
 import json
-import math
 import random
 import time
 from functools import partial
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
+from accelerate.utils import gather_object
 
 from rlhfkit.algos.reward import (
     bradley_terry_loss,
@@ -29,7 +28,7 @@ from rlhfkit.algos.reward import (
     preference_accuracy,
     reward_centering_penalty,
 )
-from rlhfkit.data.batching import LengthGroupedBatches
+from rlhfkit.data.batching import LengthGroupedBatches, ShuffledBatches, process_share
 from rlhfkit.data.io import read_rows
 from rlhfkit.data.preferences import expand_pairs, load_examples
 from rlhfkit.data.tokenize import (
@@ -40,7 +39,7 @@ from rlhfkit.data.tokenize import (
     pad_right,
     tokenize_pairs,
 )
-from rlhfkit.errors import ConfigError, DataError
+from rlhfkit.errors import DataError
 from rlhfkit.models.loading import load_tokenizer
 from rlhfkit.models.reward_model import RewardScorer, build_reward_model, set_normalization
 from rlhfkit.tracking.console import console, print_table, progress_bar
@@ -54,6 +53,7 @@ from rlhfkit.trainers.common import (
     seed_everything,
     staged_output,
 )
+from rlhfkit.trainers.optim_step import StepStats, micro_batches, optimizer_step
 from rlhfkit.trainers.reward_config import RewardConfig
 
 
@@ -83,40 +83,47 @@ def load_comparisons(cfg: RewardConfig, tokenizer: Any) -> tuple[TokenizedPairs,
     return train, evals
 
 
-def _loader(data: TokenizedPairs, batch_size: int, pad_id: int, shuffle: bool, seed: int,
-            group_by_length: bool = False) -> DataLoader:
-    items = list(zip(data.chosen, data.rejected, data.weights, data.margins))
-    collate = partial(collate_pairs, pad_id=pad_id)
-    if shuffle and group_by_length:
-        lengths = [max(len(c), len(r)) for c, r in zip(data.chosen, data.rejected)]
-        return DataLoader(items, batch_sampler=LengthGroupedBatches(lengths, batch_size, seed), collate_fn=collate)
-    gen = torch.Generator().manual_seed(seed)
-    return DataLoader(items, batch_size=batch_size, shuffle=shuffle, generator=gen, collate_fn=collate)
+def _collate(data: TokenizedPairs, rows: list[int], pad_id: int, real: bool = True) -> dict[str, torch.Tensor]:
+    batch = collate_pairs([(data.chosen[i], data.rejected[i], data.weights[i], data.margins[i]) for i in rows], pad_id)
+    batch["real"] = torch.full((len(rows),), float(real))  # 0 for a process's stand-in row (see process_share)
+    return batch
 
 
-def pair_loss(scores: torch.Tensor, batch: dict[str, torch.Tensor], cfg: RewardConfig) -> tuple[torch.Tensor, ...]:
-    """Bradley-Terry loss of a (2B,) score vector laid out as [chosen; rejected]."""
+def pair_loss(scores: torch.Tensor, batch: dict[str, torch.Tensor], cfg: RewardConfig, weight_sum: float,
+              pairs: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Bradley-Terry loss of a (2B,) score vector laid out as [chosen; rejected], as this micro-batch's
+    part of the global batch: divided by the global batch's weight sum (and pair count for the
+    centring term), so the parts add up to the whole batch's loss."""
     r_chosen, r_rejected = scores.float().chunk(2)
     margin = batch["margins"] if cfg.margin_column and bool(batch["margins"].any()) else None
-    loss = bradley_terry_loss(r_chosen, r_rejected, margin=margin, weights=batch["weights"])
+    weights = batch["weights"] * batch["real"]
+    loss = bradley_terry_loss(r_chosen, r_rejected, margin=margin, weights=weights, denominator=weight_sum)
     if cfg.center_rewards_coef > 0:
-        loss = loss + cfg.center_rewards_coef * reward_centering_penalty(r_chosen, r_rejected)
+        centred = reward_centering_penalty(r_chosen * batch["real"], r_rejected * batch["real"], denominator=pairs)
+        loss = loss + cfg.center_rewards_coef * centred
     return loss, r_chosen, r_rejected
 
 
 @torch.no_grad()
-def evaluate(scorer: torch.nn.Module, loader: DataLoader, accelerator: Any, cfg: RewardConfig) -> dict[str, float]:
-    """Held-out loss, accuracy (share of pairs with r_c > r_r), mean margin and reward mean/std."""
+def evaluate(scorer: torch.nn.Module, data: TokenizedPairs, accelerator: Any, cfg: RewardConfig,
+             pad_id: int) -> dict[str, float]:
+    """Held-out loss, accuracy (share of pairs with r_c > r_r), mean margin and reward mean/std.
+
+    Each process scores its share of every eval batch; the scores are gathered before any metric."""
     scorer.eval()
-    chosen, rejected, weights, margins = [], [], [], []
-    for batch in loader:
+    rank, world = accelerator.process_index, accelerator.num_processes
+    mine: list[tuple[float, float, float, float]] = []
+    for start in range(0, len(data), cfg.eval_batch_size):
+        rows, real = process_share(range(start, min(start + cfg.eval_batch_size, len(data))), rank, world)
+        if not real:
+            continue
+        batch = {k: v.to(accelerator.device) for k, v in _collate(data, rows, pad_id).items()}
         with accelerator.autocast():
             scores = scorer(batch["input_ids"], batch["attention_mask"])
         r_c, r_r = scores.float().chunk(2)
-        gathered = accelerator.gather_for_metrics((r_c, r_r, batch["weights"], batch["margins"]))
-        for bucket, value in zip((chosen, rejected, weights, margins), gathered):
-            bucket.append(value.cpu())
-    r_c, r_r, w, m = (torch.cat(b) for b in (chosen, rejected, weights, margins))
+        mine += zip(r_c.tolist(), r_r.tolist(), batch["weights"].tolist(), batch["margins"].tolist())
+    rows = gather_object(mine) if world > 1 else mine
+    r_c, r_r, w, m = (torch.tensor(col, dtype=torch.float64) for col in zip(*rows))
     use_margin = cfg.margin_column and bool(m.any())
     all_r = torch.cat([r_c, r_r])
     scorer.train()
@@ -133,7 +140,7 @@ def evaluate(scorer: torch.nn.Module, loader: DataLoader, accelerator: Any, cfg:
 @torch.no_grad()
 def normalization_scores(scorer: torch.nn.Module, cfg: RewardConfig, tokenizer: Any,
                          train: TokenizedPairs) -> torch.Tensor:
-    """Raw rewards of the reference set used for normalisation (REFERENCE F2)."""
+    """Raw rewards of the reference set used for normalisation (Ziegler et al. 2019, section 2.2)."""
     if cfg.normalize_data:
         seqs = []
         for i, row in enumerate(read_rows(cfg.normalize_data), start=1):
@@ -171,18 +178,25 @@ def train(cfg: RewardConfig) -> dict[str, float]:
     model = build_reward_model(cfg.model, tokenizer)
     scorer = RewardScorer(model)
     pad_id = tokenizer.pad_token_id
-    train_loader = _loader(train_data, cfg.batch_size, pad_id, shuffle=True, seed=cfg.seed,
-                           group_by_length=cfg.group_by_length)
-    eval_loader = _loader(eval_data, cfg.eval_batch_size, pad_id, shuffle=False, seed=cfg.seed)
+    if cfg.group_by_length:
+        lengths = [max(len(c), len(r)) for c, r in zip(train_data.chosen, train_data.rejected)]
+        batches = LengthGroupedBatches(lengths, cfg.batch_size, cfg.seed)
+    else:
+        batches = ShuffledBatches(len(train_data), cfg.batch_size, cfg.seed)
     optimizer = make_optimizer(scorer.parameters(), cfg)
-    if cfg.batch_size % accelerator.num_processes or cfg.eval_batch_size % accelerator.num_processes:
-        raise ConfigError(f"settings 'batch_size' ({cfg.batch_size}) and 'eval_batch_size' ({cfg.eval_batch_size}) "
-                          f"are global batches: they must divide over {accelerator.num_processes} processes")
-    total_steps = cfg.epochs * math.ceil(len(train_data) / cfg.batch_size)
+    total_steps = cfg.epochs * len(batches)
     scheduler = make_scheduler(optimizer, cfg, total_steps)
-    scorer, optimizer, train_loader, eval_loader, scheduler = accelerator.prepare(
-        scorer, optimizer, train_loader, eval_loader, scheduler
-    )
+    scorer, optimizer, scheduler = accelerator.prepare(scorer, optimizer, scheduler)
+    rank, world = accelerator.process_index, accelerator.num_processes
+
+    def micro_loss(micro: dict[str, torch.Tensor], weight_sum: float, pairs: int, stats: StepStats) -> torch.Tensor:
+        micro = {k: v.to(accelerator.device) for k, v in micro.items()}
+        with accelerator.autocast():
+            scores = scorer(micro["input_ids"], micro["attention_mask"])  # (2B,)
+        loss, r_c, r_r = pair_loss(scores, micro, cfg, weight_sum, pairs)
+        stats.add("loss/train", loss.detach())
+        stats.add("train/accuracy", ((r_c > r_r).float() * micro["real"]).sum() / pairs)
+        return loss
 
     with staged_output(out_dir, enabled=main) as tmp:
         logger = MetricsLogger(tmp, tensorboard=cfg.tensorboard, enabled=main)
@@ -193,35 +207,35 @@ def train(cfg: RewardConfig) -> dict[str, float]:
 
         t_start = time.perf_counter()  # pairs/s counts the whole loop (data included), not the evaluations
         with progress_bar(total_steps, "reward model", keys=("loss", "acc", "eval_acc"), enabled=main) as bar:
-            # 3. Bradley-Terry updates.
+            # 3. Bradley-Terry updates: every process walks the same global batches and trains on its share.
             for _epoch in range(cfg.epochs):
-                for batch in train_loader:
-                    with accelerator.autocast():
-                        scores = scorer(batch["input_ids"], batch["attention_mask"])  # (2B,)
-                    loss, r_c, r_r = pair_loss(scores, batch, cfg)
-                    accelerator.backward(loss)
-                    if cfg.max_grad_norm > 0:
-                        accelerator.clip_grad_norm_(scorer.parameters(), cfg.max_grad_norm)
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
+                for rows in batches:
+                    weight_sum = float(sum(train_data.weights[i] for i in rows))  # of the global batch
+                    own, real = process_share(rows, rank, world)
+                    parts = [_collate(train_data, chunk.tolist(), pad_id, real)
+                             for chunk in micro_batches(torch.tensor(own), cfg.micro_batch_size)]
+                    stats = StepStats()
+                    optimizer_step(accelerator, scorer, optimizer, scheduler, parts,
+                                   partial(micro_loss, weight_sum=weight_sum, pairs=len(rows), stats=stats),
+                                   cfg.max_grad_norm)
+                    stats.end_step()
                     step += 1
-                    pairs_seen += len(r_c) * accelerator.num_processes  # r_c holds this process's share
-                    shown = {"loss": loss.item(), "acc": preference_accuracy(r_c, r_r).item()}
+                    pairs_seen += len(rows)
+                    shown = stats.summary(accelerator)
                     if step % cfg.log_every == 0 or step == total_steps:
-                        logger.log(step, {"loss/train": shown["loss"], "train/accuracy": shown["acc"],
-                                          "train/lr": scheduler.get_last_lr()[0],
+                        logger.log(step, {**shown, "train/lr": scheduler.get_last_lr()[0],
                                           "perf/pairs_per_s": pairs_seen / max(elapsed(), 1e-9)})
+                    bar_values = {"loss": shown["loss/train"], "acc": shown["train/accuracy"]}
                     # 4. Held-out evaluation.
                     if cfg.eval_every and step % cfg.eval_every == 0 and step != total_steps:
                         t0 = time.perf_counter()
-                        metrics = evaluate(scorer, eval_loader, accelerator, cfg)
+                        metrics = evaluate(scorer, eval_data, accelerator, cfg, pad_id)
                         t_eval += time.perf_counter() - t0
                         logger.log(step, metrics)
-                        shown["eval_acc"] = metrics["eval/accuracy"]
-                    bar.update(1, **shown)
+                        bar_values["eval_acc"] = metrics["eval/accuracy"]
+                    bar.update(1, **bar_values)
         train_s = elapsed()
-        metrics = evaluate(scorer, eval_loader, accelerator, cfg)
+        metrics = evaluate(scorer, eval_data, accelerator, cfg, pad_id)
         metrics.update({"perf/pairs_per_s": pairs_seen / max(train_s, 1e-9), "perf/train_s": train_s,
                         "train/steps": step})
 

@@ -1,11 +1,18 @@
 """The same trainers under `accelerate launch` with 2 CPU processes (gloo) match 1 process.
 
-Tolerance: both runs do the same arithmetic except that DDP averages two half-batch gradients
-where one process takes one full-batch mean. With fixed-length responses (and equal-size pair
-shards) the halves weigh exactly the same, so the only difference is float summation order,
-about 1e-7 relative per step; after a handful of AdamW steps we allow 1e-4 on losses and
-rewards, which a real bug (a wrong shard, a missing gradient sync, a double count) exceeds by
-orders of magnitude.
+The cases chosen are the ones where a per-process mean would differ from the global one:
+responses that stop at EOS (ragged lengths, so the two processes' token counts differ), ranked
+lists of 2-4 completions (pairs of unequal weight), and reward batches of an odd size (the
+processes get shares of different sizes; the last batch has a single pair, so one process trains
+on a weight-0 stand-in row).
+
+Tolerance: every loss divides by the global minibatch's count, so the two processes' gradients
+add up to the one-process gradient; what differs is the order of float32 summation (DDP's
+all-reduce adds two partial gradients where one process sums all rows at once), about 1e-7
+relative per step. Over a handful of AdamW steps we allow 1e-4 on losses and metrics and 1e-4 on
+every weight, far below what a real fault does: dividing by the per-process count instead of the
+global one changes a ragged minibatch's loss by percents, not 1e-7 (tests/unit/test_global_denominators.py
+measures it on ragged masks).
 """
 
 from __future__ import annotations
@@ -17,6 +24,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
+from toy_data import known_rule_rankings, write_jsonl
+
+from rlhfkit.data import synthetic
 
 HERE = Path(__file__).parent
 LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
@@ -36,37 +48,54 @@ def metrics(out: Path, key: str) -> list[float]:
     return [r[key] for r in rows if key in r]
 
 
+def assert_same_weights(a: Path, b: Path) -> None:
+    one, two = load_file(a), load_file(b)
+    assert one.keys() == two.keys()
+    for name in one:
+        torch.testing.assert_close(one[name], two[name], rtol=0, atol=1e-4, msg=name)
+
+
 @pytest.mark.slow
-def test_reward_training_on_two_processes_matches_one(tiny_model_dir, rule_pairs_file, rule_eval_file, tmp_path):
+def test_reward_training_on_ranked_lists_on_two_processes_matches_one(tiny_model_dir, tmp_path):
+    train = write_jsonl(tmp_path / "ranked.jsonl", known_rule_rankings(70, seed=3))
+    evals = write_jsonl(tmp_path / "ranked_eval.jsonl", known_rule_rankings(30, seed=4))
+
     def cmd(out: Path) -> list[str]:
-        return ["reward", "--model", str(tiny_model_dir), "--train-data", str(rule_pairs_file), "--eval-data",
-                str(rule_eval_file), "--output-dir", str(out), "--batch-size", "16", "--eval-batch-size", "50",
-                "--learning-rate", "2e-3", "--max-length", "96", "--log-every", "1", "--normalize", "none"]
+        # 15 pairs a batch: shares of 8 and 7; the pair count is not a multiple of 15, so the last
+        # batch is smaller, and one batch per pass is a single pair (see the module docstring).
+        return ["reward", "--model", str(tiny_model_dir), "--train-data", str(train), "--eval-data", str(evals),
+                "--output-dir", str(out), "--batch-size", "15", "--eval-batch-size", "25", "--learning-rate",
+                "2e-3", "--max-length", "96", "--log-every", "1", "--normalize", "none", "--no-group-by-length"]
 
     run(cmd(tmp_path / "one"), 1)
     run(cmd(tmp_path / "two"), 2)
     one, two = metrics(tmp_path / "one", "loss/train"), metrics(tmp_path / "two", "loss/train")
     assert len(one) == len(two) > 10
     assert one == pytest.approx(two, rel=1e-4, abs=1e-4)
-    assert metrics(tmp_path / "one", "eval/accuracy") == pytest.approx(metrics(tmp_path / "two", "eval/accuracy"))
+    for key in ("train/accuracy", "eval/accuracy", "eval/loss"):
+        assert metrics(tmp_path / "one", key) == pytest.approx(metrics(tmp_path / "two", key), abs=1e-4), key
+    assert_same_weights(tmp_path / "one" / "model.safetensors", tmp_path / "two" / "model.safetensors")
 
 
 @pytest.mark.slow
-def test_ppo_on_two_processes_matches_one(tiny_model_dir, tmp_path):
+def test_ppo_with_ragged_eos_on_two_processes_matches_one(tmp_path):
     prompts = tmp_path / "prompts.txt"
-    prompts.write_text("\n".join(["tell me about the river", "describe the city", "write about a door",
-                                  "what happened to the light"] * 4) + "\n")
+    prompts.write_text("\n".join(synthetic.prompts(16, seed=0, split="train")) + "\n")
 
     def cmd(out: Path) -> list[str]:
-        return ["ppo", "--policy", str(tiny_model_dir), "--prompts", str(prompts), "--reward-fn",
-                "toy_rewards:count_a", "--output-dir", str(out), "--iterations", "4", "--rollout-batch-size", "16",
-                "--num-minibatches", "2", "--update-epochs", "2", "--max-new-tokens", "8", "--no-stop-at-eos",
-                "--learning-rate", "3e-3", "--sample-every", "1"]
+        # The embedded model ends most replies with EOS, at different lengths.
+        return ["ppo", "--policy", "embedded", "--prompts", str(prompts), "--reward-fn", "toy_rewards:count_a",
+                "--output-dir", str(out), "--iterations", "3", "--rollout-batch-size", "16", "--num-minibatches", "2",
+                "--update-epochs", "2", "--max-new-tokens", "16", "--learning-rate", "1e-3", "--sample-every", "1"]
 
     run(cmd(tmp_path / "one"), 1)
     run(cmd(tmp_path / "two"), 2)
-    for key in ("reward/mean", "kl/ref", "loss/policy", "loss/value", "policy/clipfrac"):
+    lengths = metrics(tmp_path / "one", "response/length")
+    eos = metrics(tmp_path / "one", "response/eos_share")
+    assert max(lengths) < 16 and min(eos) > 0.1, "some responses should stop at EOS (ragged lengths)"
+    for key in ("reward/mean", "kl/ref", "loss/policy", "loss/value", "loss/total", "policy/clipfrac",
+                "policy/approx_kl", "policy/ratio_max", "value/mean", "policy/grad_norm"):
         assert metrics(tmp_path / "one", key) == pytest.approx(metrics(tmp_path / "two", key), rel=1e-4, abs=1e-4), key
     # only the main process writes: one line per iteration, one final model
-    assert len(metrics(tmp_path / "two", "reward/mean")) == 4
-    assert (tmp_path / "two" / "model.safetensors").is_file()
+    assert len(metrics(tmp_path / "two", "reward/mean")) == 3
+    assert_same_weights(tmp_path / "one" / "model.safetensors", tmp_path / "two" / "model.safetensors")

@@ -67,7 +67,8 @@ def test_sampling_stops_when_every_response_ended(lm) -> None:
 
 
 def test_left_padding_does_not_change_logprobs(lm) -> None:
-    # S15: position ids skip the left pad, so a padded prompt gives the unpadded log-probs
+    # Position ids skip the left pad, so a padded prompt gives the unpadded log-probs
+    # (docs/implementation-details.md, "Left padding does not change log-probs")
     tok, model = lm
     prompt = tok("tell me about")["input_ids"]
     response = torch.tensor([tok(" the river light")["input_ids"]])

@@ -40,3 +40,23 @@ def known_rule_pairs(n: int, seed: int) -> list[dict]:
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+def known_rule_rankings(n: int, seed: int) -> list[dict]:
+    """Ranked lists of 2 to 4 completions, best first: more positive words rank higher.
+
+    Lists of different lengths give pairs of different weights (1 / K-choose-2 each), the case in
+    which a per-process weight sum would differ from the global one."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        prompt = f"{rng.choice(PROMPTS)} {rng.choice(NEUTRAL)}"
+        k = rng.randint(2, 4)
+        completions = []
+        for positives in range(k, 0, -1):  # best first
+            words = sentence(rng, rng.randint(2, 5)).split() + [rng.choice(POSITIVE) for _ in range(positives)]
+            words += [rng.choice(NEGATIVE) for _ in range(k - positives)]
+            rng.shuffle(words)
+            completions.append(" " + " ".join(words))
+        rows.append({"prompt": prompt, "completions": completions})
+    return rows

@@ -60,22 +60,40 @@ def test_missing_required_setting_names_the_flag() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"lam": 1.5}, "setting 'lam': must be in [0, 1]"),
-        ({"gamma": -0.1}, "setting 'gamma': must be in [0, 1]"),
-        ({"clip_eps": 0.0}, "setting 'clip_eps': must be > 0"),
+        ({"lam": 1.5}, "setting 'lam': must be >= 0 and <= 1, got 1.5"),
+        ({"gamma": -0.1}, "setting 'gamma': must be >= 0 and <= 1, got -0.1"),
+        ({"clip_eps": 0.0}, "setting 'clip_eps': must be > 0, got 0.0"),
+        ({"top_p": 0.0}, "setting 'top_p': must be > 0 and <= 1, got 0.0"),
+        ({"micro_batch_size": -1}, "setting 'micro_batch_size': must be >= 0, got -1"),
         ({"num_minibatches": 3}, "setting 'num_minibatches': must divide rollout_batch_size=64"),
-        ({"reward_model": "rm", "reward_fn": "m:f"}, "pass only one of --reward-model"),
-        ({"critic": "separate"}, "setting 'critic'"),
+        ({"reward_model": "rm"}, "pass only one of --reward-model"),
+        ({"critic": "separate", "reward_fn": ""}, "setting 'critic'"),
     ],
 )
 def test_ppo_settings_are_checked(kwargs: dict, message: str) -> None:
-    base = {"prompts": "p.jsonl", "reward_fn": "m:f"}
-    base.update(kwargs)
-    if "reward_model" in kwargs:
-        base["reward_fn"] = "m:f"
+    settings = {"prompts": "p.jsonl", "reward_fn": "m:f", **kwargs}
     with pytest.raises(ConfigError) as err:
-        PPOConfig(**base)
+        PPOConfig(**settings)
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize("cls", [RewardConfig, ScoreConfig, PPOConfig, ReinforceConfig])
+def test_every_declared_bound_is_enforced(cls: type) -> None:
+    """For each bounded setting, the value just outside its bound is refused with the bound in the message."""
+    required = {RewardConfig: {"train_data": "a"}, ScoreConfig: {"model": "m", "data": "d"},
+                PPOConfig: {"prompts": "p", "reward_fn": "m:f"}, ReinforceConfig: {"prompts": "p", "reward_fn": "m:f"}}
+    checked = 0
+    for f in dataclasses.fields(cls):
+        for key in ("ge", "gt", "le", "lt"):
+            bound = f.metadata.get(key)
+            if bound is None:
+                continue
+            value = bound - 1 if key == "ge" else bound if key in ("gt", "lt") else bound + 1
+            value = type(f.default)(value) if isinstance(f.default, int) and float(value).is_integer() else value
+            with pytest.raises(ConfigError, match=f"setting '{f.name}': must be"):
+                cls(**required[cls], **{f.name: value})
+            checked += 1
+    assert checked >= 2
 
 
 def test_reinforce_on_policy_loss_needs_one_update_per_rollout() -> None:

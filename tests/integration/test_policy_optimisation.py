@@ -58,7 +58,8 @@ def test_ppo_raises_the_reward(ppo_history: list[dict]) -> None:
 
 
 def test_first_minibatch_is_exactly_on_policy(ppo_history: list[dict]) -> None:
-    # S1: old log-probs come from the same forward in the same row groups, so ratio == 1 bit for bit
+    # Old log-probs come from the same forward in the same row groups, so ratio == 1 bit for bit
+    # (docs/implementation-details.md, "The first minibatch has ratio exactly 1")
     for row in ppo_history:
         assert row["policy/clipfrac_first"] == 0.0
         assert row["policy/approx_kl_first"] == 0.0
@@ -141,17 +142,34 @@ def test_killed_run_resumes_and_reproduces_the_uninterrupted_run(tiny_model_dir,
     assert (killed / "model.safetensors").exists()
 
 
-@pytest.mark.parametrize(("baseline", "extra"), [("none", {}), ("value", {}), ("grpo", {"kl_in": "loss"})])
-def test_every_baseline_runs_and_logs(tiny_model_dir, prompts_file, tmp_path, baseline, extra) -> None:
+@pytest.mark.parametrize(("baseline", "extra"), [("none", {}), ("value", {}), ("rloo", {}), ("grpo", {"kl_in": "loss"}),
+                                                 ("moving_mean", {})])
+def test_every_baseline_optimises_its_own_advantages(tiny_model_dir, prompts_file, tmp_path, baseline, extra) -> None:
+    """One clipped update per rollout, sequence-mean reduction: the update's ratio is exactly 1, so the
+    policy loss is -mean_i A_i, which each baseline fixes independently of the code's arithmetic:
+    none: A = R, so the loss is -mean(score - beta KL) = -reward/total, every iteration;
+    value and moving_mean: the baseline starts at 0 (zero-initialised head, no mean yet), so the
+    same holds at iteration 0; rloo and grpo: advantages are centred in each group, so the loss is 0."""
     cfg = ReinforceConfig(**common(tiny_model_dir, prompts_file, tmp_path / "run", iterations=2, baseline=baseline,
-                                   samples_per_prompt=4, kl_coef=0.1, update_epochs=2, num_minibatches=2,
-                                   policy_loss="clipped", **extra))
+                                   samples_per_prompt=4, kl_coef=0.1, update_epochs=1, num_minibatches=1,
+                                   policy_loss="clipped", loss_reduction="sequence", **extra))
     history = train_reinforce(cfg, reward_fn=count_a)
-    assert len(history) == 2 and all(math.isfinite(h["loss/total"]) for h in history)
+    assert len(history) == 2
+    checked = history if baseline == "none" else history[:1]
+    for row in checked:
+        if baseline in ("rloo", "grpo"):
+            assert abs(row["loss/policy"]) < 1e-6
+        elif extra.get("kl_in") != "loss":
+            assert row["loss/policy"] == pytest.approx(-row["reward/total"], rel=1e-5, abs=1e-6)
+        assert row["policy/clipfrac_first"] == 0.0
     if baseline == "value":
-        assert "loss/value" in history[0] and "value/explained_variance" in history[0]
+        assert history[0]["loss/value"] > 0 and "value/explained_variance" in history[0]
     if baseline == "grpo":
-        assert "loss/kl" in history[0]
+        assert 0 <= history[0]["loss/kl"] < 1e-4  # k3 >= 0, and the policy is the reference before any update
+    if baseline == "moving_mean":
+        # the mean starts at the first batch's mean return, then moves by (1 - decay) towards the second's
+        first, second = history[0]["reward/return_mean"], history[1]["reward/return_mean"]
+        assert history[1]["baseline/moving_mean"] == pytest.approx(0.9 * first + 0.1 * second, rel=1e-6)
 
 
 def test_separate_critic_and_a_reward_model_with_another_tokenizer(tiny_model_dir, prompts_file, tmp_path) -> None:
@@ -205,3 +223,28 @@ def test_old_logprobs_from_the_sampling_loop(tiny_model_dir, prompts_file, tmp_p
     if not extra:
         start, end = mean(history[:2], "reward/mean"), mean(history[-2:], "reward/mean")
         assert end > start + 1.0, (start, end)
+
+
+def test_held_out_evaluation_and_log_every(tiny_model_dir, prompts_file, tmp_path) -> None:
+    """--eval-prompts scores the policy before training, every eval_every iterations and at the end;
+    --log-every writes every Nth iteration's metrics (and the last)."""
+    held_out = tmp_path / "held_out.txt"
+    held_out.write_text("describe the river\nwrite about the door\ntell me about a window\nsay something on light\n")
+    out = tmp_path / "run"
+    cfg = PPOConfig(**common(tiny_model_dir, prompts_file, out, iterations=3, num_minibatches=2, update_epochs=1,
+                             eval_prompts=str(held_out), eval_every=2, log_every=2, eval_batch_size=3))
+    # the gold judge is the training reward itself, so gold and proxy figures must agree exactly
+    history = train_ppo(cfg, reward_fn=count_a, gold_fn=count_a)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train_steps = [r["step"] for r in rows if "reward/mean" in r]
+    evals = {r["step"]: r for r in rows if "eval/reward_mean" in r}
+    assert train_steps == [1, 2]  # (iteration + 1) % 2 == 0, and the last iteration
+    assert sorted(evals) == [0, 2, 3]  # before training, after iteration 2 (eval_every), after the last
+    assert abs(evals[0]["eval/kl"]) < 1e-4  # the start policy is the reference
+    assert "eval/win_rate" not in evals[0]  # the start is the baseline of the win rates
+    for step in (2, 3):
+        assert evals[step]["eval/gold_mean"] == evals[step]["eval/reward_mean"]
+        assert evals[step]["eval/gold_win_rate"] == evals[step]["eval/win_rate"]
+        assert 0.0 <= evals[step]["eval/win_rate"] <= 1.0
+        assert evals[step]["eval/eos_share"] in (0.0, 0.25, 0.5, 0.75, 1.0)  # 4 held-out prompts
+    assert len(history) == 3 and history[-1]["eval/win_rate"] == evals[3]["eval/win_rate"]

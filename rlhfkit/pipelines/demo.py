@@ -7,12 +7,15 @@
   4. PPO against the reward model with the KL penalty (and the entropy bonus, if set): the guard;
   5. the same PPO with both coefficients 0: the reward-hacking run;
   6. evaluate start and final policies on held-out prompts with the gold judge (which no stage
-     trained on), then write demo.json and the HTML report.
+     trained on), then write evaluation.jsonl (per prompt), demo.json (the `DemoSummary` of
+     rlhfkit.tracking.summary, computed from evaluation.jsonl) and the HTML report.
+
+The demo folder holds its own config.yaml (`stage: demo`) beside demo.json, and one folder per
+stage (reward_model/, ppo/, ppo_no_guard/), each with the config.yaml its trainer wrote.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from dataclasses import asdict, replace
@@ -21,6 +24,8 @@ from typing import Any
 
 import torch
 
+from rlhfkit.config import save_config
+from rlhfkit import seeds
 from rlhfkit.data import synthetic
 from rlhfkit.data.io import write_jsonl
 from rlhfkit.data.labeler import SimulatedLabeler
@@ -34,8 +39,24 @@ from rlhfkit.rollout.sampling import SamplingSettings, sample
 from rlhfkit.rollout.scoring import RewardModelScorer
 from rlhfkit.tracking.console import console, print_table
 from rlhfkit.tracking.diagnostics import distinct_n, repetition_rate
+from rlhfkit.tracking.summary import (
+    EVALUATION_FILE,
+    KL_KEY,
+    POLICIES,
+    RM_ACCURACY_KEY,
+    SUMMARY_FILE,
+    DemoSummary,
+    PolicyRecord,
+    Reply,
+    RewardModelRecord,
+    RunRecord,
+    SampleRecord,
+)
 
 ANNOTATOR = "simulated-labeler"
+RM_FOLDER = "reward_model"
+RUN_FOLDERS = {"with_guard": "ppo", "without_guard": "ppo_no_guard"}
+SAMPLES_SHOWN = 8  # held-out prompts in the summary's sample table
 
 
 def gold(prompts: list[str], responses: list[str], ended: list[bool] | None = None) -> list[float]:
@@ -79,11 +100,26 @@ def evaluate(model: Any, tokenizer: Any, scorer: RewardModelScorer, prompts: lis
     """One sampled response per held-out prompt (the same seeds for every policy): gold and proxy scores."""
     ids, mask = pad_left([encode_prompt(tokenizer, p) for p in prompts], tokenizer.pad_token_id)
     settings = SamplingSettings(max_new_tokens=cfg.max_new_tokens)
-    seeds = [cfg.seed * 7919 + i for i in range(len(prompts))]
-    out = sample(model, ids, mask, settings, tokenizer.eos_token_id, tokenizer.pad_token_id, seeds)
+    draws = eval_seeds(cfg, len(prompts))
+    out = sample(model, ids, mask, settings, tokenizer.eos_token_id, tokenizer.pad_token_id, draws)
     responses = decode_responses(tokenizer, out.response_ids, out.response_mask)
     proxy = scorer(ids, mask, out.response_ids, out.response_mask, out.ended, prompts, responses)
-    return {"responses": responses, "gold": gold(prompts, responses, out.ended.tolist()), "proxy": proxy.tolist()}
+    ended = out.ended.tolist()
+    return {"responses": responses, "ended": ended, "gold": gold(prompts, responses, ended), "proxy": proxy.tolist()}
+
+
+def eval_seeds(cfg: DemoConfig, n: int) -> list[int]:
+    """The sampling seed of held-out prompt i: the same for every policy, so they face the same draws."""
+    return [seeds.derived_seed(cfg.seed, seeds.EVALUATION, i) for i in range(n)]
+
+
+def evaluation_rows(prompts: list[str], seeds: list[int], results: dict[str, dict[str, Any]]
+                    ) -> list[dict[str, Any]]:
+    """The per-prompt scores every number of the summary is computed from (evaluation.jsonl)."""
+    return [{"prompt": p, "seed": seed, **{name: {"response": r["responses"][i], "ended": bool(r["ended"][i]),
+                                                  "gold": r["gold"][i], "proxy": r["proxy"][i]}
+                                           for name, r in results.items()}}
+            for i, (p, seed) in enumerate(zip(prompts, seeds))]
 
 
 def win_rate(final: list[float], start: list[float]) -> float:
@@ -96,7 +132,7 @@ def mean(xs: list[float]) -> float:
     return sum(xs) / len(xs)
 
 
-def run_demo(cfg: DemoConfig) -> dict[str, Any]:
+def run_demo(cfg: DemoConfig) -> DemoSummary:
     """Run every stage; returns the summary written to demo.json."""
     from rlhfkit.tracking.report import build_report
     from rlhfkit.trainers.ppo import train as train_ppo
@@ -111,6 +147,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
+    save_config(cfg, out / "config.yaml")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -122,79 +159,87 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
 
     console.rule("[bold]3. reward model")
     rm_metrics = train_reward(RewardConfig(
-        model=cfg.model, train_data=str(comparisons), output_dir=str(out / "reward_model"), eval_fraction=0.1,
+        model=cfg.model, train_data=str(comparisons), output_dir=str(out / RM_FOLDER), eval_fraction=0.1,
         epochs=cfg.rm_epochs, learning_rate=cfg.rm_learning_rate, batch_size=32, max_length=96, seed=cfg.seed,
         normalize="mean", threads=cfg.threads,
     ))
 
     prompts_file = out / "prompts.jsonl"
     write_jsonl(prompts_file, [{"prompt": p} for p in synthetic.all_prompts("train")])
-    ppo = dict(policy=cfg.model, reward_model=str(out / "reward_model"), prompts=str(prompts_file),
+    ppo = dict(policy=cfg.model, reward_model=str(out / RM_FOLDER), prompts=str(prompts_file),
                iterations=cfg.iterations, rollout_batch_size=cfg.rollout_batch_size, max_new_tokens=cfg.max_new_tokens,
                learning_rate=cfg.learning_rate, update_epochs=4, num_minibatches=4, seed=cfg.seed, threads=cfg.threads,
                missing_eos_penalty=1.0, sample_every=max(1, cfg.iterations // 6), log_every=1, lr_schedule="constant")
+    coefs = {"with_guard": (cfg.kl_coef, cfg.ent_coef), "without_guard": (0.0, 0.0)}
     bonus = f" and entropy bonus {cfg.ent_coef}" if cfg.ent_coef else ""
-    console.rule(f"[bold]4. PPO with the guard: KL penalty {cfg.kl_coef}{bonus}")
-    train_ppo(PPOConfig(**ppo, output_dir=str(out / "ppo"), kl_coef=cfg.kl_coef, ent_coef=cfg.ent_coef),
-              gold_fn=gold)
-    console.rule("[bold]5. PPO without the guard: KL coefficient 0, entropy bonus 0 (reward hacking)")
-    train_ppo(PPOConfig(**ppo, output_dir=str(out / "ppo_no_guard"), kl_coef=0.0, ent_coef=0.0), gold_fn=gold)
+    for name, title in (("with_guard", f"4. PPO with the guard: KL penalty {cfg.kl_coef}{bonus}"),
+                        ("without_guard", "5. PPO without the guard: KL coefficient 0, entropy bonus 0 "
+                                          "(reward hacking)")):
+        console.rule(f"[bold]{title}")
+        kl_coef, ent_coef = coefs[name]
+        train_ppo(PPOConfig(**ppo, output_dir=str(out / RUN_FOLDERS[name]), kl_coef=kl_coef, ent_coef=ent_coef),
+                  gold_fn=gold)
 
     console.rule("[bold]6. evaluation on held-out prompts with the gold judge")
     eval_prompts = synthetic.prompts(cfg.eval_prompts, seed=cfg.seed, split="eval")
-    rm_tok = load_tokenizer(out / "reward_model", padding_side="right")
-    scorer = RewardModelScorer(build_reward_model(out / "reward_model", rm_tok, init_head=False).eval(), rm_tok,
+    rm_tok = load_tokenizer(out / RM_FOLDER, padding_side="right")
+    scorer = RewardModelScorer(build_reward_model(out / RM_FOLDER, rm_tok, init_head=False).eval(), rm_tok,
                                tokenizer)
     results = {"start": evaluate(start_policy, tokenizer, scorer, eval_prompts, cfg)}
-    for name, folder in (("with_guard", "ppo"), ("without_guard", "ppo_no_guard")):
+    for name, folder in RUN_FOLDERS.items():
         results[name] = evaluate(load_causal_lm(out / folder, tokenizer).eval(), tokenizer, scorer, eval_prompts, cfg)
-    final_kl = {name: _last(out / folder, "kl/ref") for name, folder in (("with_guard", "ppo"),
-                                                                         ("without_guard", "ppo_no_guard"))}
-    summary = {
-        "reward_model": "reward_model",
-        "runs": {"with_guard": "ppo", "without_guard": "ppo_no_guard"},
-        "reward_model_accuracy": rm_metrics["eval/accuracy"],
-        "win_rate": {k: win_rate(results[k]["gold"], results["start"]["gold"])
-                     for k in ("with_guard", "without_guard")},
-        "gold": {k: mean(v["gold"]) for k, v in results.items()},
-        "proxy": {k: mean(v["proxy"]) for k, v in results.items()},
-        "kl_final": final_kl,
-        "distinct_1": {k: distinct_n(v["responses"], 1) for k, v in results.items()},
-        "distinct_2": {k: distinct_n(v["responses"], 2) for k, v in results.items()},
-        "repetition": {k: repetition_rate(v["responses"]) for k, v in results.items()},
-        "samples": [
-            {"prompt": p, **{k: results[k]["responses"][i] for k in results},
-             **{f"gold_{k}": results[k]["gold"][i] for k in results}}
-            for i, p in enumerate(eval_prompts[:8])
-        ],
-        "seconds": round(time.perf_counter() - t_start, 1),
-        "settings": asdict(cfg),
-    }
-    (out / "demo.json").write_text(json.dumps(summary, indent=2))
+    write_jsonl(out / EVALUATION_FILE, evaluation_rows(eval_prompts, eval_seeds(cfg, len(eval_prompts)), results))
+
+    def policy(name: str) -> dict[str, float]:
+        r = results[name]
+        return dict(gold=mean(r["gold"]), proxy=mean(r["proxy"]), distinct_1=distinct_n(r["responses"], 1),
+                    distinct_2=distinct_n(r["responses"], 2), repetition=repetition_rate(r["responses"]))
+
+    def run(name: str) -> RunRecord:
+        folder, (kl_coef, ent_coef) = RUN_FOLDERS[name], coefs[name]
+        return RunRecord(**policy(name), folder=folder, kl_coef=kl_coef, ent_coef=ent_coef,
+                         win_rate=win_rate(results[name]["gold"], results["start"]["gold"]),
+                         kl_final=_last(out / folder, KL_KEY))
+
+    summary = DemoSummary(
+        reward_model=RewardModelRecord(folder=RM_FOLDER, accuracy=rm_metrics[RM_ACCURACY_KEY]),
+        start=PolicyRecord(**policy("start")),
+        with_guard=run("with_guard"),
+        without_guard=run("without_guard"),
+        eval_prompts=len(eval_prompts),
+        seconds=round(time.perf_counter() - t_start, 1),
+        evaluation=EVALUATION_FILE,
+        samples=[SampleRecord(prompt=p, **{k: Reply(results[k]["responses"][i], results[k]["gold"][i])
+                                           for k in POLICIES})
+                 for i, p in enumerate(eval_prompts[:SAMPLES_SHOWN])],
+        settings=asdict(cfg),
+    )
+    summary.save(out / SUMMARY_FILE)
     report = build_report(out)
+    kl = [r.kl_final for _, r in summary.runs()]
     print_table("rlhfkit demo", [
-        ("reward model held-out accuracy", summary["reward_model_accuracy"]),
-        ("gold win rate vs start, with guard", summary["win_rate"]["with_guard"]),
-        ("gold win rate vs start, without guard", summary["win_rate"]["without_guard"]),
-        ("gold score start / guard / no guard", _triple(summary["gold"])),
-        ("proxy (RM) score start / guard / no guard", _triple(summary["proxy"])),
-        ("distinct-1 start / guard / no guard", _triple(summary["distinct_1"])),
-        ("distinct-2 start / guard / no guard", _triple(summary["distinct_2"])),
-        ("repetition start / guard / no guard", _triple(summary["repetition"])),
-        ("KL to reference at the end, guard / no guard", f"{final_kl['with_guard']:.3f} / "
-                                                         f"{final_kl['without_guard']:.3f}"),
-        ("minutes", summary["seconds"] / 60),
+        ("reward model held-out accuracy", summary.reward_model.accuracy),
+        ("gold win rate vs start, with guard", summary.with_guard.win_rate),
+        ("gold win rate vs start, without guard", summary.without_guard.win_rate),
+        ("gold score start / guard / no guard", _triple(summary, "gold")),
+        ("proxy (RM) score start / guard / no guard", _triple(summary, "proxy")),
+        ("distinct-1 start / guard / no guard", _triple(summary, "distinct_1")),
+        ("distinct-2 start / guard / no guard", _triple(summary, "distinct_2")),
+        ("repetition start / guard / no guard", _triple(summary, "repetition")),
+        ("KL to reference at the end, guard / no guard", " / ".join("n/a" if x is None else f"{x:.3f}" for x in kl)),
+        ("minutes", summary.seconds / 60),
     ])
     console.print(f"report: {report}\nplots: {report.parent / 'plots'}")
     return summary
 
 
-def _triple(d: dict[str, float]) -> str:
-    return " / ".join(f"{d[k]:.3f}" for k in ("start", "with_guard", "without_guard"))
+def _triple(summary: DemoSummary, metric: str) -> str:
+    return " / ".join(f"{getattr(summary.policy(k), metric):.3f}" for k in POLICIES)
 
 
-def _last(run_dir: Path, key: str) -> float:
+def _last(run_dir: Path, key: str) -> float | None:
+    """The last logged value of `key` in the run's metrics.jsonl (None if never logged)."""
     from rlhfkit.tracking.metrics import read_metrics
 
     values = [r[key] for r in read_metrics(run_dir / "metrics.jsonl") if r.get(key) is not None]
-    return float(values[-1]) if values else float("nan")
+    return float(values[-1]) if values else None

@@ -1,16 +1,18 @@
 """The HTML report of a run folder: one self-contained file (inline CSS, plots as base64 PNG).
 
-`build_report(run_dir)` looks at what the folder holds and reports on it:
+`build_report(run_dir)` reads which command wrote the folder from the first line of its
+`config.yaml` (`stage: <name>`, see `rlhfkit.config.save_config`) and reports on it:
 
-- a demo folder (`demo.json` plus a reward-model run and two RL runs, with and without the
-  KL/entropy guard): the headline numbers of demo.json, both runs on shared plots, samples of
-  the start policy and both final policies side by side;
-- one RL run (PPO or REINFORCE: `metrics.jsonl` with reward/kl/policy keys, `samples.jsonl`);
-- one reward-model run (`metrics.jsonl` with loss/train and eval/* rows, `eval.json`).
+- `stage: demo` (or, with no config.yaml, a `demo.json`): a demo folder, whose demo.json is a
+  `DemoSummary` (rlhfkit.tracking.summary) naming a reward-model run and two RL runs, with and
+  without the KL/entropy guard: the summary's headline numbers, both runs on shared plots,
+  samples of the start policy and both final policies side by side;
+- `stage: ppo` or `stage: reinforce`: one RL run (`metrics.jsonl`, `samples.jsonl`);
+- `stage: reward`: one reward-model run (`metrics.jsonl` with loss/train and eval/* rows, `eval.json`).
 
 Everything is rebuilt from the files alone, so `rlhfkit report RUN_DIR` works on any finished,
-running or killed run. Keys or files that are missing are left out; sample texts are model
-output and go through the template's autoescaping.
+running or killed run. Metrics or files a run did not write are left out; sample texts are
+model output and go through the template's autoescaping.
 """
 
 from __future__ import annotations
@@ -28,16 +30,22 @@ from typing import Any
 import jinja2
 import yaml
 
+from rlhfkit.config import STAGE_KEY
 from rlhfkit.errors import DataError
 from rlhfkit.tracking import plots
 from rlhfkit.tracking.metrics import read_metrics
+from rlhfkit.tracking.summary import POLICIES, RUNS, SUMMARY_FILE, DemoSummary
+
+RL_STAGES = ("ppo", "reinforce")
+RM_STAGES = ("reward",)
+DEMO_STAGES = ("demo",)
 
 TEMPLATES = Path(__file__).parent / "templates"
 RL_KEYS = ("reward/mean", "kl/ref", "policy/entropy", "loss/policy", "gold/mean", "response/length")
-RM_KEYS = ("loss/train", "train/accuracy", "eval/accuracy", "eval/loss")
 PLOT_NAMES = ("reward.png", "kl.png", "entropy.png", "diversity.png", "reward_model.png")
 MAX_SAMPLE_CHARS = 2000  # a runaway response would otherwise make the table unreadable
-DEMO_RUNS = (("with_guard", "with guard"), ("without_guard", "without guard"))
+RUN_LABELS = {"start": "start policy", "with_guard": "with guard", "without_guard": "without guard"}
+DEMO_RUNS = tuple((key, RUN_LABELS[key]) for key in RUNS)
 
 # RL metrics shown first -> last in a single run's headline table.
 RL_HEADLINE = (
@@ -154,9 +162,6 @@ class RunFiles:
     config_text: str | None  # config.yaml as written
     eval: dict[str, Any] | None  # eval.json
 
-    def has(self, keys: Sequence[str]) -> bool:
-        return any(k in row for row in self.rows for k in keys)
-
 
 def _jsonl(path: Path) -> list[dict[str, Any]]:
     return [r for r in read_metrics(path) if isinstance(r, dict)] if path.is_file() else []
@@ -174,39 +179,62 @@ def _json_object(path: Path) -> dict[str, Any] | None:
     return data
 
 
+def read_config(folder: Path) -> tuple[dict[str, Any], str] | None:
+    """config.yaml parsed and as written; None if the folder has none."""
+    path = folder / "config.yaml"
+    if not path.is_file():
+        return None
+    text = path.read_text(encoding="utf-8", errors="replace")
+    try:
+        parsed = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        line = getattr(getattr(e, "problem_mark", None), "line", None)
+        at = f", line {line + 1}" if line is not None else ""
+        raise DataError(f"{path}{at}: not valid YAML; restore the config.yaml the run wrote") from None
+    if parsed is not None and not isinstance(parsed, dict):
+        raise DataError(f"{path}: expected a mapping of settings, got {type(parsed).__name__}")
+    return (parsed or {}), text
+
+
 def load_run(folder: Path) -> RunFiles:
     """The report's inputs in one run folder; every file is optional here."""
-    config_text, config = None, {}
-    if (folder / "config.yaml").is_file():
-        config_text = (folder / "config.yaml").read_text(encoding="utf-8", errors="replace")
-        try:
-            parsed = yaml.safe_load(config_text)
-        except yaml.YAMLError:
-            parsed = None  # still shown as text; only the algorithm name is read from it
-        config = parsed if isinstance(parsed, dict) else {}
-    return RunFiles(folder, _jsonl(folder / "metrics.jsonl"), _jsonl(folder / "samples.jsonl"), config,
-                    config_text, _json_object(folder / "eval.json"))
+    config = read_config(folder)
+    return RunFiles(folder, _jsonl(folder / "metrics.jsonl"), _jsonl(folder / "samples.jsonl"),
+                    config[0] if config else {}, config[1] if config else None, _json_object(folder / "eval.json"))
 
 
-def detect(run_dir: Path) -> str:
-    """'demo', 'rl' or 'reward_model'; a DataError says what was expected otherwise."""
+def stage(run_dir: Path) -> str:
+    """The command that wrote `run_dir`, from its config.yaml's `stage:` line (a DataError if unknown)."""
     if not run_dir.is_dir():
         raise DataError(f"{run_dir}: not a folder; pass a run folder written by rlhfkit (reward, ppo, "
                         "reinforce or demo)")
-    if (run_dir / "demo.json").is_file():
+    path = run_dir / "config.yaml"
+    config = read_config(run_dir)
+    if config is None:
+        if (run_dir / SUMMARY_FILE).is_file():
+            return "demo"  # a demo folder from before the demo wrote its own config.yaml
+        raise DataError(f"{path}: not found, so what wrote {run_dir} is unknown; pass a folder written by "
+                        f"rlhfkit reward, ppo, reinforce or demo (each writes config.yaml with a "
+                        f"'{STAGE_KEY}:' line)")
+    name = config[0].get(STAGE_KEY)
+    if name is None:
+        raise DataError(f"{path}: no '{STAGE_KEY}:' line, so what wrote {run_dir} is unknown; add "
+                        f"'{STAGE_KEY}: <reward|ppo|reinforce|demo>' as its first line")
+    if not isinstance(name, str) or name not in (*RL_STAGES, *RM_STAGES, *DEMO_STAGES):
+        raise DataError(f"{path}: '{STAGE_KEY}: {name}' has no report; reports exist for the folders of "
+                        "rlhfkit reward, ppo, reinforce and demo")
+    return name
+
+
+def detect(run_dir: Path) -> str:
+    """'demo', 'rl' or 'reward_model', from the stage in config.yaml; a DataError otherwise."""
+    name = stage(run_dir)
+    if name in DEMO_STAGES:
+        if not (run_dir / SUMMARY_FILE).is_file():
+            raise DataError(f"{run_dir / SUMMARY_FILE}: not found; the demo writes it after its last stage, "
+                            "so this demo did not finish: run `rlhfkit demo` again")
         return "demo"
-    run = load_run(run_dir)
-    if run.has(RL_KEYS):
-        return "rl"
-    if run.has(RM_KEYS) or run.eval is not None:
-        return "reward_model"
-    found = "metrics.jsonl has none of the expected keys" if (run_dir / "metrics.jsonl").is_file() else \
-        "it holds no metrics.jsonl, eval.json or demo.json"
-    raise DataError(
-        f"{run_dir}: nothing to report ({found}); expected an RL run (metrics.jsonl with "
-        f"{', '.join(RL_KEYS[:3])}), a reward-model run (metrics.jsonl with loss/train or eval/accuracy, "
-        "or eval.json) or a demo folder (demo.json)"
-    )
+    return "rl" if name in RL_STAGES else "reward_model"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -268,12 +296,21 @@ def _mean(rows: Sequence[Mapping[str, Any]], key: str) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+BASELINE_KEY = "baseline"  # the reinforce setting that names the baseline (ReinforceConfig.baseline)
+BASELINE_NAMES = {"rloo": "RLOO", "grpo": "GRPO", "none": "REINFORCE (no baseline)",
+                  "moving_mean": "REINFORCE (moving-mean baseline)", "value": "REINFORCE (value baseline)"}
+
+
 def algorithm(config: Mapping[str, Any]) -> str:
-    """PPO or REINFORCE, told apart by a setting only one of them has."""
-    if "baseline" in config:
-        return f"REINFORCE (baseline: {config['baseline']})"
-    if "lam" in config or "clip_eps_value" in config:
+    """The algorithm of an RL run, from its config.yaml: PPO, or the REINFORCE baseline's name (RLOO, GRPO)."""
+    name = config.get(STAGE_KEY)
+    if name == "ppo":
         return "PPO"
+    if name == "reinforce":
+        baseline = config.get(BASELINE_KEY)
+        if baseline is None:
+            return "REINFORCE"
+        return BASELINE_NAMES.get(str(baseline), f"REINFORCE (baseline: {baseline})")
     return "policy optimisation"
 
 
@@ -362,59 +399,46 @@ def rm_report(run: RunFiles, plot_dir: Path) -> Report:
     return report
 
 
-def _get(data: Mapping[str, Any], *keys: str) -> Any:
-    """data[k1][k2]... or None when any level is missing or not a mapping."""
-    for key in keys:
-        if not isinstance(data, Mapping) or key not in data:
-            return None
-        data = data[key]
-    return data
+DEMO_ROWS = (  # attribute of each PolicyRecord, label, format
+    ("gold", "Gold judge score (mean)", fmt),
+    ("proxy", "Proxy reward (mean reward-model score)", fmt),
+    ("distinct_1", "distinct-1 (unique words / words, all replies)", fmt),
+    ("distinct_2", "distinct-2 (unique word pairs / pairs, all replies)", fmt),
+    ("repetition", "Repetition (share of a reply's words that repeat)", fmt),
+)
+DASH = "\u2014"
 
 
-def demo_headline(demo: Mapping[str, Any]) -> Table:
+def demo_headline(demo: DemoSummary) -> Table:
     """Start / with guard / without guard side by side, and one line per run on proxy vs gold."""
-    columns = ["start"] + [key for key, _ in DEMO_RUNS]
-    rows = []
-    for group, label, show in (
-        ("gold", "Gold judge score (mean)", fmt),
-        ("proxy", "Proxy reward (mean reward-model score)", fmt),
-        ("win_rate", "Gold win rate over the start policy", fmt_percent),
-        ("kl_final", "Final KL to the reference (nats per response)", fmt),
-        ("distinct_1", "distinct-1 (unique words / words, all replies)", fmt),
-        ("distinct_2", "distinct-2 (unique word pairs / pairs, all replies)", fmt),
-        ("repetition", "Repetition (share of a reply's words that repeat)", fmt),
-    ):
-        values = [_get(demo, group, c) for c in columns]
-        if all(v is None for v in values):
-            continue
-        rows.append([Cell(label)] + [Cell("\u2014" if v is None else show(v), numeric=True) for v in values])
+    policies = [demo.policy(name) for name in POLICIES]
+    runs = [run for _, run in demo.runs()]
+
+    def row(label: str, cells: list[str]) -> list[Cell]:
+        return [Cell(label)] + [Cell(c, numeric=True) for c in cells]
+
+    rows = [row(label, [show(getattr(p, attr)) for p in policies]) for attr, label, show in DEMO_ROWS[:2]]
+    rows.append(row("Gold win rate over the start policy", [DASH] + [fmt_percent(r.win_rate) for r in runs]))
+    rows.append(row("Final KL to the reference (nats per response)", [DASH] + [fmt(r.kl_final) for r in runs]))
+    rows += [row(label, [show(getattr(p, attr)) for p in policies]) for attr, label, show in DEMO_ROWS[2:]]
     notes = []
-    for key, label in DEMO_RUNS:
-        d_proxy = _number(_get(demo, "proxy", key)), _number(_get(demo, "proxy", "start"))
-        d_gold = _number(_get(demo, "gold", key)), _number(_get(demo, "gold", "start"))
-        if None in d_proxy or None in d_gold:
-            continue
-        proxy, gold = d_proxy[0] - d_proxy[1], d_gold[0] - d_gold[1]  # type: ignore[operator]
-        line = f"{label.capitalize()}: proxy reward {fmt_signed(proxy)}, gold score {fmt_signed(gold)} vs the start."
+    for key, run in demo.runs():
+        proxy, gold = run.proxy - demo.start.proxy, run.gold - demo.start.gold
+        line = (f"{RUN_LABELS[key].capitalize()}: proxy reward {fmt_signed(proxy)}, gold score {fmt_signed(gold)} "
+                "vs the start.")
         if proxy > 0 and gold < 0:
             line += " The proxy rose while the gold score fell: reward hacking."
         notes.append(line)
     header = ["", "start policy"] + [f"final, {label}" for _, label in DEMO_RUNS]
-    caption = ("Mean scores on held-out prompts. The proxy is the reward model both policies optimise; the gold "
-               "judge is never trained against.")
+    caption = (f"Mean scores on {demo.eval_prompts} held-out prompts (per prompt in {demo.evaluation}). The proxy "
+               "is the reward model both policies optimise; the gold judge is never trained against.")
     return Table("Headline", header, rows, caption=caption, notes=notes)
 
 
-def demo_samples(demo: Mapping[str, Any]) -> list[Table]:
-    rows = []
-    for s in demo.get("samples") or []:
-        if not isinstance(s, Mapping):
-            continue
-        row = [Cell(_clip(s.get("prompt")))]
-        for key in ("start", "with_guard", "without_guard"):
-            gold = s.get(f"gold_{key}")
-            row.append(Cell(_clip(s.get(key)), note="" if gold is None else f"gold {fmt(gold)}"))
-        rows.append(row)
+def demo_samples(demo: DemoSummary) -> list[Table]:
+    rows = [[Cell(_clip(s.prompt))] + [Cell(_clip(reply.text), note=f"gold {fmt(reply.gold)}")
+                                       for _, reply in s.replies()]
+            for s in demo.samples]
     if not rows:
         return []
     header = ["prompt", "start policy"] + [f"final, {label}" for _, label in DEMO_RUNS]
@@ -422,33 +446,28 @@ def demo_samples(demo: Mapping[str, Any]) -> list[Table]:
 
 
 def demo_report(run_dir: Path, plot_dir: Path) -> Report:
-    demo = _json_object(run_dir / "demo.json") or {}
+    demo = DemoSummary.load(run_dir / SUMMARY_FILE)
     report = Report(f"RLHF demo: {run_dir.name}", run_dir.name, "demo")
-    if _get(demo, "reward_model_accuracy") is not None:
-        report.facts.append(("Reward model held-out accuracy", fmt_percent(demo["reward_model_accuracy"])))
-    for key, label in DEMO_RUNS:
-        if _get(demo, "win_rate", key) is not None:
-            report.facts.append((f"Gold win rate, {label}", fmt_percent(demo["win_rate"][key])))
-    if _get(demo, "seconds") is not None:
-        report.facts.append(("Demo wall time", f"{fmt(demo['seconds'])} s"))
-    table = demo_headline(demo)
-    if table.rows:
-        report.tables.append(table)
+    report.facts.append(("Reward model held-out accuracy", fmt_percent(demo.reward_model.accuracy)))
+    for key, run in demo.runs():
+        report.facts.append((f"Gold win rate, {RUN_LABELS[key]}", fmt_percent(run.win_rate)))
+    report.facts.append(("Demo wall time", f"{fmt(demo.seconds)} s"))
+    report.tables.append(demo_headline(demo))
 
     runs: dict[str, list[dict[str, Any]]] = {}
     configs: list[tuple[str, str]] = []
-    for key, label in DEMO_RUNS:
-        name = _get(demo, "runs", key)
-        if isinstance(name, str) and (run_dir / name).is_dir():
-            run = load_run(run_dir / name)
+    for key, record in demo.runs():
+        label = RUN_LABELS[key]
+        if (run_dir / record.folder).is_dir():
+            run = load_run(run_dir / record.folder)
             if run.rows:
                 runs[label] = run.rows
             if run.config_text is not None:
-                configs.append((f"{name}/config.yaml ({label})", run.config_text))
+                configs.append((f"{record.folder}/config.yaml ({label})", run.config_text))
     report.plots = rl_plots(runs, plot_dir) if runs else []
 
-    rm_name = _get(demo, "reward_model")
-    if isinstance(rm_name, str) and (run_dir / rm_name).is_dir():
+    rm_name = demo.reward_model.folder
+    if (run_dir / rm_name).is_dir():
         rm = load_run(run_dir / rm_name)
         plot = _embed(plots.reward_model_plot(rm.rows, plot_dir))
         if plot is not None:
@@ -462,8 +481,11 @@ def demo_report(run_dir: Path, plot_dir: Path) -> Report:
             configs.insert(0, (f"{rm_name}/config.yaml (reward model)", rm.config_text))
 
     report.samples = demo_samples(demo)
-    if demo.get("settings") is not None:
-        report.settings.append(("demo settings", yaml.safe_dump(demo["settings"], sort_keys=False)))
+    own = read_config(run_dir)
+    if own is not None:
+        report.settings.append(("config.yaml (demo)", own[1]))
+    elif demo.settings:
+        report.settings.append(("demo settings", yaml.safe_dump(demo.settings, sort_keys=False)))
     report.settings += configs
     return report
 

@@ -86,6 +86,7 @@ def load_comparisons(cfg: RewardConfig, tokenizer: Any) -> tuple[TokenizedPairs,
 def _collate(data: TokenizedPairs, rows: list[int], pad_id: int, real: bool = True) -> dict[str, torch.Tensor]:
     batch = collate_pairs([(data.chosen[i], data.rejected[i], data.weights[i], data.margins[i]) for i in rows], pad_id)
     batch["real"] = torch.full((len(rows),), float(real))  # 0 for a process's stand-in row (see process_share)
+    batch["has_margins"] = any(data.margins[i] for i in rows)  # decided on the CPU: no device sync per step
     return batch
 
 
@@ -95,7 +96,7 @@ def pair_loss(scores: torch.Tensor, batch: dict[str, torch.Tensor], cfg: RewardC
     part of the global batch: divided by the global batch's weight sum (and pair count for the
     centring term), so the parts add up to the whole batch's loss."""
     r_chosen, r_rejected = scores.float().chunk(2)
-    margin = batch["margins"] if cfg.margin_column and bool(batch["margins"].any()) else None
+    margin = batch["margins"] if cfg.margin_column and batch["has_margins"] else None
     weights = batch["weights"] * batch["real"]
     loss = bradley_terry_loss(r_chosen, r_rejected, margin=margin, weights=weights, denominator=weight_sum)
     if cfg.center_rewards_coef > 0:
@@ -117,7 +118,8 @@ def evaluate(scorer: torch.nn.Module, data: TokenizedPairs, accelerator: Any, cf
         rows, real = process_share(range(start, min(start + cfg.eval_batch_size, len(data))), rank, world)
         if not real:
             continue
-        batch = {k: v.to(accelerator.device) for k, v in _collate(data, rows, pad_id).items()}
+        batch = {k: v.to(accelerator.device) if isinstance(v, torch.Tensor) else v
+                 for k, v in _collate(data, rows, pad_id).items()}
         with accelerator.autocast():
             scores = scorer(batch["input_ids"], batch["attention_mask"])
         r_c, r_r = scores.float().chunk(2)
@@ -190,7 +192,7 @@ def train(cfg: RewardConfig) -> dict[str, float]:
     rank, world = accelerator.process_index, accelerator.num_processes
 
     def micro_loss(micro: dict[str, torch.Tensor], weight_sum: float, pairs: int, stats: StepStats) -> torch.Tensor:
-        micro = {k: v.to(accelerator.device) for k, v in micro.items()}
+        micro = {k: v.to(accelerator.device) if isinstance(v, torch.Tensor) else v for k, v in micro.items()}
         with accelerator.autocast():
             scores = scorer(micro["input_ids"], micro["attention_mask"])  # (2B,)
         loss, r_c, r_r = pair_loss(scores, micro, cfg, weight_sum, pairs)

@@ -1,79 +1,208 @@
 """`rlhfkit demo --quick`: the whole pipeline on the embedded model, shortened; twice, to check that
-the same seed gives the same numbers, and that the report's numbers are the run's."""
+the same seed gives the same numbers.
+
+The summary's numbers are recomputed here from the raw files the stages wrote (the per-prompt
+evaluation, the runs' metrics.jsonl and config.yaml, the reward model's eval.json, the feedback
+database read with sqlite3), so that a wrong aggregation in the demo fails a test.
+"""
 
 from __future__ import annotations
 
 import json
-import math
+import re
+import sqlite3
+from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from rlhfkit.cli import app
-from rlhfkit.tracking.metrics import read_metrics
+from rlhfkit.data import synthetic
+from rlhfkit.tracking.summary import KL_KEY, RM_ACCURACY_KEY
 
 runner = CliRunner()
+POLICIES = ("start", "with_guard", "without_guard")
+RUNS = ("with_guard", "without_guard")
 
 
-def run_demo(out: Path) -> dict:
+def run_demo(out: Path) -> dict[str, Any]:
     result = runner.invoke(app, ["demo", "--quick", "--output-dir", str(out)])
     assert result.exit_code == 0, result.output[-3000:]
     return json.loads((out / "demo.json").read_text())
 
 
 @pytest.fixture(scope="module")
-def demo_runs(tmp_path_factory) -> tuple[Path, dict, dict]:
+def demo_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any], Path]:
     base = tmp_path_factory.mktemp("demo")
     first = run_demo(base / "a")
-    second = run_demo(base / "b")
-    return base / "a", first, second
+    run_demo(base / "b")
+    return base / "a", first, base / "b"
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    return yaml.safe_load(path.read_text())
 
 
 def test_every_stage_left_its_output(demo_runs) -> None:
-    out, _, _ = demo_runs
-    for path in ("feedback.db", "comparisons.jsonl", "reward_model/model.safetensors", "ppo/model.safetensors",
-                 "ppo_no_guard/model.safetensors", "report.html", "plots/reward.png", "plots/kl.png",
-                 "plots/entropy.png", "plots/diversity.png", "plots/reward_model.png"):
+    out, summary, _ = demo_runs
+    for path in ("config.yaml", "demo.json", "evaluation.jsonl", "feedback.db", "comparisons.jsonl",
+                 "reward_model/model.safetensors", "ppo/model.safetensors", "ppo_no_guard/model.safetensors",
+                 "report.html", "plots/reward.png", "plots/kl.png", "plots/entropy.png", "plots/diversity.png",
+                 "plots/reward_model.png"):
         assert (out / path).is_file(), path
     for png in (out / "plots").glob("*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Every config.yaml names the command that wrote it: what the report reads.
+    assert read_yaml(out / "config.yaml")["stage"] == "demo"
+    assert read_yaml(out / summary["reward_model"]["folder"] / "config.yaml")["stage"] == "reward"
+    for name in RUNS:
+        assert read_yaml(out / summary[name]["folder"] / "config.yaml")["stage"] == "ppo"
+
+
+def stored_rankings(db: Path, project: str) -> dict[str, dict[str, list[tuple[str, int]]]]:
+    """prompt -> annotator -> [(completion text, rank)], straight from the feedback database's tables."""
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        rows = con.execute(
+            """SELECT p.text, a.name, c.text, e.rank
+               FROM rankings r
+               JOIN prompts p ON p.id = r.prompt_id
+               JOIN projects pr ON pr.id = p.project_id
+               JOIN annotators a ON a.id = r.annotator_id
+               JOIN ranking_entries e ON e.ranking_id = r.id
+               JOIN completions c ON c.id = e.completion_id
+               WHERE pr.name = ? AND NOT r.skip AND NOT r.unsafe""",
+            (project,),
+        ).fetchall()
+        n_rankings = con.execute(
+            "SELECT COUNT(*) FROM rankings r JOIN prompts p ON p.id = r.prompt_id "
+            "JOIN projects pr ON pr.id = p.project_id WHERE pr.name = ?", (project,)).fetchone()[0]
+    finally:
+        con.close()
+    out: dict[str, dict[str, list[tuple[str, int]]]] = defaultdict(lambda: defaultdict(list))
+    for prompt, annotator, text, rank in rows:
+        out[prompt][annotator].append((text, rank))
+    assert sum(len(v) for v in out.values()) == n_rankings  # none skipped or flagged
+    return out
 
 
 def test_rankings_went_through_the_feedback_store(demo_runs) -> None:
-    from rlhfkit.feedback.store import FeedbackStore
-
     out, summary, _ = demo_runs
-    with FeedbackStore.open(out / "feedback.db") as store:
-        rankings = store.rankings("demo")
-        exported = store.export_rows("demo", format="ranked", merge="majority")
-    assert len(rankings) == summary["settings"]["label_prompts"]
-    assert [json.loads(line) for line in (out / "comparisons.jsonl").read_text().splitlines()] == exported
+    settings = summary["settings"]
+    stored = stored_rankings(out / "feedback.db", "demo")
+    assert len(stored) == settings["label_prompts"]  # one ranking of every labelled prompt
+    expected: set[tuple[str, str, str]] = set()
+    for prompt, by_annotator in stored.items():
+        assert len(by_annotator) == 1  # one simulated labeler
+        (entries,) = by_annotator.values()
+        assert len(entries) == settings["k"]
+        best: dict[str, int] = {}  # a text sampled twice keeps its best rank; empty texts teach nothing
+        for text, rank in entries:
+            if text.strip():
+                best[text] = min(rank, best.get(text, rank))
+        expected |= {(prompt, a, b) for a in best for b in best if best[a] < best[b]}
+    assert expected
+
+    # The reward model was trained on comparisons.jsonl: every pair it holds, and no other.
+    rm_config = read_yaml(out / summary["reward_model"]["folder"] / "config.yaml")
+    assert Path(rm_config["train_data"]).resolve() == (out / "comparisons.jsonl").resolve()
+    trained: list[tuple[str, str, str]] = []
+    for row in read_jsonl(out / "comparisons.jsonl"):
+        texts = row["completions"]
+        ranks = row.get("ranks", list(range(len(texts))))  # best first; "ranks" only when there are ties
+        trained += [(row["prompt"], texts[i], texts[j]) for i in range(len(texts)) for j in range(len(texts))
+                    if ranks[i] < ranks[j]]
+    assert len(trained) == len(set(trained))
+    assert set(trained) == expected
+
+
+# -- recomputing the summary from the per-prompt evaluation --------------------------------------
+def words_ngrams(text: str, n: int) -> list[tuple[str, ...]]:
+    words = text.split()
+    return [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+
+
+def distinct(texts: list[str], n: int) -> float:
+    grams = [g for t in texts for g in words_ngrams(t, n)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def repetition(texts: list[str]) -> float:
+    rates = [1 - len(set(t.split())) / len(t.split()) for t in texts if t.split()]
+    return sum(rates) / len(rates) if rates else 0.0
+
+
+def report_facts(html: str) -> dict[str, str]:
+    return dict(re.findall(r'<span class="label">(.*?)</span><span class="value">(.*?)</span>', html))
+
+
+def percent(text: str) -> float:
+    assert text.endswith("%"), text
+    return float(text[:-1]) / 100
 
 
 def test_summary_numbers_come_from_the_runs(demo_runs) -> None:
     out, summary, _ = demo_runs
-    rm_eval = json.loads((out / "reward_model" / "eval.json").read_text())
-    assert summary["reward_model_accuracy"] == rm_eval["eval/accuracy"]
-    for name, folder in summary["runs"].items():
-        rows = read_metrics(out / folder / "metrics.jsonl")
-        assert summary["kl_final"][name] == pytest.approx(rows[-1]["kl/ref"])
-        assert all("gold/mean" in r for r in rows)  # the gold judge is logged every iteration
-    ppo_config = (out / "ppo_no_guard" / "config.yaml").read_text()
-    assert "kl_coef: 0.0" in ppo_config and "ent_coef: 0.0" in ppo_config
-    for name in ("with_guard", "without_guard"):
-        assert 0.0 <= summary["win_rate"][name] <= 1.0
-    for metric in ("distinct_1", "distinct_2", "repetition"):
-        assert set(summary[metric]) == {"start", "with_guard", "without_guard"}
-        assert all(0.0 <= v <= 1.0 for v in summary[metric].values()), metric
-    html = (out / "report.html").read_text()
-    assert f"{100 * summary['win_rate']['with_guard']:.1f}%" in html
-    assert f"{100 * summary['reward_model_accuracy']:.1f}%" in html
+    settings = summary["settings"]
+    rows = read_jsonl(out / summary["evaluation"])
+    assert len(rows) == summary["eval_prompts"] == settings["eval_prompts"]
+    train_prompts = set(synthetic.all_prompts("train"))
+    assert not any(r["prompt"] in train_prompts for r in rows)  # held out from every stage
+
+    for name in POLICIES:
+        replies = [r[name] for r in rows]
+        texts = [x["response"] for x in replies]
+        # The gold judge's score of each saved reply, recomputed from its text.
+        for r, x in zip(rows, replies):
+            assert x["gold"] == pytest.approx(synthetic.gold_score(r["prompt"], x["response"], finished=x["ended"]))
+        record = summary[name]
+        assert record["gold"] == pytest.approx(sum(x["gold"] for x in replies) / len(rows), abs=1e-9)
+        assert record["proxy"] == pytest.approx(sum(x["proxy"] for x in replies) / len(rows), abs=1e-6)
+        assert record["distinct_1"] == pytest.approx(distinct(texts, 1))
+        assert record["distinct_2"] == pytest.approx(distinct(texts, 2))
+        assert record["repetition"] == pytest.approx(repetition(texts))
+
+    for name in RUNS:
+        record = summary[name]
+        wins = sum((r[name]["gold"] > r["start"]["gold"]) + 0.5 * (r[name]["gold"] == r["start"]["gold"])
+                   for r in rows)
+        assert record["win_rate"] == pytest.approx(wins / len(rows), abs=1e-12), name
+        # The final KL is the last line of the run's metrics.jsonl.
+        last = json.loads((out / record["folder"] / "metrics.jsonl").read_text().splitlines()[-1])
+        assert record["kl_final"] == pytest.approx(last[KL_KEY]), name
+        config = read_yaml(out / record["folder"] / "config.yaml")
+        assert (config["kl_coef"], config["ent_coef"]) == (record["kl_coef"], record["ent_coef"]), name
+        assert Path(config["reward_model"]).resolve() == (out / summary["reward_model"]["folder"]).resolve()
+    assert summary["with_guard"]["kl_coef"] == settings["kl_coef"] > 0
+    assert (summary["without_guard"]["kl_coef"], summary["without_guard"]["ent_coef"]) == (0.0, 0.0)
+
+    rm_eval = json.loads((out / summary["reward_model"]["folder"] / "eval.json").read_text())
+    assert summary["reward_model"]["accuracy"] == pytest.approx(rm_eval[RM_ACCURACY_KEY])
+
+    # The sample table is the first held-out prompts' replies, as evaluated.
+    assert summary["samples"]
+    for sample, row in zip(summary["samples"], rows):
+        assert sample["prompt"] == row["prompt"]
+        for name in POLICIES:
+            assert sample[name] == {"text": row[name]["response"], "gold": row[name]["gold"]}
+
+    # The report shows these numbers (to its display precision of 0.1 percentage point).
+    facts = report_facts((out / "report.html").read_text())
+    assert percent(facts["Reward model held-out accuracy"]) == pytest.approx(rm_eval[RM_ACCURACY_KEY], abs=5e-4)
+    for name, label in (("with_guard", "with guard"), ("without_guard", "without guard")):
+        assert percent(facts[f"Gold win rate, {label}"]) == pytest.approx(summary[name]["win_rate"], abs=5e-4)
 
 
 def test_the_same_seed_gives_the_same_numbers(demo_runs) -> None:
-    _, first, second = demo_runs
-    for key in ("reward_model_accuracy", "win_rate", "gold", "proxy", "kl_final", "distinct_1", "distinct_2",
-                "repetition", "samples"):
+    first_dir, first, second_dir = demo_runs
+    second = json.loads((second_dir / "demo.json").read_text())
+    for key in ("reward_model", *POLICIES, "eval_prompts", "samples"):
         assert first[key] == second[key], key
-    assert not any(isinstance(v, float) and math.isnan(v) for v in first["gold"].values())
+    assert read_jsonl(first_dir / "evaluation.jsonl") == read_jsonl(second_dir / "evaluation.jsonl")

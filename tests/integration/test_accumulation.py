@@ -25,8 +25,8 @@ from rlhfkit.rollout.sampling import SamplingSettings
 from rlhfkit.rollout.scoring import FunctionScorer
 from rlhfkit.trainers.ppo import train as train_ppo
 from rlhfkit.trainers.reward import train as train_reward
-from rlhfkit.trainers.rl_config import PPOConfig
 from rlhfkit.trainers.reward_config import RewardConfig
+from rlhfkit.trainers.rl_config import PPOConfig
 
 KEYS = ("loss/total", "loss/policy", "loss/value", "policy/clipfrac", "policy/approx_kl", "reward/mean", "kl/ref")
 

@@ -1,8 +1,10 @@
-"""The HTML report and its plots, built from small run folders written by hand."""
+"""The HTML report and its plots, built from small run folders written by hand, and the demo
+summary (`DemoSummary`) that the demo writes and the report reads."""
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import re
 import struct
@@ -12,7 +14,15 @@ from typing import Any
 import pytest
 
 from rlhfkit.errors import DataError
-from rlhfkit.tracking.report import build_report, fmt, fmt_percent
+from rlhfkit.tracking.report import algorithm, build_report, detect, fmt, fmt_percent
+from rlhfkit.tracking.summary import (
+    DemoSummary,
+    PolicyRecord,
+    Reply,
+    RewardModelRecord,
+    RunRecord,
+    SampleRecord,
+)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 RL_PLOTS = ("reward.png", "kl.png", "entropy.png", "diversity.png")
@@ -53,35 +63,35 @@ def rm_rows(n: int) -> list[dict[str, Any]]:
     return rows
 
 
-def write_rl_run(folder: Path, n: int = 12, guard: bool = True) -> None:
+def write_rl_run(folder: Path, n: int = 12, guard: bool = True, stage: str = "ppo", extra: str = "") -> None:
     write_jsonl(folder / "metrics.jsonl", rl_rows(n, guard))
     samples = [{"step": step, "prompt": f"prompt {step}-{i}", "response": f"response at {step} #{i}", "score": 0.25 * i}
                for step in (0, 5, n - 1) for i in range(2)]
     samples[-1]["response"] = XSS
     write_jsonl(folder / "samples.jsonl", samples)
-    (folder / "config.yaml").write_text(f"kl_coef: {0.05 if guard else 0.0}\nlam: 0.95\nmarker_setting: 12345\n")
+    (folder / "config.yaml").write_text(f"stage: {stage}\nkl_coef: {0.05 if guard else 0.0}\n{extra}"
+                                        "marker_setting: 12345\n")
 
 
 def write_rm_run(folder: Path) -> None:
     write_jsonl(folder / "metrics.jsonl", rm_rows(16))
     (folder / "eval.json").write_text(json.dumps({"eval/accuracy": 0.8125, "eval/loss": 0.4123, "eval/pairs": 64}))
+    (folder / "config.yaml").write_text("stage: reward\nepochs: 3\n")
 
 
-DEMO = {
-    "reward_model": "reward_model",
-    "runs": {"with_guard": "ppo", "without_guard": "ppo_no_guard"},
-    "reward_model_accuracy": 0.8125,
-    "win_rate": {"with_guard": 0.7234, "without_guard": 0.1875},
-    "gold": {"start": 0.1, "with_guard": 0.55, "without_guard": -1.05},
-    "proxy": {"start": 0.0, "with_guard": 1.02, "without_guard": 3.1},
-    "kl_final": {"with_guard": 2.1, "without_guard": 15.3},
-    "distinct_2": {"start": 0.85, "with_guard": 0.8, "without_guard": 0.15},
-    "samples": [{"prompt": "Say something kind.", "start": "hello there", "with_guard": "you are kind",
-                 "without_guard": XSS + " great great", "gold_start": 0.1, "gold_with_guard": 0.6,
-                 "gold_without_guard": -1.2}],
-    "seconds": 98.76,
-    "settings": {"iterations": 12, "seed": 7},
-}
+DEMO = DemoSummary(
+    reward_model=RewardModelRecord(folder="reward_model", accuracy=0.8125),
+    start=PolicyRecord(gold=0.1, proxy=0.0, distinct_1=0.61, distinct_2=0.85, repetition=0.05),
+    with_guard=RunRecord(gold=0.55, proxy=1.02, distinct_1=0.6, distinct_2=0.8, repetition=0.07, folder="ppo",
+                         kl_coef=0.05, ent_coef=0.0, win_rate=0.7234, kl_final=2.1),
+    without_guard=RunRecord(gold=-1.05, proxy=3.1, distinct_1=0.2, distinct_2=0.15, repetition=0.6,
+                            folder="ppo_no_guard", kl_coef=0.0, ent_coef=0.0, win_rate=0.1875, kl_final=15.3),
+    eval_prompts=16,
+    seconds=98.76,
+    samples=[SampleRecord(prompt="Say something kind.", start=Reply("hello there", 0.1),
+                          with_guard=Reply("you are kind", 0.6), without_guard=Reply(XSS + " great great", -1.2))],
+    settings={"iterations": 12, "seed": 7},
+)
 
 
 def png_size(path: Path) -> tuple[int, int]:
@@ -106,7 +116,8 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     write_rm_run(root / "reward_model")
     write_rl_run(root / "ppo", guard=True)
     write_rl_run(root / "ppo_no_guard", guard=False)
-    (root / "demo.json").write_text(json.dumps(DEMO))
+    (root / "config.yaml").write_text("stage: demo\nseed: 7\n")
+    DEMO.save(root / "demo.json")
     html_path = build_report(root)
     return root, html_path.read_text()
 
@@ -136,7 +147,7 @@ def test_demo_plots_are_real_pngs(demo: tuple[Path, str]) -> None:
 
 
 def test_single_rl_run_shows_first_and_last_samples(tmp_path: Path) -> None:
-    write_rl_run(tmp_path, n=12)
+    write_rl_run(tmp_path, n=12, extra="lam: 0.95\n")
     html = build_report(tmp_path).read_text()
     assert_self_contained(html)
     assert "PPO" in html and "marker_setting: 12345" in html
@@ -161,32 +172,133 @@ def test_reward_model_run(tmp_path: Path) -> None:
 def test_missing_optional_keys_and_files_are_left_out(tmp_path: Path) -> None:
     rows = [{"step": i, "time": 0.0, "reward/mean": float(i), "policy/entropy": None} for i in range(5)]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 5, "rew')
+    (tmp_path / "config.yaml").write_text("stage: reinforce\n")
     html = build_report(tmp_path).read_text()
     assert_self_contained(html)
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["reward.png"]  # entropy is all null
-    assert "Gold" not in html and "Sample responses" not in html and "Settings" not in html
+    assert "Gold" not in html and "Samples at iteration" not in html and "REINFORCE" in html
 
 
-def test_demo_with_only_demo_json(tmp_path: Path) -> None:
-    (tmp_path / "demo.json").write_text(json.dumps({"reward_model_accuracy": 0.9, "gold": {"start": None}}))
-    html = build_report(tmp_path).read_text()
-    assert "90.0%" in html and "<img" not in html
+# ---------------------------------------------------------------------------------------------
+# The stage comes from config.yaml, not from metric names
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("config", "expected"), [
+    ({"stage": "ppo", "lam": 0.95}, "PPO"),
+    ({"stage": "ppo"}, "PPO"),
+    ({"stage": "reinforce", "baseline": "rloo"}, "RLOO"),
+    ({"stage": "reinforce", "baseline": "grpo"}, "GRPO"),
+    ({"stage": "reinforce", "baseline": "moving_mean"}, "REINFORCE (moving-mean baseline)"),
+    ({"stage": "reinforce"}, "REINFORCE"),
+    ({"stage": "ppo", "baseline": "rloo"}, "PPO"),  # the stage decides, not which settings are there
+])
+def test_algorithm_from_the_stage(config: dict[str, Any], expected: str) -> None:
+    assert algorithm(config) == expected
 
 
-@pytest.mark.parametrize("content", [None, {"metrics.jsonl": '{"step": 0, "other/key": 1}\n'}])
-def test_folder_without_run_files_raises_data_error(tmp_path: Path, content: dict[str, str] | None) -> None:
+def test_stage_decides_over_metric_names(tmp_path: Path) -> None:
+    write_rl_run(tmp_path / "rl_named_reward", stage="reward")  # RL metrics, but written by `rlhfkit reward`
+    assert detect(tmp_path / "rl_named_reward") == "reward_model"
+    write_rm_run(tmp_path / "rm_as_rl")
+    (tmp_path / "rm_as_rl" / "config.yaml").write_text("stage: reinforce\nbaseline: grpo\n")
+    assert detect(tmp_path / "rm_as_rl") == "rl"
+    html = build_report(tmp_path / "rm_as_rl").read_text()
+    assert "GRPO" in html and "RL run" in html
+
+
+def test_demo_folder_from_its_config_or_its_demo_json(tmp_path: Path) -> None:
+    (tmp_path / "old").mkdir()
+    DEMO.save(tmp_path / "old" / "demo.json")
+    assert detect(tmp_path / "old") == "demo"  # no config.yaml of its own: recognised by demo.json
+    (tmp_path / "new").mkdir()
+    (tmp_path / "new" / "config.yaml").write_text("stage: demo\n")
+    with pytest.raises(DataError, match=r"new/demo\.json: not found") as info:
+        detect(tmp_path / "new")
+    assert "\n" not in str(info.value)
+    DEMO.save(tmp_path / "new" / "demo.json")
+    assert detect(tmp_path / "new") == "demo"
+
+
+@pytest.mark.parametrize(("files", "expected"), [
+    ({}, r"config\.yaml: not found, so what wrote .*not_a_run_xyz is unknown"),
+    ({"metrics.jsonl": '{"step": 0, "reward/mean": 1.0, "kl/ref": 0.1}\n'}, r"config\.yaml: not found"),
+    ({"config.yaml": "kl_coef: 0.1\n", "metrics.jsonl": '{"step": 0, "reward/mean": 1.0}\n'},
+     r"config\.yaml: no 'stage:' line, so what wrote .*not_a_run_xyz is unknown"),
+    ({"config.yaml": "stage: score\n"}, r"'stage: score' has no report"),
+    ({"config.yaml": "stage: [ppo\n"}, r"config\.yaml, line \d+: not valid YAML"),
+    ({"config.yaml": "- ppo\n"}, r"config\.yaml: expected a mapping"),
+])
+def test_folder_without_a_known_stage_raises_one_line_data_error(tmp_path: Path, files: dict[str, str],
+                                                                 expected: str) -> None:
     folder = tmp_path / "not_a_run_xyz"
     folder.mkdir()
-    for name, text in (content or {}).items():
+    for name, text in files.items():
         (folder / name).write_text(text)
-    with pytest.raises(DataError, match="not_a_run_xyz") as info:
+    with pytest.raises(DataError, match=expected) as info:
         build_report(folder)
-    assert "metrics.jsonl" in str(info.value) and "demo.json" in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_not_a_folder(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="not a folder"):
+        build_report(tmp_path / "missing")
+
+
+# ---------------------------------------------------------------------------------------------
+# DemoSummary: the one record of demo.json
+# ---------------------------------------------------------------------------------------------
+def test_demo_summary_round_trip(tmp_path: Path) -> None:
+    assert DemoSummary.from_json(DEMO.to_json()) == DEMO
+    path = DEMO.save(tmp_path / "demo.json")
+    assert DemoSummary.load(path) == DEMO
+    data = json.loads(path.read_text())
+    assert data["with_guard"]["win_rate"] == 0.7234 and data["reward_model"]["accuracy"] == 0.8125
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_demo_summary_writes_nan_as_null(tmp_path: Path) -> None:
+    run = dataclasses.replace(DEMO.without_guard, kl_final=float("nan"))
+    loaded = DemoSummary.load(dataclasses.replace(DEMO, without_guard=run).save(tmp_path / "demo.json"))
+    assert loaded.without_guard.kl_final is None
+    assert "NaN" not in (tmp_path / "demo.json").read_text()
+    html = build_report(tmp_path).read_text()
+    assert "n/a" in html
+
+
+def _broken(path: list[str | int], value: Any = ...) -> dict[str, Any]:
+    """DEMO as JSON with the field at `path` deleted (value ...) or replaced."""
+    data = DEMO.to_dict()
+    node = data
+    for key in path[:-1]:
+        node = node[key]
+    if value is ...:
+        del node[path[-1]]
+    else:
+        node[path[-1]] = value
+    return data
+
+
+@pytest.mark.parametrize(("data", "expected"), [
+    (_broken(["with_guard", "win_rate"]), r"field 'with_guard\.win_rate' is missing"),
+    (_broken(["start"]), r"field 'start' is missing"),
+    (_broken(["without_guard", "gold"], "high"), r"field 'without_guard\.gold': expected a number, got \"high\""),
+    (_broken(["reward_model", "accuracy"], None), r"field 'reward_model\.accuracy': expected a number, got null"),
+    (_broken(["eval_prompts"], 16.5), r"field 'eval_prompts': expected a whole number"),
+    (_broken(["samples", 0, "with_guard", "text"], 3), r"field 'samples\[0\]\.with_guard\.text': expected text"),
+    (_broken(["samples"], {}), r"field 'samples': expected a list"),
+    (_broken(["gold"], {"start": 0.1}), r"unknown field 'gold'"),  # the old, untyped layout
+    ([1, 2], r"expected an object, got a list"),
+])
+def test_malformed_demo_json_names_the_file_and_the_field(tmp_path: Path, data: Any, expected: str) -> None:
+    (tmp_path / "demo.json").write_text(json.dumps(data))
+    with pytest.raises(DataError, match=expected) as info:
+        build_report(tmp_path)
+    message = str(info.value)
+    assert message.startswith(str(tmp_path / "demo.json") + ": ") and "\n" not in message
 
 
 def test_broken_demo_json_names_the_file(tmp_path: Path) -> None:
     (tmp_path / "demo.json").write_text("{not json")
-    with pytest.raises(DataError, match="demo.json"):
+    with pytest.raises(DataError, match=r"demo\.json: not valid JSON"):
         build_report(tmp_path)
 
 

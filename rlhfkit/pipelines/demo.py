@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
-from rlhfkit.config import save_config
 from rlhfkit import seeds
+from rlhfkit.config import save_config
 from rlhfkit.data import synthetic
 from rlhfkit.data.io import write_jsonl
 from rlhfkit.data.labeler import SimulatedLabeler

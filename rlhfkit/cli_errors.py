@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import typer
 
-from rlhfkit.errors import UserError
+from rlhfkit.errors import UserError, first_line
 
 EXIT_USER_ERROR = 2
 """The exit status of a command stopped by an error the user can fix."""
@@ -34,8 +34,6 @@ def error_message(e: BaseException) -> str:
     """The one line printed for a UserError or a database failure."""
     if isinstance(e, UserError):
         return f"error: {e}"
-    from rlhfkit.feedback.database import first_line  # SQLAlchemy is loaded already: e is its error
-
     return f"error: database: {first_line(e)}"
 
 

@@ -32,3 +32,10 @@ def where(path: object, row: int | None = None, field: str | None = None) -> str
     if field is not None:
         parts.append(f"field '{field}'")
     return ", ".join(parts)
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an error's message (a database driver's wrapped one where there is one)."""
+    inner = getattr(e, "orig", None) or e
+    lines = [ln.strip() for ln in str(inner).splitlines() if ln.strip()]
+    return lines[0] if lines else type(inner).__name__

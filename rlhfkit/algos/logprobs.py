@@ -17,8 +17,8 @@ def logprobs_from_logits(
     """log pi(a_t | s_t) = z_t[a_t] - logsumexp_v z_t[v],  with z = logits / temperature.
 
     The log-probabilities of the tokens that were sampled, under the same tempered distribution
-    that sampled them ("N implementation details" #3: rollout, reference and training log-probs
-    all divide by the temperature; lm-human-preferences policy.py). We divide by exactly
+    that sampled them: rollout, reference and training log-probs all divide by the temperature
+    (lm-human-preferences policy.py; docs/implementation-details.md, "Temperature in every log-prob"). We divide by exactly
     `temperature` (N+ and TRL add 1e-7). Gathering one logit and subtracting the logsumexp never
     keeps a full (B, T, V) log_softmax tensor alive. float16/bfloat16 logits are upcast to
     float32 one sequence at a time (a low-precision logsumexp is too coarse for PPO ratios) and
@@ -52,7 +52,7 @@ def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch
 
     Entropy of each next-token distribution (lm-human-preferences utils/core.py `logits_entropy`;
     OpenRLHF `compute_entropy`); the PPO entropy term H of L = L_CLIP - c1 L_VF + c2 H.
-    Sign: the seed text writes the entropy term as sum_x pi(x) log(x), without the minus sign
+    Sign: one statement of the PPO objective writes the entropy term as sum_x pi(x) log(x), without the minus sign
     and with log x standing for log pi(x). That expression is -H, and adding it with c2 > 0 would
     reward *lower* entropy; we use H = -sum_x pi(x) log pi(x) >= 0, so the bonus rewards higher
     entropy, as the term is meant to. 0 <= H <= log V; float16/bfloat16 logits are upcast to

@@ -98,7 +98,7 @@ def masked_whiten(
     """x_hat = (x - mu) / sqrt(var + eps)  (+ mu when shift_mean=False), 0 where mask is False.
 
     Masked whitening over all True entries of the batch (lm-human-preferences utils/core.py
-    `whiten`; "N implementation details" #7 whitens advantages this way). mu and var are the
+    `whiten`; docs/implementation-details.md, "Whitening advantages and rewards"). mu and var are the
     masked mean and variance; the variance is biased by default (see `masked_var`).
     shift_mean=False keeps the mean (used for whitening rewards).
 

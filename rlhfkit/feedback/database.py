@@ -106,13 +106,6 @@ def make_engine(url: URL) -> Engine:
                             "install it with: pip install 'psycopg[binary]'") from None
 
 
-def first_line(e: BaseException) -> str:
-    """The first line of a (driver) error message, for one-line errors."""
-    inner = getattr(e, "orig", None) or e
-    lines = [ln.strip() for ln in str(inner).splitlines() if ln.strip()]
-    return lines[0] if lines else type(inner).__name__
-
-
 def hash_token(token: str) -> str:
     """What the database keeps of a sign-in token."""
     return hashlib.sha256(token.encode("utf-8")).hexdigest()

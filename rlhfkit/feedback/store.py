@@ -38,6 +38,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from rlhfkit.defaults import DEFAULT_DB
+from rlhfkit.errors import first_line
 from rlhfkit.feedback import queue, reports
 from rlhfkit.feedback.agreement import AgreementReport
 from rlhfkit.feedback.checks import (
@@ -59,7 +60,6 @@ from rlhfkit.feedback.database import (
     SQLITE_BUSY_TIMEOUT_S,
     WRITE_OPTION,
     database_url,
-    first_line,
     hash_token,
     make_engine,
 )

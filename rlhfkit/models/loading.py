@@ -1,8 +1,9 @@
 """Load causal LMs and tokenizers from a Hugging Face id, a local directory, or the embedded model.
 
 A local directory is read as is and nothing is fetched; `"embedded"` is the tiny model shipped
-in rlhfkit/assets. Every model is returned with dropout switched off (detail D8: dropout makes
-log-probs stochastic, so the PPO ratio would not be 1 before any update).
+in rlhfkit/assets. Every model is returned with dropout switched off: dropout makes log-probs
+stochastic, so the PPO ratio would not be 1 before any update (docs/implementation-details.md,
+"Dropout off in every model").
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ def load_tokenizer(name_or_path: str | Path, padding_side: str = "left") -> PreT
 
     A tokenizer without a pad token gets its EOS token as pad. That is safe here because rlhfkit
     never derives masks from pad ids: attention and response masks come from lengths and the
-    first EOS of each response (REFERENCE D1 explains the bug this avoids).
+    first EOS of each response (docs/implementation-details.md, "Pad token and EOS", explains the
+    bug this avoids).
     """
     path = Path(resolve_model_path(name_or_path, need_config=False))
     # transformers quietly builds an empty tokenizer for a folder without one: every text would be [].
@@ -106,7 +108,8 @@ def load_causal_lm(
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions that skip left padding: cumsum(mask) - 1, clamped at 0 (REFERENCE D2).
+    """Positions that skip left padding: cumsum(mask) - 1, clamped at 0 (docs/implementation-details.md,
+    "Position ids skip the left padding").
 
     With them, a left-padded sequence gets exactly the logits it gets unpadded.
     """

@@ -19,7 +19,8 @@ from rlhfkit.models.loading import check_vocab, disable_dropout, load_pretrained
 from rlhfkit.models.readout import hidden_at
 from rlhfkit.models.trunk_and_heads import score_head
 
-# Normalisation r' = gain * r + bias lives in the config (REFERENCE F2), so the head stays the
+# Normalisation r' = gain * r + bias lives in the config (docs/implementation-details.md, "Reward
+# normalisation: gain and bias"), so the head stays the
 # stock bias-free layer that plain transformers knows how to load.
 GAIN_KEY, BIAS_KEY = "rlhfkit_reward_gain", "rlhfkit_reward_bias"
 
@@ -32,7 +33,8 @@ def build_reward_model(
 ) -> PreTrainedModel:
     """Load a reward model from a causal LM (new head) or from a saved reward model (its head).
 
-    A new head is initialised N(0, 1/sqrt(d_model + 1)) with zero bias (REFERENCE D9), which
+    A new head is initialised N(0, 1/sqrt(d_model + 1)) with zero bias (docs/implementation-details.md,
+    "Reward model head initialisation"), which
     gives rewards of about unit scale at the start. `init_head=False` keeps a loaded head.
     """
     model = load_pretrained(AutoModelForSequenceClassification, name_or_path, "reward model",

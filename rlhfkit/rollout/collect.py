@@ -1,9 +1,11 @@
 """Collect one Rollout: sample responses, get old log-probs and values, score the episodes.
 
-Where the old log-probs come from (REFERENCE D7), `old_logprobs`:
+Where the old log-probs come from, `old_logprobs` (docs/implementation-details.md, "Old log-probs:
+recomputed or kept from sampling"):
 - "forward" (default): recomputed with the trainer's own forward (dropout off, logits / T), in
   the same row groups as the first epoch's minibatches: the first minibatch then sees ratio == 1
-  exactly (S1), bit for bit. One extra no-grad forward of the policy per iteration.
+  exactly, bit for bit (docs/implementation-details.md, "The first minibatch has ratio exactly
+  1"). One extra no-grad forward of the policy per iteration.
 - "sampling": kept from the sampling loop (as TRL's PPO does), with the shared value head's
   values on the same hidden states: no extra forward. The KV-cache forward rounds differently
   from the full one, so the first ratio is 1 only to float precision (about 1e-6 in float32,
@@ -82,7 +84,8 @@ def collect_rollout(
     scores = scorer(prompt_ids, prompt_mask, samples.response_ids, samples.response_mask, samples.ended,
                     prompt_texts, responses).float().to(prompt_ids.device)  # a Python function scores on the CPU
     if missing_eos_penalty:
-        # Responses that never stop lose a fixed amount (TRL's missing_eos_penalty, REFERENCE D5).
+        # Responses that never stop lose a fixed amount (TRL's missing_eos_penalty;
+        # docs/implementation-details.md, "Missing-EOS penalty").
         scores = scores - missing_eos_penalty * (~samples.ended).float()
     t_score = time.perf_counter() - t0
 

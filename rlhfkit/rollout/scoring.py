@@ -2,7 +2,8 @@
 
 A reward model that shares the policy's tokenizer scores the token ids directly (no decode and
 re-encode); one with another tokenizer gets the decoded prompt and response re-tokenised with
-its own tokenizer (REFERENCE D10), ending in its own EOS.
+its own tokenizer, ending in its own EOS (docs/implementation-details.md, "A reward model with its
+own tokenizer").
 """
 
 from __future__ import annotations

@@ -14,14 +14,12 @@ import os
 import random
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
+from accelerate import Accelerator
 from safetensors.torch import save_file
-
-if TYPE_CHECKING:
-    from rlhfkit.trainers.rl_run import RLRun
 
 CHECKPOINT = "checkpoint"
 
@@ -79,6 +77,27 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
 # ---------------------------------------------------------------------------------------------
 # The RL runs' checkpoints, resume and final save
 # ---------------------------------------------------------------------------------------------
+class RLRun(Protocol):
+    """What of an RL run (`rlhfkit.trainers.rl_run.RLRun`) a checkpoint saves and restores."""
+
+    accelerator: Accelerator
+    tokenizer: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    kl_ctl: Any
+    prompts: Any
+    evaluation: Any
+    out_dir: Path
+    start_iteration: int
+    extra_state: dict[str, Any] | None
+
+    @property
+    def main(self) -> bool: ...
+
+    @property
+    def unwrapped(self) -> torch.nn.Module: ...
+
+
 def save_rl_checkpoint(run: RLRun, iteration: int, extra: dict[str, Any] | None = None) -> None:
     """Save a resumable checkpoint after `iteration` (main process only)."""
     run.accelerator.wait_for_everyone()

@@ -48,7 +48,10 @@ def make_optimizer(params: Any, cfg: Any) -> torch.optim.Optimizer:
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: Any, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warmup, then constant, linear decay to 0, or cosine decay to 0 (REFERENCE D21)."""
+    """Linear warmup, then constant, linear decay to 0, or cosine decay to 0.
+
+    See docs/implementation-details.md, "Learning-rate schedule".
+    """
     import math
 
     warmup = cfg.warmup_steps

@@ -29,7 +29,8 @@ def record_policy_stats(stats: StepStats, s: PolicyLossStats, share: torch.Tenso
     stats.extreme("policy/ratio_max", s.ratio_max, largest=True)
     stats.extreme("policy/ratio_min", s.ratio_min, largest=False)
     if first_step:
-        # Before any update the ratio is exactly 1 on the first minibatch (docs/implementation-details.md).
+        # Before any update the ratio is exactly 1 on the first minibatch
+        # (docs/implementation-details.md, "The first minibatch has ratio exactly 1").
         stats.add("policy/clipfrac_first", s.clipfrac * share)
         stats.add("policy/approx_kl_first", s.approx_kl * share)
 

@@ -1,4 +1,5 @@
-"""TD errors and GAE against hand-computed values, a double loop, and the S4 identities."""
+"""TD errors and GAE against hand-computed values, a double loop, and the GAE identities
+(docs/implementation-details.md, "GAE identities for lambda 1 and lambda 0")."""
 
 import pytest
 import torch
@@ -81,7 +82,8 @@ def test_gae_against_double_loop(seed, gamma, lam):
 @settings(max_examples=30, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), gamma=st.floats(0, 1))
 def test_gae_identities_s4(seed, gamma):
-    """S4. lam = 1: A_t = G_t - V_t (returns = reward-to-go, whatever V is); lam = 0: A_t = delta_t."""
+    """lam = 1: A_t = G_t - V_t (returns = reward-to-go, whatever V is); lam = 0: A_t = delta_t
+    (docs/implementation-details.md, "GAE identities for lambda 1 and lambda 0")."""
     rewards, values, mask = random_rollout(seed)
     advantages, returns = gae(rewards, values, mask, gamma=gamma, lam=1.0)
     to_go = discounted_returns(rewards, mask, gamma=gamma)
@@ -92,7 +94,8 @@ def test_gae_identities_s4(seed, gamma):
 
 
 def test_gae_terminal_only_reward_s4():
-    """S4: reward s on the last token only (beta = 0), gamma = lam = 1: A_t = s - V_t."""
+    """Reward s on the last token only (beta = 0), gamma = lam = 1: A_t = s - V_t
+    (docs/implementation-details.md, "GAE identities for lambda 1 and lambda 0")."""
     rewards, values, mask = random_rollout(0)
     last = mask.long().cumsum(1) == mask.sum(1, keepdim=True)  # True from each row's last token on
     terminal = torch.where(last & mask, 2.5, 0.0).to(F64)

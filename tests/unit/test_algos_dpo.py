@@ -1,4 +1,7 @@
-"""DPO and IPO losses, sequence log-probs and implicit rewards (S10)."""
+"""DPO and IPO losses, sequence log-probs and implicit rewards.
+
+Values at initialisation: docs/implementation-details.md, "DPO and IPO at initialisation".
+"""
 
 import math
 
@@ -76,8 +79,9 @@ def test_ipo_hand():
     smoothing=st.floats(0, 0.49),
 )
 def test_at_init_s10(seed, beta, smoothing):
-    """S10: pi == pi_ref gives h = 0: DPO loss log 2 for any beta and smoothing, IPO (1/(2 beta))^2
-    (0.05 -> 100, 0.1 -> 25, 0.5 -> 1), implicit rewards 0, reward accuracy 0 (strict)."""
+    """pi == pi_ref gives h = 0: DPO loss log 2 for any beta and smoothing, IPO (1/(2 beta))^2
+    (0.05 -> 100, 0.1 -> 25, 0.5 -> 1), implicit rewards 0, reward accuracy 0 (strict)
+    (docs/implementation-details.md, "DPO and IPO at initialisation")."""
     logp_c, logp_r, _, _ = random_pairs(seed)
     loss, stats = dpo_loss(logp_c, logp_r, logp_c.clone(), logp_r.clone(), beta=beta, label_smoothing=smoothing)
     assert loss.item() == pytest.approx(math.log(2), abs=1e-12)

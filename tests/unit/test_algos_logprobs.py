@@ -8,7 +8,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rlhfkit.algos import entropy_from_logits, logprobs_and_entropy, logprobs_from_logits
-from rlhfkit.algos import logprobs as policy_module
 
 F64 = torch.float64
 
@@ -89,7 +88,8 @@ def test_entropy_hand():
 
 @pytest.mark.parametrize("vocab_size", [2, 7, 50257])
 def test_entropy_uniform_is_log_v(vocab_size):
-    """S9: uniform logits give log V; GPT-2's V = 50257 gives 10.82491."""
+    """Uniform logits give log V; GPT-2's V = 50257 gives 10.82491
+    (docs/implementation-details.md, "Entropy lies between 0 and log V")."""
     logits = torch.full((1, 2, vocab_size), 0.3, dtype=F64)
     torch.testing.assert_close(entropy_from_logits(logits), torch.full((1, 2), math.log(vocab_size), dtype=F64))
     if vocab_size == 50257:
@@ -97,7 +97,8 @@ def test_entropy_uniform_is_log_v(vocab_size):
 
 
 def test_entropy_near_one_hot_is_zero():
-    """S9: logits (100, 0, 0, 0): H = 3 e^-100 (101 + ...) ~ 1e-41, below float64 resolution of 100."""
+    """Logits (100, 0, 0, 0): H = 3 e^-100 (101 + ...) ~ 1e-41, below float64 resolution of 100
+    (docs/implementation-details.md, "Entropy lies between 0 and log V")."""
     logits = torch.tensor([[[100.0, 0.0, 0.0, 0.0]]], dtype=F64)
     assert abs(entropy_from_logits(logits).item()) < 1e-12
 
@@ -114,7 +115,8 @@ def test_entropy_against_minus_sum_p_log_p(seed):
 @settings(max_examples=30, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), scale=st.floats(0.1, 20))
 def test_entropy_bounds_and_temperature(seed, scale):
-    """S9: 0 <= H <= log V, and H(z / tau) grows with tau (sharper as tau falls)."""
+    """0 <= H <= log V, and H(z / tau) grows with tau (sharper as tau falls)
+    (docs/implementation-details.md, "Entropy lies between 0 and log V")."""
     logits, _ = random_logits(seed, shape=(2, 3, 9), scale=scale)
     h = entropy_from_logits(logits)
     assert (h >= -1e-12).all() and (h <= math.log(9) + 1e-12).all()
@@ -122,9 +124,30 @@ def test_entropy_bounds_and_temperature(seed, scale):
     assert (cold <= warm + 1e-12).all() and (warm <= hot + 1e-12).all()
 
 
-def test_entropy_docstring_states_the_sign_convention():
-    doc = policy_module.entropy_from_logits.__doc__
-    assert "sum_x pi(x) log(x)" in doc and "without the minus sign" in doc
+def test_entropy_sign_convention_is_plus_h():
+    """The entropy is H = -sum p log p >= 0 (not sum p log p), largest (log V) for uniform logits, so that
+    ascending +H moves a peaked distribution towards uniform (docs/math.md, Conventions, "Entropy sign")."""
+    logits = torch.tensor([[[2.0, 0.5, -1.0, 0.0], [0.0, 0.0, 0.0, 0.0]]], dtype=F64)
+    p = [[math.exp(z) / sum(math.exp(v) for v in row) for z in row] for row in logits[0].tolist()]
+    want = [-sum(pi * math.log(pi) for pi in row) for row in p]  # float64 by hand
+    got = entropy_from_logits(logits)
+    assert (got >= 0).all()
+    assert got[0].tolist() == pytest.approx(want, abs=1e-12)
+    assert got[0, 1].item() == pytest.approx(math.log(4), abs=1e-12) and got[0, 0].item() < math.log(4)
+
+    z = torch.tensor([[[4.0, 0.0, -1.0, 0.5]]], dtype=F64, requires_grad=True)  # peaked on token 0
+    distance = [(torch.softmax(z.detach(), -1) - 0.25).abs().max().item()]
+    entropies = [entropy_from_logits(z).item()]
+    for _ in range(3):
+        for _ in range(20):  # gradient ascent on +H
+            (grad,) = torch.autograd.grad(entropy_from_logits(z).sum(), z)
+            with torch.no_grad():
+                z += 0.5 * grad
+        distance.append((torch.softmax(z.detach(), -1) - 0.25).abs().max().item())
+        entropies.append(entropy_from_logits(z).item())
+    # each stretch of ascent raises H and brings every probability closer to 1/4
+    assert all(a < b for a, b in zip(entropies, entropies[1:])) and entropies[-1] <= math.log(4) + 1e-12
+    assert all(a > b for a, b in zip(distance, distance[1:])) and distance[-1] < 0.1 * distance[0]
 
 
 def test_entropy_bad_arguments():

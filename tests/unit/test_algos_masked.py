@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -53,7 +54,8 @@ def test_masked_var_hand():
 
 
 def test_masked_whiten_oai_example_shift_mean_false():
-    """S5, the lm-human-preferences / N-details 3x3 example with shift_mean=False.
+    """The 3x3 example of the N implementation details blog post (lm-human-preferences `whiten`),
+    with shift_mean=False (docs/implementation-details.md, "Whitening gives mean 0 and std 1").
 
     x = 1.6 + d with d = -0.4, -0.3, ..., 0.4: mean 1.6, sum d^2 = 2 (0.16 + 0.09 + 0.04 + 0.01) = 0.6,
     biased var 0.6 / 9 = 1/15, unbiased 0.6 / 8 = 0.075, and x_hat = d / sqrt(var + 1e-8) + 1.6.
@@ -65,7 +67,7 @@ def test_masked_whiten_oai_example_shift_mean_false():
     unbiased = masked_whiten(x, mask, shift_mean=False, unbiased=True)
     torch.testing.assert_close(biased, d / math.sqrt(1 / 15 + 1e-8) + 1.6, rtol=0, atol=1e-12)
     torch.testing.assert_close(unbiased, d / math.sqrt(0.075 + 1e-8) + 1.6, rtol=0, atol=1e-12)
-    # the rounded values printed in the reference
+    # the rounded values printed in the blog post
     oai = [[0.0508, 0.4381, 0.8254], [1.2127, 1.6000, 1.9873], [2.3746, 2.7619, 3.1492]]
     trl = [[0.1394, 0.5046, 0.8697], [1.2349, 1.6000, 1.9651], [2.3303, 2.6954, 3.0606]]
     torch.testing.assert_close(biased, torch.tensor(oai, dtype=F64), rtol=0, atol=5e-5)
@@ -75,7 +77,8 @@ def test_masked_whiten_oai_example_shift_mean_false():
 @settings(max_examples=30, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1))
 def test_masked_whiten_gives_mean_0_std_1(seed):
-    """S5: mean 0 and population std sqrt(var / (var + eps)) over the mask; 0 elsewhere."""
+    """Mean 0 and population std sqrt(var / (var + eps)) over the mask; 0 elsewhere
+    (docs/implementation-details.md, "Whitening gives mean 0 and std 1")."""
     x, mask = random_batch(seed)
     x = 3.0 * x + 5.0
     var = masked_var(x, mask)
@@ -86,13 +89,22 @@ def test_masked_whiten_gives_mean_0_std_1(seed):
 
 
 def test_masked_whiten_unbiased_population_std():
-    """S5: with the unbiased variance, the population std of n = 12 whitened values is sqrt(11/12)."""
+    """With the unbiased variance, the n = 12 masked values whiten to (x - mean) / std with numpy's
+    ddof=1 std, so their population std (ddof=0) is sqrt(11/12) = 0.957427
+    (docs/implementation-details.md, "Whitening gives mean 0 and std 1")."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(3, 5, generator=g, dtype=F64)
     mask = torch.arange(5) < torch.tensor([5, 4, 3])[:, None]  # 12 tokens
     white = masked_whiten(x, mask, unbiased=True, eps=1e-30)
-    assert masked_var(white, mask).sqrt().item() == pytest.approx(math.sqrt(11 / 12), abs=1e-9)
-    assert math.sqrt(11 / 12) == pytest.approx(0.957427, abs=1e-6)
+    # independent float64 reference: numpy on the selected values, eps 1e-30 negligible
+    values = x.numpy()[mask.numpy()]
+    want = np.zeros((3, 5))
+    want[mask.numpy()] = (values - values.mean()) / values.std(ddof=1)
+    np.testing.assert_allclose(white.numpy(), want, rtol=0, atol=1e-12)
+    assert np.std(white.numpy()[mask.numpy()], ddof=0) == pytest.approx(0.957427, abs=1e-6)
+    # the biased default divides by the ddof=0 std instead: population std 1
+    biased = masked_whiten(x, mask, eps=1e-30).numpy()[mask.numpy()]
+    np.testing.assert_allclose(biased, (values - values.mean()) / values.std(ddof=0), rtol=0, atol=1e-12)
 
 
 def test_aggregate_hand():

@@ -213,8 +213,9 @@ def test_moving_mean_update_tensors_and_bad_arguments():
 
 
 def test_rloo_hand_s11():
-    """S11: R = (1, 2, 3, 6), k = 4: A_1 = 1 - (2 + 3 + 6)/3 = -8/3, A_2 = 2 - 10/3 = -4/3, A_3 = 3 - 3 = 0,
-    A_4 = 6 - 2 = 4. Second group (0, 0, 4, 4): -8/3, -8/3, 4 - 4/3 = 8/3, 8/3."""
+    """R = (1, 2, 3, 6), k = 4: A_1 = 1 - (2 + 3 + 6)/3 = -8/3, A_2 = 2 - 10/3 = -4/3, A_3 = 3 - 3 = 0,
+    A_4 = 6 - 2 = 4. Second group (0, 0, 4, 4): -8/3, -8/3, 4 - 4/3 = 8/3, 8/3
+    (docs/implementation-details.md, "RLOO advantages")."""
     got = rloo_advantages(t(1, 2, 3, 6, 0, 0, 4, 4), group_size=4)
     assert got.tolist() == pytest.approx([-8 / 3, -4 / 3, 0, 4, -8 / 3, -8 / 3, 8 / 3, 8 / 3], abs=1e-12)
     assert rloo_advantages(t(5, 5, 5, 5), 2).tolist() == [0.0] * 4
@@ -246,8 +247,9 @@ def test_rloo_bad_arguments():
 
 
 def test_grpo_hand_s12():
-    """S12: R = (1, 2, 3, 6): mean 3, unbiased var (4 + 1 + 0 + 9) / 3 = 14/3, so
-    A = (R - 3) / (sqrt(14/3) + 1e-4) = (-0.92578, -0.46289, 0, 1.38867), sum A^2 = 14 / (sqrt(14/3) + 1e-4)^2."""
+    """R = (1, 2, 3, 6): mean 3, unbiased var (4 + 1 + 0 + 9) / 3 = 14/3, so
+    A = (R - 3) / (sqrt(14/3) + 1e-4) = (-0.92578, -0.46289, 0, 1.38867), sum A^2 = 14 / (sqrt(14/3) + 1e-4)^2
+    (docs/implementation-details.md, "GRPO advantages")."""
     got = grpo_advantages(t(1, 2, 3, 6), group_size=4)
     denom = math.sqrt(14 / 3) + 1e-4
     assert got.tolist() == pytest.approx([-2 / denom, -1 / denom, 0.0, 3 / denom], abs=1e-12)

@@ -1,4 +1,7 @@
-"""PPO: clipped surrogate (S13), clipped value loss (S14), entropy term and the combined objective."""
+"""PPO: clipped surrogate, clipped value loss, entropy term and the combined objective.
+
+Hand values: docs/implementation-details.md, "The clipped surrogate" and "The clipped value loss".
+"""
 
 import math
 
@@ -51,7 +54,7 @@ def surrogate_and_grad(advantage, ratio, clip_eps=0.2):
 
 
 def test_surrogate_s13_clipped_where_the_advantage_pushes_out():
-    """S13, A = 1, rho = 1.3: max(-1.3, -1.2) = -1.2, the clipped branch (clipfrac 1), whose clip(rho)
+    """A = 1, rho = 1.3: max(-1.3, -1.2) = -1.2, the clipped branch (clipfrac 1), whose clip(rho)
     has no gradient. A = -1, rho = 0.7: max(0.7, 0.8) = 0.8, clipped again, gradient 0."""
     loss, stats, grad = surrogate_and_grad(1.0, 1.3)
     assert loss == pytest.approx(-1.2, abs=1e-12) and grad == 0.0 and stats.clipfrac.item() == 1.0
@@ -60,7 +63,7 @@ def test_surrogate_s13_clipped_where_the_advantage_pushes_out():
 
 
 def test_surrogate_s13_unclipped_branch():
-    """S13, A = -1, rho = 1.3: max(1.3, 1.2) = 1.3, the unclipped branch: OAI/TRL clipfrac 0 (CleanRL's
+    """A = -1, rho = 1.3: max(1.3, 1.2) = 1.3, the unclipped branch: lm-human-preferences/TRL clipfrac 0 (CleanRL's
     |rho - 1| > eps would say 1), gradient d(-A rho)/d logp = -A rho = 1.3."""
     loss, stats, grad = surrogate_and_grad(-1.0, 1.3)
     assert loss == pytest.approx(1.3, abs=1e-12) and stats.clipfrac.item() == 0.0
@@ -69,7 +72,7 @@ def test_surrogate_s13_unclipped_branch():
 
 @pytest.mark.parametrize(("advantage", "ratio"), [(2.0, 1.1), (-0.5, 0.85), (1.0, 0.9), (-3.0, 1.19)])
 def test_surrogate_inside_the_band(advantage, ratio):
-    """S13: inside [0.8, 1.2] the loss is -A rho and d loss / d logp = -A rho (rho = exp(logp - old))."""
+    """Inside [0.8, 1.2] the loss is -A rho and d loss / d logp = -A rho (rho = exp(logp - old))."""
     loss, stats, grad = surrogate_and_grad(advantage, ratio)
     assert loss == pytest.approx(-advantage * ratio, abs=1e-12)
     assert grad == pytest.approx(-advantage * ratio, abs=1e-12)
@@ -94,8 +97,9 @@ def test_policy_stats_hand():
 @pytest.mark.parametrize("mode", ["token", "sequence", "sequence_sum"])
 @pytest.mark.parametrize("seed", range(3))
 def test_ratio_one_s1(seed, mode):
-    """S1: logp == old_logp gives clipfrac 0, approx KL 0 (both) exactly, ratios 1, loss -aggregate(A), and
-    the gradient of the plain policy gradient -d/dtheta aggregate(A logp)."""
+    """logp == old_logp gives clipfrac 0, approx KL 0 (both) exactly, ratios 1, loss -aggregate(A), and
+    the gradient of the plain policy gradient -d/dtheta aggregate(A logp)
+    (docs/implementation-details.md, "The first minibatch has ratio exactly 1")."""
     _, old_logp, advantages, *_, mask = random_rollout(seed)
     logp = old_logp.clone().requires_grad_()
     loss, stats = ppo_policy_loss(logp, old_logp, advantages, mask, mode=mode)
@@ -144,7 +148,7 @@ def test_policy_loss_sequence_advantages_broadcast():
 
 
 def test_value_loss_s14():
-    """S14: V_old = 0, V = 0.5, R = 1, eps_v = 0.2: unclipped (0.5 - 1)^2 = 0.25, clipped V = 0.2 gives
+    """V_old = 0, V = 0.5, R = 1, eps_v = 0.2: unclipped (0.5 - 1)^2 = 0.25, clipped V = 0.2 gives
     (0.2 - 1)^2 = 0.64; L_V = 0.5 max = 0.32, vf_clipfrac 1. Without clipping 0.5 * 0.25 = 0.125."""
     loss, stats = ppo_value_loss(single(0.5), single(0.0), single(1.0), ONE, clip_eps_value=0.2)
     assert loss.item() == pytest.approx(0.32, abs=1e-12) and stats.clipfrac.item() == 1.0
@@ -153,7 +157,7 @@ def test_value_loss_s14():
 
 
 def test_value_loss_gradient_is_zero_when_clipped_branch_wins():
-    """In S14 the clipped value V_old + 0.2 does not depend on V: d L_V / d V = 0. Unclipped: V - R."""
+    """In test_value_loss_s14 the clipped value V_old + 0.2 does not depend on V: d L_V / d V = 0. Unclipped: V - R."""
     values = single(0.5).requires_grad_()
     ppo_value_loss(values, single(0.0), single(1.0), ONE)[0].backward()
     assert values.grad.item() == 0.0
@@ -177,7 +181,8 @@ def test_value_loss_against_loop(seed):
 
 
 def test_value_loss_at_rollout_values_never_clips():
-    """S1: values == old_values gives vf_clipfrac 0 and the plain loss."""
+    """values == old_values gives vf_clipfrac 0 and the plain loss
+    (docs/implementation-details.md, "The first minibatch has ratio exactly 1")."""
     _, _, _, values, _, returns, _, mask = random_rollout(1)
     clipped, stats = ppo_value_loss(values, values, returns, mask)
     plain, _ = ppo_value_loss(values, values, returns, mask, clip_eps_value=None)
@@ -197,8 +202,9 @@ def test_entropy_bonus_hand():
 
 def test_ppo_loss_hand():
     """One token: A = 1, rho = 1.1 (inside the band): L_CLIP = 1.1. V = 0.5, V_old = 0, R = 1:
-    L_VF = 0.32 (S14). H = 2. With c1 = 0.1, c2 = 0.01: L = 1.1 - 0.032 + 0.02 = 1.088, loss = -1.088."""
-    loss, stats = ppo_loss(
+    L_VF = 0.32 (as in test_value_loss_s14). H = 2. With c1 = 0.1, c2 = 0.01:
+    L = 1.1 - 0.032 + 0.02 = 1.088, loss = -1.088."""
+    terms = ppo_loss(
         logp=single(math.log(1.1)),
         old_logp=single(0.0),
         advantages=single(1.0),
@@ -210,12 +216,11 @@ def test_ppo_loss_hand():
         vf_coef=0.1,
         ent_coef=0.01,
     )
-    assert loss.item() == pytest.approx(-1.088, abs=1e-12)
-    assert stats["loss/policy"].item() == pytest.approx(-1.1, abs=1e-12)
-    assert stats["loss/value"].item() == pytest.approx(0.32, abs=1e-12)
-    assert stats["policy/entropy"].item() == 2.0
-    assert stats["loss/total"].item() == loss.item()
-    assert stats["value/clipfrac"].item() == 1.0 and stats["policy/clipfrac"].item() == 0.0
+    assert terms.total.item() == pytest.approx(-1.088, abs=1e-12)
+    assert terms.policy.item() == pytest.approx(-1.1, abs=1e-12)
+    assert terms.value.item() == pytest.approx(0.32, abs=1e-12)
+    assert terms.entropy.item() == 2.0
+    assert terms.value_stats.clipfrac.item() == 1.0 and terms.policy_stats.clipfrac.item() == 0.0
 
 
 @settings(max_examples=25, deadline=None)
@@ -228,9 +233,9 @@ def test_ppo_loss_hand():
 def test_ppo_loss_is_minus_the_objective(seed, c1, c2, mode):
     """loss = -(L_CLIP - c1 L_VF + c2 H) from the three terms computed separately."""
     logp, old_logp, adv, values, old_values, returns, entropy, mask = random_rollout(seed)
-    loss, stats = ppo_loss(
+    loss = ppo_loss(
         logp, old_logp, adv, values, old_values, returns, entropy, mask, vf_coef=c1, ent_coef=c2, mode=mode
-    )
+    ).total
     l_clip = -ppo_policy_loss(logp, old_logp, adv, mask, mode=mode)[0]
     l_vf = ppo_value_loss(values, old_values, returns, mask, mode=mode)[0]
     h = entropy_bonus(entropy, mask, mode=mode)
@@ -241,19 +246,20 @@ def test_ppo_loss_stats_are_detached_tensors():
     logp, old_logp, adv, values, old_values, returns, entropy, mask = random_rollout(0)
     logp.requires_grad_()
     values.requires_grad_()
-    loss, stats = ppo_loss(logp, old_logp, adv, values, old_values, returns, entropy, mask)
-    assert loss.requires_grad
-    for key, value in stats.items():
+    terms = ppo_loss(logp, old_logp, adv, values, old_values, returns, entropy, mask)
+    assert terms.total.requires_grad and terms.total.dim() == 0
+    detached = {"policy": terms.policy, "value": terms.value, "entropy": terms.entropy,
+                **{f"policy_stats.{k}": v for k, v in terms.policy_stats._asdict().items()},
+                **{f"value_stats.{k}": v for k, v in terms.value_stats._asdict().items()}}
+    for key, value in detached.items():
         assert isinstance(value, torch.Tensor) and value.dim() == 0 and not value.requires_grad, key
-    assert {"loss/policy", "loss/value", "loss/total", "policy/entropy", "policy/clipfrac", "policy/approx_kl",
-            "policy/ratio_mean", "value/clipfrac"} <= set(stats)
 
 
 def test_ppo_loss_without_entropy():
     logp, old_logp, adv, values, old_values, returns, _, mask = random_rollout(0)
-    loss, stats = ppo_loss(logp, old_logp, adv, values, old_values, returns, None, mask)
-    assert "policy/entropy" not in stats
-    assert loss.item() == pytest.approx((stats["loss/policy"] + 0.1 * stats["loss/value"]).item(), abs=1e-12)
+    terms = ppo_loss(logp, old_logp, adv, values, old_values, returns, None, mask)
+    assert terms.entropy is None
+    assert terms.total.item() == pytest.approx((terms.policy + 0.1 * terms.value).item(), abs=1e-12)
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -265,12 +271,13 @@ def test_padding_never_changes_ppo_results(seed):
     results = []
     for logp, old_logp, adv, values, old_values, returns, entropy, m in (clean, dirty):
         logp, values = logp.clone().requires_grad_(), values.clone().requires_grad_()
-        loss, stats = ppo_loss(logp, old_logp, adv, values, old_values, returns, entropy, m, ent_coef=0.01)
-        loss.backward()
-        results.append((loss, stats, logp.grad, values.grad))
+        terms = ppo_loss(logp, old_logp, adv, values, old_values, returns, entropy, m, ent_coef=0.01)
+        terms.total.backward()
+        stats = [terms.policy, terms.value, terms.entropy, *terms.policy_stats, *terms.value_stats]
+        results.append((terms.total, stats, logp.grad, values.grad))
     (loss_a, stats_a, glogp_a, gval_a), (loss_b, stats_b, glogp_b, gval_b) = results
     assert torch.equal(loss_a, loss_b)
-    assert all(torch.equal(stats_a[k], stats_b[k]) for k in stats_a)
+    assert all(torch.equal(a, b) for a, b in zip(stats_a, stats_b))
     assert torch.equal(glogp_a, glogp_b) and torch.equal(gval_a, gval_b)
     assert glogp_b[~mask].eq(0).all() and gval_b[~mask].eq(0).all()
 

@@ -42,7 +42,8 @@ def test_bradley_terry_weighted_mean():
 @settings(max_examples=30, deadline=None)
 @given(r=finite, m=st.floats(0, 10))
 def test_bradley_terry_equal_rewards_and_margin(r, m):
-    """S6: equal rewards give log 2 = 0.693147; a margin m gives -log sigmoid(-m) = log(1 + e^m)."""
+    """Equal rewards give log 2 = 0.693147; a margin m gives -log sigmoid(-m) = log(1 + e^m)
+    (docs/implementation-details.md, "Equal rewards give a reward-model loss of log 2")."""
     assert bradley_terry_loss(t(r), t(r)).item() == pytest.approx(0.693147, abs=1e-6)
     assert bradley_terry_loss(t(r), t(r), margin=m).item() == pytest.approx(math.log1p(math.exp(m)), abs=1e-9)
     assert bradley_terry_loss(t(r, r), t(r, r), margin=t(m, 0.0)).item() == pytest.approx(
@@ -53,7 +54,8 @@ def test_bradley_terry_equal_rewards_and_margin(r, m):
 @settings(max_examples=30, deadline=None)
 @given(a=finite, b=finite)
 def test_bradley_terry_antisymmetry(a, b):
-    """S6: softplus(b - a) - softplus(a - b) = b - a, so L(a, b) - L(b, a) = -(a - b)."""
+    """softplus(b - a) - softplus(a - b) = b - a, so L(a, b) - L(b, a) = -(a - b)
+    (docs/implementation-details.md, "Equal rewards give a reward-model loss of log 2")."""
     diff = bradley_terry_loss(t(a), t(b)) - bradley_terry_loss(t(b), t(a))
     assert diff.item() == pytest.approx(-(a - b), abs=1e-9)
 
@@ -99,7 +101,8 @@ def test_bradley_terry_bad_arguments():
 
 
 def test_preference_accuracy_hand_strict():
-    """(1 > 0) yes, (2 > 2) no (a tie is not a win), (3 > 4) no: 1/3. S6: equal rewards give 0."""
+    """(1 > 0) yes, (2 > 2) no (a tie is not a win), (3 > 4) no: 1/3. Equal rewards give 0
+    (docs/implementation-details.md, "Equal rewards give a reward-model loss of log 2")."""
     assert preference_accuracy(t(1, 2, 3), t(0, 2, 4)).item() == pytest.approx(1 / 3, abs=1e-7)
     assert preference_accuracy(t(5, 5), t(5, 5)).item() == 0.0
 
@@ -180,7 +183,8 @@ def test_normalization_gain_bias_hand():
 @settings(max_examples=30, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), mu=st.floats(-5, 5), sigma=st.floats(0.1, 5))
 def test_normalization_hits_its_targets(seed, mu, sigma):
-    """S7: the normalisation samples themselves get the target mean and population std."""
+    """The normalisation samples themselves get the target mean and population std
+    (docs/implementation-details.md, "Normalised rewards hit their targets")."""
     g = torch.Generator().manual_seed(seed)
     rewards = 7.0 * torch.randn(64, generator=g, dtype=F64) - 3.0
     gain, bias = normalization_gain_bias(rewards, target_mean=mu, target_std=sigma)

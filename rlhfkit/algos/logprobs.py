@@ -20,9 +20,9 @@ def logprobs_from_logits(
     that sampled them: rollout, reference and training log-probs all divide by the temperature
     (lm-human-preferences policy.py; docs/implementation-details.md, "Temperature in every
     log-prob"). We divide by exactly `temperature` (N+ and TRL add 1e-7). Gathering one logit and
-    subtracting the logsumexp never keeps a full (B, T, V) log_softmax tensor alive. float16/bfloat16 logits are upcast to
-    float32 one sequence at a time (a low-precision logsumexp is too coarse for PPO ratios) and
-    the result is float32.
+    subtracting the logsumexp never keeps a full (B, T, V) log_softmax tensor alive.
+    float16/bfloat16 logits are upcast to float32 one sequence at a time (a low-precision
+    logsumexp is too coarse for PPO ratios) and the result is float32.
 
     Args:
       logits: (B, T, V) logits whose row t predicts tokens[:, t] (already shifted by one).

@@ -14,7 +14,6 @@ Every number optimised comes from rlhfkit.algos.
 from __future__ import annotations
 
 import time
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +22,15 @@ import torch
 from rlhfkit.algos._checks import value_checks, value_checks_enabled
 from rlhfkit.algos.advantages import gae
 from rlhfkit.algos.kl import KL_ESTIMATORS, shaped_rewards
-from rlhfkit.algos.masked import aggregate_denominator, explained_variance, masked_whiten
+from rlhfkit.algos.masked import explained_variance, masked_whiten
 from rlhfkit.algos.ppo import ppo_loss
 from rlhfkit.rollout.batch import Rollout
 from rlhfkit.rollout.gather import IterationPlan
 from rlhfkit.tracking.console import progress_bar
-from rlhfkit.trainers.optim_step import StepStats, micro_batches, optimizer_step
+from rlhfkit.trainers.optim_step import StepStats
 from rlhfkit.trainers.rl_config import PPOConfig
-from rlhfkit.trainers.rl_metrics import record_grad_norm, record_ppo_loss, rollout_metrics
-from rlhfkit.trainers.rl_run import RewardFn, RLRun, build_rl, end_iteration, end_run
+from rlhfkit.trainers.rl_metrics import record_ppo_loss, rollout_metrics
+from rlhfkit.trainers.rl_run import RewardFn, RLRun, build_rl, end_iteration, end_run, policy_updates
 
 
 def ppo_micro_loss(run: RLRun, rollout: Rollout, part: torch.Tensor, denominator: torch.Tensor, tokens: torch.Tensor,
@@ -54,28 +53,13 @@ def ppo_micro_loss(run: RLRun, rollout: Rollout, part: torch.Tensor, denominator
 
 
 def ppo_update(run: RLRun, rollout: Rollout, plan: IterationPlan) -> dict[str, float]:
-    """Step 4: epochs x minibatches of PPO updates; returns the mean of each statistic over the steps."""
+    """Step 4: epochs x minibatches of PPO updates, stopped early once approx KL > 1.5 x target_kl."""
     cfg, acc = run.cfg, run.accelerator
-    stats = StepStats()
-    for epoch_rows, epoch_global in zip(plan.minibatches, plan.global_minibatches):
-        for rows, global_rows in zip(epoch_rows, epoch_global):
-            # Losses divide by the global minibatch's count: the same result on 1 and N processes.
-            global_mask = rollout.mask[global_rows.to(rollout.mask.device)]
-            denominator = aggregate_denominator(global_mask, cfg.loss_reduction)
-            tokens = global_mask.sum().clamp(min=1)
-            first_step = stats.steps == 0
-            grad_norm = optimizer_step(acc, run.actor, run.optimizer, run.scheduler,
-                                       micro_batches(rows, cfg.micro_batch_size),
-                                       partial(ppo_micro_loss, run, rollout, denominator=denominator, tokens=tokens,
-                                               stats=stats, first_step=first_step),
-                                       cfg.max_grad_norm)
-            record_grad_norm(stats, grad_norm, acc.num_processes)
-            step = stats.end_step()
-            if cfg.target_kl and _global(acc, step["policy/approx_kl"]) > 1.5 * cfg.target_kl:
-                stats.add("policy/early_stop", 1.0 / acc.num_processes)
-                stats.end_step()
-                return stats.summary(acc)
-    return stats.summary(acc)
+
+    def too_far(step: dict[str, torch.Tensor]) -> bool:
+        return bool(cfg.target_kl) and _global(acc, step["policy/approx_kl"]) > 1.5 * cfg.target_kl
+
+    return policy_updates(run, rollout, plan, ppo_micro_loss, stop=too_far)
 
 
 def _global(acc: Any, contribution: torch.Tensor) -> float:

@@ -25,7 +25,7 @@ import torch
 
 from rlhfkit.algos._checks import value_checks, value_checks_enabled
 from rlhfkit.algos.kl import KL_ESTIMATORS, kl_k3
-from rlhfkit.algos.masked import aggregate, aggregate_denominator, explained_variance
+from rlhfkit.algos.masked import aggregate, explained_variance
 from rlhfkit.algos.pg import (
     baseline_advantages,
     grpo_advantages,
@@ -37,10 +37,10 @@ from rlhfkit.algos.ppo import entropy_bonus, ppo_policy_loss, ppo_value_loss
 from rlhfkit.rollout.batch import Rollout
 from rlhfkit.rollout.gather import IterationPlan
 from rlhfkit.tracking.console import progress_bar
-from rlhfkit.trainers.optim_step import StepStats, micro_batches, optimizer_step
+from rlhfkit.trainers.optim_step import StepStats
 from rlhfkit.trainers.rl_config import ReinforceConfig
-from rlhfkit.trainers.rl_metrics import record_grad_norm, record_policy_stats, rollout_metrics
-from rlhfkit.trainers.rl_run import RewardFn, RLRun, build_rl, end_iteration, end_run
+from rlhfkit.trainers.rl_metrics import record_pg_loss, record_policy_stats, rollout_metrics
+from rlhfkit.trainers.rl_run import RewardFn, RLRun, build_rl, end_iteration, end_run, policy_updates
 
 
 def episode_returns(cfg: ReinforceConfig, scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor,
@@ -84,52 +84,32 @@ def pg_micro_loss(run: RLRun, rollout: Rollout, part: torch.Tensor, denominator:
                         with_entropy=cfg.ent_coef > 0, with_values=with_values)
     logp = out.logp.float()
     if cfg.policy_loss == "reinforce":
-        loss = reinforce_loss(logp, mb.mask, mb.advantages, mode=cfg.loss_reduction,
-                              denominator=denominator)
+        pg_loss = reinforce_loss(logp, mb.mask, mb.advantages, mode=cfg.loss_reduction, denominator=denominator)
     else:
-        loss, pg = ppo_policy_loss(logp, mb.old_logp, mb.advantages, mb.mask, cfg.clip_eps,
-                                   mode=cfg.loss_reduction, denominator=denominator)
+        pg_loss, pg = ppo_policy_loss(logp, mb.old_logp, mb.advantages, mb.mask, cfg.clip_eps,
+                                      mode=cfg.loss_reduction, denominator=denominator)
         record_policy_stats(stats, pg, share, first_step)
-    stats.add("loss/policy", loss.detach())
+    loss, kl_term, entropy, vf_loss = pg_loss, None, None, None
     if cfg.kl_in == "loss" and beta > 0:
-        # GRPO: beta * k3(pi_theta || pi_ref) per token, inside the loss (Shao et al. 2024, eq. 3-4).
+        # GRPO: beta * k3(pi_theta || pi_ref) per token, inside the loss (Shao et al. 2024, eq. 3-4;
+        # docs/implementation-details.md, "KL in the reward or in the loss").
         kl_term = aggregate(kl_k3(logp, mb.ref_logp, mb.mask), mb.mask, mode=cfg.loss_reduction,
                             denominator=denominator)
         loss = loss + beta * kl_term
-        stats.add("loss/kl", kl_term.detach())
     if cfg.ent_coef:
-        entropy = entropy_bonus(out.entropy.float(), mb.mask, mode=cfg.loss_reduction,
-                                denominator=denominator)
-        stats.add("policy/entropy_bonus", entropy.detach())
+        entropy = entropy_bonus(out.entropy.float(), mb.mask, mode=cfg.loss_reduction, denominator=denominator)
         loss = loss - cfg.ent_coef * entropy
     if with_values:
         vf_loss, _ = ppo_value_loss(out.values, mb.old_values, mb.returns, mb.mask, None,
                                     mode=cfg.loss_reduction, denominator=denominator)
         loss = loss + cfg.vf_coef * vf_loss
-        stats.add("loss/value", vf_loss.detach())
-    stats.add("loss/total", loss.detach())
+    record_pg_loss(stats, loss, pg_loss, kl_term, entropy, vf_loss)
     return loss
 
 
 def reinforce_update(run: RLRun, rollout: Rollout, plan: IterationPlan, beta: float) -> dict[str, float]:
     """Step 4: the policy-gradient updates; returns the mean of each statistic over the steps."""
-    cfg, acc = run.cfg, run.accelerator
-    stats = StepStats()
-    for epoch_rows, epoch_global in zip(plan.minibatches, plan.global_minibatches):
-        for rows, global_rows in zip(epoch_rows, epoch_global):
-            # Losses divide by the global minibatch's count: the same result on 1 and N processes.
-            global_mask = rollout.mask[global_rows.to(rollout.mask.device)]
-            denominator = aggregate_denominator(global_mask, cfg.loss_reduction)
-            tokens = global_mask.sum().clamp(min=1)
-            first_step = stats.steps == 0
-            grad_norm = optimizer_step(acc, run.actor, run.optimizer, run.scheduler,
-                                       micro_batches(rows, cfg.micro_batch_size),
-                                       partial(pg_micro_loss, run, rollout, denominator=denominator, tokens=tokens,
-                                               stats=stats, first_step=first_step, beta=beta),
-                                       cfg.max_grad_norm)
-            record_grad_norm(stats, grad_norm, acc.num_processes)
-            stats.end_step()
-    return stats.summary(acc)
+    return policy_updates(run, rollout, plan, partial(pg_micro_loss, beta=beta))
 
 
 def train(cfg: ReinforceConfig, reward_fn: RewardFn | None = None,

@@ -51,6 +51,16 @@ def record_ppo_loss(stats: StepStats, terms: PPOLoss, share: torch.Tensor, first
     record_value_stats(stats, terms.value_stats, share)
 
 
+def record_pg_loss(stats: StepStats, total: torch.Tensor, policy: torch.Tensor, kl: torch.Tensor | None = None,
+                   entropy: torch.Tensor | None = None, value: torch.Tensor | None = None) -> None:
+    """The terms of one micro-batch's policy-gradient loss (REINFORCE, RLOO, GRPO)."""
+    stats.add("loss/total", total.detach())
+    stats.add("loss/policy", policy.detach())
+    for key, term in (("loss/kl", kl), ("policy/entropy_bonus", entropy), ("loss/value", value)):
+        if term is not None:
+            stats.add(key, term.detach())
+
+
 def record_grad_norm(stats: StepStats, grad_norm: torch.Tensor | None, world: int) -> None:
     """The (synchronised, so equal on every process) gradient norm of one step."""
     if grad_norm is not None:

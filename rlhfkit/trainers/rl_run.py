@@ -12,6 +12,7 @@ import copy
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +20,13 @@ import torch
 from accelerate import Accelerator
 
 from rlhfkit.algos.kl import AdaptiveKLController, FixedKLController
+from rlhfkit.algos.masked import aggregate_denominator
 from rlhfkit.data.prompts import PromptSet
 from rlhfkit.errors import ConfigError
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.models.policy import ActorCritic, token_logprobs
 from rlhfkit.models.reward_model import build_reward_model
+from rlhfkit.rollout.gather import IterationPlan
 from rlhfkit.rollout.sampling import SamplingSettings
 from rlhfkit.rollout.scoring import FunctionScorer, RewardModelScorer, Scorer, import_function, same_tokenizer
 from rlhfkit.rollout.step import RolloutWorker
@@ -38,8 +41,9 @@ from rlhfkit.trainers.common import (
     save_run_config,
     seed_everything,
 )
+from rlhfkit.trainers.optim_step import StepStats, micro_batches, optimizer_step
 from rlhfkit.trainers.rl_evaluation import HeldOutEvaluation
-from rlhfkit.trainers.rl_metrics import sample_rows
+from rlhfkit.trainers.rl_metrics import record_grad_norm, sample_rows
 
 RewardFn = Callable[..., Sequence[float]]  # (prompts, responses[, ended=]) -> one float per episode
 
@@ -151,6 +155,37 @@ def build_rl(cfg: Any, with_critic: bool, separate_critic: bool = False, steps_p
     if evaluation is not None and not resuming:
         evaluate(run, step=0)  # the start policy: the baseline of the win rates
     return run
+
+
+MicroLoss = Callable[..., torch.Tensor]  # (run, rollout, rows, denominator=, tokens=, stats=, first_step=) -> loss
+
+
+def policy_updates(run: RLRun, rollout: Any, plan: IterationPlan, micro_loss: MicroLoss,
+                   stop: Callable[[dict[str, torch.Tensor]], bool] | None = None) -> dict[str, float]:
+    """Step 4 of both loops: update_epochs x num_minibatches optimizer steps over the plan's minibatches.
+
+    Each minibatch's losses divide by the count of the global minibatch (every process has the
+    gathered batch, so it knows it), which makes the result the same on 1 and N processes and for
+    any micro-batch size. `stop(step_stats)` may end the iteration's updates early. Returns the
+    mean of each statistic over the steps.
+    """
+    cfg, acc = run.cfg, run.accelerator
+    stats = StepStats()
+    for epoch_rows, epoch_global in zip(plan.minibatches, plan.global_minibatches):
+        for rows, global_rows in zip(epoch_rows, epoch_global):
+            global_mask = rollout.mask[global_rows.to(rollout.mask.device)]
+            denominator = aggregate_denominator(global_mask, cfg.loss_reduction)
+            loss_of = partial(micro_loss, run, rollout, denominator=denominator, tokens=global_mask.sum().clamp(min=1),
+                              stats=stats, first_step=stats.steps == 0)
+            grad_norm = optimizer_step(acc, run.actor, run.optimizer, run.scheduler,
+                                       micro_batches(rows, cfg.micro_batch_size), loss_of, cfg.max_grad_norm)
+            record_grad_norm(stats, grad_norm, acc.num_processes)
+            step = stats.end_step()
+            if stop is not None and stop(step):
+                stats.add("policy/early_stop", 1.0 / acc.num_processes)
+                stats.end_step()
+                return stats.summary(acc)
+    return stats.summary(acc)
 
 
 def evaluate(run: RLRun, step: int) -> dict[str, float]:

@@ -20,6 +20,7 @@ from accelerate.utils import DataLoaderConfiguration
 
 from rlhfkit.config import save_config
 from rlhfkit.errors import ConfigError
+from rlhfkit.trainers.precision import resolve_precision
 
 
 def seed_everything(seed: int) -> None:
@@ -33,9 +34,7 @@ def make_accelerator(cfg: Any) -> Accelerator:
     """One Accelerator per run: CPU, one GPU or `accelerate launch` with the same code."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    mp = cfg.mixed_precision
-    if mp == "fp16" and not torch.cuda.is_available():
-        raise ConfigError("setting 'mixed_precision': fp16 needs a GPU; use bf16 or no on a CPU")
+    mp = resolve_precision(cfg.mixed_precision)
     # split_batches: a batch_size setting is the global batch, whatever the number of processes.
     return Accelerator(mixed_precision=mp, dataloader_config=DataLoaderConfiguration(split_batches=True))
 

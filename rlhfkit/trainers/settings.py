@@ -21,7 +21,9 @@ class RunSettings:
                              "iterations (ppo, reinforce); the last one is always written.", ge=1)
     threads: int = setting(0, "CPU threads for torch (0 = torch's default).", ge=0)
     mixed_precision: str = setting(
-        "no", "Autocast precision for matmuls; master weights and losses stay fp32.", choices=("no", "bf16", "fp16")
+        "auto", "Autocast precision for matmuls; master weights and losses stay fp32. auto: bf16 on a GPU or a CPU "
+        "with native bf16 (avx512_bf16/AMX), else fp32 (no); fp16 (with loss scaling) needs a GPU.",
+        choices=("auto", "no", "bf16", "fp16"),
     )
 
 

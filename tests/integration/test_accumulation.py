@@ -44,7 +44,8 @@ def test_ppo_one_pass_of_8_equals_8_micro_batches_of_1(tmp_path: Path) -> None:
     def run(micro: int) -> list[dict]:
         cfg = PPOConfig(policy="embedded", prompts=str(prompts), output_dir=str(tmp_path / f"micro{micro}"),
                         iterations=2, rollout_batch_size=16, num_minibatches=2, update_epochs=2, max_new_tokens=12,
-                        learning_rate=1e-3, micro_batch_size=micro, sample_every=0, threads=1)
+                        learning_rate=1e-3, micro_batch_size=micro, sample_every=0, threads=1,
+                        mixed_precision="no")  # fp32: bf16 rounds differently per batch shape
         return train_ppo(cfg, reward_fn=count_a)
 
     whole, parts = run(0), run(1)
@@ -60,7 +61,8 @@ def test_reward_model_one_pass_of_8_equals_8_micro_batches_of_1(tiny_model_dir: 
     def run(micro: int) -> dict:
         cfg = RewardConfig(model=str(tiny_model_dir), train_data=str(data), eval_fraction=0.2, batch_size=8,
                            output_dir=str(tmp_path / f"rm{micro}"), learning_rate=2e-3, max_length=96,
-                           micro_batch_size=micro, normalize="none", threads=1)
+                           micro_batch_size=micro, normalize="none", threads=1,
+                           mixed_precision="no")
         return train_reward(cfg)
 
     whole, parts = run(0), run(1)

@@ -38,7 +38,9 @@ LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_pr
 def run(cmd: list[str], processes: int) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     prefix = LAUNCH if processes == 2 else [sys.executable]
-    done = subprocess.run(prefix + ["-m", "rlhfkit.cli", *cmd, "--threads", "1"], env=env, capture_output=True,
+    # fp32 on every machine: bf16 (the default where the CPU has it) rounds differently per batch shape
+    done = subprocess.run(prefix + ["-m", "rlhfkit.cli", *cmd, "--threads", "1", "--mixed-precision", "no"], env=env,
+                          capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 

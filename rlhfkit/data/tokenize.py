@@ -44,20 +44,27 @@ class TokenizedPairs:
     weights: list[float]
     margins: list[float]
     truncated: int = 0  # pairs whose prompt lost tokens on the left
-    dropped: int = 0  # pairs that could not fit max_length
+    dropped: int = 0  # pairs that could not fit max_length (even with the prompt truncated), left out
     kept_index: list[int] = field(default_factory=list)  # source index of each kept pair
+    dropped_index: list[int] = field(default_factory=list)  # source index of each pair left out
+    dropped_rows: list[int] = field(default_factory=list)  # their source rows, when the rows were given (sorted)
 
     def __len__(self) -> int:
         return len(self.chosen)
 
 
 def tokenize_pairs(
-    pairs: list[PreferencePair], tokenizer: Any, max_length: int, truncation: str = "truncate_prompt"
+    pairs: list[PreferencePair], tokenizer: Any, max_length: int, truncation: str = "truncate_prompt",
+    rows: list[int] | None = None,
 ) -> TokenizedPairs:
     """Encode pairs; longer ones lose prompt tokens on the left or are dropped (never the response).
 
-    A pair whose longer response alone fills max_length is dropped in either mode.
+    A pair whose longer response (with its EOS) leaves no room for a prompt token is dropped in either
+    mode. Dropped pairs are counted (`dropped`) and named (`dropped_index`, and `dropped_rows` from
+    `rows`, the source row of each pair, when given).
     """
+    if rows is not None and len(rows) != len(pairs):
+        raise ValueError(f"rows: {len(rows)} given for {len(pairs)} pairs")
     if truncation not in TRUNCATION_MODES:
         raise DataError(f"truncation must be one of {', '.join(TRUNCATION_MODES)}, got {truncation!r}")
     out = TokenizedPairs([], [], [], [])
@@ -74,6 +81,7 @@ def tokenize_pairs(
             keep = max_length - longest
             if truncation == "drop" or keep <= 0:
                 out.dropped += 1
+                out.dropped_index.append(i)
                 continue
             p = p[-keep:]
             out.truncated += 1
@@ -82,6 +90,8 @@ def tokenize_pairs(
         out.weights.append(pair.weight)
         out.margins.append(pair.margin)
         out.kept_index.append(i)
+    if rows is not None:
+        out.dropped_rows = sorted({rows[i] for i in out.dropped_index})
     return out
 
 

@@ -160,7 +160,7 @@ def run_demo(cfg: DemoConfig) -> DemoSummary:
     console.rule("[bold]3. reward model")
     rm_metrics = train_reward(RewardConfig(
         model=cfg.model, train_data=str(comparisons), output_dir=str(out / RM_FOLDER), eval_fraction=0.1,
-        epochs=cfg.rm_epochs, learning_rate=cfg.rm_learning_rate, batch_size=32, max_length=96, seed=cfg.seed,
+        epochs=cfg.rm_epochs, learning_rate=cfg.rm_learning_rate, batch_size=32, seed=cfg.seed,
         normalize="mean", threads=cfg.threads,
     ))
 

@@ -12,6 +12,7 @@ import torch
 from rlhfkit.data.io import read_rows, write_jsonl
 from rlhfkit.data.tokenize import encode_prompt, encode_response, pad_right
 from rlhfkit.errors import DataError
+from rlhfkit.models.context import model_context, resolve_length
 from rlhfkit.models.loading import load_tokenizer
 from rlhfkit.models.reward_model import build_reward_model, reward_scores
 from rlhfkit.trainers.reward_config import ScoreConfig
@@ -30,7 +31,8 @@ def _encode_rows(rows: list[dict[str, Any]], name: str, tokenizer: Any, max_leng
         response = encode_response(tokenizer, completion)
         if len(response) >= max_length:
             raise DataError(f"{name}, row {i}: the completion alone is {len(response)} tokens, longer than "
-                            f"max_length={max_length}; raise --max-length")
+                            f"max_length={max_length}; shorten it, or raise --max-length (at most the reward "
+                            "model's context; 0 = the context)")
         prompt_ids = encode_prompt(tokenizer, prompt)
         keep = max_length - len(response)  # prompts lose tokens on the left, never the completion
         seqs.append(prompt_ids[-keep:] + response if len(prompt_ids) > keep else prompt_ids + response)
@@ -39,12 +41,13 @@ def _encode_rows(rows: list[dict[str, Any]], name: str, tokenizer: Any, max_leng
 
 @torch.no_grad()
 def score_rows(cfg: ScoreConfig) -> list[dict[str, Any]]:
-    """The input rows, each with a `score` field."""
+    """The input rows, each with a `score` field (max_length 0 = the reward model's context)."""
+    max_length = resolve_length(cfg.max_length, model_context(cfg.model), "max_length", what="reward model")
     rows = read_rows(cfg.data)
     if not rows:
         raise DataError(f"{cfg.data}: no rows")
     tokenizer = load_tokenizer(cfg.model, padding_side="right")
-    seqs = _encode_rows(rows, cfg.data, tokenizer, cfg.max_length)
+    seqs = _encode_rows(rows, cfg.data, tokenizer, max_length)
     model = build_reward_model(cfg.model, tokenizer, init_head=False).eval()
     scores: list[float] = []
     for i in range(0, len(seqs), cfg.batch_size):

@@ -17,6 +17,7 @@ import torch
 
 from rlhfkit.data.tokenize import encode_prompt, encode_response, pad_right
 from rlhfkit.errors import ConfigError
+from rlhfkit.models.context import context_length
 from rlhfkit.models.reward_model import reward_scores
 
 
@@ -41,12 +42,13 @@ class RewardModelScorer:
     """Score episodes with a reward model (normalised scores, as saved by `rlhfkit reward`)."""
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, policy_tokenizer: Any, batch_size: int = 64,
-                 max_length: int = 2048) -> None:
+                 max_length: int | None = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.shares_tokenizer = same_tokenizer(tokenizer, policy_tokenizer)
         self.batch_size = batch_size
-        self.max_length = max_length
+        # re-encoded episodes keep their last tokens: at most the reward model's context
+        self.max_length = max_length or context_length(model) or 2048
 
     @torch.no_grad()
     def __call__(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,

@@ -1,17 +1,20 @@
 """Reward model training: r(x, y) = linear head on the LM trunk, loss -log sigmoid(r_c - r_r).
 
 The loop, in order:
-  1. read and check the comparisons (all errors before any model is loaded), split off eval;
+  1. resolve max_length against the model's context (0 = the context; longer is an error), read and
+     check the comparisons (all errors before any model is loaded), split off eval;
   2. build the reward model (trunk of the base LM + a new scalar head);
   3. for each batch, chosen and rejected go through ONE forward pass, the Bradley-Terry loss
      (rlhfkit.algos.reward) is minimised with AdamW;
-  4. evaluate on the held-out comparisons (loss, accuracy, margin, reward mean/std);
+  4. evaluate on the held-out comparisons (loss, accuracy, margin, reward mean/std); pairs that do
+     not fit max_length even with the prompt truncated are left out and counted (data/*_dropped);
   5. optionally normalise rewards on a reference set, then save the model, tokenizer,
      config.yaml, metrics.jsonl and eval.json (into a temporary folder moved into place at the end).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import time
@@ -40,6 +43,7 @@ from rlhfkit.data.tokenize import (
     tokenize_pairs,
 )
 from rlhfkit.errors import DataError
+from rlhfkit.models.context import model_context, resolve_length
 from rlhfkit.models.loading import load_tokenizer
 from rlhfkit.models.reward_model import RewardScorer, build_reward_model, set_normalization
 from rlhfkit.tracking.console import console, print_table, progress_bar
@@ -55,6 +59,28 @@ from rlhfkit.trainers.common import (
 )
 from rlhfkit.trainers.optim_step import StepStats, micro_batches, optimizer_step
 from rlhfkit.trainers.reward_config import RewardConfig
+
+
+def resolve_max_length(cfg: RewardConfig) -> RewardConfig:
+    """`cfg` with max_length in tokens: 0 becomes the model's context (read from its config, no weights);
+    a value longer than the context is a ConfigError naming both."""
+    return dataclasses.replace(cfg, max_length=resolve_length(cfg.max_length, model_context(cfg.model), "max_length"))
+
+
+def length_counts(train_data: TokenizedPairs, eval_data: TokenizedPairs, max_length: int) -> dict[str, int]:
+    """What max_length did to the data: prompts truncated on the left, and pairs left out because they do
+    not fit even so (in eval.json and metrics.jsonl, so the held-out accuracy names the pairs it is over)."""
+    return {"data/max_length": max_length,
+            "data/train_truncated": train_data.truncated, "data/train_dropped": train_data.dropped,
+            "data/eval_truncated": eval_data.truncated, "data/eval_dropped": eval_data.dropped}
+
+
+def accuracy_label(metrics: dict[str, Any]) -> str:
+    """'held-out accuracy', or 'held-out accuracy (N of M pairs; K did not fit max_length)' when K > 0."""
+    dropped, pairs = int(metrics.get("data/eval_dropped", 0)), int(metrics["eval/pairs"])
+    if not dropped:
+        return "held-out accuracy"
+    return f"held-out accuracy ({pairs} of {pairs + dropped} pairs; {dropped} did not fit max_length)"
 
 
 def load_comparisons(cfg: RewardConfig, tokenizer: Any) -> tuple[TokenizedPairs, TokenizedPairs]:
@@ -73,14 +99,30 @@ def load_comparisons(cfg: RewardConfig, tokenizer: Any) -> tuple[TokenizedPairs,
         held = set(order[:n_eval])
         eval_examples = [e for i, e in enumerate(examples) if i in held]
         examples = [e for i, e in enumerate(examples) if i not in held]
-    train = tokenize_pairs(expand_pairs(examples, tokenizer), tokenizer, cfg.max_length, cfg.truncation)
-    evals = tokenize_pairs(expand_pairs(eval_examples, tokenizer), tokenizer, cfg.max_length, cfg.truncation)
+    train = _tokenize(examples, tokenizer, cfg)
+    evals = _tokenize(eval_examples, tokenizer, cfg)
     if len(train) == 0:
         raise DataError(f"{cfg.train_data}: every comparison is longer than max_length={cfg.max_length}; "
                         "raise --max-length")
     if len(evals) == 0:
         raise DataError(f"{cfg.eval_data or cfg.train_data}: no eval comparison fits max_length={cfg.max_length}")
     return train, evals
+
+
+def _tokenize(examples: list[Any], tokenizer: Any, cfg: RewardConfig) -> TokenizedPairs:
+    """Every comparison of the examples, tokenised; pairs left out by max_length name their source rows."""
+    pairs, rows = [], []
+    for ex in examples:
+        expanded = expand_pairs([ex], tokenizer)
+        pairs += expanded
+        rows += [ex.row] * len(expanded)
+    return tokenize_pairs(pairs, tokenizer, cfg.max_length, cfg.truncation, rows=rows)
+
+
+def _rows_text(rows: list[int], shown: int = 8) -> str:
+    """'3, 17, 22' or '3, 17, ... (12 rows)'."""
+    text = ", ".join(map(str, rows[:shown]))
+    return text if len(rows) <= shown else f"{text}, ... ({len(rows)} rows)"
 
 
 def _collate(data: TokenizedPairs, rows: list[int], pad_id: int, real: bool = True) -> dict[str, torch.Tensor]:
@@ -163,6 +205,7 @@ def normalization_scores(scorer: torch.nn.Module, cfg: RewardConfig, tokenizer: 
 
 def train(cfg: RewardConfig) -> dict[str, float]:
     """Train a reward model as configured; returns the final evaluation metrics."""
+    cfg = resolve_max_length(cfg)  # before any work: a too-long max_length is one line, not an IndexError
     out_dir = check_output_dir(cfg.output_dir, cfg.overwrite)
     accelerator = make_accelerator(cfg)
     main = accelerator.is_main_process
@@ -171,10 +214,17 @@ def train(cfg: RewardConfig) -> dict[str, float]:
     # 1. Data (checked completely before the model is built).
     tokenizer = load_tokenizer(cfg.tokenizer or cfg.model, padding_side="right")
     train_data, eval_data = load_comparisons(cfg, tokenizer)
-    if main and (train_data.truncated or train_data.dropped or eval_data.truncated or eval_data.dropped):
-        console.print(f"[yellow]max_length={cfg.max_length}: truncated {train_data.truncated} train / "
-                      f"{eval_data.truncated} eval prompts, dropped {train_data.dropped} train / "
-                      f"{eval_data.dropped} eval pairs")
+    counts = length_counts(train_data, eval_data, cfg.max_length)
+    if main and (train_data.truncated or eval_data.truncated):
+        console.print(f"[yellow]max_length={cfg.max_length}: {train_data.truncated} train / {eval_data.truncated} "
+                      "eval prompts lose tokens on the left")
+    if main and (train_data.dropped or eval_data.dropped):
+        named = [f"{split}: {source} rows {_rows_text(data.dropped_rows)}" for split, source, data in
+                 (("train", cfg.train_data, train_data), ("eval", cfg.eval_data or cfg.train_data, eval_data))
+                 if data.dropped]
+        console.print(f"[yellow]max_length={cfg.max_length}: {train_data.dropped} train / {eval_data.dropped} eval "
+                      f"pairs do not fit even with the prompt truncated and are left out ({'; '.join(named)}); "
+                      "counted in eval.json as data/train_dropped and data/eval_dropped")
 
     # 2. Model, optimiser, schedule.
     model = build_reward_model(cfg.model, tokenizer)
@@ -239,7 +289,7 @@ def train(cfg: RewardConfig) -> dict[str, float]:
         train_s = elapsed()
         metrics = evaluate(scorer, eval_data, accelerator, cfg, pad_id)
         metrics.update({"perf/pairs_per_s": pairs_seen / max(train_s, 1e-9), "perf/train_s": train_s,
-                        "train/steps": step})
+                        "train/steps": step, **counts})
 
         # 5. Normalisation and saving.
         unwrapped = accelerator.unwrap_model(scorer).model
@@ -262,7 +312,7 @@ def train(cfg: RewardConfig) -> dict[str, float]:
         accelerator.wait_for_everyone()
     if main:
         print_table(f"reward model -> {out_dir}", [
-            ("held-out accuracy", metrics["eval/accuracy"]),
+            (accuracy_label(metrics), metrics["eval/accuracy"]),
             ("held-out loss", metrics["eval/loss"]),
             ("mean margin r_c - r_r", metrics["eval/margin"]),
             ("comparisons (train / eval)", f"{len(train_data)} / {len(eval_data)}"),

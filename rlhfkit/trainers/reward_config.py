@@ -22,9 +22,11 @@ class RewardConfig(RunSettings, OptimSettings, Settings):
     eval_data: str = setting("", "Held-out preference data (empty = split eval_fraction off train_data).")
     eval_fraction: float = setting(0.1, "Share of train_data rows held out for evaluation when eval_data is empty.",
                                    ge=0, lt=1)
-    max_length: int = setting(512, "Longest prompt + response in tokens.", ge=2)
+    max_length: int = setting(0, "Longest prompt + response in tokens (0 = the model's context, read from its "
+                              "config.json; a longer value is an error).", ge=0)
     truncation: str = setting(
-        "truncate_prompt", "Longer pairs lose prompt tokens on the left, or are dropped.",
+        "truncate_prompt", "Longer pairs lose prompt tokens on the left, or are dropped; pairs that do not fit "
+        "even so are dropped and counted in eval.json (data/train_dropped, data/eval_dropped).",
         choices=("truncate_prompt", "drop"),
     )
     batch_size: int = setting(32, "Comparisons per optimizer step (chosen and rejected go in one forward pass).",
@@ -61,7 +63,9 @@ class ScoreConfig(Settings):
     data: str = setting("", "Rows with 'prompt' and 'completion' (or 'response') fields: .jsonl/.csv/.parquet.")
     output: str = setting("", "Where to write the rows with a 'score' field added (.jsonl; empty = print).")
     batch_size: int = setting(64, "Rows per forward pass.", ge=1)
-    max_length: int = setting(1024, "Longest prompt + completion; prompts are truncated on the left.", ge=2)
+    max_length: int = setting(0, "Longest prompt + completion in tokens; prompts are truncated on the left "
+                              "(0 = the reward model's context, read from its config.json; a longer value is "
+                              "an error).", ge=0)
     normalized: bool = setting(True, "Apply the normalisation saved with the model.")
 
     def check(self) -> None:

@@ -25,8 +25,13 @@ class RolloutSettings:
     prompts: str = setting("", "Prompts: .jsonl/.json/.csv/.parquet with a 'prompt' column, or .txt (one per line).")
     iterations: int = setting(100, "Rollout + update iterations.", ge=1)
     rollout_batch_size: int = setting(64, "Episodes sampled per iteration.", ge=1)
-    max_prompt_length: int = setting(128, "Prompts keep their last N tokens.", ge=1)
-    max_new_tokens: int = setting(32, "Longest response in tokens.", ge=1)
+    max_prompt_length: int = setting(128, "Prompts keep their last N tokens. max_prompt_length + max_new_tokens "
+                                     "must fit the policy's context (and the reward model's when it shares the "
+                                     "policy's tokenizer): the default is lowered to fit it, a value you set "
+                                     "that does not fit is an error.", ge=1)
+    max_new_tokens: int = setting(32, "Longest response in tokens. The default is lowered when the context "
+                                  "leaves no room for it (at most half the context when max_prompt_length is "
+                                  "also the default).", ge=1)
     temperature: float = setting(1.0, "Sampling temperature; log-probs for the ratio and KL use logits / T too.", gt=0)
     top_k: int = setting(0, "Sample from the k most likely tokens only (0 = off).", ge=0)
     top_p: float = setting(1.0, "Nucleus sampling mass (1 = off).", gt=0, le=1)

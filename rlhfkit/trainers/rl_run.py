@@ -9,6 +9,7 @@ is `run.worker.collect(...)`, in rollout/.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from rlhfkit.algos.kl import AdaptiveKLController, FixedKLController
 from rlhfkit.algos.masked import aggregate_denominator
 from rlhfkit.data.prompts import PromptSet
 from rlhfkit.errors import ConfigError
+from rlhfkit.models.context import fit_prompt_and_response, model_context
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.models.policy import ActorCritic, token_logprobs
 from rlhfkit.models.reward_model import build_reward_model
@@ -30,7 +32,7 @@ from rlhfkit.rollout.gather import IterationPlan
 from rlhfkit.rollout.sampling import SamplingSettings
 from rlhfkit.rollout.scoring import FunctionScorer, RewardModelScorer, Scorer, import_function, same_tokenizer
 from rlhfkit.rollout.step import RolloutWorker
-from rlhfkit.tracking.console import print_table
+from rlhfkit.tracking.console import console, print_table
 from rlhfkit.tracking.metrics import MetricsLogger
 from rlhfkit.trainers.checkpoint import find_checkpoint, resume_rl, save_final_policy, save_rl_checkpoint
 from rlhfkit.trainers.common import (
@@ -93,12 +95,32 @@ def build_scorer(cfg: Any, policy_tokenizer: Any, device: torch.device, reward_f
 def build_rl(cfg: Any, with_critic: bool, separate_critic: bool = False, steps_per_iteration: int = 1,
              reward_fn: RewardFn | None = None, gold_fn: RewardFn | None = None) -> RLRun:
     """Models, data, optimiser and logger of an RL run; resumes from a checkpoint when asked."""
+    # Lengths first, from the configs alone (no weights): max_prompt_length + max_new_tokens must fit
+    # the policy's context, and the reward model's when it reads the policy's token ids. A default
+    # that does not fit is lowered (and said so; the run's cfg and config.yaml hold the lowered
+    # value), a value the user set is a one-line ConfigError.
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
+    fit = partial(fit_prompt_and_response, prompt_is_default=cfg.max_prompt_length == defaults["max_prompt_length"],
+                  new_is_default=cfg.max_new_tokens == defaults["max_new_tokens"])
+    prompt_length, new_tokens, note = fit(cfg.max_prompt_length, cfg.max_new_tokens, model_context(cfg.policy),
+                                          "policy")
+    notes = [note]
+    if cfg.reward_model and (separate_critic or not (reward_fn or cfg.reward_fn)):  # RM scores (or is the critic)
+        rm_context = model_context(cfg.reward_model)
+        if rm_context.tokens is not None and rm_context.tokens < prompt_length + new_tokens and \
+                same_tokenizer(load_tokenizer(cfg.reward_model), load_tokenizer(cfg.tokenizer or cfg.policy)):
+            prompt_length, new_tokens, note = fit(prompt_length, new_tokens, rm_context, "reward model")
+            notes.append(note)
+    if (prompt_length, new_tokens) != (cfg.max_prompt_length, cfg.max_new_tokens):
+        cfg = dataclasses.replace(cfg, max_prompt_length=prompt_length, max_new_tokens=new_tokens)
     out_dir = Path(cfg.output_dir)
     resuming = cfg.resume and find_checkpoint(out_dir) is not None
     if not resuming:
         check_output_dir(out_dir, cfg.overwrite)
     accelerator = make_accelerator(cfg)
     seed_everything(cfg.seed)
+    for note in filter(None, notes if accelerator.is_main_process else []):
+        console.print(f"[yellow]{note}")
     world = accelerator.num_processes
     if cfg.rollout_batch_size % (cfg.num_minibatches * world):
         raise ConfigError(f"setting 'rollout_batch_size': {cfg.rollout_batch_size} episodes must split into "

@@ -90,6 +90,8 @@ class RLRun(Protocol):
     out_dir: Path
     start_iteration: int
     extra_state: dict[str, Any] | None
+    lora: Any
+    cfg: Any
 
     @property
     def main(self) -> bool: ...
@@ -148,14 +150,21 @@ def _logged_by(line: str, iteration: int) -> bool:
 
 
 def save_final_policy(run: RLRun) -> None:
-    """The trained policy in save_pretrained layout (plus its tokenizer and critic) directly in output_dir."""
+    """The trained policy in save_pretrained layout (plus its tokenizer and critic) directly in output_dir;
+    with LoRA the adapter in output_dir/adapter and, with save_merged, the merged weights in output_dir."""
     run.accelerator.wait_for_everyone()
     if not run.main:
         return
     actor = run.unwrapped
     tmp = run.out_dir / ".final.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    actor.policy.save_pretrained(tmp, safe_serialization=True)
+    if run.lora is not None:
+        run.lora.save(tmp / "adapter")  # peft's format: loads with PeftModel.from_pretrained(base, folder)
+        run.tokenizer.save_pretrained(tmp / "adapter")
+        if run.cfg.save_merged:
+            run.lora.save(tmp, merged=True)
+    else:
+        actor.policy.save_pretrained(tmp, safe_serialization=True)
     run.tokenizer.save_pretrained(tmp)
     if actor.value_head is not None:
         save_file({k: v.contiguous() for k, v in actor.value_head.state_dict().items()}, tmp / "value_head.safetensors")

@@ -45,7 +45,9 @@ from rlhfkit.data.tokenize import (
 from rlhfkit.errors import DataError
 from rlhfkit.models.context import model_context, resolve_length
 from rlhfkit.models.loading import load_tokenizer
+from rlhfkit.models.lora import LoRASpec, add_lora
 from rlhfkit.models.reward_model import RewardScorer, build_reward_model, set_normalization
+from rlhfkit.models.trunk_and_heads import score_head
 from rlhfkit.tracking.console import console, print_table, progress_bar
 from rlhfkit.tracking.metrics import MetricsLogger
 from rlhfkit.trainers.common import (
@@ -228,6 +230,13 @@ def train(cfg: RewardConfig) -> dict[str, float]:
 
     # 2. Model, optimiser, schedule.
     model = build_reward_model(cfg.model, tokenizer)
+    lora = None
+    spec = LoRASpec.from_config(cfg)
+    if spec is not None:
+        # adapters on the trunk; the new score head trains in full (it is a new layer)
+        lora = add_lora(model, spec, task=None)
+        model = lora.model
+        score_head(model).requires_grad_(True)
     scorer = RewardScorer(model)
     pad_id = tokenizer.pad_token_id
     if cfg.group_by_length:
@@ -305,7 +314,13 @@ def train(cfg: RewardConfig) -> dict[str, float]:
         logger.log(step, metrics)
         logger.close()
         if main:
-            unwrapped.save_pretrained(tmp, safe_serialization=True)
+            if lora is not None:
+                # The reward model is the merged folder (a plain AutoModelForSequenceClassification, head
+                # included); the LoRA matrices alone go to adapter/ for reference.
+                lora.save(tmp / "adapter")
+                lora.save(tmp, merged=True)
+            else:
+                unwrapped.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
             save_run_config(cfg, tmp)
             (tmp / "eval.json").write_text(json.dumps(metrics, indent=2))

@@ -7,11 +7,11 @@ from typing import ClassVar
 
 from rlhfkit.config import Settings, require, setting
 from rlhfkit.defaults import EMBEDDED_MODEL
-from rlhfkit.trainers.settings import OptimSettings, RunSettings
+from rlhfkit.trainers.settings import LoRASettings, OptimSettings, RunSettings
 
 
 @dataclass
-class RewardConfig(RunSettings, OptimSettings, Settings):
+class RewardConfig(RunSettings, OptimSettings, LoRASettings, Settings):
     """Train a reward model on comparisons with the loss -log sigmoid(r_chosen - r_rejected)."""
 
     STAGE: ClassVar[str] = "reward"

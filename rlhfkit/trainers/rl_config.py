@@ -7,7 +7,7 @@ from typing import ClassVar
 
 from rlhfkit.config import Settings, require, setting
 from rlhfkit.defaults import EMBEDDED_MODEL
-from rlhfkit.trainers.settings import OptimSettings, RunSettings
+from rlhfkit.trainers.settings import LoRASettings, OptimSettings, RunSettings
 
 
 @dataclass
@@ -52,6 +52,8 @@ class RolloutSettings:
                                   "per sequence first (sequence).", choices=("token", "sequence"))
     checkpoint_every: int = setting(0, "Write a resumable checkpoint every N iterations (0 = only at the end).", ge=0)
     resume: bool = setting(False, "Continue from output_dir/checkpoint when it exists.")
+    save_merged: bool = setting(True, "With LoRA, also write the merged weights as a plain transformers folder in "
+                                "output_dir (the adapter always goes to output_dir/adapter, in peft's format).")
     sample_every: int = setting(10, "Log a few sample responses every N iterations (0 = never).", ge=0)
     eval_prompts: str = setting("", "Held-out prompts (same formats as --prompts) on which the policy is evaluated "
                                 "before training, every eval_every iterations and at the end: score, gold score, "
@@ -70,7 +72,7 @@ class RolloutSettings:
 
 
 @dataclass
-class PPOConfig(RolloutSettings, RunSettings, OptimSettings, Settings):
+class PPOConfig(RolloutSettings, RunSettings, OptimSettings, LoRASettings, Settings):
     """PPO with a per-token KL penalty to the reference: loss = -(L_CLIP - c1 L_VF + c2 H)."""
 
     STAGE: ClassVar[str] = "ppo"
@@ -94,7 +96,7 @@ class PPOConfig(RolloutSettings, RunSettings, OptimSettings, Settings):
 
 
 @dataclass
-class ReinforceConfig(RolloutSettings, RunSettings, OptimSettings, Settings):
+class ReinforceConfig(RolloutSettings, RunSettings, OptimSettings, LoRASettings, Settings):
     """Policy gradient: grad J = E[sum_t grad log pi(a_t|s_t) (R - b)], with the baseline b by setting."""
 
     STAGE: ClassVar[str] = "reinforce"

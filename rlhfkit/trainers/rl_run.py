@@ -8,6 +8,7 @@ is `run.worker.collect(...)`, in rollout/.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import shutil
@@ -26,6 +27,7 @@ from rlhfkit.data.prompts import PromptSet
 from rlhfkit.errors import ConfigError
 from rlhfkit.models.context import fit_prompt_and_response, model_context
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
+from rlhfkit.models.lora import LoRAModel, LoRASpec, add_lora
 from rlhfkit.models.policy import ActorCritic, token_logprobs
 from rlhfkit.models.reward_model import build_reward_model
 from rlhfkit.rollout.gather import IterationPlan
@@ -69,6 +71,7 @@ class RLRun:
     start_iteration: int = 0
     extra_state: dict[str, Any] | None = None
     gold_fn: RewardFn | None = None
+    lora: LoRAModel | None = None  # the policy's adapters, with LoRA
 
     @property
     def main(self) -> bool:
@@ -135,12 +138,20 @@ def build_rl(cfg: Any, with_critic: bool, separate_critic: bool = False, steps_p
     device = accelerator.device
     scorer = build_scorer(cfg, tokenizer, device, reward_fn)
     policy = load_causal_lm(cfg.policy, tokenizer)
-    # The reference: one frozen copy of the start policy, never updated (with LoRA it would be the
-    # base model with the adapters disabled, and this copy would go).
-    reference = copy.deepcopy(policy).to(device).eval().requires_grad_(False)
+    lora_spec = LoRASpec.from_config(cfg)
+    lora = None
+    if lora_spec is not None:
+        # The reference is the same weights with the adapters off: no second copy in memory.
+        lora = add_lora(policy, lora_spec, "CAUSAL_LM")
+        policy = reference = lora.model
+        reference_off = lora.adapters_off
+    else:
+        # The reference: one frozen copy of the start policy, never updated.
+        reference = copy.deepcopy(policy).to(device).eval().requires_grad_(False)
+        reference_off = contextlib.nullcontext
 
     def reference_logp(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
+        with torch.inference_mode(), reference_off():
             return token_logprobs(reference, prompt_ids, prompt_mask, response_ids, cfg.temperature).logp
 
     critic = None
@@ -163,7 +174,7 @@ def build_rl(cfg: Any, with_critic: bool, separate_critic: bool = False, steps_p
     if gold_fn is None and cfg.gold_fn:
         gold_fn = import_function(cfg.gold_fn)
     run = RLRun(cfg, accelerator, tokenizer, actor, worker, prompts, optimizer, scheduler, kl_ctl, out_dir,
-                logger=None, evaluation=evaluation, gold_fn=gold_fn)  # type: ignore[arg-type]
+                logger=None, evaluation=evaluation, gold_fn=gold_fn, lora=lora)  # type: ignore[arg-type]
     if resuming:
         resume_rl(run)
     elif accelerator.is_main_process:

@@ -41,3 +41,15 @@ class OptimSettings:
     micro_batch_size: int = setting(0, "Rows per forward/backward pass; gradients of a batch's micro-batches are "
                                     "accumulated into one optimizer step with the same result (0 = the whole batch "
                                     "at once). Lower it to bound memory.", ge=0)
+
+
+@dataclass
+class LoRASettings:
+    lora_r: int = setting(0, "LoRA rank: train low-rank adapters (peft) instead of every weight (0 = off, full "
+                          "fine-tuning). In ppo/reinforce the reference is then the base with the adapters off.", ge=0)
+    lora_alpha: float = setting(16.0, "LoRA alpha: the adapters' output is scaled by alpha / r.", gt=0)
+    lora_dropout: float = setting(0.0, "Dropout on the adapters' input (0 keeps log-probs deterministic).", ge=0, lt=1)
+    lora_target_modules: list[str] = setting(["all-linear"], "Modules that get adapters: module names (comma "
+                                             "separated, e.g. q_proj,v_proj) or all-linear. A reward model "
+                                             "trained with LoRA is saved merged (head included), its adapter in "
+                                             "output_dir/adapter.")

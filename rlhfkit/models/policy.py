@@ -18,7 +18,7 @@ from transformers import PreTrainedModel
 
 from rlhfkit.algos.logprobs import logprobs_and_entropy, logprobs_from_logits
 from rlhfkit.models.loading import position_ids_from_mask
-from rlhfkit.models.trunk_and_heads import hidden_size, lm_head, score_head, trunk
+from rlhfkit.models.trunk_and_heads import hidden_size, output_logits, score_head, trunk
 
 
 @dataclass
@@ -54,7 +54,7 @@ def token_logprobs(
 ) -> PolicyOutput:
     """log pi(a_t|s_t) of a causal LM (the reference model's forward), logits divided by temperature."""
     hidden = response_hidden(model, prompt_ids, prompt_mask, response_ids)
-    logits = lm_head(model)(hidden)  # (B, T, V)
+    logits = output_logits(model, hidden)  # (B, T, V)
     if with_entropy:
         return PolicyOutput(*logprobs_and_entropy(logits, response_ids, temperature))
     return PolicyOutput(logprobs_from_logits(logits, response_ids, temperature))
@@ -89,7 +89,7 @@ class ActorCritic(torch.nn.Module):
         with_values: bool = True,
     ) -> PolicyOutput:
         hidden = response_hidden(self.policy, prompt_ids, prompt_mask, response_ids)  # (B, T, H)
-        logits = lm_head(self.policy)(hidden)  # (B, T, V)
+        logits = output_logits(self.policy, hidden)  # (B, T, V)
         if with_entropy:
             logp, entropy = logprobs_and_entropy(logits, response_ids, temperature)
         else:

@@ -1,9 +1,31 @@
 """Reward models: a causal LM's trunk plus a linear head that outputs one number.
 
-The model is a plain `AutoModelForSequenceClassification(num_labels=1)`, so a saved reward
-model loads back with transformers alone. rlhfkit reads the score itself, at the last real
-token of each sequence (from the attention mask, whatever the padding side), with position ids
-that skip left padding, and applies the optional normalisation stored in the config.
+The model is a plain `AutoModelForSequenceClassification(num_labels=1)` of a decoder-only
+family (GPT-2, Llama, Qwen2, Mistral, GPT-NeoX, ...), so a saved reward model loads back with
+transformers alone and scores the same there as with `rlhfkit score`, given the same ids:
+
+- The text is the prompt's ids (the tokenizer's own leading special tokens included, e.g. BOS)
+  followed by the response's ids and ONE EOS token appended: `tok(prompt)["input_ids"] +
+  tok(response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]`, exactly what
+  rlhfkit.data.tokenize builds for training and what a policy rollout that stopped produces.
+  Encoding the concatenated string instead can merge tokens across the boundary.
+- Batches are padded on the RIGHT with the tokenizer's pad token (the saved tokenizer pads on
+  the right, and the saved config's `pad_token_id` is that pad). transformers does not derive
+  position ids from the attention mask, so with left padding absolute-position families (GPT-2)
+  score differently there; rlhfkit skips left padding and gives the right-padded scores either way.
+- Where the score is read: like transformers, at the rightmost token that is not the config's
+  `pad_token_id` (and, in rlhfkit, inside the attention mask). With a tokenizer that has a pad
+  token of its own, that is the appended EOS. A tokenizer without one (most Llama, Mistral and
+  GPT-NeoX tokenizers) pads with its EOS (models/loading.py): the appended EOS then counts as
+  padding in transformers, so the score is read at the last response token, and rlhfkit reads
+  it at that same token in training, scoring and PPO. To read at the EOS itself, give the
+  tokenizer a pad token distinct from EOS before training the reward model.
+- `rlhfkit score` also applies the normalisation r' = gain * r + bias stored in the config
+  (`rlhfkit_reward_gain`, `rlhfkit_reward_bias`); transformers' logits are the raw r.
+
+Encoder trunks (BERT-style: a `classifier` over a pooled first token) and encoder-decoders read
+their score elsewhere, so they are refused with a ModelError rather than trained with a readout
+that transformers would not reproduce.
 """
 
 from __future__ import annotations
@@ -14,6 +36,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
 
+from rlhfkit.errors import ModelError
 from rlhfkit.models.kernels import use_fused_kernels
 from rlhfkit.models.loading import check_vocab, disable_dropout, load_pretrained
 from rlhfkit.models.readout import hidden_at
@@ -39,7 +62,10 @@ def build_reward_model(
     """
     model = load_pretrained(AutoModelForSequenceClassification, name_or_path, "reward model",
                              num_labels=1, dtype=dtype)
+    check_last_token_head(model, str(name_or_path))
     check_vocab(model, tokenizer, str(name_or_path))
+    # transformers reads the score at the rightmost token that is not pad_token_id: it must be
+    # the id the saved tokenizer pads with.
     model.config.pad_token_id = tokenizer.pad_token_id
     head = score_head(model)
     if init_head and not is_reward_model(name_or_path):
@@ -49,6 +75,20 @@ def build_reward_model(
                 head.bias.zero_()
     model.config.problem_type = "regression"
     return use_fused_kernels(disable_dropout(model))
+
+
+def check_last_token_head(model: PreTrainedModel, name: str) -> None:
+    """Refuse a sequence-classification model whose head does not read the last token's hidden state.
+
+    Decoder-only families put a linear `score` layer over the trunk output at the last non-pad
+    token (transformers' convention, which rlhfkit follows); encoders (BERT: a `classifier` over
+    the pooled [CLS] token) and encoder-decoders (BART, T5) read elsewhere.
+    """
+    cls = type(model).__name__
+    if getattr(model.config, "is_encoder_decoder", False) or not isinstance(getattr(model, "score", None),
+                                                                             torch.nn.Linear):
+        raise ModelError(f"{name}: {cls} is not a decoder-only model (its score is not read at the last token); "
+                         "a reward model needs a causal LM base such as GPT-2, Llama, Qwen2, Mistral or GPT-NeoX")
 
 
 def is_reward_model(name_or_path: str | Path) -> bool:
@@ -71,16 +111,31 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     return (positions * attention_mask.long()).argmax(-1)  # (B,)
 
 
+def score_index(input_ids: torch.Tensor, attention_mask: torch.Tensor, pad_token_id: int | None) -> torch.Tensor:
+    """Where the score is read: the rightmost real token that is not `pad_token_id` (B,).
+
+    transformers' *ForSequenceClassification reads at the rightmost id != pad_token_id; with pad
+    ids in the padding this is the same token, so both give the same score. When pad is EOS,
+    trailing EOS tokens are skipped. A row with nothing but pad ids falls back to its last real token.
+    """
+    real = attention_mask.bool()
+    if pad_token_id is not None:
+        counted = real & (input_ids != pad_token_id)
+        real = torch.where(counted.any(-1, keepdim=True), counted, real)
+    return last_token_index(real)
+
+
 def reward_scores(
     model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, normalized: bool = True
 ) -> torch.Tensor:
-    """Scalar rewards (B,) read at the last real token of each sequence.
+    """Scalar rewards (B,) read at the last real token of each sequence that is not pad (`score_index`).
 
     Only the readout hidden states go through the head. With `normalized`, the gain and bias
     saved by reward normalisation are applied.
     """
     # The last block runs on the readout token only where the architecture allows (models/readout.py).
-    last = hidden_at(model, input_ids, attention_mask, last_token_index(attention_mask))  # (B, H)
+    index = score_index(input_ids, attention_mask, model.config.pad_token_id)
+    last = hidden_at(model, input_ids, attention_mask, index)  # (B, H)
     head = score_head(model)
     scores = head(last.to(head.weight.dtype)).squeeze(-1).float()  # (B,)
     if normalized:

@@ -1,7 +1,10 @@
 """The pieces of a Hugging Face model that rlhfkit calls directly: trunk, LM head, score head.
 
 Calling the trunk and then a head on chosen positions only is what lets the trainers skip the
-LM head over prompt positions and the score head over all but the last token.
+LM head over prompt positions and the score head over all but the last token. `output_logits`
+does what a causal LM's own forward does after its trunk, including the logit transforms some
+families apply after the LM head (Gemma 2/3 soft-capping, Cohere's scale, Granite's scaling), so
+its log-probs are those of `model(...).logits` for every family.
 """
 
 from __future__ import annotations
@@ -26,6 +29,22 @@ def lm_head(model: PreTrainedModel) -> torch.nn.Module:
     if head is None:
         raise ModelError(f"{type(model).__name__}: no output embeddings (is it a causal LM?)")
     return head
+
+
+def output_logits(model: PreTrainedModel, hidden: torch.Tensor) -> torch.Tensor:
+    """Vocabulary logits from trunk hidden states (..., H) -> (..., V), as the model's forward computes them."""
+    logits = lm_head(model)(hidden)
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    scale = getattr(model, "logit_scale", None)  # Cohere: logits * logit_scale
+    if isinstance(scale, (int, float)) and scale != 1:
+        logits = logits * scale
+    scaling = getattr(cfg, "logits_scaling", None)  # Granite: logits / logits_scaling
+    if isinstance(scaling, (int, float)) and scaling != 1:
+        logits = logits / scaling
+    cap = getattr(cfg, "final_logit_softcapping", None)  # Gemma 2/3: cap * tanh(logits / cap)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
 
 
 def score_head(model: PreTrainedModel) -> torch.nn.Linear:

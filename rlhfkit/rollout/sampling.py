@@ -10,15 +10,22 @@ softmax(z / T).
 `sample` can also record, at no extra forward pass, what the trainer needs about each step: the
 log-probability and entropy of the sampling policy (logits / T, before top-k/top-p filtering)
 and a value head's V(s_t) on the same hidden state (the `old_logprobs: sampling` option).
+
+Any Hugging Face causal LM works: position ids that skip the left padding are passed at every
+step (absolute-position families such as GPT-2 need them; rotary ones get them too), and the
+model creates its own KV cache on the first call (whatever class its config asks for) and gets
+it back on each step, so the tokens equal those of a full forward over the whole sequence
+(tests/integration/test_architectures.py checks greedy decoding for each family).
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache, PreTrainedModel
+from transformers import PreTrainedModel
 
 from rlhfkit.algos.logprobs import logprobs_and_entropy
 from rlhfkit.models.loading import position_ids_from_mask
@@ -99,7 +106,22 @@ def sample(
 
     The loop stops early once every response has emitted EOS (when `stop_at_eos`). With
     `with_logprobs`, each step's log-prob and entropy (and `value_head`'s value) are kept.
+    The model runs in eval mode (its modules' modes are restored afterwards): under gradient
+    checkpointing, transformers turns the KV cache off in train mode.
     """
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        return _sample(model, prompt_ids, prompt_mask, settings, eos_token_id, pad_token_id, seeds, with_logprobs,
+                       value_head)
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+def _sample(model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, settings: SamplingSettings,
+            eos_token_id: int | None, pad_token_id: int, seeds: list[int] | None, with_logprobs: bool,
+            value_head: Callable[[torch.Tensor], torch.Tensor] | None) -> Samples:
     batch, device = prompt_ids.shape[0], prompt_ids.device
     if seeds is None:
         seeds = torch.randint(0, 2**62, (batch,)).tolist()
@@ -109,12 +131,18 @@ def sample(
     attention = prompt_mask.long()
     positions = position_ids_from_mask(attention)
     with_hidden = value_head is not None  # the last layer's output (after the final norm) is V's input
-    out = model(input_ids=prompt_ids, attention_mask=attention, position_ids=positions,
-                past_key_values=DynamicCache(), use_cache=True, logits_to_keep=1, output_hidden_states=with_hidden)
+    # No cache is passed in: the model builds the one its architecture needs (a DynamicCache with
+    # sliding-window layers where the config asks for them, ...) and each step hands it back.
+    keep = {"logits_to_keep": 1} if accepts(model, "logits_to_keep") else {}
+    out = model(input_ids=prompt_ids, attention_mask=attention, position_ids=positions, use_cache=True,
+                output_hidden_states=with_hidden, **keep)
+    cache = out.past_key_values
+    if cache is None or (hasattr(cache, "get_seq_length") and cache.get_seq_length() != prompt_ids.shape[1]):
+        raise ValueError(f"{type(model).__name__} did not fill a KV cache with use_cache=True; sampling needs one")
     next_pos = positions[:, -1:] + 1
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     tokens, logps, entropies, values = [], [], [], []
-    for _ in range(settings.max_new_tokens):
+    for step in range(settings.max_new_tokens):
         logits = out.logits[:, -1].float()  # (B, V)
         if settings.greedy:
             token = logits.argmax(-1)
@@ -133,6 +161,8 @@ def sample(
             finished |= token == eos_token_id
             if settings.stop_at_eos and bool(finished.all()):
                 break
+        if step == settings.max_new_tokens - 1:
+            break  # the last token is chosen: no forward for a token that will never be sampled
         attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
         out = model(input_ids=token[:, None], attention_mask=attention, position_ids=next_pos,
                     past_key_values=out.past_key_values, use_cache=True, output_hidden_states=with_hidden)
@@ -146,6 +176,15 @@ def sample(
         if value_head is not None:
             samples.values = torch.stack(values, dim=1).masked_fill(~mask, 0.0)
     return samples
+
+
+def accepts(model: torch.nn.Module, name: str) -> bool:
+    """True when `model.forward` takes the keyword `name` (by name or through **kwargs)."""
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
 def response_mask(response_ids: torch.Tensor, eos_token_id: int | None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,22 +1,33 @@
-"""The one-row last block gives the full forward's hidden state and gradients, in float64."""
+"""The one-row last block gives the full forward's hidden state and gradients, in float64; GPT-2 takes
+it, every other family (Llama, Qwen2, Mistral, GPT-NeoX) the plain full forward."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2ForSequenceClassification, LlamaConfig, LlamaForSequenceClassification
+from transformers import (
+    AutoModelForSequenceClassification,
+    GPT2Config,
+    GPT2ForSequenceClassification,
+    GPTNeoXConfig,
+    LlamaConfig,
+    MistralConfig,
+    Qwen2Config,
+)
 
+from rlhfkit.models import readout
 from rlhfkit.models.loading import position_ids_from_mask
 from rlhfkit.models.readout import hidden_at, readout_supported
 from rlhfkit.models.reward_model import last_token_index
 from rlhfkit.models.trunk_and_heads import trunk
 
 
-def _gpt2(**overrides) -> torch.nn.Module:
+def _gpt2(attn_implementation: str = "sdpa", **overrides) -> torch.nn.Module:
     torch.manual_seed(0)
     settings = dict(vocab_size=50, n_positions=32, n_embd=32, n_layer=3, n_head=4, resid_pdrop=0.0,
                     embd_pdrop=0.0, attn_pdrop=0.0, pad_token_id=0)
     cfg = GPT2Config(**{**settings, **overrides})
+    cfg._attn_implementation = attn_implementation
     return GPT2ForSequenceClassification(cfg).double().eval()
 
 
@@ -82,14 +93,57 @@ def test_the_trunk_is_whole_again_afterwards_even_after_an_error() -> None:
     assert body.h is blocks and len(body.h) == 3 and body.ln_f is norm
 
 
-def test_other_architectures_take_the_full_forward() -> None:
+def _other(arch: str) -> torch.nn.Module:
+    """A tiny sequence-classification model of a non-GPT-2 family, in float64."""
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=32, pad_token_id=0)
-    model = LlamaForSequenceClassification(cfg).double().eval()
+    common = dict(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  max_position_embeddings=32, pad_token_id=0, num_labels=1)
+    configs = {
+        "llama": lambda: LlamaConfig(**common, num_key_value_heads=2),
+        "qwen2": lambda: Qwen2Config(**common, num_key_value_heads=2),
+        "mistral": lambda: MistralConfig(**common, num_key_value_heads=2, sliding_window=6),
+        "gpt_neox": lambda: GPTNeoXConfig(**common, rotary_pct=0.5, hidden_dropout=0.0, attention_dropout=0.0),
+    }
+    return AutoModelForSequenceClassification.from_config(configs[arch]()).double().eval()
+
+
+@pytest.fixture
+def fast_path_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the calls of the one-row last block."""
+    calls: list[int] = []
+    original = readout.last_block_at
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(readout, "last_block_at", counted)
+    return calls
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_gpt2_takes_the_fast_path_and_it_agrees_with_the_plain_forward(attn: str, fast_path_calls) -> None:
+    model = _gpt2(attn_implementation=attn)
+    assert readout_supported(model)
+    for padding in ("left", "right"):
+        ids, mask = _batch(padding)
+        with torch.no_grad():
+            torch.testing.assert_close(hidden_at(model, ids, mask, last_token_index(mask)), _full(model, ids, mask),
+                                       atol=1e-12, rtol=0)
+    assert len(fast_path_calls) == 2
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral", "gpt_neox"])
+def test_other_architectures_take_the_full_forward(arch: str, fast_path_calls) -> None:
+    model = _other(arch)
     assert not readout_supported(model)
-    ids, mask = _batch("left")
-    with torch.no_grad():
-        torch.testing.assert_close(hidden_at(model, ids, mask, last_token_index(mask)), _full(model, ids, mask),
-                                   atol=1e-12, rtol=0)
+    for padding in ("left", "right"):
+        ids, mask = _batch(padding)
+        with torch.no_grad():
+            torch.testing.assert_close(hidden_at(model, ids, mask, last_token_index(mask)), _full(model, ids, mask),
+                                       atol=1e-12, rtol=0)
+    assert not fast_path_calls
+
+
+def test_gpt2_variants_the_fast_path_does_not_know_take_the_full_forward() -> None:
     assert not readout_supported(_gpt2(n_layer=1)) and not readout_supported(_gpt2(reorder_and_upcast_attn=True))

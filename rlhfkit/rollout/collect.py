@@ -22,7 +22,7 @@ import torch
 
 from rlhfkit.models.policy import ActorCritic
 from rlhfkit.rollout.batch import Rollout
-from rlhfkit.rollout.sampling import SamplingSettings, sample
+from rlhfkit.rollout.sampling import SamplingSettings, sample_in_chunks
 from rlhfkit.rollout.scoring import Scorer
 
 ReferenceFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -51,15 +51,16 @@ def collect_rollout(
     with_values: bool = True,
     missing_eos_penalty: float = 0.0,
     old_logprobs: str = "forward",
+    generation_batch_size: int = 0,
 ) -> tuple[Rollout, dict[str, float]]:
     """One batch of episodes and the seconds spent generating and scoring them."""
     if old_logprobs not in ("forward", "sampling"):
         raise ValueError(f"old_logprobs must be 'forward' or 'sampling', got {old_logprobs!r}")
     from_sampling = old_logprobs == "sampling"
     t0 = time.perf_counter()
-    samples = sample(actor.policy, prompt_ids, prompt_mask, sampling, tokenizer.eos_token_id,
-                     tokenizer.pad_token_id, seeds, with_logprobs=from_sampling,
-                     value_head=actor.value_head if from_sampling and with_values else None)
+    samples = sample_in_chunks(actor.policy, prompt_ids, prompt_mask, sampling, tokenizer.eos_token_id,
+                               tokenizer.pad_token_id, seeds, generation_batch_size, with_logprobs=from_sampling,
+                               value_head=actor.value_head if from_sampling and with_values else None)
     t_gen = time.perf_counter() - t0
 
     t0 = time.perf_counter()

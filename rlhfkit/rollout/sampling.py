@@ -119,6 +119,42 @@ def sample(
             module.training = training
 
 
+def sample_in_chunks(
+    model: PreTrainedModel,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    settings: SamplingSettings,
+    eos_token_id: int | None,
+    pad_token_id: int,
+    seeds: list[int],
+    chunk_size: int = 0,
+    with_logprobs: bool = False,
+    value_head: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> Samples:
+    """`sample` over at most `chunk_size` prompts at a time (0 = all at once), right-padded together.
+
+    Each episode draws from its own seed, so the chunking changes memory, not the samples.
+    """
+    batch = prompt_ids.shape[0]
+    if chunk_size <= 0 or chunk_size >= batch:
+        return sample(model, prompt_ids, prompt_mask, settings, eos_token_id, pad_token_id, seeds, with_logprobs,
+                      value_head)
+    parts = [sample(model, prompt_ids[i:i + chunk_size], prompt_mask[i:i + chunk_size], settings, eos_token_id,
+                    pad_token_id, seeds[i:i + chunk_size], with_logprobs, value_head)
+             for i in range(0, batch, chunk_size)]
+    width = max(part.response_ids.shape[1] for part in parts)
+
+    def join(name: str, fill: float | bool | int) -> torch.Tensor | None:
+        tensors = [getattr(part, name) for part in parts]
+        if tensors[0] is None:
+            return None
+        return torch.cat([torch.cat([t, t.new_full((t.shape[0], width - t.shape[1]), fill)], dim=1) for t in tensors])
+
+    return Samples(join("response_ids", pad_token_id), join("response_mask", False),
+                   torch.cat([part.ended for part in parts]), join("logp", 0.0), join("entropy", 0.0),
+                   join("values", 0.0))
+
+
 def _sample(model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, settings: SamplingSettings,
             eos_token_id: int | None, pad_token_id: int, seeds: list[int] | None, with_logprobs: bool,
             value_head: Callable[[torch.Tensor], torch.Tensor] | None) -> Samples:

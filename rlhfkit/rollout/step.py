@@ -40,6 +40,7 @@ class RolloutWorker:
     sampling: SamplingSettings
     missing_eos_penalty: float = 0.0
     old_logprobs: str = "forward"
+    generation_batch_size: int = 0  # episodes sampled at once (0 = this process's whole share)
 
     def collect(self, prompts: PromptSet, prompt_indices: list[int], seed: int, iteration: int, update_epochs: int,
                 num_minibatches: int, with_values: bool) -> tuple[Rollout, IterationPlan, dict[str, float]]:
@@ -57,6 +58,7 @@ class RolloutWorker:
                 mask[own].to(acc.device), [texts[j] for j in own.tolist()], self.sampling,
                 episode_seeds(seed, iteration, own.tolist()), plan.first_epoch_groups(), with_values=with_values,
                 missing_eos_penalty=self.missing_eos_penalty, old_logprobs=self.old_logprobs,
+                generation_batch_size=self.generation_batch_size,
             )
         rollout = gather_rollout(acc, local, own, len(prompt_indices), self.tokenizer.pad_token_id)
         return rollout, plan, times

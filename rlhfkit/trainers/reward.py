@@ -230,6 +230,8 @@ def train(cfg: RewardConfig) -> dict[str, float]:
 
     # 2. Model, optimiser, schedule.
     model = build_reward_model(cfg.model, tokenizer)
+    if cfg.gradient_checkpointing:  # recompute activations in the backward: less memory, more time
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     lora = None
     spec = LoRASpec.from_config(cfg)
     if spec is not None:

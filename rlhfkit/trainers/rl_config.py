@@ -25,6 +25,9 @@ class RolloutSettings:
     prompts: str = setting("", "Prompts: .jsonl/.json/.csv/.parquet with a 'prompt' column, or .txt (one per line).")
     iterations: int = setting(100, "Rollout + update iterations.", ge=1)
     rollout_batch_size: int = setting(64, "Episodes sampled per iteration.", ge=1)
+    generation_batch_size: int = setting(0, "Episodes sampled at once by each process (0 = its whole share of the "
+                                         "rollout batch); lower it to bound the KV cache's memory. The samples are "
+                                         "the same whatever the value.", ge=0)
     max_prompt_length: int = setting(128, "Prompts keep their last N tokens. max_prompt_length + max_new_tokens "
                                      "must fit the policy's context (and the reward model's when it shares the "
                                      "policy's tokenizer): the default is lowered to fit it, a value you set "

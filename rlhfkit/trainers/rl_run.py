@@ -138,6 +138,8 @@ def build_rl(cfg: Any, with_critic: bool, separate_critic: bool = False, steps_p
     device = accelerator.device
     scorer = build_scorer(cfg, tokenizer, device, reward_fn)
     policy = load_causal_lm(cfg.policy, tokenizer)
+    if cfg.gradient_checkpointing:  # recompute activations in the backward: less memory, about 30% more time
+        policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     lora_spec = LoRASpec.from_config(cfg)
     lora = None
     if lora_spec is not None:
@@ -170,7 +172,7 @@ def build_rl(cfg: Any, with_critic: bool, separate_critic: bool = False, steps_p
               else FixedKLController(cfg.kl_coef))
     sampling = SamplingSettings(cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, cfg.stop_at_eos)
     worker = RolloutWorker(accelerator, accelerator.unwrap_model(actor), reference_logp, scorer, tokenizer, sampling,
-                           cfg.missing_eos_penalty, cfg.old_logprobs)
+                           cfg.missing_eos_penalty, cfg.old_logprobs, cfg.generation_batch_size)
     if gold_fn is None and cfg.gold_fn:
         gold_fn = import_function(cfg.gold_fn)
     run = RLRun(cfg, accelerator, tokenizer, actor, worker, prompts, optimizer, scheduler, kl_ctl, out_dir,

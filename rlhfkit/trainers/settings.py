@@ -41,6 +41,8 @@ class OptimSettings:
     micro_batch_size: int = setting(0, "Rows per forward/backward pass; gradients of a batch's micro-batches are "
                                     "accumulated into one optimizer step with the same result (0 = the whole batch "
                                     "at once). Lower it to bound memory.", ge=0)
+    gradient_checkpointing: bool = setting(False, "Recompute activations during the backward pass instead of "
+                                           "keeping them: less memory, about a third more compute.")
 
 
 @dataclass

@@ -41,18 +41,23 @@ def test_ppo_one_pass_of_8_equals_8_micro_batches_of_1(tmp_path: Path) -> None:
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(synthetic.prompts(16, seed=1, split="train")) + "\n")
 
-    def run(micro: int) -> list[dict]:
-        cfg = PPOConfig(policy="embedded", prompts=str(prompts), output_dir=str(tmp_path / f"micro{micro}"),
+    def run(name: str, **memory: int | bool) -> list[dict]:
+        cfg = PPOConfig(policy="embedded", prompts=str(prompts), output_dir=str(tmp_path / name),
                         iterations=2, rollout_batch_size=16, num_minibatches=2, update_epochs=2, max_new_tokens=12,
-                        learning_rate=1e-3, micro_batch_size=micro, sample_every=0, threads=1,
-                        mixed_precision="no")  # fp32: bf16 rounds differently per batch shape
+                        learning_rate=1e-3, sample_every=0, threads=1,
+                        mixed_precision="no", **memory)  # fp32: bf16 rounds differently per batch shape
         return train_ppo(cfg, reward_fn=count_a)
 
-    whole, parts = run(0), run(1)
+    whole = run("whole")
     assert min(r["response/length"] for r in whole) < 12  # ragged: some replies stop at EOS
-    for key in KEYS:
-        assert [r[key] for r in parts] == pytest.approx([r[key] for r in whole], rel=1e-5, abs=1e-5), key
-    same_weights(tmp_path / "micro0", tmp_path / "micro1", atol=1e-5)
+    # 8 micro-batches of 1; then the other memory settings: sampling 3 episodes at a time, and
+    # recomputing activations in the backward. Each must leave the numbers as they are.
+    for name, memory in (("micro", {"micro_batch_size": 1}),
+                         ("bounded", {"generation_batch_size": 3, "gradient_checkpointing": True})):
+        parts = run(name, **memory)
+        for key in KEYS:
+            assert [r[key] for r in parts] == pytest.approx([r[key] for r in whole], rel=1e-5, abs=1e-5), (name, key)
+        same_weights(tmp_path / "whole", tmp_path / name, atol=1e-5)
 
 
 def test_reward_model_one_pass_of_8_equals_8_micro_batches_of_1(tiny_model_dir: Path, tmp_path: Path) -> None:

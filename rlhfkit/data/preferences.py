@@ -156,6 +156,20 @@ def render_plain(messages: Messages) -> str:
     return "".join(f"{m['role']}: {m['content']}\n" for m in messages)
 
 
+def _end_at_last_turn(response: str, tokenizer: Any) -> str:
+    """The templated response without its closing end-of-turn token (and what a template puts after it).
+
+    Sampling stops at the first EOS, which for chat models is the end-of-turn token, and the
+    tokenizer step appends exactly one EOS: so a trained reward model sees `reply<EOS>` both in
+    training and when it scores rollouts, not `reply<EOS>\n<EOS>`.
+    """
+    eos = getattr(tokenizer, "eos_token", None)
+    stripped = response.rstrip()
+    if eos and stripped.endswith(eos):
+        return stripped[: -len(eos)]
+    return response
+
+
 def render(prompt: Text, completion: Text, tokenizer: Any = None) -> tuple[str, str, bool]:
     """(prompt_text, response_text, templated) for one prompt/completion."""
     if isinstance(prompt, str) and isinstance(completion, str):
@@ -166,11 +180,10 @@ def render(prompt: Text, completion: Text, tokenizer: Any = None) -> tuple[str, 
     if template:
         p = tokenizer.apply_chat_template(prompt_msgs, tokenize=False, add_generation_prompt=True)
         full = tokenizer.apply_chat_template(prompt_msgs + response_msgs, tokenize=False)
-        if full.startswith(p):
-            return p, full[len(p):], True
-        # Templates that rewrite earlier turns: fall back to the prompt without a generation prompt.
-        p = tokenizer.apply_chat_template(prompt_msgs, tokenize=False)
-        return p, full[len(p):], True
+        if not full.startswith(p):
+            # Templates that rewrite earlier turns: fall back to the prompt without a generation prompt.
+            p = tokenizer.apply_chat_template(prompt_msgs, tokenize=False)
+        return p, _end_at_last_turn(full[len(p):], tokenizer), True
     p = render_plain(prompt_msgs) + "assistant: "
     response = "".join(
         m["content"] if m["role"] == "assistant" else f"\n{m['role']}: {m['content']}\n" for m in response_msgs

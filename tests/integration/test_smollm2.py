@@ -173,9 +173,11 @@ def test_reward_model_scores_the_same_in_plain_transformers(smollm2_dir: Path, t
     assert result.exit_code == 0, result.output
     normalized = [json.loads(line)["score"] for line in (tmp_path / "scored.jsonl").read_text().splitlines()]
 
-    # The text rule of docs/real-models.md: the whole conversation through the chat template, then
-    # the EOS token appended, tokenised without adding special tokens (SmolLM2 adds none anyway).
-    texts = [tok.apply_chat_template(conv, tokenize=False) + tok.eos_token for conv in conversations]
+    # The text rule of docs/real-models.md: the whole conversation through the chat template, cut
+    # after the reply's end-of-turn token (the EOS, where sampling stops), tokenised without adding
+    # special tokens (SmolLM2 adds none anyway).
+    texts = [tok.apply_chat_template(conv, tokenize=False).rstrip() for conv in conversations]
+    assert all(t.endswith(tok.eos_token) and not t.endswith(tok.eos_token * 2) for t in texts)
     for text, row in zip(texts, rows):
         ids = tok(text, add_special_tokens=False)["input_ids"]
         assert ids == encode_prompt(tok, row["prompt"]) + encode_response(tok, row["completion"])

@@ -148,12 +148,14 @@ def test_reward_model_scores_the_same_in_plain_transformers(smollm2_dir: Path, t
     out = tmp_path / "rm"
     metrics = train(RewardConfig(model=str(smollm2_dir), train_data=str(train_file), eval_data=str(eval_file),
                                  output_dir=str(out), max_length=64, batch_size=2, micro_batch_size=1,
-                                 learning_rate=1e-5, eval_batch_size=4, normalize="mean", mixed_precision="no"))
+                                 learning_rate=1e-4, eval_batch_size=4, normalize="mean", mixed_precision="no",
+                                 lora_r=8, lora_alpha=16))  # saved merged (head included), adapter beside it
     assert metrics["train/steps"] == 2 and metrics["eval/pairs"] == 2
     assert all(math.isfinite(v) for v in metrics.values())
     saved = json.loads((out / "config.json").read_text())
     assert saved["architectures"] == ["LlamaForSequenceClassification"] and len(saved["id2label"]) == 1
     assert saved["pad_token_id"] != saved["eos_token_id"]
+    assert json.loads((out / "adapter" / "adapter_config.json").read_text())["r"] == 8
 
     # Rows to score: chosen and rejected replies of two questions, as `rlhfkit score` takes them
     # (prompt = the chat template with the generation prompt, completion = the rest of the conversation).
@@ -197,20 +199,40 @@ def test_reward_model_scores_the_same_in_plain_transformers(smollm2_dir: Path, t
 
 
 @pytest.mark.slow
-def test_one_ppo_iteration_runs_with_finite_numbers(smollm2_dir: Path, tmp_path: Path) -> None:
+def test_one_ppo_iteration_with_lora_and_the_reference_is_the_base_model(smollm2_dir: Path, tmp_path: Path) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from rlhfkit.models.loading import load_tokenizer
+    from rlhfkit.models.policy import token_logprobs
     from rlhfkit.trainers.ppo import train as train_ppo
     from rlhfkit.trainers.rl_config import PPOConfig
 
     prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": chat(q, "")[0]} for q, _, _ in QUESTIONS[:4]])
     cfg = PPOConfig(policy=str(smollm2_dir), prompts=str(prompts), output_dir=str(tmp_path / "ppo"), iterations=1,
                     rollout_batch_size=4, max_new_tokens=8, update_epochs=1, num_minibatches=1,
-                    learning_rate=1e-6, sample_every=0, mixed_precision="no")
+                    learning_rate=1e-3, sample_every=0, mixed_precision="no", lora_r=8, lora_alpha=16,
+                    save_merged=False)
     t0 = time.perf_counter()
     history = train_ppo(cfg, reward_fn=count_a)
-    print(f"\nSmolLM2 PPO, 1 iteration of 4 episodes: {time.perf_counter() - t0:.1f} s")
+    print(f"\nSmolLM2 PPO with LoRA, 1 iteration of 4 episodes: {time.perf_counter() - t0:.1f} s")
     assert len(history) == 1
     numbers = {k: v for k, v in history[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    assert "reward/mean" in numbers and "kl/ref" in numbers
     assert all(math.isfinite(v) for v in numbers.values()), numbers
-    assert abs(numbers["kl/ref"]) < 1e-4  # sampled by the start policy: the reference equals it before any update
-    shutil.rmtree(cfg.output_dir)  # 2 GB with the checkpoint; kept only when the test fails
+    # LoRA's B matrices start at 0: the sampling policy is the reference bit for bit
+    assert numbers["kl/ref"] == 0.0
+    # The reference rlhfkit uses is the base with the adapters off: its log-probs are the base model's exactly.
+    tok = load_tokenizer(smollm2_dir, padding_side="left")
+    base = AutoModelForCausalLM.from_pretrained(smollm2_dir).eval()
+    adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(smollm2_dir),
+                                        tmp_path / "ppo" / "adapter").eval()
+    batch = tok(["What do bees make?", "Hi"], return_tensors="pt", padding=True)
+    response = torch.tensor(tok(" Bees make honey.")["input_ids"]).repeat(2, 1)
+    with torch.no_grad():
+        want = token_logprobs(base, batch["input_ids"], batch["attention_mask"], response).logp
+        with adapted.disable_adapter():
+            off = token_logprobs(adapted.get_base_model(), batch["input_ids"], batch["attention_mask"], response).logp
+        on = token_logprobs(adapted.get_base_model(), batch["input_ids"], batch["attention_mask"], response).logp
+    assert torch.equal(off, want)
+    assert not torch.equal(on, want)  # the adapters trained
+    shutil.rmtree(cfg.output_dir)  # kept only when the test fails

@@ -160,9 +160,7 @@ def aggregate(
     check_choice("mode", mode, AGGREGATE_MODES)
     if denominator is None:
         denominator = aggregate_denominator(mask, mode)
-    if mode == "token":
-        total = masked_sum(per_token, mask)
-    elif mode == "sequence":
+    if mode == "sequence":
         total = masked_mean(per_token, mask, dim=-1).sum()  # sum of per-sequence means, 0 for empty rows
     else:
         total = masked_sum(per_token, mask)

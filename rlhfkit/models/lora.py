@@ -67,17 +67,15 @@ class LoRAModel:
             self.peft.save_pretrained(folder, safe_serialization=True)
 
 
-def add_lora(model: PreTrainedModel, spec: LoRASpec, task: str | None, trainable_heads: tuple[str, ...] = ()
-             ) -> LoRAModel:
-    """Wrap `model` with LoRA adapters (task "CAUSAL_LM", "SEQ_CLS", or None for a plain wrapper); every
-    other weight is frozen, except the modules named in `trainable_heads`, which peft keeps as copies."""
+def add_lora(model: PreTrainedModel, spec: LoRASpec, task: str | None) -> LoRAModel:
+    """Wrap `model` with LoRA adapters (task "CAUSAL_LM", or None for a plain wrapper); every other
+    weight is frozen (a caller unfreezes a new head itself, which keeps it a plain layer)."""
     from peft import LoraConfig, get_peft_model
 
     targets: str | list[str] = ALL_LINEAR if ALL_LINEAR in spec.target_modules else list(spec.target_modules)
     # heads never get adapters: the LM head stays tied to the embeddings, a score head trains in full
     config = LoraConfig(task_type=task, r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
-                        target_modules=targets, exclude_modules=["lm_head", "score", "classifier"],
-                        modules_to_save=list(trainable_heads) or None)
+                        target_modules=targets, exclude_modules=["lm_head", "score", "classifier"])
     try:
         peft_model = get_peft_model(model, config)
     except ValueError as e:  # e.g. target modules not found in the model

@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration
 
 from rlhfkit.config import save_config
 from rlhfkit.errors import ConfigError
@@ -35,8 +34,8 @@ def make_accelerator(cfg: Any) -> Accelerator:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     mp = resolve_precision(cfg.mixed_precision)
-    # split_batches: a batch_size setting is the global batch, whatever the number of processes.
-    return Accelerator(mixed_precision=mp, dataloader_config=DataLoaderConfiguration(split_batches=True))
+    # No dataloader goes through accelerate: every trainer deals its global batches to the processes itself.
+    return Accelerator(mixed_precision=mp)
 
 
 def make_optimizer(params: Any, cfg: Any) -> torch.optim.Optimizer:

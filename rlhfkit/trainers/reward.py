@@ -258,7 +258,8 @@ def train(cfg: RewardConfig) -> dict[str, float]:
             scores = scorer(micro["input_ids"], micro["attention_mask"])  # (2B,)
         loss, r_c, r_r = pair_loss(scores, micro, cfg, weight_sum, pairs)
         stats.add("loss/train", loss.detach())
-        stats.add("train/accuracy", ((r_c > r_r).float() * micro["real"]).sum() / pairs)
+        # this micro-batch's share of the global batch's accuracy (0 for a stand-in row)
+        stats.add("train/accuracy", preference_accuracy(r_c, r_r) * micro["real"].sum() / pairs)
         return loss
 
     with staged_output(out_dir, enabled=main) as tmp:

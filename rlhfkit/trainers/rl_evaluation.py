@@ -19,7 +19,6 @@ import torch
 from rlhfkit import seeds
 from rlhfkit.algos.kl import kl_k1
 from rlhfkit.data.prompts import PromptSet
-from rlhfkit.models.policy import token_logprobs
 from rlhfkit.rollout.collect import decode_responses
 from rlhfkit.rollout.sampling import sample
 from rlhfkit.rollout.scoring import call_text_fn
@@ -55,9 +54,10 @@ class HeldOutEvaluation:
             ids, mask = ids.to(device), mask.to(device)
             draw_seeds = [seeds.derived_seed(self.seed, seeds.EVALUATION, i) for i in rows]
             with worker.accelerator.autocast():
+                # the sampling loop's own log-probs: no second forward of the policy
                 out = sample(policy, ids, mask, worker.sampling, worker.tokenizer.eos_token_id,
-                             worker.tokenizer.pad_token_id, draw_seeds)
-                logp = token_logprobs(policy, ids, mask, out.response_ids, worker.sampling.temperature).logp
+                             worker.tokenizer.pad_token_id, draw_seeds, with_logprobs=True)
+                logp = out.logp
                 ref_logp = worker.reference(ids, mask, out.response_ids)
             batch_responses = decode_responses(worker.tokenizer, out.response_ids, out.response_mask)
             batch_scores = worker.scorer(ids, mask, out.response_ids, out.response_mask, out.ended, batch_texts,

@@ -77,3 +77,8 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             continue
     return rows
+
+
+def open_metrics(out_dir: str | Path, cfg: Any, *, enabled: bool = True, append: bool = False) -> MetricsLogger:
+    """The metrics logger of a stage's run: metrics.jsonl in `out_dir`, plus the trackers `cfg` asks for."""
+    return MetricsLogger(out_dir, tensorboard=getattr(cfg, "tensorboard", False), enabled=enabled, append=append)

@@ -49,7 +49,7 @@ from rlhfkit.models.lora import LoRASpec, add_lora
 from rlhfkit.models.reward_model import RewardScorer, build_reward_model, set_normalization
 from rlhfkit.models.trunk_and_heads import score_head
 from rlhfkit.tracking.console import console, print_table, progress_bar
-from rlhfkit.tracking.metrics import MetricsLogger
+from rlhfkit.tracking.metrics import open_metrics
 from rlhfkit.trainers.common import (
     check_output_dir,
     make_accelerator,
@@ -263,7 +263,7 @@ def train(cfg: RewardConfig) -> dict[str, float]:
         return loss
 
     with staged_output(out_dir, enabled=main) as tmp:
-        logger = MetricsLogger(tmp, tensorboard=cfg.tensorboard, enabled=main)
+        logger = open_metrics(tmp, cfg, enabled=main)
         step, pairs_seen, t_eval = 0, 0, 0.0
 
         def elapsed() -> float:

@@ -35,7 +35,7 @@ from rlhfkit.rollout.sampling import SamplingSettings
 from rlhfkit.rollout.scoring import FunctionScorer, RewardModelScorer, Scorer, import_function, same_tokenizer
 from rlhfkit.rollout.step import RolloutWorker
 from rlhfkit.tracking.console import console, print_table
-from rlhfkit.tracking.metrics import MetricsLogger
+from rlhfkit.tracking.metrics import MetricsLogger, open_metrics
 from rlhfkit.trainers.checkpoint import find_checkpoint, resume_rl, save_final_policy, save_rl_checkpoint
 from rlhfkit.trainers.common import (
     check_output_dir,
@@ -185,8 +185,7 @@ def build_rl(cfg: Any, with_critic: bool, separate_critic: bool = False, steps_p
         out_dir.mkdir(parents=True)
     if accelerator.is_main_process:
         save_run_config(cfg, out_dir)
-    run.logger = MetricsLogger(out_dir, tensorboard=cfg.tensorboard, enabled=accelerator.is_main_process,
-                               append=resuming)
+    run.logger = open_metrics(out_dir, cfg, enabled=accelerator.is_main_process, append=resuming)
     if evaluation is not None and not resuming:
         evaluate(run, step=0)  # the start policy: the baseline of the win rates
     return run

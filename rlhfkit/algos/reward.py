@@ -1,8 +1,9 @@
-"""Reward model math: the Bradley-Terry loss, accuracy, rankings to pairs, and reward normalisation."""
+"""Reward model math: Bradley-Terry and Plackett-Luce losses, accuracy, rankings to pairs, reward normalisation."""
 
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 
 import torch
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 
 from rlhfkit.algos._checks import (
     check_finite,
+    check_mask,
     check_nonnegative,
     check_positive,
     check_rank,
@@ -185,3 +187,76 @@ def reward_centering_penalty(r_chosen: torch.Tensor, r_rejected: torch.Tensor,
     check_rank("r_chosen", r_chosen, "B")
     check_same_shape(r_chosen=r_chosen, r_rejected=r_rejected)
     return (r_chosen + r_rejected).pow(2).sum() / (r_chosen.shape[0] if denominator is None else denominator)
+
+
+def plackett_luce_loss(
+    rewards: torch.Tensor,
+    ranks: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    weights: torch.Tensor | None = None,
+    denominator: torch.Tensor | float | None = None,
+) -> torch.Tensor:
+    """loss = sum_g w_g l_g / sum_g w_g c_g,  l_g = -sum_{i in g} [ r_i - log sum_{l in S_i} exp(r_l) ],
+    S_i = {i} u {l in g : rank_l > rank_i},  c_g = 1 if group g holds two distinct ranks, else 0.
+
+    Listwise reward-model loss: the negative log-likelihood of each group's ranking under the
+    Plackett-Luce model (Plackett 1975; Luce 1959's choice axiom; the K-wise MLE of Zhu et al. 2023,
+    "Principled RLHF from pairwise or K-wise comparisons"). Without ties, S_i holds i and everything
+    ranked below it, so with the ranking pi (best first)
+
+        l_g = -log prod_{j=1..K} exp(r_pi(j)) / sum_{l >= j} exp(r_pi(l)):
+
+    the best completion is drawn first from all K by softmax, the next from the K-1 left, and so on.
+    Each log-denominator is a logsumexp, so rewards of any size stay finite (and so do gradients).
+
+    Ties (equal ranks): each member of a tied block is drawn from itself and the completions
+    ranked strictly below the block; tied completions never compete with each other, as
+    `ranking_to_pairs` gives them no pair. The worst block (S_i = {i}) adds log 1 = 0, so a group
+    whose completions all tie adds 0 and is not counted (c_g = 0), like a prompt without pairs
+    under `pair_weights`. Without ties this is the Plackett-Luce likelihood above; for K = 2 it is
+    -log sigmoid(r_better - r_worse), `bradley_terry_loss`, and a block above a single completion w
+    gives the sum of the pairs' terms -log sigmoid(r_i - r_w).
+
+    Every group counts once, whatever its K (w_g = 1 without weights). When these groups are one
+    part of a batch (a micro-batch, or one process's share), pass the whole batch's
+    sum_g w_g c_g (the number of groups) as `denominator`: the parts then add up to the whole
+    batch's loss exactly. No group with a comparison (and no denominator) gives 0, not NaN.
+
+    Args:
+      rewards: (G, K) rewards of the K completions of each group; entries outside `mask` are ignored.
+      ranks: (G, K) integer ranks, lower = better (0 = best), equal = tied; only their order counts.
+      mask: None (every entry real) or torch.bool (G, K), False on the padding of groups with fewer
+        than K completions.
+      weights: None or (G,) non-negative group weights (checked with value checks on), e.g. 0 for a
+        process's stand-in group.
+      denominator: None (this batch's sum_g w_g c_g) or the whole batch's.
+
+    Returns:
+      0-dim tensor.
+    """
+    check_rank("rewards", rewards, "G", "K")
+    check_same_shape(rewards=rewards, ranks=ranks)
+    if ranks.dtype.is_floating_point or ranks.dtype.is_complex or ranks.dtype == torch.bool:
+        raise ValueError(f"ranks must be an integer tensor (0 = best), got dtype {ranks.dtype}; pass `ranks.long()`")
+    if mask is None:
+        mask = torch.ones_like(rewards, dtype=torch.bool)
+    check_mask(mask, rewards, "rewards")
+    # padding entries become 0 before any arithmetic: inf or NaN garbage there cannot reach the
+    # forward or (as 0 * NaN) the backward of the logsumexp
+    r = torch.where(mask, rewards, 0.0)  # (G, K)
+    k = r.shape[1]
+    below = (ranks.unsqueeze(1) > ranks.unsqueeze(2)) & mask.unsqueeze(1) & mask.unsqueeze(2)  # (G, K_i, K_l)
+    itself = torch.eye(k, dtype=torch.bool, device=r.device)  # (K, K): every S_i holds i
+    logits = torch.where(below | itself, r.unsqueeze(1), -math.inf)  # (G, K_i, K_l): r_l for l in S_i
+    log_p = torch.where(mask, r - torch.logsumexp(logits, dim=-1), 0.0)  # (G, K): log P(i first in S_i)
+    losses = -log_p.sum(dim=-1)  # (G,)
+    counted = below.flatten(1).any(dim=-1).to(losses.dtype)  # (G,) c_g: the group holds a comparison
+    if weights is not None:
+        check_same_shape(groups=losses, weights=weights)
+        if value_checks_enabled() and bool((weights < 0).any()):
+            raise ValueError(f"weights must be >= 0, got {weights.tolist()}")
+        losses, counted = weights * losses, weights * counted
+    if denominator is None:
+        denominator = counted.sum()
+        denominator = torch.where(denominator > 0, denominator, torch.ones_like(denominator))
+    return losses.sum() / denominator

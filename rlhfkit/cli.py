@@ -18,6 +18,7 @@ from rlhfkit.cli_errors import one_line_errors
 from rlhfkit.config import config_command
 from rlhfkit.feedback.cli import feedback_app
 from rlhfkit.pipelines.demo_config import DemoConfig
+from rlhfkit.trainers.dpo_config import DPOConfig
 from rlhfkit.trainers.reward_config import RewardConfig, ScoreConfig
 from rlhfkit.trainers.rl_config import PPOConfig, ReinforceConfig
 
@@ -68,6 +69,12 @@ def _reinforce(cfg: ReinforceConfig) -> None:
     run(cfg)
 
 
+def _dpo(cfg: DPOConfig) -> None:
+    from rlhfkit.trainers.dpo import run
+
+    run(cfg)
+
+
 def _demo(cfg: DemoConfig) -> None:
     from rlhfkit.pipelines.demo import run_demo
 
@@ -87,6 +94,9 @@ stage("ppo", PPOConfig, _ppo,
 stage("reinforce", ReinforceConfig, _reinforce,
       "Optimise the policy with REINFORCE, grad J = E[sum_t grad log pi(a_t|s_t) (R - b)], with the baseline "
       "b chosen by --baseline: none, moving_mean, value, rloo or grpo.")
+stage("dpo", DPOConfig, _dpo,
+      "Optimise the policy straight from comparisons (no reward model, no sampling): DPO loss "
+      "-log sigmoid(beta [(logp_c - ref_logp_c) - (logp_r - ref_logp_r)]) to a frozen reference, or IPO.")
 
 
 app.add_typer(feedback_app, name="feedback")

@@ -21,6 +21,7 @@ from rlhfkit.pipelines.demo_config import DemoConfig
 from rlhfkit.trainers.dpo_config import DPOConfig
 from rlhfkit.trainers.reward_config import RewardConfig, ScoreConfig
 from rlhfkit.trainers.rl_config import PPOConfig, ReinforceConfig
+from rlhfkit.trainers.sft_config import SFTConfig
 
 app = typer.Typer(
     name="rlhfkit",
@@ -75,6 +76,12 @@ def _dpo(cfg: DPOConfig) -> None:
     run(cfg)
 
 
+def _sft(cfg: SFTConfig) -> None:
+    from rlhfkit.trainers.sft import run
+
+    run(cfg)
+
+
 def _demo(cfg: DemoConfig) -> None:
     from rlhfkit.pipelines.demo import run_demo
 
@@ -84,6 +91,9 @@ def _demo(cfg: DemoConfig) -> None:
 stage("demo", DemoConfig, _demo,
       "Run the whole method on the embedded model: sample, rank (simulated labeler), reward model, PPO with and "
       "without the KL guard, evaluation with the gold judge, HTML report.")
+stage("sft", SFTConfig, _sft,
+      "Supervised fine-tuning on demonstrations (prompt/completion, chat messages or text): token-mean "
+      "cross-entropy on the completion tokens.")
 stage("reward", RewardConfig, _reward,
       "Train a reward model on comparisons: the base LM's trunk plus a scalar head, loss "
       "-log sigmoid(r_chosen - r_rejected).")

@@ -196,31 +196,33 @@ def plackett_luce_loss(
     weights: torch.Tensor | None = None,
     denominator: torch.Tensor | float | None = None,
 ) -> torch.Tensor:
-    """loss = sum_g w_g l_g / sum_g w_g c_g,  l_g = -sum_{i in g} [ r_i - log sum_{l in S_i} exp(r_l) ],
-    S_i = {i} u {l in g : rank_l > rank_i},  c_g = 1 if group g holds two distinct ranks, else 0.
+    """loss = sum_g w_g l_g / sum_g w_g c_g,  l_g = sum_{i in g} -log sigmoid(r_i - log sum_{l in W_i} exp(r_l)),
+    W_i = {l in g : rank_l > rank_i} (the completions ranked below i; a term with W_i empty is 0),
+    c_g = 1 if group g holds two distinct ranks, else 0.
 
     Listwise reward-model loss: the negative log-likelihood of each group's ranking under the
-    Plackett-Luce model (Plackett 1975; Luce 1959's choice axiom; the K-wise MLE of Zhu et al. 2023,
-    "Principled RLHF from pairwise or K-wise comparisons"). Without ties, S_i holds i and everything
-    ranked below it, so with the ranking pi (best first)
+    Plackett-Luce model (Plackett 1975; Luce 1959's choice axiom; the K-wise maximum-likelihood
+    estimator of Zhu et al. 2023, "Principled RLHF from pairwise or K-wise comparisons"). Without
+    ties, for the ranking pi (best first),
 
         l_g = -log prod_{j=1..K} exp(r_pi(j)) / sum_{l >= j} exp(r_pi(l)):
 
-    the best completion is drawn first from all K by softmax, the next from the K-1 left, and so on.
-    Each log-denominator is a logsumexp, so rewards of any size stay finite (and so do gradients).
+    the best completion is drawn from all K by softmax, the next from the K - 1 left, and so on.
+    Term j is r_pi(j) - log(exp(r_pi(j)) + exp(L_j)), L_j = logsumexp of the rewards below, which is
+    log sigmoid(r_pi(j) - L_j): computed so (logsumexp, then log-sigmoid), it never overflows, and
+    for K = 2 it is bradley_terry_loss's -log sigmoid(r_c - r_r) operation for operation.
 
-    Ties (equal ranks): each member of a tied block is drawn from itself and the completions
-    ranked strictly below the block; tied completions never compete with each other, as
-    `ranking_to_pairs` gives them no pair. The worst block (S_i = {i}) adds log 1 = 0, so a group
-    whose completions all tie adds 0 and is not counted (c_g = 0), like a prompt without pairs
-    under `pair_weights`. Without ties this is the Plackett-Luce likelihood above; for K = 2 it is
-    -log sigmoid(r_better - r_worse), `bradley_terry_loss`, and a block above a single completion w
-    gives the sum of the pairs' terms -log sigmoid(r_i - r_w).
+    Ties (equal ranks): each member of a tied block is drawn from itself and the completions ranked
+    strictly below the block; tied completions never compete with each other, as
+    `ranking_to_pairs` gives them no pair. The worst block adds log 1 = 0, so a group whose
+    completions all tie adds 0 and is not counted (c_g = 0), like a prompt without pairs under
+    `pair_weights`. A tied block above a single completion w gives the sum of its members' pair
+    terms -log sigmoid(r_i - r_w). Without ties it is the Plackett-Luce likelihood above.
 
     Every group counts once, whatever its K (w_g = 1 without weights). When these groups are one
     part of a batch (a micro-batch, or one process's share), pass the whole batch's
-    sum_g w_g c_g (the number of groups) as `denominator`: the parts then add up to the whole
-    batch's loss exactly. No group with a comparison (and no denominator) gives 0, not NaN.
+    sum_g w_g c_g (its number of groups) as `denominator`: the parts then add up to the whole
+    batch's loss exactly. No counted group (and no denominator) gives 0, not NaN.
 
     Args:
       rewards: (G, K) rewards of the K completions of each group; entries outside `mask` are ignored.
@@ -242,15 +244,15 @@ def plackett_luce_loss(
         mask = torch.ones_like(rewards, dtype=torch.bool)
     check_mask(mask, rewards, "rewards")
     # padding entries become 0 before any arithmetic: inf or NaN garbage there cannot reach the
-    # forward or (as 0 * NaN) the backward of the logsumexp
+    # forward or (as 0 * NaN) the backward
     r = torch.where(mask, rewards, 0.0)  # (G, K)
-    k = r.shape[1]
     below = (ranks.unsqueeze(1) > ranks.unsqueeze(2)) & mask.unsqueeze(1) & mask.unsqueeze(2)  # (G, K_i, K_l)
-    itself = torch.eye(k, dtype=torch.bool, device=r.device)  # (K, K): every S_i holds i
-    logits = torch.where(below | itself, r.unsqueeze(1), -math.inf)  # (G, K_i, K_l): r_l for l in S_i
-    log_p = torch.where(mask, r - torch.logsumexp(logits, dim=-1), 0.0)  # (G, K): log P(i first in S_i)
+    has_below = below.any(dim=-1)  # (G, K) W_i not empty
+    # rows with an empty W_i take 0s instead of all -inf, whose logsumexp has a NaN gradient; their term is 0
+    logits = torch.where(below, r.unsqueeze(1), torch.where(has_below.unsqueeze(-1), -math.inf, 0.0))
+    log_p = torch.where(has_below, F.logsigmoid(r - torch.logsumexp(logits, dim=-1)), 0.0)  # (G, K)
     losses = -log_p.sum(dim=-1)  # (G,)
-    counted = below.flatten(1).any(dim=-1).to(losses.dtype)  # (G,) c_g: the group holds a comparison
+    counted = has_below.any(dim=-1).to(losses.dtype)  # (G,) c_g: the group holds a comparison
     if weights is not None:
         check_same_shape(groups=losses, weights=weights)
         if value_checks_enabled() and bool((weights < 0).any()):

@@ -13,7 +13,8 @@ a "prompt" column whose chosen and rejected are conversations takes their common
 messages as the prompt.
 
 A ranked list of K completions becomes all K-choose-2 pairs (InstructGPT), each weighted
-1 / (number of pairs) so that every prompt counts once in the loss.
+1 / (number of pairs) so that every prompt counts once in the loss (`expand_pairs`), or stays one
+group of K ranked responses for the listwise loss (`expand_groups`; a pair is a group of two).
 """
 
 from __future__ import annotations
@@ -52,6 +53,17 @@ class PreferencePair:
     rejected: str
     weight: float = 1.0
     margin: float = 0.0
+    templated: bool = False  # prompt came from a chat template (already holds special tokens)
+
+
+@dataclass(frozen=True)
+class PreferenceGroup:
+    """A rendered ranked list: the prompt and K >= 2 responses as text, with their ranks (0 = best)."""
+
+    prompt: str
+    completions: tuple[str, ...]
+    ranks: tuple[int, ...]  # equal ranks are ties
+    margin: float = 0.0  # a pair row's margin (read by the pairwise loss only)
     templated: bool = False  # prompt came from a chat template (already holds special tokens)
 
 
@@ -202,6 +214,21 @@ def expand_pairs(examples: list[PreferenceExample], tokenizer: Any = None) -> li
             _, r, _ = render(ex.prompt, ex.completions[worse], tokenizer)
             pairs.append(PreferencePair(p, c, r, weight, ex.margin or 0.0, templated))
     return pairs
+
+
+def expand_groups(examples: list[PreferenceExample], tokenizer: Any = None) -> list[PreferenceGroup]:
+    """Every example as one rendered group, its completions in their row order (a pair: chosen, rejected).
+
+    The prompt text is rendered beside the best-ranked completion, as `expand_pairs` renders it beside
+    the chosen one (the two differ only for chat templates that rewrite earlier turns).
+    """
+    groups = []
+    for ex in examples:
+        best = min(range(len(ex.ranks)), key=lambda i: (ex.ranks[i], i))
+        prompt, _, templated = render(ex.prompt, ex.completions[best], tokenizer)
+        responses = tuple(render(ex.prompt, c, tokenizer)[1] for c in ex.completions)
+        groups.append(PreferenceGroup(prompt, responses, ex.ranks, ex.margin or 0.0, templated))
+    return groups
 
 
 def load_preferences(source: Source, tokenizer: Any = None) -> list[PreferencePair]:

@@ -1,13 +1,17 @@
-"""Reward model training: r(x, y) = linear head on the LM trunk, loss -log sigmoid(r_c - r_r).
+"""Reward model training: r(x, y) = linear head on the LM trunk, loss -log sigmoid(r_c - r_r) on pairs,
+or -log P(ranking) under Plackett-Luce on whole ranked lists (`ranking_loss = "listwise"`).
 
 The loop, in order:
   1. resolve max_length against the model's context (0 = the context; longer is an error), read and
      check the comparisons (all errors before any model is loaded), split off eval;
   2. build the reward model (trunk of the base LM + a new scalar head);
-  3. for each batch, chosen and rejected go through ONE forward pass, the Bradley-Terry loss
-     (rlhfkit.algos.reward) is minimised with AdamW;
-  4. evaluate on the held-out comparisons (loss, accuracy, margin, reward mean/std); pairs that do
-     not fit max_length even with the prompt truncated are left out and counted (data/*_dropped);
+  3. for each batch, all its responses (chosen and rejected, or every completion of every ranked
+     list) go through ONE forward pass, and the Bradley-Terry loss (pairwise) or the Plackett-Luce
+     loss (listwise; both in rlhfkit.algos.reward) is minimised with AdamW;
+  4. evaluate on the held-out comparisons (loss, pairwise accuracy, margin, reward mean/std; and
+     Kendall tau / Spearman of the scores against ranked lists of 3+ completions); pairs (or
+     lists) that do not fit max_length even with the prompt truncated are left out and counted
+     (data/*_dropped);
   5. optionally normalise rewards on a reference set, then save the model, tokenizer,
      config.yaml, metrics.jsonl and eval.json (into a temporary folder moved into place at the end).
 """
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import random
 import time
 from functools import partial
@@ -25,26 +30,32 @@ from typing import Any
 import torch
 from accelerate.utils import gather_object
 
+from rlhfkit.algos.masked import masked_mean
 from rlhfkit.algos.reward import (
     bradley_terry_loss,
     normalization_gain_bias,
+    plackett_luce_loss,
     preference_accuracy,
+    ranking_to_pairs,
     reward_centering_penalty,
 )
 from rlhfkit.data.batching import LengthGroupedBatches, ShuffledBatches, process_share
 from rlhfkit.data.io import read_rows
-from rlhfkit.data.preferences import expand_pairs, load_examples
+from rlhfkit.data.preferences import PreferenceExample, expand_groups, expand_pairs, load_examples
 from rlhfkit.data.tokenize import (
+    TokenizedGroups,
     TokenizedPairs,
+    collate_groups,
     collate_pairs,
     encode_prompt,
     encode_response,
     pad_right,
+    tokenize_groups,
     tokenize_pairs,
 )
 from rlhfkit.errors import DataError
 from rlhfkit.models.context import model_context, resolve_length
-from rlhfkit.models.loading import load_tokenizer
+from rlhfkit.models.loading import configure_loading, load_tokenizer
 from rlhfkit.models.lora import LoRASpec, add_lora
 from rlhfkit.models.reward_model import RewardScorer, build_reward_model, set_normalization
 from rlhfkit.models.trunk_and_heads import score_head
@@ -69,24 +80,36 @@ def resolve_max_length(cfg: RewardConfig) -> RewardConfig:
     return dataclasses.replace(cfg, max_length=resolve_length(cfg.max_length, model_context(cfg.model), "max_length"))
 
 
-def length_counts(train_data: TokenizedPairs, eval_data: TokenizedPairs, max_length: int) -> dict[str, int]:
-    """What max_length did to the data: prompts truncated on the left, and pairs left out because they do
-    not fit even so (in eval.json and metrics.jsonl, so the held-out accuracy names the pairs it is over)."""
-    return {"data/max_length": max_length,
-            "data/train_truncated": train_data.truncated, "data/train_dropped": train_data.dropped,
-            "data/eval_truncated": eval_data.truncated, "data/eval_dropped": eval_data.dropped}
+Data = TokenizedPairs | TokenizedGroups  # pairs (pairwise loss) or ranked lists (listwise loss)
+
+
+def length_counts(train_data: Data, eval_data: Data, max_length: int) -> dict[str, int]:
+    """What max_length did to the data: prompts truncated on the left, and pairs (listwise: ranked lists)
+    left out because they do not fit even so (in eval.json and metrics.jsonl, so the held-out accuracy
+    names the pairs it is over); listwise also counts the lists kept without a completion that does not fit."""
+    counts = {"data/max_length": max_length,
+              "data/train_truncated": train_data.truncated, "data/train_dropped": train_data.dropped,
+              "data/eval_truncated": eval_data.truncated, "data/eval_dropped": eval_data.dropped}
+    if isinstance(train_data, TokenizedGroups):
+        counts.update({"data/train_trimmed": train_data.trimmed, "data/eval_trimmed": eval_data.trimmed})
+    return counts
 
 
 def accuracy_label(metrics: dict[str, Any]) -> str:
-    """'held-out accuracy', or 'held-out accuracy (N of M pairs; K did not fit max_length)' when K > 0."""
+    """'held-out accuracy', or 'held-out accuracy (N of M pairs; K did not fit max_length)' when K > 0
+    (listwise: '(N pairs of G of M ranked lists; K did not fit max_length)')."""
     dropped, pairs = int(metrics.get("data/eval_dropped", 0)), int(metrics["eval/pairs"])
     if not dropped:
         return "held-out accuracy"
+    if "eval/groups" in metrics:
+        groups = int(metrics["eval/groups"])
+        return (f"held-out accuracy ({pairs} pairs of {groups} of {groups + dropped} ranked lists; {dropped} did "
+                "not fit max_length)")
     return f"held-out accuracy ({pairs} of {pairs + dropped} pairs; {dropped} did not fit max_length)"
 
 
-def load_comparisons(cfg: RewardConfig, tokenizer: Any) -> tuple[TokenizedPairs, TokenizedPairs]:
-    """Train and eval comparisons, tokenised. Eval is split off by row (prompt), never by pair,
+def split_examples(cfg: RewardConfig) -> tuple[list[PreferenceExample], list[PreferenceExample]]:
+    """Train and eval rows, read and checked. Eval is split off by row (prompt), never by pair,
     so pairs of one ranked list never land on both sides."""
     examples = load_examples(cfg.train_data)
     if cfg.eval_data:
@@ -101,6 +124,12 @@ def load_comparisons(cfg: RewardConfig, tokenizer: Any) -> tuple[TokenizedPairs,
         held = set(order[:n_eval])
         eval_examples = [e for i, e in enumerate(examples) if i in held]
         examples = [e for i, e in enumerate(examples) if i not in held]
+    return examples, eval_examples
+
+
+def load_comparisons(cfg: RewardConfig, tokenizer: Any) -> tuple[TokenizedPairs, TokenizedPairs]:
+    """Train and eval comparisons (pairs), tokenised; see `split_examples`."""
+    examples, eval_examples = split_examples(cfg)
     train = _tokenize(examples, tokenizer, cfg)
     evals = _tokenize(eval_examples, tokenizer, cfg)
     if len(train) == 0:
@@ -121,6 +150,35 @@ def _tokenize(examples: list[Any], tokenizer: Any, cfg: RewardConfig) -> Tokeniz
     return tokenize_pairs(pairs, tokenizer, cfg.max_length, cfg.truncation, rows=rows)
 
 
+def load_data(cfg: RewardConfig, tokenizer: Any) -> tuple[Data, Data, TokenizedGroups | None]:
+    """Train and eval data for the configured loss: pairs (pairwise) or ranked lists (listwise), plus the
+    eval ranked lists the rank correlations are computed on (None when no eval row ranks 3+ completions)."""
+    if cfg.ranking_loss == "pairwise":
+        train, evals = load_comparisons(cfg, tokenizer)
+        examples, eval_examples = split_examples(cfg)  # read again: cheap next to tokenising
+        ranked = _tokenize_groups(eval_examples, tokenizer, cfg) if _has_lists(eval_examples) else None
+        return train, evals, ranked
+    examples, eval_examples = split_examples(cfg)
+    train, evals = _tokenize_groups(examples, tokenizer, cfg), _tokenize_groups(eval_examples, tokenizer, cfg)
+    if len(train) == 0:
+        raise DataError(f"{cfg.train_data}: no ranked list keeps two differently ranked completions within "
+                        f"max_length={cfg.max_length}; raise --max-length")
+    if len(evals) == 0:
+        raise DataError(f"{cfg.eval_data or cfg.train_data}: no eval ranked list fits max_length={cfg.max_length}")
+    return train, evals, evals if _has_lists(eval_examples) else None
+
+
+def _has_lists(examples: list[PreferenceExample]) -> bool:
+    """Whether some row ranks 3 or more completions (where a rank correlation says more than accuracy)."""
+    return any(len(ex.completions) > 2 for ex in examples)
+
+
+def _tokenize_groups(examples: list[PreferenceExample], tokenizer: Any, cfg: RewardConfig) -> TokenizedGroups:
+    """Every example as one ranked list (a pair: a list of two), tokenised; lists left out name their rows."""
+    return tokenize_groups(expand_groups(examples, tokenizer), tokenizer, cfg.max_length, cfg.truncation,
+                           rows=[ex.row for ex in examples])
+
+
 def _rows_text(rows: list[int], shown: int = 8) -> str:
     """'3, 17, 22' or '3, 17, ... (12 rows)'."""
     text = ", ".join(map(str, rows[:shown]))
@@ -132,6 +190,30 @@ def _collate(data: TokenizedPairs, rows: list[int], pad_id: int, real: bool = Tr
     batch["real"] = torch.full((len(rows),), float(real))  # 0 for a process's stand-in row (see process_share)
     batch["has_margins"] = any(data.margins[i] for i in rows)  # decided on the CPU: no device sync per step
     return batch
+
+
+def _collate_groups(data: TokenizedGroups, rows: list[int], pad_id: int, real: bool = True
+                    ) -> dict[str, torch.Tensor]:
+    batch = collate_groups([(data.sequences[i], data.ranks[i], data.margins[i]) for i in rows], pad_id)
+    batch["real"] = torch.full((len(rows),), float(real))  # (B,) 0 for a process's stand-in list
+    batch["pair_real"] = torch.full((len(batch["better"]),), float(real))  # (P,) the same, per pair
+    return batch
+
+
+def group_loss(scores: torch.Tensor, batch: dict[str, torch.Tensor], cfg: RewardConfig, groups: float
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Plackett-Luce loss of an (N,) score vector laid out as `collate_groups` lays out its rows, as this
+    micro-batch's part of the global batch (divided by the global batch's number of lists). Returns
+    the loss and the (P,) rewards of every pair's better and worse completion."""
+    b, k = batch["mask"].shape
+    flat = scores.float().new_zeros(b * k).scatter(0, batch["slots"], scores.float())  # (B*K,) 0 on padding
+    rewards = flat.view(b, k)  # (B, K)
+    loss = plackett_luce_loss(rewards, batch["ranks"], batch["mask"], weights=batch["real"], denominator=groups)
+    if cfg.center_rewards_coef > 0:
+        # (2 * list mean)^2: for a pair exactly the pairwise (r_c + r_r)^2
+        centre = masked_mean(rewards, batch["mask"], dim=-1) * batch["real"]  # (B,)
+        loss = loss + cfg.center_rewards_coef * reward_centering_penalty(centre, centre, denominator=groups)
+    return loss, flat[batch["better"]], flat[batch["worse"]]
 
 
 def pair_loss(scores: torch.Tensor, batch: dict[str, torch.Tensor], cfg: RewardConfig, weight_sum: float,
@@ -169,10 +251,16 @@ def evaluate(scorer: torch.nn.Module, data: TokenizedPairs, accelerator: Any, cf
         r_c, r_r = scores.float().chunk(2)
         mine += zip(r_c.tolist(), r_r.tolist(), batch["weights"].tolist(), batch["margins"].tolist())
     rows = gather_object(mine) if world > 1 else mine
+    scorer.train()
+    return pair_metrics(rows, cfg)
+
+
+def pair_metrics(rows: list[tuple[float, float, float, float]], cfg: RewardConfig) -> dict[str, float]:
+    """eval/loss (Bradley-Terry, weighted), eval/accuracy, eval/margin, eval/reward_mean/std (over the pairs'
+    entries) and eval/pairs, from (r_c, r_r, weight, margin) per pair."""
     r_c, r_r, w, m = (torch.tensor(col, dtype=torch.float64) for col in zip(*rows))
     use_margin = cfg.margin_column and bool(m.any())
     all_r = torch.cat([r_c, r_r])
-    scorer.train()
     return {
         "eval/loss": bradley_terry_loss(r_c, r_r, margin=m if use_margin else None, weights=w).item(),
         "eval/accuracy": preference_accuracy(r_c, r_r).item(),
@@ -184,8 +272,122 @@ def evaluate(scorer: torch.nn.Module, data: TokenizedPairs, accelerator: Any, cf
 
 
 @torch.no_grad()
+def group_scores(scorer: torch.nn.Module, data: TokenizedGroups, accelerator: Any, cfg: RewardConfig,
+                 pad_id: int) -> list[list[float]]:
+    """The score of every completion of every ranked list (in data order), each completion scored once.
+
+    Each process scores its share of every eval batch of lists; the scores are gathered with their
+    list index and put back in order."""
+    scorer.eval()
+    rank, world = accelerator.process_index, accelerator.num_processes
+    mine: list[tuple[int, list[float]]] = []
+    for start in range(0, len(data), cfg.eval_batch_size):
+        rows, real = process_share(range(start, min(start + cfg.eval_batch_size, len(data))), rank, world)
+        if not real:
+            continue
+        batch = collate_groups([(data.sequences[i], data.ranks[i], data.margins[i]) for i in rows], pad_id)
+        with accelerator.autocast():
+            scores = scorer(batch["input_ids"].to(accelerator.device), batch["attention_mask"].to(accelerator.device))
+        b, k = batch["mask"].shape
+        grid = torch.zeros(b * k, dtype=torch.float64).scatter(0, batch["slots"], scores.double().cpu()).view(b, k)
+        mine += [(i, grid[g, : len(data.ranks[i])].tolist()) for g, i in enumerate(rows)]
+    gathered = gather_object(mine) if world > 1 else mine
+    scorer.train()
+    return [scores for _, scores in sorted(gathered)]
+
+
+def fractional_ranks(values: list[float]) -> list[float]:
+    """1-based ranks of `values` in increasing order, tied values sharing the mean of their places."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    out = [0.0] * len(values)
+    start = 0
+    while start < len(order):
+        end = start
+        while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
+            end += 1
+        for j in range(start, end + 1):
+            out[order[j]] = (start + end) / 2 + 1
+        start = end + 1
+    return out
+
+
+def kendall_tau(x: list[float], y: list[float]) -> float:
+    """Kendall's tau-b = (C - D) / sqrt((n0 - n_x)(n0 - n_y)): C, D concordant and discordant pairs, n0 = n(n-1)/2,
+    n_x, n_y pairs tied in x, in y (Kendall 1945). 0 when x or y is constant (no order to agree with)."""
+    concordant = discordant = tied_x = tied_y = 0
+    for i in range(len(x)):
+        for j in range(i + 1, len(x)):
+            dx, dy = x[i] - x[j], y[i] - y[j]
+            tied_x += dx == 0
+            tied_y += dy == 0
+            concordant += dx * dy > 0
+            discordant += dx * dy < 0
+    n0 = len(x) * (len(x) - 1) // 2
+    norm = math.sqrt((n0 - tied_x) * (n0 - tied_y))
+    return (concordant - discordant) / norm if norm > 0 else 0.0
+
+
+def spearman_rho(x: list[float], y: list[float]) -> float:
+    """Spearman's rho: the Pearson correlation of the fractional ranks of x and y (ties share their mean
+    rank). 0 when x or y is constant."""
+    rx, ry = fractional_ranks(x), fractional_ranks(y)
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    var = math.sqrt(sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry))
+    return cov / var if var > 0 else 0.0
+
+
+def group_metrics(scores: list[list[float]], data: TokenizedGroups, cfg: RewardConfig) -> dict[str, float]:
+    """Everything the evaluation reports from the scores of ranked lists: the pair metrics of `pair_metrics`
+    over every pair of every list (weighted 1 / pairs of its list, as the pairwise path weighs them),
+    the Plackett-Luce loss (a mean over lists), and the mean Kendall tau-b and Spearman rho of each
+    list's scores against its ranks (higher score <-> better rank)."""
+    pairs = []
+    for s, ranks, margin in zip(scores, data.ranks, data.margins):
+        list_pairs = ranking_to_pairs(ranks)
+        pairs += [(s[b], s[w], 1.0 / len(list_pairs), margin) for b, w in list_pairs]
+    k = max(len(s) for s in scores)
+    rewards = torch.zeros(len(scores), k, dtype=torch.float64)
+    ranks = torch.zeros(len(scores), k, dtype=torch.long)
+    mask = torch.zeros(len(scores), k, dtype=torch.bool)
+    for g, (s, r) in enumerate(zip(scores, data.ranks)):
+        rewards[g, : len(s)], ranks[g, : len(s)], mask[g, : len(s)] = torch.tensor(s, dtype=torch.float64), \
+            torch.tensor(r), True
+    taus = [kendall_tau(s, [-float(r) for r in ranks]) for s, ranks in zip(scores, data.ranks)]
+    rhos = [spearman_rho(s, [-float(r) for r in ranks]) for s, ranks in zip(scores, data.ranks)]
+    return {**pair_metrics(pairs, cfg), "eval/listwise_loss": plackett_luce_loss(rewards, ranks, mask).item(),
+            "eval/groups": len(scores), "eval/kendall_tau": sum(taus) / len(taus),
+            "eval/spearman": sum(rhos) / len(rhos)}
+
+
+def evaluate_all(scorer: torch.nn.Module, data: Data, ranked: TokenizedGroups | None, accelerator: Any,
+                 cfg: RewardConfig, pad_id: int) -> dict[str, float]:
+    """The held-out metrics of either loss, comparable between the two.
+
+    Both report eval/accuracy (share of pairs with r_c > r_r), eval/margin and the reward mean/std over
+    the pairs; eval/loss is the run's own loss. Pairwise: eval/loss is the Bradley-Terry loss as always
+    and, on ranked eval data (lists of 3+), eval/listwise_loss, eval/kendall_tau and eval/spearman are
+    added from one score per completion. Listwise: each completion is scored once; eval/loss is the
+    Plackett-Luce loss, eval/pairwise_loss the Bradley-Terry loss the pairwise run calls eval/loss; the
+    rank correlations come with ranked eval data."""
+    if isinstance(data, TokenizedPairs):
+        metrics = evaluate(scorer, data, accelerator, cfg, pad_id)
+        if ranked is not None:
+            listwise = group_metrics(group_scores(scorer, ranked, accelerator, cfg, pad_id), ranked, cfg)
+            metrics.update({key: listwise[key] for key in ("eval/listwise_loss", "eval/kendall_tau", "eval/spearman")})
+        return metrics
+    metrics = group_metrics(group_scores(scorer, data, accelerator, cfg, pad_id), data, cfg)
+    metrics["eval/pairwise_loss"] = metrics["eval/loss"]
+    metrics["eval/loss"] = metrics.pop("eval/listwise_loss")
+    if ranked is None:
+        metrics.pop("eval/kendall_tau")
+        metrics.pop("eval/spearman")
+    return metrics
+
+
+@torch.no_grad()
 def normalization_scores(scorer: torch.nn.Module, cfg: RewardConfig, tokenizer: Any,
-                         train: TokenizedPairs) -> torch.Tensor:
+                         train: Data) -> torch.Tensor:
     """Raw rewards of the reference set used for normalisation (Ziegler et al. 2019, section 2.2)."""
     if cfg.normalize_data:
         seqs = []
@@ -195,6 +397,9 @@ def normalization_scores(scorer: torch.nn.Module, cfg: RewardConfig, tokenizer: 
                 raise DataError(f"{cfg.normalize_data}, row {i}: needs text fields 'prompt' and 'completion'")
             seq = encode_prompt(tokenizer, prompt) + encode_response(tokenizer, completion)
             seqs.append(seq[-cfg.max_length:])
+    elif isinstance(train, TokenizedGroups):
+        # every completion once, by position in its list (for pairs: all chosen, then all rejected, as below)
+        seqs = [group[j] for j in range(max(map(len, train.sequences))) for group in train.sequences if j < len(group)]
     else:
         seqs = train.chosen + train.rejected
     device = next(scorer.parameters()).device
@@ -207,6 +412,7 @@ def normalization_scores(scorer: torch.nn.Module, cfg: RewardConfig, tokenizer: 
 
 def train(cfg: RewardConfig) -> dict[str, float]:
     """Train a reward model as configured; returns the final evaluation metrics."""
+    configure_loading(cfg)  # --dtype and --trust-remote-code, for the config read below too
     cfg = resolve_max_length(cfg)  # before any work: a too-long max_length is one line, not an IndexError
     out_dir = check_output_dir(cfg.output_dir, cfg.overwrite)
     accelerator = make_accelerator(cfg)
@@ -215,7 +421,9 @@ def train(cfg: RewardConfig) -> dict[str, float]:
 
     # 1. Data (checked completely before the model is built).
     tokenizer = load_tokenizer(cfg.tokenizer or cfg.model, padding_side="right")
-    train_data, eval_data = load_comparisons(cfg, tokenizer)
+    train_data, eval_data, eval_ranked = load_data(cfg, tokenizer)
+    listwise = isinstance(train_data, TokenizedGroups)
+    unit = "ranked lists" if listwise else "pairs"
     counts = length_counts(train_data, eval_data, cfg.max_length)
     if main and (train_data.truncated or eval_data.truncated):
         console.print(f"[yellow]max_length={cfg.max_length}: {train_data.truncated} train / {eval_data.truncated} "
@@ -225,8 +433,13 @@ def train(cfg: RewardConfig) -> dict[str, float]:
                  (("train", cfg.train_data, train_data), ("eval", cfg.eval_data or cfg.train_data, eval_data))
                  if data.dropped]
         console.print(f"[yellow]max_length={cfg.max_length}: {train_data.dropped} train / {eval_data.dropped} eval "
-                      f"pairs do not fit even with the prompt truncated and are left out ({'; '.join(named)}); "
+                      f"{unit} do not fit even with the prompt truncated and are left out ({'; '.join(named)}); "
                       "counted in eval.json as data/train_dropped and data/eval_dropped")
+    if main and listwise and (train_data.trimmed or eval_data.trimmed):
+        console.print(f"[yellow]max_length={cfg.max_length}: {train_data.trimmed} train / {eval_data.trimmed} eval "
+                      "ranked lists lose the completions that do not fit (data/train_trimmed, data/eval_trimmed)")
+    if main and listwise and cfg.margin_column and any(train_data.margins):
+        console.print("[yellow]the 'margin' column is not used by the listwise loss (--ranking-loss pairwise uses it)")
 
     # 2. Model, optimiser, schedule.
     model = build_reward_model(cfg.model, tokenizer)
@@ -242,7 +455,10 @@ def train(cfg: RewardConfig) -> dict[str, float]:
     scorer = RewardScorer(model)
     pad_id = tokenizer.pad_token_id
     if cfg.group_by_length:
-        lengths = [max(len(c), len(r)) for c, r in zip(train_data.chosen, train_data.rejected)]
+        if listwise:
+            lengths = [max(len(seq) for seq in group) for group in train_data.sequences]
+        else:
+            lengths = [max(len(c), len(r)) for c, r in zip(train_data.chosen, train_data.rejected)]
         batches = LengthGroupedBatches(lengths, cfg.batch_size, cfg.seed)
     else:
         batches = ShuffledBatches(len(train_data), cfg.batch_size, cfg.seed)
@@ -255,12 +471,20 @@ def train(cfg: RewardConfig) -> dict[str, float]:
     def micro_loss(micro: dict[str, torch.Tensor], weight_sum: float, pairs: int, stats: StepStats) -> torch.Tensor:
         micro = {k: v.to(accelerator.device) if isinstance(v, torch.Tensor) else v for k, v in micro.items()}
         with accelerator.autocast():
-            scores = scorer(micro["input_ids"], micro["attention_mask"])  # (2B,)
-        loss, r_c, r_r = pair_loss(scores, micro, cfg, weight_sum, pairs)
+            scores = scorer(micro["input_ids"], micro["attention_mask"])  # (2B,) pairwise, (sum_g K_g,) listwise
+        if listwise:  # weight_sum: the global batch's number of lists
+            loss, r_c, r_r = group_loss(scores, micro, cfg, weight_sum)
+            real = micro["pair_real"]  # (P,)
+        else:
+            loss, r_c, r_r = pair_loss(scores, micro, cfg, weight_sum, pairs)
+            real = micro["real"]  # (B,)
         stats.add("loss/train", loss.detach())
         # this micro-batch's share of the global batch's accuracy (0 for a stand-in row)
-        stats.add("train/accuracy", preference_accuracy(r_c, r_r) * micro["real"].sum() / pairs)
+        stats.add("train/accuracy", preference_accuracy(r_c, r_r) * real.sum() / pairs)
         return loss
+
+    collate = _collate_groups if listwise else _collate
+    list_pairs = [train_data.num_pairs(i) for i in range(len(train_data))] if listwise else []
 
     with staged_output(out_dir, enabled=main) as tmp:
         logger = open_metrics(tmp, cfg, enabled=main)
@@ -274,17 +498,22 @@ def train(cfg: RewardConfig) -> dict[str, float]:
             # 3. Bradley-Terry updates: every process walks the same global batches and trains on its share.
             for _epoch in range(cfg.epochs):
                 for rows in batches:
-                    weight_sum = float(sum(train_data.weights[i] for i in rows))  # of the global batch
+                    # the global batch's denominator: its pair-weight sum (pairwise) or number of lists
+                    # (listwise), and its comparisons, for the accuracy
+                    if listwise:
+                        weight_sum, pairs = float(len(rows)), sum(list_pairs[i] for i in rows)
+                    else:
+                        weight_sum, pairs = float(sum(train_data.weights[i] for i in rows)), len(rows)
                     own, real = process_share(rows, rank, world)
-                    parts = [_collate(train_data, chunk.tolist(), pad_id, real)
+                    parts = [collate(train_data, chunk.tolist(), pad_id, real)
                              for chunk in micro_batches(torch.tensor(own), cfg.micro_batch_size)]
                     stats = StepStats()
                     optimizer_step(accelerator, scorer, optimizer, scheduler, parts,
-                                   partial(micro_loss, weight_sum=weight_sum, pairs=len(rows), stats=stats),
+                                   partial(micro_loss, weight_sum=weight_sum, pairs=pairs, stats=stats),
                                    cfg.max_grad_norm)
                     stats.end_step()
                     step += 1
-                    pairs_seen += len(rows)
+                    pairs_seen += pairs
                     shown = stats.summary(accelerator)
                     if step % cfg.log_every == 0 or step == total_steps:
                         logger.log(step, {**shown, "train/lr": scheduler.get_last_lr()[0],
@@ -293,13 +522,13 @@ def train(cfg: RewardConfig) -> dict[str, float]:
                     # 4. Held-out evaluation.
                     if cfg.eval_every and step % cfg.eval_every == 0 and step != total_steps:
                         t0 = time.perf_counter()
-                        metrics = evaluate(scorer, eval_data, accelerator, cfg, pad_id)
+                        metrics = evaluate_all(scorer, eval_data, eval_ranked, accelerator, cfg, pad_id)
                         t_eval += time.perf_counter() - t0
                         logger.log(step, metrics)
                         bar_values["eval_acc"] = metrics["eval/accuracy"]
                     bar.update(1, **bar_values)
         train_s = elapsed()
-        metrics = evaluate(scorer, eval_data, accelerator, cfg, pad_id)
+        metrics = evaluate_all(scorer, eval_data, eval_ranked, accelerator, cfg, pad_id)
         metrics.update({"perf/pairs_per_s": pairs_seen / max(train_s, 1e-9), "perf/train_s": train_s,
                         "train/steps": step, **counts})
 
@@ -329,13 +558,17 @@ def train(cfg: RewardConfig) -> dict[str, float]:
             (tmp / "eval.json").write_text(json.dumps(metrics, indent=2))
         accelerator.wait_for_everyone()
     if main:
-        print_table(f"reward model -> {out_dir}", [
+        rows = [
             (accuracy_label(metrics), metrics["eval/accuracy"]),
-            ("held-out loss", metrics["eval/loss"]),
+            ("held-out loss (Plackett-Luce)" if listwise else "held-out loss", metrics["eval/loss"]),
             ("mean margin r_c - r_r", metrics["eval/margin"]),
-            ("comparisons (train / eval)", f"{len(train_data)} / {len(eval_data)}"),
+            (f"{unit if listwise else 'comparisons'} (train / eval)", f"{len(train_data)} / {len(eval_data)}"),
             ("pairs / s", metrics["perf/pairs_per_s"]),
-        ])
+        ]
+        if "eval/kendall_tau" in metrics:
+            rows.insert(2, ("held-out Kendall tau / Spearman vs the ranks",
+                            f"{metrics['eval/kendall_tau']:.3f} / {metrics['eval/spearman']:.3f}"))
+        print_table(f"reward model -> {out_dir}", rows)
     return metrics
 
 

@@ -12,7 +12,8 @@ from rlhfkit.trainers.settings import LoRASettings, OptimSettings, RunSettings
 
 @dataclass
 class RewardConfig(RunSettings, OptimSettings, LoRASettings, Settings):
-    """Train a reward model on comparisons with the loss -log sigmoid(r_chosen - r_rejected)."""
+    """Train a reward model on comparisons with the loss -log sigmoid(r_chosen - r_rejected), or on whole
+    ranked lists with the Plackett-Luce loss (--ranking-loss listwise)."""
 
     STAGE: ClassVar[str] = "reward"
 
@@ -29,21 +30,32 @@ class RewardConfig(RunSettings, OptimSettings, LoRASettings, Settings):
         "even so are dropped and counted in eval.json (data/train_dropped, data/eval_dropped).",
         choices=("truncate_prompt", "drop"),
     )
-    batch_size: int = setting(32, "Comparisons per optimizer step (chosen and rejected go in one forward pass).",
-                              ge=1)
-    eval_batch_size: int = setting(64, "Comparisons per evaluation forward pass.", ge=1)
+    ranking_loss: str = setting(
+        "pairwise", "pairwise: every ranked list becomes its K(K-1)/2 pairs, loss -log sigmoid(r_c - r_r) with each "
+        "prompt weighing 1; listwise: each ranked list stays one group, loss -log P(ranking) under Plackett-Luce "
+        "(ties do not compete; a pair is a list of two, where both losses are the same). See docs/ranking-loss.md.",
+        choices=("pairwise", "listwise"),
+    )
+    batch_size: int = setting(32, "Comparisons (pairwise) or ranked lists (listwise) per optimizer step; all "
+                              "responses of a batch go in one forward pass.", ge=1)
+    eval_batch_size: int = setting(64, "Comparisons (pairwise) or ranked lists (listwise) per evaluation forward "
+                                   "pass.", ge=1)
     group_by_length: bool = setting(True, "Batch comparisons of similar length together (less padding), in a "
                                     "random order of batches.")
-    epochs: int = setting(1, "Passes over the training comparisons (one is the usual choice: more overfits).", ge=1)
+    epochs: int = setting(1, "Passes over the training comparisons (one is the usual choice: more overfits).", ge=1,
+                          aliases={"num_train_epochs": None})
     eval_every: int = setting(0, "Evaluate every N optimizer steps (0 = only at the end).", ge=0)
-    margin_column: bool = setting(True, "Use a 'margin' column when present: -log sigmoid(r_c - r_r - m).")
-    center_rewards_coef: float = setting(0.0, "Add c * mean((r_c + r_r)^2) to keep rewards centred (0 = off).", ge=0)
+    margin_column: bool = setting(True, "Use a 'margin' column when present: -log sigmoid(r_c - r_r - m) (the "
+                                  "pairwise loss only).")
+    center_rewards_coef: float = setting(0.0, "Add c * mean((r_c + r_r)^2) to keep rewards centred; listwise: "
+                                         "c * mean over lists of (2 * mean reward of the list)^2 (0 = off).", ge=0)
     normalize: str = setting(
         "mean", "After training, shift (mean) or shift and scale (mean_std) rewards on normalize_data to mean 0 "
         "(std 1); stored in the model config.", choices=("none", "mean", "mean_std"),
     )
     normalize_data: str = setting(
-        "", "prompt/completion rows for normalisation (empty = the training responses, chosen and rejected)."
+        "", "prompt/completion rows for normalisation (empty = the training responses, chosen and rejected; "
+        "listwise: every completion of every list once)."
     )
 
     def check(self) -> None:

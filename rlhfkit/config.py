@@ -26,6 +26,7 @@ import yaml
 from rlhfkit.errors import ConfigError
 
 C = TypeVar("C")
+AliasConvert = Callable[[Any, Any], Any]
 
 
 def setting(
@@ -37,13 +38,19 @@ def setting(
     gt: float | None = None,
     le: float | None = None,
     lt: float | None = None,
+    aliases: Mapping[str, AliasConvert | None] | None = None,
 ) -> Any:
     """Declare a config field: its default, help text, and the values it allows.
 
     `choices` lists the allowed strings; `ge`/`gt`/`le`/`lt` bound a number (>=, >, <=, <). The
     bounds are checked for every config in one place (`check_bounds`) and shown in `--help`.
+    `aliases` are other names users know for the same setting (transformers' `TrainingArguments`
+    names): `{name: None}` for a plain second name, `{name: convert}` when the other name counts
+    in other units (`convert(value, cfg)` gives this setting's value from the alias's value and
+    the config resolved without it).
     """
-    meta = {"help": help, "choices": choices, "ge": ge, "gt": gt, "le": le, "lt": lt}
+    meta = {"help": help, "choices": choices, "ge": ge, "gt": gt, "le": le, "lt": lt,
+            "aliases": dict(aliases or {})}
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -123,7 +130,8 @@ def _coerce(name: str, tp: Any, value: Any, choices: tuple[str, ...] | None) -> 
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"setting '{name}': expected a list, got {value!r}")
-        return [_coerce(name, item, v, None) for v in value]
+        items = [_coerce(name, item, v, choices) for v in value]
+        return [v for v in items if v != "none"] if choices and "none" in choices else items
     if base is bool:
         if isinstance(value, bool):
             return value
@@ -178,7 +186,9 @@ def build_config(
     """Resolve a config: defaults < YAML file < overrides (None values in overrides are ignored)."""
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     hints = _field_types(cls)
+    alias_of = aliases(cls)
     values: dict[str, Any] = {}
+    converted: dict[str, tuple[str, int]] = {}  # setting -> (alias, value) for aliases in other units
     sources: list[tuple[str, Mapping[str, Any]]] = []
     if config_file is not None:
         data = read_yaml(config_file)
@@ -189,15 +199,41 @@ def build_config(
         sources.append((str(config_file), data))
     if overrides:
         sources.append(("command line", {k: v for k, v in overrides.items() if v is not None}))
-    for origin, mapping in sources:
+    for origin, mapping in sources:  # a later source overrides an earlier one, under either name
+        seen: dict[str, str] = {}
         for key, value in mapping.items():
             name = str(key).replace("-", "_")
-            if name not in fields:
-                close = difflib.get_close_matches(name, list(fields), n=1)
+            target, convert = alias_of.get(name, (name, None))
+            if target not in fields:
+                close = difflib.get_close_matches(name, [*fields, *alias_of], n=1)
                 hint = f" (did you mean '{close[0]}'?)" if close else ""
                 raise ConfigError(f"{origin}: unknown setting '{key}'{hint}")
-            values[name] = _coerce(name, hints[name], value, fields[name].metadata.get("choices"))
-    return cls(**values)
+            if target in seen:
+                raise ConfigError(f"{origin}: '{seen[target]}' and '{name}' are the same setting ('{target}'); "
+                                  "pass only one")
+            seen[target] = name
+            values.pop(target, None)
+            converted.pop(target, None)
+            if convert is None:
+                values[target] = _coerce(target, hints[target], value, fields[target].metadata.get("choices"))
+            else:
+                number = _coerce(name, int, value, None)
+                if number < 1:
+                    raise ConfigError(f"setting '{name}': must be >= 1, got {number}")
+                converted[target] = (name, number)
+    cfg = cls(**values)
+    for target, (alias, number) in converted.items():
+        cfg = dataclasses.replace(cfg, **{target: alias_of[alias][1](number, cfg)})  # type: ignore[misc,type-var]
+    return cfg
+
+
+def aliases(cls: type) -> dict[str, tuple[str, AliasConvert | None]]:
+    """{alias: (setting, convert or None)} declared with `setting(..., aliases=...)` on `cls`'s fields."""
+    out: dict[str, tuple[str, AliasConvert | None]] = {}
+    for f in dataclasses.fields(cls):
+        for alias, convert in f.metadata.get("aliases", {}).items():
+            out[alias] = (f.name, convert)
+    return out
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -277,6 +313,15 @@ def config_command(cls: type[C], run: Callable[[C], Any], doc: str) -> Callable[
         flag = "--" + f.name.replace("_", "-")
         tp = _cli_type(hints[f.name])
         decls = [f"{flag}/--no-{f.name.replace('_', '-')}"] if tp is bool else [flag]
+        for alias, convert in f.metadata.get("aliases", {}).items():
+            alias_flag = "--" + alias.replace("_", "-")
+            if convert is None:  # a second spelling of the same option (not used for booleans)
+                decls.append(alias_flag)
+            else:  # counts in other units: its own option, converted by build_config
+                params.append(inspect.Parameter(
+                    alias, inspect.Parameter.KEYWORD_ONLY, annotation=typing.Optional[int],
+                    default=typer.Option(None, alias_flag, help=f"The same setting as {flag}, given as "
+                                         f"transformers' {alias}: {convert.__doc__}")))
         params.append(
             inspect.Parameter(
                 f.name,

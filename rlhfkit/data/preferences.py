@@ -24,6 +24,7 @@ from typing import Any
 
 from rlhfkit.algos.reward import ranking_to_pairs
 from rlhfkit.data.io import Source, read_rows, source_name
+from rlhfkit.data.stop_tokens import end_of_turn_token
 from rlhfkit.errors import DataError
 
 Messages = list[dict[str, str]]
@@ -171,14 +172,14 @@ def render_plain(messages: Messages) -> str:
 def _end_at_last_turn(response: str, tokenizer: Any) -> str:
     """The templated response without its closing end-of-turn token (and what a template puts after it).
 
-    Sampling stops at the first EOS, which for chat models is the end-of-turn token, and the
-    tokenizer step appends exactly one EOS: so a trained reward model sees `reply<EOS>` both in
-    training and when it scores rollouts, not `reply<EOS>\n<EOS>`.
+    Sampling stops at EOS or at the template's end-of-turn token, and the tokenizer step appends
+    exactly one of them: so a trained reward model sees `reply<end>` both in training and when it
+    scores rollouts, not `reply<end>\n<end>`.
     """
-    eos = getattr(tokenizer, "eos_token", None)
     stripped = response.rstrip()
-    if eos and stripped.endswith(eos):
-        return stripped[: -len(eos)]
+    for end in (getattr(tokenizer, "eos_token", None), end_of_turn_token(tokenizer)):
+        if end and stripped.endswith(end):
+            return stripped[: -len(end)]
     return response
 
 

@@ -14,6 +14,7 @@ import torch
 
 from rlhfkit.algos.reward import ranking_to_pairs
 from rlhfkit.data.preferences import PreferenceGroup, PreferencePair
+from rlhfkit.data.stop_tokens import response_end_id, stop_token_ids
 from rlhfkit.errors import DataError
 
 TRUNCATION_MODES = ("truncate_prompt", "drop")
@@ -26,14 +27,15 @@ def encode_prompt(tokenizer: Any, text: str, templated: bool = False) -> list[in
 
 
 def encode_response(tokenizer: Any, text: str, add_eos: bool = True) -> list[int]:
-    """Response ids, ending in EOS (the reward is read at that token)."""
+    """Response ids, ending in EOS or the end-of-turn token (the reward is read at that token)."""
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     return _with_eos(tokenizer, ids) if add_eos and ids else ids
 
 
 def _with_eos(tokenizer: Any, ids: list[int]) -> list[int]:
-    eos = tokenizer.eos_token_id
-    return ids + [eos] if eos is not None and ids[-1] != eos else ids
+    """`ids` ending in a stop token: EOS, or the chat template's end-of-turn token (rlhfkit.data.stop_tokens)."""
+    end = response_end_id(tokenizer)
+    return ids + [end] if end is not None and ids[-1] not in stop_token_ids(tokenizer) else ids
 
 
 @dataclass

@@ -121,7 +121,7 @@ def sample_prompts(
     """Sample K completions per prompt with a model and add them to a project, ready to rank."""
     from rlhfkit.data.prompts import prompt_texts, read_prompt_rows
     from rlhfkit.feedback.store import FeedbackStore, NotFound
-    from rlhfkit.models.loading import load_causal_lm, load_tokenizer
+    from rlhfkit.models.loading import LoadOptions, configure_loading, load_causal_lm, load_tokenizer
     from rlhfkit.rollout.completions import sample_completions
     from rlhfkit.rollout.sampling import SamplingSettings
 
@@ -131,6 +131,7 @@ def sample_prompts(
         settings = SamplingSettings(max_new_tokens, temperature, top_k, top_p)
     except ValueError as e:
         raise UserError(f"sampling settings: {e}") from None
+    configure_loading(LoadOptions())  # fp32 weights, no remote code
     tokenizer = load_tokenizer(model, padding_side="left")
     texts, _ = prompt_texts(read_prompt_rows(file), str(file), tokenizer)  # check the file first
     with FeedbackStore.open(db) as store:  # and the database, before the model works

@@ -8,7 +8,9 @@ stochastic, so the PPO ratio would not be 1 before any update (docs/implementati
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
@@ -16,6 +18,30 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from rlhfkit.defaults import EMBEDDED_MODEL as EMBEDDED
 from rlhfkit.errors import ModelError
 from rlhfkit.models.kernels import use_fused_kernels
+
+
+@dataclass
+class LoadOptions:
+    """How every model and tokenizer of a run is loaded (set once per run by `configure_loading`)."""
+
+    dtype: str = "float32"  # weights' dtype: float32, bfloat16, float16 or auto (the checkpoint's own)
+    trust_remote_code: bool = False  # run a model folder's own Python code (custom architectures)
+
+    @property
+    def torch_dtype(self) -> torch.dtype | str:
+        return DTYPES[self.dtype]
+
+
+DTYPES: dict[str, torch.dtype | str] = {"float32": torch.float32, "bfloat16": torch.bfloat16,
+                                        "float16": torch.float16, "auto": "auto"}
+OPTIONS = LoadOptions()
+
+
+def configure_loading(cfg: Any) -> LoadOptions:
+    """Take a stage config's `dtype` and `trust_remote_code` for every load of this run (pass `LoadOptions()`
+    for the defaults)."""
+    OPTIONS.dtype, OPTIONS.trust_remote_code = cfg.dtype, cfg.trust_remote_code
+    return OPTIONS
 
 
 def resolve_model_path(name_or_path: str | Path, need_config: bool = True) -> str:
@@ -43,10 +69,20 @@ def resolve_model_path(name_or_path: str | Path, need_config: bool = True) -> st
 def load_pretrained(loader, name_or_path: str | Path, what: str, need_config: bool = True, **kwargs):
     """`loader.from_pretrained` with the path resolved and load errors as one-line ModelErrors."""
     path = resolve_model_path(name_or_path, need_config)
+    kwargs.setdefault("trust_remote_code", OPTIONS.trust_remote_code)
     try:
         return loader.from_pretrained(path, **kwargs)
     except OSError as e:
         raise ModelError(f"{name_or_path}: cannot load the {what} ({str(e).splitlines()[0]})") from None
+    except ValueError as e:
+        if "trust_remote_code" in str(e):
+            raise ModelError(f"{name_or_path}: the {what} needs the Python code its folder ships; pass "
+                             "--trust-remote-code if you trust that code") from None
+        if "Unrecognized configuration class" in str(e):  # the architecture has no class of this kind
+            raise ModelError(f"{name_or_path}: transformers has no {getattr(loader, '__name__', loader)} for this "
+                             f"architecture, so it cannot be the {what}; use a model whose architecture has one (or "
+                             "whose auto_map names one)") from None
+        raise
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "tokenizer.model",
@@ -96,10 +132,14 @@ def check_vocab(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, mode
 
 
 def load_causal_lm(
-    name_or_path: str | Path, tokenizer: PreTrainedTokenizerBase | None = None, dtype: torch.dtype = torch.float32
+    name_or_path: str | Path, tokenizer: PreTrainedTokenizerBase | None = None,
+    dtype: torch.dtype | str | None = None,
 ) -> PreTrainedModel:
-    """Load a causal LM (policy or reference) with dropout off, checked against its tokenizer."""
-    model = load_pretrained(AutoModelForCausalLM, name_or_path, "causal LM", dtype=dtype)
+    """Load a causal LM (policy or reference) with dropout off, checked against its tokenizer.
+
+    `dtype` None takes the run's `--dtype` (float32 unless set)."""
+    model = load_pretrained(AutoModelForCausalLM, name_or_path, "causal LM",
+                            dtype=OPTIONS.torch_dtype if dtype is None else dtype)
     if tokenizer is not None:
         check_vocab(model, tokenizer, str(name_or_path))
         if model.config.pad_token_id is None:

@@ -38,7 +38,7 @@ from transformers import AutoModelForSequenceClassification, PreTrainedModel, Pr
 
 from rlhfkit.errors import ModelError
 from rlhfkit.models.kernels import use_fused_kernels
-from rlhfkit.models.loading import check_vocab, disable_dropout, load_pretrained
+from rlhfkit.models.loading import OPTIONS, check_vocab, disable_dropout, load_pretrained
 from rlhfkit.models.readout import hidden_at
 from rlhfkit.models.trunk_and_heads import score_head
 
@@ -51,7 +51,7 @@ GAIN_KEY, BIAS_KEY = "rlhfkit_reward_gain", "rlhfkit_reward_bias"
 def build_reward_model(
     name_or_path: str | Path,
     tokenizer: PreTrainedTokenizerBase,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str | None = None,
     init_head: bool = True,
 ) -> PreTrainedModel:
     """Load a reward model from a causal LM (new head) or from a saved reward model (its head).
@@ -61,7 +61,7 @@ def build_reward_model(
     gives rewards of about unit scale at the start. `init_head=False` keeps a loaded head.
     """
     model = load_pretrained(AutoModelForSequenceClassification, name_or_path, "reward model",
-                             num_labels=1, dtype=dtype)
+                             num_labels=1, dtype=OPTIONS.torch_dtype if dtype is None else dtype)
     check_last_token_head(model, str(name_or_path))
     check_vocab(model, tokenizer, str(name_or_path))
     # transformers reads the score at the rightmost token that is not pad_token_id: it must be

@@ -29,8 +29,9 @@ from rlhfkit.config import save_config
 from rlhfkit.data import synthetic
 from rlhfkit.data.io import write_jsonl
 from rlhfkit.data.labeler import SimulatedLabeler
+from rlhfkit.data.stop_tokens import stop_token_ids
 from rlhfkit.data.tokenize import encode_prompt, pad_left
-from rlhfkit.models.loading import load_causal_lm, load_tokenizer
+from rlhfkit.models.loading import LoadOptions, configure_loading, load_causal_lm, load_tokenizer
 from rlhfkit.models.reward_model import build_reward_model
 from rlhfkit.pipelines.demo_config import DemoConfig
 from rlhfkit.rollout.collect import decode_responses
@@ -101,7 +102,7 @@ def evaluate(model: Any, tokenizer: Any, scorer: RewardModelScorer, prompts: lis
     ids, mask = pad_left([encode_prompt(tokenizer, p) for p in prompts], tokenizer.pad_token_id)
     settings = SamplingSettings(max_new_tokens=cfg.max_new_tokens)
     draws = eval_seeds(cfg, len(prompts))
-    out = sample(model, ids, mask, settings, tokenizer.eos_token_id, tokenizer.pad_token_id, draws)
+    out = sample(model, ids, mask, settings, stop_token_ids(tokenizer), tokenizer.pad_token_id, draws)
     responses = decode_responses(tokenizer, out.response_ids, out.response_mask)
     proxy = scorer(ids, mask, out.response_ids, out.response_mask, out.ended, prompts, responses)
     ended = out.ended.tolist()
@@ -151,6 +152,7 @@ def run_demo(cfg: DemoConfig) -> DemoSummary:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
+    configure_loading(LoadOptions())  # fp32 weights, no remote code (whatever an earlier run in this process set)
     tokenizer = load_tokenizer(cfg.model)
     start_policy = load_causal_lm(cfg.model, tokenizer).eval()
 

@@ -13,7 +13,7 @@ from rlhfkit.data.io import read_rows, write_jsonl
 from rlhfkit.data.tokenize import encode_prompt, encode_response, pad_right
 from rlhfkit.errors import DataError
 from rlhfkit.models.context import model_context, resolve_length
-from rlhfkit.models.loading import load_tokenizer
+from rlhfkit.models.loading import LoadOptions, configure_loading, load_tokenizer
 from rlhfkit.models.reward_model import build_reward_model, reward_scores
 from rlhfkit.trainers.reward_config import ScoreConfig
 
@@ -46,6 +46,7 @@ def score_rows(cfg: ScoreConfig) -> list[dict[str, Any]]:
     rows = read_rows(cfg.data)
     if not rows:
         raise DataError(f"{cfg.data}: no rows")
+    configure_loading(LoadOptions())  # fp32 weights, no remote code (whatever an earlier run in this process set)
     tokenizer = load_tokenizer(cfg.model, padding_side="right")
     seqs = _encode_rows(rows, cfg.data, tokenizer, max_length)
     model = build_reward_model(cfg.model, tokenizer, init_head=False).eval()

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from rlhfkit.data.stop_tokens import stop_token_ids
 from rlhfkit.models.policy import ActorCritic
 from rlhfkit.rollout.batch import Rollout
 from rlhfkit.rollout.sampling import SamplingSettings, sample_in_chunks
@@ -58,7 +59,7 @@ def collect_rollout(
         raise ValueError(f"old_logprobs must be 'forward' or 'sampling', got {old_logprobs!r}")
     from_sampling = old_logprobs == "sampling"
     t0 = time.perf_counter()
-    samples = sample_in_chunks(actor.policy, prompt_ids, prompt_mask, sampling, tokenizer.eos_token_id,
+    samples = sample_in_chunks(actor.policy, prompt_ids, prompt_mask, sampling, stop_token_ids(tokenizer),
                                tokenizer.pad_token_id, seeds, generation_batch_size, with_logprobs=from_sampling,
                                value_head=actor.value_head if from_sampling and with_values else None)
     t_gen = time.perf_counter() - t0

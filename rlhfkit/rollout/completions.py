@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from rlhfkit.data.stop_tokens import stop_token_ids
 from rlhfkit.data.tokenize import encode_prompt, pad_left
 from rlhfkit.rollout.collect import decode_responses
 from rlhfkit.rollout.sampling import SamplingSettings, sample
@@ -27,7 +28,7 @@ def sample_completions(model: Any, tokenizer: Any, prompts: list[str], k: int, s
     for start in range(0, len(episodes), batch_size):
         chunk = episodes[start:start + batch_size]
         prompt_ids, prompt_mask = pad_left([ids[i] for i, _ in chunk], tokenizer.pad_token_id)
-        out = sample(model, prompt_ids.to(device), prompt_mask.to(device), settings, tokenizer.eos_token_id,
+        out = sample(model, prompt_ids.to(device), prompt_mask.to(device), settings, stop_token_ids(tokenizer),
                      tokenizer.pad_token_id, seeds=[derived_seed(seed, COMPLETION, i, j) for i, j in chunk])
         texts += decode_responses(tokenizer, out.response_ids, out.response_mask)
     return [texts[i * k:(i + 1) * k] for i in range(len(prompts))]

@@ -21,7 +21,7 @@ it back on each step, so the tokens equal those of a full forward over the whole
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +29,8 @@ from transformers import PreTrainedModel
 
 from rlhfkit.algos.logprobs import logprobs_and_entropy
 from rlhfkit.models.loading import position_ids_from_mask
+
+StopIds = int | Sequence[int] | None  # the token id(s) that end a response
 
 
 @dataclass
@@ -96,7 +98,7 @@ def sample(
     prompt_ids: torch.Tensor,
     prompt_mask: torch.Tensor,
     settings: SamplingSettings,
-    eos_token_id: int | None,
+    eos_token_id: StopIds,
     pad_token_id: int,
     seeds: list[int] | None = None,
     with_logprobs: bool = False,
@@ -104,7 +106,9 @@ def sample(
 ) -> Samples:
     """Sample one response per left-padded prompt (B, P) with a KV cache.
 
-    The loop stops early once every response has emitted EOS (when `stop_at_eos`). With
+    `eos_token_id` is the id, or the ids, that end a response (EOS and the chat template's end-of-turn
+    token: rlhfkit.data.stop_tokens.stop_token_ids). The loop stops early once every response has
+    emitted one (when `stop_at_eos`). With
     `with_logprobs`, each step's log-prob and entropy (and `value_head`'s value) are kept.
     The model runs in eval mode (its modules' modes are restored afterwards): under gradient
     checkpointing, transformers turns the KV cache off in train mode.
@@ -124,7 +128,7 @@ def sample_in_chunks(
     prompt_ids: torch.Tensor,
     prompt_mask: torch.Tensor,
     settings: SamplingSettings,
-    eos_token_id: int | None,
+    eos_token_id: StopIds,
     pad_token_id: int,
     seeds: list[int],
     chunk_size: int = 0,
@@ -156,7 +160,7 @@ def sample_in_chunks(
 
 
 def _sample(model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, settings: SamplingSettings,
-            eos_token_id: int | None, pad_token_id: int, seeds: list[int] | None, with_logprobs: bool,
+            eos_token_id: StopIds, pad_token_id: int, seeds: list[int] | None, with_logprobs: bool,
             value_head: Callable[[torch.Tensor], torch.Tensor] | None) -> Samples:
     batch, device = prompt_ids.shape[0], prompt_ids.device
     if seeds is None:
@@ -176,6 +180,7 @@ def _sample(model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: torch
     if cache is None or (hasattr(cache, "get_seq_length") and cache.get_seq_length() != prompt_ids.shape[1]):
         raise ValueError(f"{type(model).__name__} did not fill a KV cache with use_cache=True; sampling needs one")
     next_pos = positions[:, -1:] + 1
+    stops = _stop_tensor(eos_token_id, device)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     tokens, logps, entropies, values = [], [], [], []
     for step in range(settings.max_new_tokens):
@@ -193,8 +198,8 @@ def _sample(model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: torch
             entropies.append(entropy[:, 0])
             if value_head is not None:
                 values.append(value_head(out.hidden_states[-1][:, -1]).reshape(batch).float())
-        if eos_token_id is not None:
-            finished |= token == eos_token_id
+        if stops is not None:
+            finished |= torch.isin(token, stops)
             if settings.stop_at_eos and bool(finished.all()):
                 break
         if step == settings.max_new_tokens - 1:
@@ -223,11 +228,17 @@ def accepts(model: torch.nn.Module, name: str) -> bool:
     return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
-def response_mask(response_ids: torch.Tensor, eos_token_id: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mask, ended): mask is True up to and including the first EOS (all True without EOS)."""
-    if eos_token_id is None:
+def response_mask(response_ids: torch.Tensor, eos_token_id: StopIds) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mask, ended): mask is True up to and including the first stop token (all True without one)."""
+    stops = _stop_tensor(eos_token_id, response_ids.device)
+    if stops is None:
         full = torch.ones_like(response_ids, dtype=torch.bool)
         return full, torch.zeros(response_ids.shape[0], dtype=torch.bool, device=response_ids.device)
-    is_eos = response_ids == eos_token_id
-    eos_before = is_eos.long().cumsum(-1) - is_eos.long()  # EOS tokens strictly before t
+    is_eos = torch.isin(response_ids, stops)
+    eos_before = is_eos.long().cumsum(-1) - is_eos.long()  # stop tokens strictly before t
     return eos_before == 0, is_eos.any(-1)
+
+
+def _stop_tensor(stop_ids: StopIds, device: torch.device) -> torch.Tensor | None:
+    ids = [stop_ids] if isinstance(stop_ids, int) else [i for i in (stop_ids or ()) if i is not None]
+    return torch.tensor(ids, device=device) if ids else None

@@ -19,6 +19,8 @@ from accelerate import Accelerator
 
 from rlhfkit.config import save_config
 from rlhfkit.errors import ConfigError
+from rlhfkit.models.loading import configure_loading
+from rlhfkit.tracking.metrics import check_trackers
 from rlhfkit.trainers.precision import resolve_precision
 
 
@@ -30,9 +32,11 @@ def seed_everything(seed: int) -> None:
 
 
 def make_accelerator(cfg: Any) -> Accelerator:
-    """One Accelerator per run: CPU, one GPU or `accelerate launch` with the same code."""
+    """One Accelerator per run: CPU, one GPU or `accelerate launch` with the same code (and the run's load options)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    configure_loading(cfg)
+    check_trackers(cfg.report_to)
     mp = resolve_precision(cfg.mixed_precision)
     # No dataloader goes through accelerate: every trainer deals its global batches to the processes itself.
     return Accelerator(mixed_precision=mp)

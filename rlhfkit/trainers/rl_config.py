@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from rlhfkit.config import Settings, require, setting
 from rlhfkit.defaults import EMBEDDED_MODEL
 from rlhfkit.trainers.settings import LoRASettings, OptimSettings, RunSettings
+
+
+def iterations_from_steps(max_steps: int, cfg: Any) -> int:
+    """iterations = ceil(max_steps / (update_epochs x num_minibatches)), the optimizer steps of one iteration."""
+    per_iteration = cfg.update_epochs * cfg.num_minibatches
+    return -(-max_steps // per_iteration)
 
 
 @dataclass
@@ -23,7 +29,7 @@ class RolloutSettings:
     gold_fn: str = setting("", "Optional held-out judge 'module:function' (prompts, responses) -> scores, logged as "
                            "gold/mean every iteration and never used for training (to see reward hacking).")
     prompts: str = setting("", "Prompts: .jsonl/.json/.csv/.parquet with a 'prompt' column, or .txt (one per line).")
-    iterations: int = setting(100, "Rollout + update iterations.", ge=1)
+    iterations: int = setting(100, "Rollout + update iterations.", ge=1, aliases={"max_steps": iterations_from_steps})
     rollout_batch_size: int = setting(64, "Episodes sampled per iteration.", ge=1)
     generation_batch_size: int = setting(0, "Episodes sampled at once by each process (0 = its whole share of the "
                                          "rollout batch); lower it to bound the KV cache's memory. The samples are "
@@ -64,6 +70,10 @@ class RolloutSettings:
     eval_every: int = setting(0, "Evaluate on eval_prompts every N iterations (0 = before training and at the end "
                               "only).", ge=0)
     eval_batch_size: int = setting(64, "Held-out prompts sampled per generation batch during evaluation.", ge=1)
+
+    def rows_per_step(self) -> int:
+        """Episodes in one optimizer step (the unit of gradient_accumulation_steps)."""
+        return self.rollout_batch_size // self.num_minibatches  # type: ignore[attr-defined]
 
     def check_rollout(self, minibatches: int) -> None:
         require(not (self.reward_model and self.reward_fn), "reward_model",

@@ -19,6 +19,7 @@ import torch
 from rlhfkit import seeds
 from rlhfkit.algos.kl import kl_k1
 from rlhfkit.data.prompts import PromptSet
+from rlhfkit.data.stop_tokens import stop_token_ids
 from rlhfkit.rollout.collect import decode_responses
 from rlhfkit.rollout.sampling import sample
 from rlhfkit.rollout.scoring import call_text_fn
@@ -55,7 +56,7 @@ class HeldOutEvaluation:
             draw_seeds = [seeds.derived_seed(self.seed, seeds.EVALUATION, i) for i in rows]
             with worker.accelerator.autocast():
                 # the sampling loop's own log-probs: no second forward of the policy
-                out = sample(policy, ids, mask, worker.sampling, worker.tokenizer.eos_token_id,
+                out = sample(policy, ids, mask, worker.sampling, stop_token_ids(worker.tokenizer),
                              worker.tokenizer.pad_token_id, draw_seeds, with_logprobs=True)
                 logp = out.logp
                 ref_logp = worker.reference(ids, mask, out.response_ids)

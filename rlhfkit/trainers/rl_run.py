@@ -26,7 +26,7 @@ from rlhfkit.algos.masked import aggregate_denominator
 from rlhfkit.data.prompts import PromptSet
 from rlhfkit.errors import ConfigError
 from rlhfkit.models.context import fit_prompt_and_response, model_context
-from rlhfkit.models.loading import load_causal_lm, load_tokenizer
+from rlhfkit.models.loading import configure_loading, load_causal_lm, load_tokenizer
 from rlhfkit.models.lora import LoRAModel, LoRASpec, add_lora
 from rlhfkit.models.policy import ActorCritic, token_logprobs
 from rlhfkit.models.reward_model import build_reward_model
@@ -98,6 +98,7 @@ def build_scorer(cfg: Any, policy_tokenizer: Any, device: torch.device, reward_f
 def build_rl(cfg: Any, with_critic: bool, separate_critic: bool = False, steps_per_iteration: int = 1,
              reward_fn: RewardFn | None = None, gold_fn: RewardFn | None = None) -> RLRun:
     """Models, data, optimiser and logger of an RL run; resumes from a checkpoint when asked."""
+    configure_loading(cfg)  # --dtype and --trust-remote-code, for the configs read below too
     # Lengths first, from the configs alone (no weights): max_prompt_length + max_new_tokens must fit
     # the policy's context, and the reward model's when it reads the policy's token ids. A default
     # that does not fit is lowered (and said so; the run's cfg and config.yaml hold the lowered

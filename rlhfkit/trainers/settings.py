@@ -7,8 +7,15 @@ declared once, in one group or one stage, with its bounds; `rlhfkit.config.Setti
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from rlhfkit.config import setting
+
+
+def micro_batch_from_accumulation(steps: int, cfg: Any) -> int:
+    """micro_batch_size = ceil(rows of one optimizer step / steps) (1 = no accumulation)."""
+    rows = cfg.rows_per_step()
+    return 0 if steps == 1 else -(-rows // steps)
 
 
 @dataclass
@@ -16,10 +23,22 @@ class RunSettings:
     output_dir: str = setting("runs/out", "Directory the stage writes its model, config.yaml and metrics.jsonl to.")
     seed: int = setting(0, "Random seed for torch, numpy, Python and data shuffling.")
     overwrite: bool = setting(False, "Replace output_dir if it already holds a finished run.")
-    tensorboard: bool = setting(False, "Also write TensorBoard logs to output_dir/tb.")
+    report_to: list[str] = setting(
+        [], "Experiment trackers that get every logged metric besides metrics.jsonl (comma separated): tensorboard "
+        "(output_dir/tb), wandb (W&B; set WANDB_MODE=offline to keep it local), mlflow (MLFLOW_TRACKING_URI, "
+        "default a SQLite store in output_dir/mlflow.db); empty or none = metrics.jsonl only.",
+        choices=("none", "tensorboard", "wandb", "mlflow"))
     log_every: int = setting(1, "Write training metrics to metrics.jsonl every N optimizer steps (reward) or "
                              "iterations (ppo, reinforce); the last one is always written.", ge=1)
     threads: int = setting(0, "CPU threads for torch (0 = torch's default).", ge=0)
+    dtype: str = setting(
+        "float32", "Dtype the weights of every model of the run are loaded in (auto = the checkpoint's own). "
+        "float32 keeps fp32 master weights (use --mixed-precision for bf16 matmuls); bfloat16 trains and keeps bf16 "
+        "weights (half the memory, less precise updates).", choices=("float32", "bfloat16", "float16", "auto"),
+        aliases={"torch_dtype": None})
+    trust_remote_code: bool = setting(False, "Let transformers run the Python code a model or tokenizer folder "
+                                      "ships (architectures that are not part of transformers). Only for folders "
+                                      "you trust.")
     mixed_precision: str = setting(
         "auto", "Autocast precision for matmuls; master weights and losses stay fp32. auto: bf16 on a GPU or a CPU "
         "with native bf16 (avx512_bf16/AMX), else fp32 (no); fp16 (with loss scaling) needs a GPU.",
@@ -40,9 +59,14 @@ class OptimSettings:
     warmup_steps: int = setting(0, "Linear warmup steps from 0 to learning_rate.", ge=0)
     micro_batch_size: int = setting(0, "Rows per forward/backward pass; gradients of a batch's micro-batches are "
                                     "accumulated into one optimizer step with the same result (0 = the whole batch "
-                                    "at once). Lower it to bound memory.", ge=0)
+                                    "at once). Lower it to bound memory.", ge=0,
+                                    aliases={"gradient_accumulation_steps": micro_batch_from_accumulation})
     gradient_checkpointing: bool = setting(False, "Recompute activations during the backward pass instead of "
                                            "keeping them: less memory, about a third more compute.")
+
+    def rows_per_step(self) -> int:
+        """Rows of one optimizer step, the unit of gradient_accumulation_steps (a stage's batch_size)."""
+        return self.batch_size  # type: ignore[attr-defined]
 
 
 @dataclass

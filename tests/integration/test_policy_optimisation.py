@@ -194,10 +194,10 @@ def test_separate_critic_and_a_reward_model_with_another_tokenizer(tiny_model_di
     assert all(math.isfinite(h["reward/mean"]) for h in history)
     history = train_ppo(PPOConfig(**common(tiny_model_dir, prompts_file, tmp_path / "ppo_critic", iterations=2,
                                            reward_model=str(tmp_path / "rm_same"), critic="separate",
-                                           num_minibatches=2, tensorboard=True)))
+                                           num_minibatches=2, report_to=["tensorboard"])))
     assert history[0]["policy/clipfrac_first"] == 0.0
     assert (tmp_path / "ppo_critic" / "critic" / "model.safetensors").is_file()
-    assert list((tmp_path / "ppo_critic" / "tb").glob("events.out.tfevents.*"))
+    assert list((tmp_path / "ppo_critic" / "tb").rglob("events.out.tfevents.*"))
 
 
 @pytest.mark.parametrize("critic", ["shared", "separate"])

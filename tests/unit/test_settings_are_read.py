@@ -18,10 +18,10 @@ from rlhfkit.trainers.reward_config import RewardConfig, ScoreConfig
 from rlhfkit.trainers.rl_config import PPOConfig, ReinforceConfig
 
 PKG = Path(__file__).resolve().parents[2] / "rlhfkit"
-RL = ["trainers/rl_run.py", "trainers/common.py", "trainers/checkpoint.py", "trainers/rl_evaluation.py",
-      "models/lora.py"]
+SHARED = ["trainers/common.py", "models/lora.py", "models/loading.py", "tracking/metrics.py"]
+RL = ["trainers/rl_run.py", "trainers/checkpoint.py", "trainers/rl_evaluation.py", *SHARED]
 CODE_PATHS = {
-    RewardConfig: ["trainers/reward.py", "trainers/common.py", "models/lora.py"],
+    RewardConfig: ["trainers/reward.py", *SHARED],
     ScoreConfig: ["pipelines/score.py"],
     PPOConfig: ["trainers/ppo.py", *RL],
     ReinforceConfig: ["trainers/reinforce.py", *RL],

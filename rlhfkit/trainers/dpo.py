@@ -317,17 +317,17 @@ def train(cfg: DPOConfig) -> dict[str, float]:
 
     # 2. Policy and reference.
     model = load_causal_lm(cfg.policy, tokenizer)
+    spec = LoRASpec.from_config(cfg)
     reference_model = load_reference(cfg, tokenizer) if cfg.ref_model else None
+    if reference_model is None and spec is None and not cfg.precompute_ref_logprobs:
+        # the frozen start policy (precomputed log-probs need no copy: the policy is the reference until step 1)
+        reference_model = copy.deepcopy(model)
     if cfg.gradient_checkpointing:  # recompute activations in the backward: less memory, more time
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     lora = None
-    spec = LoRASpec.from_config(cfg)
     if spec is not None:
         lora = add_lora(model, spec, "CAUSAL_LM")  # only the adapters train; B = 0: policy == base at the start
         model = lora.model
-    elif reference_model is None and not cfg.precompute_ref_logprobs:
-        # the frozen start policy (precomputed log-probs need no copy: the policy is the reference until step 1)
-        reference_model = copy.deepcopy(model)
     policy = SequenceLogprobs(model)
     optimizer = make_optimizer(policy.parameters(), cfg)
     if cfg.group_by_length:

@@ -141,3 +141,62 @@ def test_ipo_bad_arguments():
         ipo_loss(a, a, a, a, beta=-0.1)
     with pytest.raises(ValueError, match=r"logp_rejected must have the shape of logp_chosen"):
         ipo_loss(a, a[:1], a, a)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_label_smoothing_0_is_plain_dpo(seed):
+    """eps = 0 gives exactly the default loss, and the loss of Rafailov et al. eq. 7 in float64:
+    mean_i log(1 + exp(-beta h_i))."""
+    lc, lr, rc, rr = random_pairs(seed)
+    plain, stats = dpo_loss(lc, lr, rc, rr, beta=0.3)
+    zero, zero_stats = dpo_loss(lc, lr, rc, rr, beta=0.3, label_smoothing=0.0)
+    assert torch.equal(plain, zero)
+    assert torch.equal(stats.chosen_rewards, zero_stats.chosen_rewards)
+    hs = [(a - c) - (b - d) for a, b, c, d in zip(lc.tolist(), lr.tolist(), rc.tolist(), rr.tolist())]
+    assert plain.item() == pytest.approx(sum(math.log1p(math.exp(-0.3 * h)) for h in hs) / len(hs), abs=1e-12)
+
+
+def test_conservative_dpo_hand_two_pairs():
+    """h = (2, -1), beta 0.5, eps 0.25: per pair 0.75 log(1 + e^(-beta h)) + 0.25 log(1 + e^(beta h)):
+    pair 1: 0.75 log(1 + e^-1) + 0.25 log(1 + e) = 0.75 * 0.3132617 + 0.25 * 1.3132617 = 0.5632617;
+    pair 2: 0.75 log(1 + e^0.5) + 0.25 log(1 + e^-0.5) = 0.75 * 0.9740770 + 0.25 * 0.4740770 = 0.8490770;
+    mean 0.7061693. The implicit rewards are those of plain DPO (smoothing changes the loss only)."""
+    lc, lr, rc, rr = t(-1.0, -4.0), t(-3.0, -2.0), t(-2.0, -3.0), t(-2.0, -2.0)  # h = (1 + 1, -1 - 0)
+    loss, stats = dpo_loss(lc, lr, rc, rr, beta=0.5, label_smoothing=0.25)
+    pair1 = 0.75 * math.log1p(math.exp(-1.0)) + 0.25 * math.log1p(math.exp(1.0))
+    pair2 = 0.75 * math.log1p(math.exp(0.5)) + 0.25 * math.log1p(math.exp(-0.5))
+    assert loss.item() == pytest.approx((pair1 + pair2) / 2, abs=1e-12)
+    assert loss.item() == pytest.approx(0.7061693, abs=1e-7)
+    assert stats.chosen_rewards.tolist() == pytest.approx([0.5, -0.5], abs=1e-12)
+    assert stats.rejected_rewards.tolist() == pytest.approx([-0.5, 0.0], abs=1e-12)
+    assert stats.reward_accuracy.item() == 0.5
+
+
+@pytest.mark.parametrize("loss_fn", [dpo_loss, ipo_loss], ids=["dpo", "ipo"])
+def test_weights_and_the_global_denominator(loss_fn):
+    """sum_i w_i l_i / sum_i w_i against a loop; unit weights give the mean; the parts of a batch, each divided
+    by the whole batch's weight sum, add up to the batch's loss (the trainers' micro-batches)."""
+    lc, lr, rc, rr = random_pairs(7, batch=6)
+    w = t(1.0, 1 / 3, 1 / 3, 1 / 3, 0.5, 0.5)
+    per_pair = [loss_fn(lc[i:i + 1], lr[i:i + 1], rc[i:i + 1], rr[i:i + 1], beta=0.2)[0].item() for i in range(6)]
+    weighted, _ = loss_fn(lc, lr, rc, rr, beta=0.2, weights=w)
+    want = sum(wi * li for wi, li in zip(w.tolist(), per_pair)) / w.sum().item()
+    assert weighted.item() == pytest.approx(want, abs=1e-12)
+    assert loss_fn(lc, lr, rc, rr, beta=0.2, weights=torch.ones(6, dtype=F64))[0].item() == pytest.approx(
+        loss_fn(lc, lr, rc, rr, beta=0.2)[0].item(), abs=1e-12)
+    parts = sum(loss_fn(lc[s], lr[s], rc[s], rr[s], beta=0.2, weights=w[s], denominator=w.sum())[0]
+                for s in (slice(0, 1), slice(1, 4), slice(4, 6)))
+    assert parts.item() == pytest.approx(weighted.item(), abs=1e-12)
+    # a stand-in part of weight 0 adds nothing
+    zero, _ = loss_fn(lc[:2], lr[:2], rc[:2], rr[:2], beta=0.2, weights=torch.zeros(2, dtype=F64), denominator=3.0)
+    assert zero.item() == 0.0
+
+
+def test_bad_weights():
+    a = t(-1.0, -2.0)
+    with pytest.raises(ValueError, match=r"weights must have the shape of logp_chosen \(2,\)"):
+        dpo_loss(a, a, a, a, weights=t(1.0))
+    with pytest.raises(ValueError, match="weights must be >= 0 with a positive sum"):
+        ipo_loss(a, a, a, a, weights=t(1.0, -1.0))
+    with pytest.raises(ValueError, match="weights must be >= 0 with a positive sum"):
+        dpo_loss(a, a, a, a, weights=t(0.0, 0.0))

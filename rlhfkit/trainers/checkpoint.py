@@ -1,10 +1,11 @@
-"""Atomic, resumable checkpoints: `output_dir/checkpoint/` is always a complete checkpoint.
+"""Atomic, resumable checkpoints: every `output_dir/checkpoint-N/` (N = iterations done) is complete.
 
-A checkpoint is written to a temporary sibling folder, flushed to disk, then swapped in with
-renames, so a run killed at any moment (SIGKILL included) leaves either the previous or the new
-checkpoint, never a mix. It holds the trainable weights, optimizer, scheduler, KL controller,
-prompt sampler, RNG states and the iteration number. The RL runs' resume and final save live
-here too, so the loops only say when to checkpoint.
+A checkpoint is written to a temporary sibling folder, flushed to disk, then renamed into place,
+so a run killed at any moment (SIGKILL included) leaves the previous checkpoints and maybe the
+new one, never a half-written one; only then are the oldest removed, down to `keep`
+(`--keep-checkpoints`, transformers' `save_total_limit`). A checkpoint holds the trainable
+weights, optimizer, scheduler, KL controller, prompt sampler, RNG states and the iteration number.
+The RL runs' resume and final save live here too, so the loops only say when to checkpoint.
 """
 
 from __future__ import annotations
@@ -40,30 +41,41 @@ def _fsync_dir(path: Path) -> None:
             os.fsync(fh.fileno())
 
 
-def save_checkpoint(out_dir: str | Path, weights: dict[str, torch.Tensor], state: dict[str, Any]) -> Path:
-    """Write weights and trainer state as `out_dir/checkpoint`, replacing the previous one atomically."""
+def save_checkpoint(out_dir: str | Path, weights: dict[str, torch.Tensor], state: dict[str, Any], done: int,
+                    keep: int = 1) -> Path:
+    """Write weights and trainer state as `out_dir/checkpoint-<done>`, then keep only the `keep` newest."""
     out = Path(out_dir)
-    final, tmp, old = out / CHECKPOINT, out / f".{CHECKPOINT}.tmp", out / f".{CHECKPOINT}.old"
+    final, tmp = out / f"{CHECKPOINT}-{done}", out / f".{CHECKPOINT}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     torch.save(weights, tmp / "weights.pt")
     torch.save({**state, "rng": rng_state()}, tmp / "trainer_state.pt")
     _fsync_dir(tmp)
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
+    if final.exists():  # the same iteration saved again (a resumed run): the old copy goes first
+        old = out / f".{CHECKPOINT}.old"
+        shutil.rmtree(old, ignore_errors=True)
         final.rename(old)
+        shutil.rmtree(old)
     tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
+    for stale in checkpoints(out)[:-keep]:
+        shutil.rmtree(stale, ignore_errors=True)
     return final
 
 
+def checkpoints(out_dir: str | Path) -> list[Path]:
+    """The complete checkpoints of a run folder, oldest first."""
+    found = []
+    for path in Path(out_dir).glob(f"{CHECKPOINT}-*"):
+        done = path.name.rsplit("-", 1)[-1]
+        if done.isdigit() and (path / "trainer_state.pt").is_file() and (path / "weights.pt").is_file():
+            found.append((int(done), path))
+    return [path for _, path in sorted(found)]
+
+
 def find_checkpoint(out_dir: str | Path) -> Path | None:
-    """The latest complete checkpoint (the previous one if a run died between the two renames)."""
-    out = Path(out_dir)
-    for candidate in (out / CHECKPOINT, out / f".{CHECKPOINT}.old"):
-        if (candidate / "trainer_state.pt").is_file() and (candidate / "weights.pt").is_file():
-            return candidate
-    return None
+    """The newest complete checkpoint (None when there is none)."""
+    found = checkpoints(out_dir)
+    return found[-1] if found else None
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -114,7 +126,8 @@ def save_rl_checkpoint(run: RLRun, iteration: int, extra: dict[str, Any] | None 
         "evaluation": run.evaluation.state_dict() if run.evaluation is not None else {},
         "extra": extra or {},
     }
-    save_checkpoint(run.out_dir, run.unwrapped.state_dict(), state)
+    save_checkpoint(run.out_dir, run.unwrapped.state_dict(), state, done=iteration + 1,
+                    keep=run.cfg.keep_checkpoints)
 
 
 def resume_rl(run: RLRun) -> None:

@@ -59,7 +59,10 @@ class RolloutSettings:
     ent_coef: float = setting(0.0, "c2: weight of the entropy bonus H.", ge=0)
     loss_reduction: str = setting("token", "Average per-token losses over all tokens of the minibatch (token) or "
                                   "per sequence first (sequence).", choices=("token", "sequence"))
-    checkpoint_every: int = setting(0, "Write a resumable checkpoint every N iterations (0 = only at the end).", ge=0)
+    checkpoint_every: int = setting(0, "Write a resumable checkpoint every N iterations (0 = only at the end), as "
+                                    "output_dir/checkpoint-<iterations done>.", ge=0)
+    keep_checkpoints: int = setting(1, "Checkpoints kept: the newest N, older ones are removed once a new one is "
+                                    "complete.", ge=1, aliases={"save_total_limit": None})
     resume: bool = setting(False, "Continue from output_dir/checkpoint when it exists.")
     save_merged: bool = setting(True, "With LoRA, also write the merged weights as a plain transformers folder in "
                                 "output_dir (the adapter always goes to output_dir/adapter, in peft's format).")

@@ -114,15 +114,15 @@ def test_killed_run_resumes_and_reproduces_the_uninterrupted_run(tiny_model_dir,
                    capture_output=True)
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_cli(killed, tiny_model_dir, prompts_file), env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(_cli(killed, tiny_model_dir, prompts_file, "--save-total-limit", "2"), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     try:
         # wait for the checkpoint after iteration 3, then kill without warning mid-run
         while time.time() < deadline:
-            state = killed / "checkpoint" / "trainer_state.pt"
+            saved = list(killed.glob("checkpoint-*/trainer_state.pt"))
             metrics = killed / "metrics.jsonl"
-            if state.exists() and metrics.exists() and len(metrics.read_text().splitlines()) >= 5:
+            if saved and metrics.exists() and len(metrics.read_text().splitlines()) >= 5:
                 break
             if proc.poll() is not None:
                 pytest.fail("the run ended before it could be killed")
@@ -134,13 +134,17 @@ def test_killed_run_resumes_and_reproduces_the_uninterrupted_run(tiny_model_dir,
         proc.wait(timeout=30)
     assert not (killed / "model.safetensors").exists()  # it really died before the end
 
-    resumed = subprocess.run(_cli(killed, tiny_model_dir, prompts_file, "--resume"), env=env, timeout=300,
+    resumed = subprocess.run(_cli(killed, tiny_model_dir, prompts_file, "--resume", "--keep-checkpoints", "2"),
+                             env=env, timeout=300,
                              capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert _metrics(killed) == _metrics(full)
     samples = lambda p: (p / "samples.jsonl").read_text()  # noqa: E731
     assert samples(killed) == samples(full)
     assert (killed / "model.safetensors").exists()
+    # every 2 iterations and at the end (2, 4, 6, 8), the newest 2 kept; the full run keeps the last one only
+    assert sorted(p.name for p in killed.glob("checkpoint-*")) == ["checkpoint-6", "checkpoint-8"]
+    assert [p.name for p in full.glob("checkpoint*")] == ["checkpoint-8"]
 
 
 @pytest.mark.parametrize(("baseline", "extra"), [("none", {}), ("value", {}), ("rloo", {}), ("grpo", {"kl_in": "loss"}),

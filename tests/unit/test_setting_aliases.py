@@ -26,6 +26,7 @@ runner = CliRunner()
     (PPOConfig, "gradient_accumulation_steps", 2, "micro_batch_size", 8),      # 64 episodes / 4 minibatches / 2
     (PPOConfig, "max_steps", 33, "iterations", 3),                             # 16 optimizer steps per iteration
     (ReinforceConfig, "max_steps", 5, "iterations", 5),                        # 1 step per iteration
+    (PPOConfig, "save_total_limit", 3, "keep_checkpoints", 3),
 ])
 def test_an_alias_sets_its_setting(cls, alias, value, setting, expected, tmp_path: Path) -> None:
     base = {"train_data": "a.jsonl"} if cls is RewardConfig else {"prompts": "p.jsonl", "reward_fn": "m:f"}

@@ -16,11 +16,12 @@ reply). A rendered row is a list of text segments, each trained on (a completion
 Targets. A row becomes token ids and one flag per token: True at token t when it is in the loss,
 predicted from the tokens before it in the same example. With loss_on="completion" the targets
 are the completion tokens, with "all" every token; the first token of an example is never one
-(nothing before it predicts it). The completion ends with EOS, a target too, so the model learns
-to stop: the last assistant turn of a templated conversation loses the template's closing
-end-of-turn text and gets exactly one EOS id, which is where sampling stops in the RL stages (the
-same rule as the reward stage); earlier turns keep the template's end-of-turn token as their last
-target, and the whitespace a template writes after it goes with the next prompt segment.
+(nothing before it predicts it). The completion ends with a stop token (EOS, or the chat
+template's end-of-turn token), a target too, so the model learns to stop: the last assistant turn
+of a templated conversation loses the template's closing text and gets exactly one stop token
+appended by the rule the reward stage and the rollouts use (`rlhfkit.data.tokenize`), which is
+where sampling stops in the RL stages; earlier turns keep the template's end-of-turn token as
+their last target, and the whitespace a template writes after it goes with the next context.
 
 Packing (`pack`) puts whole examples into rows of at most max_length tokens (best-fit
 decreasing) with position ids that restart at 0 for every example. Given position ids and no
@@ -39,7 +40,7 @@ import torch
 
 from rlhfkit.data.io import Source, read_rows, source_name
 from rlhfkit.data.preferences import _end_at_last_turn, render, render_plain
-from rlhfkit.data.tokenize import pad_right
+from rlhfkit.data.tokenize import _with_eos, pad_right
 from rlhfkit.errors import DataError, first_line
 
 Messages = list[dict[str, str]]
@@ -273,8 +274,8 @@ def encode_demonstration(demo: Demonstration, tokenizer: Any, loss_on: str = "co
             where = f"{name}, row {demo.row}" if name else f"row {demo.row}"
             raise DataError(f"{where}: the completion encodes to no tokens; check the tokenizer "
                             f"({type(tokenizer).__name__} with {len(tokenizer)} tokens)")
-        if seg.eos and tokenizer.eos_token_id is not None and piece[-1] != tokenizer.eos_token_id:
-            piece = piece + [tokenizer.eos_token_id]
+        if seg.eos:  # one stop token at the end, by the rule every stage uses for a response
+            piece = _with_eos(tokenizer, piece)
         ids += piece
         targets += [seg.trained or loss_on == "all"] * len(piece)
     targets[0] = False  # nothing before the first token to predict it from

@@ -201,7 +201,9 @@ def train(cfg: SFTConfig) -> dict[str, float]:
     optimizer = make_optimizer(lm.parameters(), cfg)
     total_steps = cfg.epochs * len(batches)
     scheduler = make_scheduler(optimizer, cfg, total_steps)
-    lm, optimizer, scheduler = accelerator.prepare(lm, optimizer, scheduler)
+    # The scheduler stays unprepared: accelerate's wrapper steps it once per process at every optimizer step
+    # (it assumes a sharded dataloader), which under N processes would run the schedule N times too fast.
+    lm, optimizer = accelerator.prepare(lm, optimizer)
     rank, world = accelerator.process_index, accelerator.num_processes
 
     def micro_loss(micro: dict[str, Any], denominator: int, stats: StepStats) -> torch.Tensor:

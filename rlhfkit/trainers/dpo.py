@@ -41,7 +41,7 @@ from rlhfkit.data.preferences import PreferenceExample, expand_pairs, load_examp
 from rlhfkit.data.tokenize import encode_response, pad_left, pad_right, tokenize_pairs
 from rlhfkit.errors import DataError, ModelError
 from rlhfkit.models.context import model_context, resolve_length
-from rlhfkit.models.loading import load_causal_lm, load_tokenizer
+from rlhfkit.models.loading import configure_loading, load_causal_lm, load_tokenizer
 from rlhfkit.models.lora import LoRASpec, add_lora
 from rlhfkit.models.policy import token_logprobs
 from rlhfkit.rollout.scoring import same_tokenizer
@@ -293,6 +293,7 @@ def resolve_max_length(cfg: DPOConfig) -> DPOConfig:
 
 def train(cfg: DPOConfig) -> dict[str, float]:
     """Optimise the policy with DPO / IPO as configured; returns the final evaluation metrics."""
+    configure_loading(cfg)  # --dtype and --trust-remote-code, for the configs read below too
     cfg = resolve_max_length(cfg)  # before any work: a too-long max_length is one line, not an IndexError
     out_dir = check_output_dir(cfg.output_dir, cfg.overwrite)
     accelerator = make_accelerator(cfg)

@@ -251,3 +251,12 @@ def test_bad_input_is_one_line(data: dict[str, Path], tiny_model_dir: Path, tmp_
         lines = [line for line in result.output.splitlines() if line.strip()]
         assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], (args, result.output)
     assert not Path(out).exists()
+
+
+def test_help_lists_every_setting() -> None:
+    import dataclasses
+
+    result = runner.invoke(app, ["dpo", "--help"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    for f in dataclasses.fields(DPOConfig):
+        assert "--" + f.name.replace("_", "-") in result.output, f.name

@@ -49,10 +49,12 @@ from rlhfkit.algos.reward import (
     bradley_terry_loss,
     normalization_gain_bias,
     pair_weights,
+    plackett_luce_loss,
     preference_accuracy,
     ranking_to_pairs,
     reward_centering_penalty,
 )
+from rlhfkit.algos.sft import sft_loss
 
 __all__ = [
     "AGGREGATE_MODES",
@@ -88,6 +90,7 @@ __all__ = [
     "moving_mean_update",
     "normalization_gain_bias",
     "pair_weights",
+    "plackett_luce_loss",
     "ppo_loss",
     "ppo_policy_loss",
     "ppo_value_loss",
@@ -97,6 +100,7 @@ __all__ = [
     "reward_centering_penalty",
     "rloo_advantages",
     "sequence_logprobs",
+    "sft_loss",
     "shaped_rewards",
     "td_errors",
     "value_checks",

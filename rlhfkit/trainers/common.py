@@ -39,7 +39,9 @@ def make_accelerator(cfg: Any) -> Accelerator:
     check_trackers(cfg.report_to)
     mp = resolve_precision(cfg.mixed_precision)
     # No dataloader goes through accelerate: every trainer deals its global batches to the processes itself.
-    return Accelerator(mixed_precision=mp)
+    # cpu=True on a machine without CUDA: `torchrun --nproc_per_node N` then gives N gloo processes
+    # (accelerate's own launcher starts a single process for --cpu).
+    return Accelerator(mixed_precision=mp, cpu=not torch.cuda.is_available())
 
 
 def make_optimizer(params: Any, cfg: Any) -> torch.optim.Optimizer:
@@ -51,6 +53,10 @@ def make_optimizer(params: Any, cfg: Any) -> torch.optim.Optimizer:
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: Any, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warmup, then constant, linear decay to 0, or cosine decay to 0.
+
+    Never pass it to `accelerator.prepare`: accelerate's wrapper steps a scheduler once per process
+    at every optimizer step (it assumes a sharded dataloader), so N processes would run the
+    schedule N times too fast. Each process steps its own copy once per optimizer step.
 
     See docs/implementation-details.md, "Learning-rate schedule".
     """

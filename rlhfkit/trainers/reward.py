@@ -465,7 +465,7 @@ def train(cfg: RewardConfig) -> dict[str, float]:
     optimizer = make_optimizer(scorer.parameters(), cfg)
     total_steps = cfg.epochs * len(batches)
     scheduler = make_scheduler(optimizer, cfg, total_steps)
-    scorer, optimizer, scheduler = accelerator.prepare(scorer, optimizer, scheduler)
+    scorer, optimizer = accelerator.prepare(scorer, optimizer)  # not the scheduler: see make_scheduler
     rank, world = accelerator.process_index, accelerator.num_processes
 
     def micro_loss(micro: dict[str, torch.Tensor], weight_sum: float, pairs: int, stats: StepStats) -> torch.Tensor:
@@ -530,6 +530,7 @@ def train(cfg: RewardConfig) -> dict[str, float]:
         train_s = elapsed()
         metrics = evaluate_all(scorer, eval_data, eval_ranked, accelerator, cfg, pad_id)
         metrics.update({"perf/pairs_per_s": pairs_seen / max(train_s, 1e-9), "perf/train_s": train_s,
+                        "perf/processes": accelerator.num_processes,
                         "train/steps": step, **counts})
 
         # 5. Normalisation and saving.

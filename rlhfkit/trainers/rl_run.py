@@ -167,7 +167,7 @@ def build_rl(cfg: Any, with_critic: bool, separate_critic: bool = False, steps_p
     actor = ActorCritic(policy, critic, value_head=with_critic and critic is None)
     optimizer = make_optimizer(actor.parameters(), cfg)
     scheduler = make_scheduler(optimizer, cfg, cfg.iterations * steps_per_iteration)
-    actor, optimizer, scheduler = accelerator.prepare(actor, optimizer, scheduler)
+    actor, optimizer = accelerator.prepare(actor, optimizer)  # not the scheduler: see make_scheduler
 
     kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
               else FixedKLController(cfg.kl_coef))
@@ -239,6 +239,7 @@ def end_iteration(run: RLRun, iteration: int, metrics: dict[str, float], rollout
     evaluation every eval_every, a checkpoint every checkpoint_every. Returns the iteration's record."""
     cfg = run.cfg
     metrics["train/lr"] = run.scheduler.get_last_lr()[0]
+    metrics["perf/processes"] = run.accelerator.num_processes
     record = {"step": iteration, **metrics}
     last = iteration + 1 == cfg.iterations
     if (iteration + 1) % cfg.log_every == 0 or last:

@@ -42,7 +42,7 @@ from rlhfkit.data.demonstrations import (
 )
 from rlhfkit.errors import DataError
 from rlhfkit.models.context import model_context, resolve_length
-from rlhfkit.models.loading import load_causal_lm, load_tokenizer
+from rlhfkit.models.loading import configure_loading, load_causal_lm, load_tokenizer
 from rlhfkit.models.lora import LoRASpec, add_lora
 from rlhfkit.models.trunk_and_heads import output_logits, trunk
 from rlhfkit.tracking.console import console, print_table, progress_bar
@@ -161,6 +161,7 @@ def evaluate(model: torch.nn.Module, rows: TokenRows, accelerator: Any, cfg: SFT
 
 def train(cfg: SFTConfig) -> dict[str, float]:
     """Fine-tune a causal LM on demonstrations as configured; returns the final evaluation metrics."""
+    configure_loading(cfg)  # --dtype and --trust-remote-code, for the config read below too
     cfg = resolve_max_length(cfg)  # before any work: a too-long max_length is one line, not an IndexError
     out_dir = check_output_dir(cfg.output_dir, cfg.overwrite)
     accelerator = make_accelerator(cfg)

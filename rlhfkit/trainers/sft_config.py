@@ -39,7 +39,7 @@ class SFTConfig(RunSettings, OptimSettings, LoRASettings, Settings):
     eval_batch_size: int = setting(32, "Examples per evaluation forward pass (evaluation never packs).", ge=1)
     group_by_length: bool = setting(True, "Batch examples of similar length together (less padding), in a random "
                                     "order of batches (unpacked only).")
-    epochs: int = setting(1, "Passes over the training examples.", ge=1)
+    epochs: int = setting(1, "Passes over the training examples.", ge=1, aliases={"num_train_epochs": None})
     eval_every: int = setting(0, "Evaluate every N optimizer steps (0 = only at the end).", ge=0)
     eval_on_start: bool = setting(True, "Also evaluate the start model before the first step (logged at step 0).")
     save_merged: bool = setting(True, "With LoRA, also write the merged weights as a plain transformers folder in "

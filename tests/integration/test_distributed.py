@@ -1,4 +1,4 @@
-"""The same trainers under `accelerate launch` with 2 CPU processes (gloo) match 1 process.
+"""The same trainers under `torchrun` with 2 CPU processes (gloo) match 1 process.
 
 The cases chosen are the ones where a per-process mean would differ from the global one:
 responses that stop at EOS (ragged lengths, so the two processes' token counts differ), ranked
@@ -31,11 +31,12 @@ from toy_data import known_rule_rankings, write_jsonl
 from rlhfkit.data import synthetic
 
 HERE = Path(__file__).parent
-LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
-          "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
+# accelerate's own launcher starts a single process for --cpu; torchrun starts two, and the trainers'
+# Accelerator (cpu=True without CUDA) joins them in one gloo group.
+LAUNCH = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
 
-def run(cmd: list[str], processes: int) -> None:
+def run(cmd: list[str], processes: int) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     prefix = LAUNCH if processes == 2 else [sys.executable]
     # fp32 on every machine: bf16 (the default where the CPU has it) rounds differently per batch shape
@@ -43,6 +44,7 @@ def run(cmd: list[str], processes: int) -> None:
                           capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
 
 
 def metrics(out: Path, key: str) -> list[float]:
@@ -74,7 +76,8 @@ def test_reward_training_on_ranked_lists_on_two_processes_matches_one(tiny_model
     one, two = metrics(tmp_path / "one", "loss/train"), metrics(tmp_path / "two", "loss/train")
     assert len(one) == len(two) > 10
     assert one == pytest.approx(two, rel=1e-4, abs=1e-4)
-    for key in ("train/accuracy", "eval/accuracy", "eval/loss"):
+    assert metrics(tmp_path / "two", "perf/processes") == [2] and metrics(tmp_path / "one", "perf/processes") == [1]
+    for key in ("train/accuracy", "train/lr", "eval/accuracy", "eval/loss"):
         assert metrics(tmp_path / "one", key) == pytest.approx(metrics(tmp_path / "two", key), abs=1e-4), key
     assert_same_weights(tmp_path / "one" / "model.safetensors", tmp_path / "two" / "model.safetensors")
 
@@ -96,8 +99,9 @@ def test_ppo_with_ragged_eos_on_two_processes_matches_one(tmp_path):
     eos = metrics(tmp_path / "one", "response/eos_share")
     assert max(lengths) < 16 and min(eos) > 0.1, "some responses should stop at EOS (ragged lengths)"
     for key in ("reward/mean", "kl/ref", "loss/policy", "loss/value", "loss/total", "policy/clipfrac",
-                "policy/approx_kl", "policy/ratio_max", "value/mean", "policy/grad_norm"):
+                "policy/approx_kl", "policy/ratio_max", "value/mean", "policy/grad_norm", "train/lr"):
         assert metrics(tmp_path / "one", key) == pytest.approx(metrics(tmp_path / "two", key), rel=1e-4, abs=1e-4), key
-    # only the main process writes: one line per iteration, one final model
+    # two processes really ran, and only the main one writes: one line per iteration, one final model
+    assert metrics(tmp_path / "two", "perf/processes") == [2] * 3
     assert len(metrics(tmp_path / "two", "reward/mean")) == 3
     assert_same_weights(tmp_path / "one" / "model.safetensors", tmp_path / "two" / "model.safetensors")

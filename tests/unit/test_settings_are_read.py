@@ -16,12 +16,14 @@ import pytest
 from rlhfkit.pipelines.demo_config import DemoConfig
 from rlhfkit.trainers.reward_config import RewardConfig, ScoreConfig
 from rlhfkit.trainers.rl_config import PPOConfig, ReinforceConfig
+from rlhfkit.trainers.sft_config import SFTConfig
 
 PKG = Path(__file__).resolve().parents[2] / "rlhfkit"
 SHARED = ["trainers/common.py", "models/lora.py", "models/loading.py", "tracking/metrics.py"]
 RL = ["trainers/rl_run.py", "trainers/checkpoint.py", "trainers/rl_evaluation.py", *SHARED]
 CODE_PATHS = {
     RewardConfig: ["trainers/reward.py", *SHARED],
+    SFTConfig: ["trainers/sft.py", *SHARED],
     ScoreConfig: ["pipelines/score.py"],
     PPOConfig: ["trainers/ppo.py", *RL],
     ReinforceConfig: ["trainers/reinforce.py", *RL],

@@ -2,7 +2,7 @@
 
     python benchmarks/run.py [--tag TAG] [--iters N] [--bf16 auto|yes|no] [--skip-peer]
 
-Each benchmark is its own process. rlhfkit: reward-model training, then PPO, GRPO and RLOO
+Each benchmark is its own process. rlhfkit: reward-model training, DPO, then PPO, GRPO and RLOO
 (seconds per iteration split into generation / scoring / training, tokens per second, peak
 RSS, reward per iteration). The peer: ../shared/bench/peer/run_all.sh, fp32 and, where the
 hardware has native bf16 matmuls, bf16. Results: benchmarks/results/TAG/{results.json,table.md}.
@@ -70,6 +70,8 @@ def ours(out: Path, iters: int, precisions: list[str]) -> None:
         tag = "" if mp == "no" else "_bf16"
         run([sys.executable, str(HERE / "bench_reward.py"), "--out", str(out), "--mixed-precision", mp],
             out / f"reward{tag}.log")
+        run([sys.executable, str(HERE / "bench_dpo.py"), "--out", str(out), "--mixed-precision", mp],
+            out / f"dpo{tag}.log")
         rm = shared_reward_model(out)
         for algo in ALGOS:
             extra = ["--reward-model", str(rm)] if rm and algo == "ppo" else []
@@ -104,7 +106,7 @@ def gain(rewards: list[float] | None) -> float | None:
 def collect(out: Path, peer_dirs: dict[str, Path]) -> dict:
     results: dict = {"ours": {}, "peer": {}}
     for prec, suffix in (("fp32", ""), ("bf16", "_bf16")):
-        for name in ("reward", *ALGOS):
+        for name in ("reward", *ALGOS, "dpo"):
             r = load(out / f"{name}{suffix}.json")
             if r:
                 results["ours"].setdefault(prec, {})[name] = r
@@ -138,6 +140,14 @@ def table(results: dict) -> str:
                  f"{ratio(o32, best)} | {ratio(o32, p32)} | {ratio(o16, p16)} |")
     acc = (get(ours, "fp32", "reward", "eval_accuracy"), get(peer, "fp32", "reward", "eval_accuracy_manual"))
     lines.append(f"| reward model, held-out accuracy | {acc[0]} | {acc[1]} | | | | |")
+    o32, p32, p16 = (get(ours, "fp32", "dpo", "pairs_per_s"), get(peer, "fp32", "dpo", "pairs_per_s"),
+                     get(peer, "bf16", "dpo", "pairs_per_s"))
+    o16 = get(ours, "bf16", "dpo", "pairs_per_s")
+    best = max(x for x in (p32, p16) if x) if (p32 or p16) else None
+    lines.append(f"| DPO, pairs/s (higher is better) | {o32} | {p32} | {p16 or 'not run'} | "
+                 f"{ratio(o32, best)} | {ratio(o32, p32)} | {ratio(o16, p16)} |")
+    acc = (get(ours, "fp32", "dpo", "eval_reward_accuracy"), get(peer, "fp32", "dpo", "eval_reward_accuracy"))
+    lines.append(f"| DPO, held-out implicit-reward accuracy | {acc[0]} | {acc[1]} | | | | |")
     for algo in ALGOS:
         o32, p32, p16 = (get(ours, "fp32", algo, "iter_s_median"), get(peer, "fp32", algo, "iter_s_median"),
                          get(peer, "bf16", algo, "iter_s_median"))

@@ -26,8 +26,9 @@ from rlhfkit.trainers.sft_config import SFTConfig
 app = typer.Typer(
     name="rlhfkit",
     help="Reinforcement learning from human feedback for language models.\n\n"
-    "Stages: feedback (collect rankings) -> reward (train a reward model) -> "
-    "ppo / reinforce (optimise the policy against it), with demo running them all end to end.",
+    "Stages: sft (optional fine-tuning on demonstrations) -> feedback (collect rankings) -> reward (train a "
+    "reward model) -> ppo / reinforce (optimise the policy against it), or dpo (straight from the comparisons), "
+    "with demo running them end to end.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

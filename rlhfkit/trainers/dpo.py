@@ -339,7 +339,7 @@ def train(cfg: DPOConfig) -> dict[str, float]:
         batches = ShuffledBatches(len(train_data), cfg.batch_size, cfg.seed)
     total_steps = cfg.epochs * len(batches)
     scheduler = make_scheduler(optimizer, cfg, total_steps)
-    policy, optimizer, scheduler = accelerator.prepare(policy, optimizer, scheduler)
+    policy, optimizer = accelerator.prepare(policy, optimizer)  # not the scheduler: see make_scheduler
     unwrapped = accelerator.unwrap_model(policy)
     reference = None
     if reference_model is not None:

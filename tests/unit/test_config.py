@@ -11,10 +11,13 @@ from typer.testing import CliRunner
 from rlhfkit.cli import app
 from rlhfkit.config import build_config, save_config
 from rlhfkit.errors import ConfigError
+from rlhfkit.trainers.dpo_config import DPOConfig
 from rlhfkit.trainers.reward_config import RewardConfig, ScoreConfig
 from rlhfkit.trainers.rl_config import PPOConfig, ReinforceConfig
+from rlhfkit.trainers.sft_config import SFTConfig
 
-STAGES = {"reward": RewardConfig, "score": ScoreConfig, "ppo": PPOConfig, "reinforce": ReinforceConfig}
+STAGES = {"reward": RewardConfig, "score": ScoreConfig, "ppo": PPOConfig, "reinforce": ReinforceConfig,
+          "sft": SFTConfig, "dpo": DPOConfig}
 runner = CliRunner()
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from rlhfkit.pipelines.demo_config import DemoConfig
+from rlhfkit.trainers.dpo_config import DPOConfig
 from rlhfkit.trainers.reward_config import RewardConfig, ScoreConfig
 from rlhfkit.trainers.rl_config import PPOConfig, ReinforceConfig
 from rlhfkit.trainers.sft_config import SFTConfig
@@ -24,6 +25,7 @@ RL = ["trainers/rl_run.py", "trainers/checkpoint.py", "trainers/rl_evaluation.py
 CODE_PATHS = {
     RewardConfig: ["trainers/reward.py", *SHARED],
     SFTConfig: ["trainers/sft.py", *SHARED],
+    DPOConfig: ["trainers/dpo.py", *SHARED],
     ScoreConfig: ["pipelines/score.py"],
     PPOConfig: ["trainers/ppo.py", *RL],
     ReinforceConfig: ["trainers/reinforce.py", *RL],

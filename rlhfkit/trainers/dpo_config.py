@@ -50,7 +50,7 @@ class DPOConfig(RunSettings, OptimSettings, LoRASettings, Settings):
                                    ge=1)
     group_by_length: bool = setting(True, "Batch comparisons of similar length together (less padding), in a "
                                     "random order of batches.")
-    epochs: int = setting(1, "Passes over the training comparisons.", ge=1)
+    epochs: int = setting(1, "Passes over the training comparisons.", ge=1, aliases={"num_train_epochs": None})
     eval_every: int = setting(0, "Evaluate on the held-out comparisons every N optimizer steps (0 = only before "
                               "training and at the end).", ge=0)
 

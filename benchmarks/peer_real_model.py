@@ -148,7 +148,7 @@ def one(args: argparse.Namespace) -> None:
 
     its = [b - a for a, b in zip(cb.t[:-1], cb.t[1:])]
     assert len(its) == n_iter, (len(its), n_iter)
-    timed, ph = its[1:], cb.phases[1:]
+    timed, ph = (its[1:], cb.phases[1:]) if args.iters else (its, cb.phases)  # --iters 0: the warm-up only
     med = statistics.median
     result = {"library": f"trl {trl.__version__}", "mode": args.one, "precision": "no",
               "iter_s_median": round(med(timed), 2), "iter_s_all": [round(t, 2) for t in timed],
@@ -165,7 +165,7 @@ def one(args: argparse.Namespace) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--iters", type=int, default=2)
+    ap.add_argument("--iters", type=int, default=2, help="timed iterations after the warm-up (0: time the warm-up)")
     ap.add_argument("--model", type=Path, default=Path("~/.cache/rlhfkit/smollm2-135m-instruct").expanduser())
     ap.add_argument("--one", choices=("full", "lora"), default=None)
     args = ap.parse_args()

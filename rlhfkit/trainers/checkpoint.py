@@ -22,6 +22,8 @@ import torch
 from accelerate import Accelerator
 from safetensors.torch import save_file
 
+from rlhfkit.trainers.common import save_causal_lm
+
 CHECKPOINT = "checkpoint"
 
 
@@ -171,14 +173,7 @@ def save_final_policy(run: RLRun) -> None:
     actor = run.unwrapped
     tmp = run.out_dir / ".final.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    if run.lora is not None:
-        run.lora.save(tmp / "adapter")  # peft's format: loads with PeftModel.from_pretrained(base, folder)
-        run.tokenizer.save_pretrained(tmp / "adapter")
-        if run.cfg.save_merged:
-            run.lora.save(tmp, merged=True)
-    else:
-        actor.policy.save_pretrained(tmp, safe_serialization=True)
-    run.tokenizer.save_pretrained(tmp)
+    save_causal_lm(tmp, actor.policy, run.tokenizer, run.lora, merged=run.cfg.save_merged)
     if actor.value_head is not None:
         save_file({k: v.contiguous() for k, v in actor.value_head.state_dict().items()}, tmp / "value_head.safetensors")
     elif actor.critic is not None:

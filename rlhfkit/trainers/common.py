@@ -118,6 +118,20 @@ def staged_output(out_dir: str | Path, enabled: bool = True) -> Iterator[Path]:
         tmp.rename(out)
 
 
+def save_causal_lm(folder: Path, model: Any, tokenizer: Any, lora: Any = None, merged: bool = True) -> None:
+    """A trained policy as the next stage loads it: `save_pretrained` layout plus its tokenizer; with LoRA the
+    adapter in folder/adapter (peft's format: PeftModel.from_pretrained(base, folder)) and, with `merged`, the
+    merged weights as a plain transformers folder in `folder`."""
+    if lora is not None:
+        lora.save(folder / "adapter")
+        tokenizer.save_pretrained(folder / "adapter")
+        if merged:
+            lora.save(folder, merged=True)
+    else:
+        model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+
+
 def save_run_config(cfg: Any, folder: Path) -> None:
     """The resolved config beside the outputs (reload with --config folder/config.yaml)."""
     save_config(cfg, folder / "config.yaml")

@@ -52,6 +52,7 @@ from rlhfkit.trainers.common import (
     make_accelerator,
     make_optimizer,
     make_scheduler,
+    save_causal_lm,
     save_run_config,
     seed_everything,
     staged_output,
@@ -444,14 +445,7 @@ def train(cfg: DPOConfig) -> dict[str, float]:
         logger.close()
         metrics.update({f"start/{k}": v for k, v in start.items() if k != "eval/pairs"})
         if main:
-            if lora is not None:
-                # the adapter in peft's format, and the merged weights: a plain causal LM for --policy
-                lora.save(tmp / "adapter")
-                tokenizer.save_pretrained(tmp / "adapter")
-                lora.save(tmp, merged=True)
-            else:
-                unwrapped.policy.save_pretrained(tmp, safe_serialization=True)
-            tokenizer.save_pretrained(tmp)
+            save_causal_lm(tmp, unwrapped.policy, tokenizer, lora)  # with LoRA, merged too: a plain LM for --policy
             save_run_config(cfg, tmp)
             (tmp / "eval.json").write_text(json.dumps(metrics, indent=2))
         accelerator.wait_for_everyone()

@@ -52,6 +52,7 @@ from rlhfkit.trainers.common import (
     make_accelerator,
     make_optimizer,
     make_scheduler,
+    save_causal_lm,
     save_run_config,
     seed_everything,
     staged_output,
@@ -268,14 +269,7 @@ def train(cfg: SFTConfig) -> dict[str, float]:
 
         # 5. Saving: a plain causal-LM folder that the next stages load as they load any model.
         if main:
-            if lora is not None:
-                lora.save(tmp / "adapter")  # peft's format: loads with PeftModel.from_pretrained(base, folder)
-                tokenizer.save_pretrained(tmp / "adapter")
-                if cfg.save_merged:
-                    lora.save(tmp, merged=True)
-            else:
-                accelerator.unwrap_model(lm).model.save_pretrained(tmp, safe_serialization=True)
-            tokenizer.save_pretrained(tmp)
+            save_causal_lm(tmp, accelerator.unwrap_model(lm).model, tokenizer, lora, merged=cfg.save_merged)
             save_run_config(cfg, tmp)
             (tmp / "eval.json").write_text(json.dumps(metrics, indent=2))
         accelerator.wait_for_everyone()

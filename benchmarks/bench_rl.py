@@ -7,8 +7,14 @@ PPO scores with the reward model from bench_reward.py; GRPO and RLOO with the py
 Old log-probs come from the sampling loop by default (TRL's PPO takes them from `generate` too);
 `--old-logprobs forward` adds the exact recomputation (one more no-grad forward per iteration).
 
+Like-for-like rows (what is faster code and what is less work): `--critic separate` gives PPO a separate
+value model initialised from the reward model, as TRL's PPO has; `--old-logprobs forward` recomputes the
+old log-probs with one more forward, as TRL's GRPO/RLOO do; `--lr-schedule linear` decays the learning
+rate to 0 over the run, TRL's default schedule.
+
 Usage: python benchmarks/bench_rl.py --algo ppo|grpo|rloo --out DIR [--iters N] [--mixed-precision bf16]
-       [--old-logprobs forward|sampling]
+       [--old-logprobs forward|sampling] [--critic shared|separate] [--lr-schedule constant|linear]
+       [--learning-rate LR] [--seed S] [--name NAME]
 """
 
 from __future__ import annotations
@@ -29,23 +35,32 @@ def main() -> None:
                     help="sampling (as TRL's PPO: no extra forward) or forward (first ratio exactly 1)")
     ap.add_argument("--reward-model", type=Path, default=None,
                     help="PPO's reward model (default: OUT/reward_model from bench_reward.py)")
+    ap.add_argument("--critic", default="shared", choices=("shared", "separate"),
+                    help="PPO's value function: a head on the policy trunk, or a model initialised from the "
+                         "reward model")
+    ap.add_argument("--lr-schedule", default="constant", choices=("constant", "linear"))
+    ap.add_argument("--learning-rate", type=float, default=W.LEARNING_RATE)
+    ap.add_argument("--seed", type=int, default=W.SEED)
+    ap.add_argument("--rollout-batch", type=int, default=W.ROLLOUT_BATCH, help="episodes per iteration")
+    ap.add_argument("--response-length", type=int, default=W.RESPONSE_LENGTH, help="new tokens per episode")
+    ap.add_argument("--name", default=None, help="result name (default: the algorithm, _bf16 for bf16)")
     args = ap.parse_args()
     W.ensure_artifacts()
+    reward_model = args.reward_model or args.out / "reward_model"
     common = dict(
         policy=str(W.ART / "policy"), tokenizer=str(W.ART / "tokenizer"), prompts=str(W.ART / "prompts.jsonl"),
         output_dir=str(args.out / f"run_{args.algo}"), overwrite=True, iterations=1 + args.iters,
-        rollout_batch_size=W.ROLLOUT_BATCH,
-        max_new_tokens=W.RESPONSE_LENGTH, temperature=1.0, stop_at_eos=False, kl_coef=W.KL_COEF,
-        update_epochs=W.EPOCHS, num_minibatches=W.MINIBATCHES, learning_rate=W.LEARNING_RATE, seed=W.SEED,
-        threads=W.THREADS, sample_every=0, mixed_precision=args.mixed_precision, lr_schedule="constant",
+        rollout_batch_size=args.rollout_batch,
+        max_new_tokens=args.response_length, temperature=1.0, stop_at_eos=False, kl_coef=W.KL_COEF,
+        update_epochs=W.EPOCHS, num_minibatches=W.MINIBATCHES, learning_rate=args.learning_rate, seed=args.seed,
+        threads=W.THREADS, sample_every=0, mixed_precision=args.mixed_precision, lr_schedule=args.lr_schedule,
         old_logprobs=args.old_logprobs,
     )
     if args.algo == "ppo":
         from rlhfkit.trainers.ppo import train
         from rlhfkit.trainers.rl_config import PPOConfig
 
-        reward_model = args.reward_model or args.out / "reward_model"
-        history = train(PPOConfig(**common, reward_model=str(reward_model), critic="shared"))
+        history = train(PPOConfig(**common, reward_model=str(reward_model), critic=args.critic))
     else:
         from rlhfkit.trainers.reinforce import train
         from rlhfkit.trainers.rl_config import ReinforceConfig
@@ -56,16 +71,22 @@ def main() -> None:
     timed = history[1:]
     key = lambda k: [h[k] for h in timed]  # noqa: E731
     it = W.median(key("time/iteration"))
-    W.save_result(args.out, args.algo + ("_bf16" if args.mixed_precision == "bf16" else ""), {
+    name = args.name or args.algo + ("_bf16" if args.mixed_precision == "bf16" else "")
+    W.save_result(args.out, name, {
         "algo": args.algo, "mixed_precision": args.mixed_precision, "old_logprobs": args.old_logprobs,
+        "critic": args.critic if args.algo == "ppo" else None, "lr_schedule": args.lr_schedule,
+        "learning_rate": args.learning_rate, "seed": args.seed,
+        "rollout_batch": args.rollout_batch, "response_length": args.response_length,
+        "reward_model_sha256": W.folder_sha256(reward_model) if args.algo == "ppo" else None,
+        "iter_s_every": [round(h["time/iteration"], 4) for h in history],
         "iters_timed": len(timed),
         "warmup_iter_s": round(history[0]["time/iteration"], 3),
         "iter_s_median": round(it, 3), "iter_s_all": [round(x, 3) for x in key("time/iteration")],
         "gen_s_median": round(W.median(key("time/generation")), 3),
         "score_s_median": round(W.median(key("time/scoring")), 3),
         "train_s_median": round(W.median(key("time/training")), 3),
-        "gen_tok_per_s": round(W.ROLLOUT_BATCH * W.RESPONSE_LENGTH / W.median(key("time/generation")), 1),
-        "e2e_tok_per_s": round(W.ROLLOUT_BATCH * W.RESPONSE_LENGTH / it, 1),
+        "gen_tok_per_s": round(args.rollout_batch * args.response_length / W.median(key("time/generation")), 1),
+        "e2e_tok_per_s": round(args.rollout_batch * args.response_length / it, 1),
         "reward": [round(h["reward/mean"], 3) for h in history],
         "kl": [round(h["kl/ref"], 4) for h in history],
     })

@@ -52,18 +52,27 @@ def run(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> bool:
     return done.returncode == 0
 
 
-def shared_reward_model(out: Path) -> Path | None:
-    """The peer's trained reward model with the workload's tokenizer beside it, so both PPOs score with
-    the same model (and their reward curves are comparable); None before the peer has run."""
+def snapshot_reward_model(out: Path) -> Path | None:
+    """Copy the peer's fp32 reward model (with the workload's tokenizer beside it) to OUT/reward_model_peer:
+    every PPO run, rlhfkit's and TRL's, fp32 and bf16, is scored by this one model (its SHA-256 is in
+    results.json), so their reward curves are comparable. None before the peer has run."""
     peer_rm = W.ART / "reward_model"
     if not (peer_rm / "config.json").is_file():
         return None
-    target = out / "reward_model_peer"
-    shutil.rmtree(target, ignore_errors=True)
-    shutil.copytree(peer_rm, target)
+    raw, target = out / "reward_model_peer_raw", out / "reward_model_peer"
+    for folder in (raw, target):
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.copytree(peer_rm, folder)
     for f in (W.ART / "tokenizer").iterdir():
         shutil.copy(f, target / f.name)
     return target
+
+
+def restore_reward_model(snapshot: Path) -> None:
+    """Put the snapshot back where the peer's PPO reads it (its bf16 run retrains and overwrites it)."""
+    peer_rm = W.ART / "reward_model"
+    shutil.rmtree(peer_rm, ignore_errors=True)
+    shutil.copytree(snapshot.with_name("reward_model_peer_raw"), peer_rm)
 
 
 def sft(out: Path, mp: str, with_peer: bool) -> None:
@@ -77,7 +86,18 @@ def sft(out: Path, mp: str, with_peer: bool) -> None:
         out / f"sft{tag}.log")
 
 
-def ours(out: Path, iters: int, precisions: list[str], with_peer: bool = True) -> None:
+# Like-for-like rows, beside the default ones: the same algorithm as the peer's, so that a reader sees what is
+# faster code and what is less work. PPO with a separate critic initialised from the reward model (TRL's PPO);
+# the old log-probs recomputed by a forward (TRL's GRPO/RLOO); the learning rate decaying linearly to 0
+# (TRL's default schedule).
+LIKE_FOR_LIKE = {
+    "ppo": ["--critic", "separate", "--old-logprobs", "forward", "--lr-schedule", "linear"],
+    "grpo": ["--old-logprobs", "forward", "--lr-schedule", "linear"],
+    "rloo": ["--old-logprobs", "forward", "--lr-schedule", "linear"],
+}
+
+
+def ours(out: Path, iters: int, precisions: list[str], rm: Path | None, with_peer: bool = True) -> None:
     for mp in precisions:
         tag = "" if mp == "no" else "_bf16"
         run([sys.executable, str(HERE / "bench_reward.py"), "--out", str(out), "--mixed-precision", mp],
@@ -85,24 +105,36 @@ def ours(out: Path, iters: int, precisions: list[str], with_peer: bool = True) -
         sft(out, mp, with_peer)
         run([sys.executable, str(HERE / "bench_dpo.py"), "--out", str(out), "--mixed-precision", mp],
             out / f"dpo{tag}.log")
-        rm = shared_reward_model(out)
         for algo in ALGOS:
             extra = ["--reward-model", str(rm)] if rm and algo == "ppo" else []
-            run([sys.executable, str(HERE / "bench_rl.py"), "--algo", algo, "--out", str(out), "--iters", str(iters),
-                 "--mixed-precision", mp, *extra], out / f"{algo}{tag}.log")
+            cmd = [sys.executable, str(HERE / "bench_rl.py"), "--algo", algo, "--out", str(out), "--iters", str(iters),
+                   "--mixed-precision", mp, *extra]
+            run(cmd, out / f"{algo}{tag}.log")
+            if mp == "no":
+                run([*cmd, *LIKE_FOR_LIKE[algo], "--name", f"{algo}_like"], out / f"{algo}_like.log")
 
 
-def peer(tag: str, bf16: bool) -> dict[str, Path]:
+def peer(tag: str, bf16: bool, out: Path, iters: int) -> tuple[dict[str, Path], Path | None]:
+    """The peer harness, fp32 then (with native bf16) bf16. Returns its result folders and the snapshot of
+    its fp32 reward model. The bf16 harness retrains that model in bf16 before its PPO; its PPO is then
+    rerun with the fp32 snapshot so that every PPO is scored by the same reward model."""
     dirs = {"fp32": W.PEER_DIR / "results" / tag}
     env = {"PEER_DIR": str(W.PEER_DIR)}
     print("peer (TRL) fp32:", flush=True)
     subprocess.run(["bash", str(W.PEER_HARNESS / "run_all.sh"), tag], env={**os.environ, **env}, check=False)
+    rm = snapshot_reward_model(out)
     if bf16:
         print("peer (TRL) bf16:", flush=True)
+        dirs["bf16"] = W.PEER_DIR / "results" / (tag + "-bf16")
         subprocess.run(["bash", str(W.PEER_HARNESS / "run_all.sh"), tag + "-bf16"],
                        env={**os.environ, **env, "PEER_BF16": "1"}, check=False)
-        dirs["bf16"] = W.PEER_DIR / "results" / (tag + "-bf16")
-    return dirs
+        if rm:
+            restore_reward_model(rm)
+            run([str(W.PEER_DIR / "venv" / "bin" / "python"), str(W.PEER_HARNESS / "bench_ppo.py"),
+                 "--iters", str(iters)], out / "peer_ppo_bf16_same_rm.log",
+                env={**env, "PEER_BF16": "1", "BENCH_OUT": str(dirs["bf16"]), "TRL_EXPERIMENTAL_SILENCE": "1",
+                     "PYTHONPATH": str(W.PEER_DIR / "trl_1_12")})
+    return dirs, rm
 
 
 def load(path: Path) -> dict | None:
@@ -119,7 +151,7 @@ def gain(rewards: list[float] | None) -> float | None:
 def collect(out: Path, peer_dirs: dict[str, Path]) -> dict:
     results: dict = {"ours": {}, "peer": {}}
     for prec, suffix in (("fp32", ""), ("bf16", "_bf16")):
-        for name in ("reward", "sft", *ALGOS, "dpo"):
+        for name in ("reward", "sft", *ALGOS, *(a + "_like" for a in ALGOS), "dpo"):
             r = load(out / f"{name}{suffix}.json")
             if r:
                 results["ours"].setdefault(prec, {})[name] = r
@@ -191,6 +223,13 @@ def table(results: dict) -> str:
         phases = [get(ours, "fp32", algo, k) for k in ("gen_s_median", "score_s_median", "train_s_median")]
         lines.append(f"| {algo.upper()}, rlhfkit generation / scoring / training s | "
                      f"{' / '.join(str(x) for x in phases)} | | | | | |")
+        like = get(ours, "fp32", algo + "_like", "iter_s_median")
+        what = {"ppo": "separate critic from the reward model, old log-probs by a forward, linear lr"}.get(
+            algo, "old log-probs by a forward, linear lr")
+        lines.append(f"| {algo.upper()} like-for-like ({what}), s/iteration | {like} | {p32} | {p16 or 'not run'} | "
+                     f"{ratio(like, best)} | {ratio(like, p32)} | |")
+        o_gain = gain(get(ours, "fp32", algo + "_like", "reward"))
+        lines.append(f"| {algo.upper()} like-for-like, reward gain / iteration | {_f(o_gain)} | {_f(p_gain)} | | | | |")
     return "\n".join(lines) + "\n"
 
 
@@ -211,10 +250,11 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     W.ensure_artifacts()
     # The peer first: its reward-model benchmark writes the reward model both PPO runs then use.
-    peer_dirs = {} if args.skip_peer else peer(args.tag, bf16)
+    peer_dirs, rm = ({}, None) if args.skip_peer else peer(args.tag, bf16, out, args.iters)
     print(f"rlhfkit ({'fp32 and bf16' if bf16 else 'fp32'}):", flush=True)
-    ours(out, args.iters, ["no", "bf16"] if bf16 else ["no"], with_peer=not args.skip_peer)
+    ours(out, args.iters, ["no", "bf16"] if bf16 else ["no"], rm, with_peer=not args.skip_peer)
     results = collect(out, peer_dirs)
+    results["ppo_reward_model_sha256"] = W.folder_sha256(rm) if rm else None
     results["machine"] = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                           "native_bf16": native_bf16(), "bf16_run": bf16}
     (out / "results.json").write_text(json.dumps(results, indent=2))

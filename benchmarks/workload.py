@@ -50,6 +50,17 @@ def ensure_artifacts() -> None:
                    env={**os.environ, "PEER_DIR": str(PEER_DIR)})
 
 
+def folder_sha256(folder: Path) -> str:
+    """SHA-256 over a model folder's weight files (name and bytes, sorted): which reward model scored a run."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for f in sorted(Path(folder).glob("*.safetensors")) + sorted(Path(folder).glob("*.bin")):
+        digest.update(f.name.encode())
+        digest.update(f.read_bytes())
+    return digest.hexdigest()
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 

@@ -1,0 +1,144 @@
+"""Time to quality: wall seconds until the mean reward reaches a fixed target, rlhfkit and TRL, on the shared
+workload, at a learning rate where both learn; median over seeds, with the spread.
+
+    python benchmarks/bench_time_to_quality.py [--algos ppo,grpo,rloo] [--seeds 1,2,3] [--iters 24]
+        [--lr 3e-5] [--tag TAG]
+
+Each run is its own process and trains for a fixed number of iterations with a constant learning rate
+(rlhfkit: benchmarks/bench_rl.py; TRL: benchmarks/peer_rl.py in the peer venv), recording each
+iteration's wall time and the mean reward of the rollout it trained on. PPO's reward is the score of the
+peer's reward model (one model for both libraries, its SHA-256 in the results), GRPO's and RLOO's the
+number of positive words.
+
+Reaching the target: the first iteration k at which the mean reward over iterations k-2..k (a window of 3,
+so one lucky rollout does not count) is >= the target. Time to target = the sum of the wall times of
+iterations 0..k (training-loop time only: no model loading, no trainer construction). A run that never
+reaches it within --iters counts as not reached. Results: benchmarks/results/TAG/ttq.json and ttq.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import workload as W
+from run import run, snapshot_reward_model
+
+HERE = Path(__file__).resolve().parent
+WINDOW = 3
+# Targets a little above where both libraries' curves flatten at --lr 3e-5 in 24 iterations (pilot runs):
+# PPO: the reward model's mean score; GRPO/RLOO: positive words per response.
+TARGETS = {"ppo": 1.0, "grpo": 1.5, "rloo": 1.5}
+
+
+def first_reached(rewards: list[float], target: float, window: int = WINDOW) -> int | None:
+    """Index k of the first iteration whose trailing mean over `window` iterations is >= target."""
+    for k in range(window - 1, len(rewards)):
+        if sum(rewards[k - window + 1:k + 1]) / window >= target:
+            return k
+    return None
+
+
+def time_to_target(iter_s: list[float], rewards: list[float], target: float) -> float | None:
+    k = first_reached(rewards, target)
+    return None if k is None else sum(iter_s[:k + 1])
+
+
+def ours(algo: str, lr: float, seed: int, iters: int, out: Path, rm: Path | None) -> dict | None:
+    name = f"ttq_{algo}_s{seed}"
+    extra = ["--reward-model", str(rm)] if algo == "ppo" and rm else []
+    ok = run([sys.executable, str(HERE / "bench_rl.py"), "--algo", algo, "--out", str(out), "--iters", str(iters - 1),
+              "--learning-rate", str(lr), "--seed", str(seed), "--lr-schedule", "constant", "--name", name, *extra],
+             out / f"{name}.log")
+    if not ok:
+        return None
+    r = json.loads((out / f"{name}.json").read_text())
+    return {"iter_s": r["iter_s_every"], "reward": r["reward"], "reward_model_sha256": r.get("reward_model_sha256")}
+
+
+def peer(algo: str, lr: float, seed: int, iters: int, out: Path, rm: Path | None) -> dict | None:
+    name = f"peer_ttq_{algo}_s{seed}"
+    env = {"PEER_DIR": str(W.PEER_DIR), "TRL_EXPERIMENTAL_SILENCE": "1"}
+    if algo == "ppo":
+        env["PYTHONPATH"] = str(W.PEER_DIR / "trl_1_12")
+        if rm:
+            env["PEER_REWARD_MODEL"] = str(rm.with_name("reward_model_peer_raw"))
+    ok = run([str(W.PEER_DIR / "venv" / "bin" / "python"), str(HERE / "peer_rl.py"), "--algo", algo,
+              "--lr", str(lr), "--seed", str(seed), "--iters", str(iters), "--out", str(out / f"{name}.json")],
+             out / f"{name}.log", env=env)
+    if not ok:
+        return None
+    r = json.loads((out / f"{name}.json").read_text())
+    if rm and algo == "ppo":
+        r["reward_model_sha256"] = W.folder_sha256(rm.with_name("reward_model_peer_raw"))
+    return r
+
+
+def summarise(times: list[float | None]) -> dict:
+    reached = [t for t in times if t is not None]
+    return {"reached": f"{len(reached)}/{len(times)}",
+            "median_s": round(statistics.median(reached), 1) if reached else None,
+            "min_s": round(min(reached), 1) if reached else None, "max_s": round(max(reached), 1) if reached else None,
+            "all_s": [None if t is None else round(t, 1) for t in times]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--algos", default="ppo,grpo,rloo")
+    ap.add_argument("--seeds", default="1,2,3")
+    ap.add_argument("--iters", type=int, default=24)
+    ap.add_argument("--lr", type=float, default=3e-5)
+    ap.add_argument("--targets", default=None, help="e.g. ppo=1.0,grpo=1.5 (default: the TARGETS table)")
+    ap.add_argument("--tag", default=time.strftime("ttq_%Y%m%d_%H%M%S"))
+    args = ap.parse_args()
+    targets = dict(TARGETS)
+    for item in filter(None, (args.targets or "").split(",")):
+        key, value = item.split("=")
+        targets[key] = float(value)
+    out = HERE / "results" / args.tag
+    out.mkdir(parents=True, exist_ok=True)
+    W.ensure_artifacts()
+    algos, seeds = args.algos.split(","), [int(s) for s in args.seeds.split(",")]
+    rm = None
+    if "ppo" in algos:
+        if not (W.ART / "reward_model" / "config.json").is_file():  # the peer's reward-model benchmark writes it
+            run([str(W.PEER_DIR / "venv" / "bin" / "python"), str(W.PEER_HARNESS / "bench_reward.py")],
+                out / "peer_reward.log", env={"PEER_DIR": str(W.PEER_DIR), "BENCH_OUT": str(out / "peer_reward")})
+        rm = snapshot_reward_model(out)
+    results: dict = {"lr": args.lr, "iters": args.iters, "window": WINDOW, "targets": targets,
+                     "runs": {}, "summary": {}}
+    for algo in algos:
+        for seed in seeds:  # TRL then rlhfkit for each seed, back to back, so load changes hit both alike
+            for side, fn in (("trl", peer), ("rlhfkit", ours)):
+                r = fn(algo, args.lr, seed, args.iters, out, rm)
+                if r:
+                    r["time_to_target_s"] = time_to_target(r["iter_s"], r["reward"], targets[algo])
+                results["runs"].setdefault(algo, {}).setdefault(side, {})[seed] = r
+        for side in ("trl", "rlhfkit"):
+            runs = results["runs"][algo][side]
+            results["summary"].setdefault(algo, {})[side] = summarise(
+                [r["time_to_target_s"] if r else None for r in runs.values()])
+        (out / "ttq.json").write_text(json.dumps(results, indent=2))
+    lines = [f"Time to the reward target (lr {args.lr}, constant; trailing mean of {WINDOW} iterations >= target; "
+             f"at most {args.iters} iterations; seeds {args.seeds}; {os.cpu_count()} cores)", "",
+             "| algorithm | target | TRL median s (min-max, reached) | rlhfkit median s (min-max, reached) | "
+             "rlhfkit / TRL |", "|---|---|---|---|---|"]
+    for algo, sides in results["summary"].items():
+        t, o = sides["trl"], sides["rlhfkit"]
+        ratio = f"{o['median_s'] / t['median_s']:.2f}x" if o["median_s"] and t["median_s"] else "n/a"
+        lines.append(f"| {algo.upper()} | {targets[algo]} "
+                     f"| {t['median_s']} ({t['min_s']}-{t['max_s']}, {t['reached']}) "
+                     f"| {o['median_s']} ({o['min_s']}-{o['max_s']}, {o['reached']}) | {ratio} |")
+    text = "\n".join(lines) + "\n"
+    (out / "ttq.md").write_text(text)
+    print(text)
+    print(f"results: {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -6,8 +6,12 @@ annotators in the last `LEASE_SECONDS` (a lease, the `assignments` table) as ran
 given in project order, so annotators working at the same time get different prompts, and a
 prompt in hand is given again until it is ranked.
 
-These are queries on an open session; `FeedbackStore.next_prompt`, `standing` and
-`previous_prompt` run them inside their transactions.
+The web API enforces the queue (`was_given`, `check_may_rank`): an annotator reads and ranks
+only prompts handed to them (or ranked by them before), and a prompt never collects more than N
+rankings.
+
+These are queries on an open session; `FeedbackStore.next_prompt`, `standing`,
+`previous_prompt` and `submit_ranking` run them inside their transactions.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from sqlalchemy import Select, exists, func, select
 from sqlalchemy.orm import Session
 
 from rlhfkit.feedback.checks import is_row_id
-from rlhfkit.feedback.errors import FeedbackError
+from rlhfkit.feedback.errors import Conflict, FeedbackError, Forbidden
 from rlhfkit.feedback.records import AnnotatorInfo, ProjectInfo
 from rlhfkit.feedback.schema import Assignment, Prompt, Ranking
 
@@ -126,3 +130,38 @@ def previous(s: Session, p: ProjectInfo, a: AnnotatorInfo, before: int | None) -
         q = q.where(Ranking.id < anchor)
     r = s.scalar(q.order_by(Ranking.id.desc()).limit(1))
     return None if r is None else s.get_one(Prompt, r.prompt_id)
+
+
+def was_given(s: Session, a: AnnotatorInfo, prompt_id: int) -> bool:
+    """Whether prompt `prompt_id` was handed to `a` (a lease, live or expired) or `a` ranked or
+    skipped it: what an annotator may read."""
+    held = exists().where(Assignment.annotator_id == a.id, Assignment.prompt_id == prompt_id)
+    ranked = exists().where(Ranking.annotator_id == a.id, Ranking.prompt_id == prompt_id)
+    return bool(s.scalar(select(held | ranked)))
+
+
+def check_may_rank(
+    s: Session, a: AnnotatorInfo, prompt: Prompt, annotators_per_prompt: int, skip: bool, now: datetime
+) -> None:
+    """Raise unless `a` may store a first ranking (or skip) of `prompt`: it was handed to them,
+    and (a skip aside, which does not count) it has fewer than N rankings plus other annotators'
+    live leases. With a live lease of their own that always holds; with an expired one the slot
+    may have gone to someone else meanwhile. Locks the prompt row (PostgreSQL), so two rankings
+    cannot both take its last slot."""
+    if s.get(Assignment, (a.id, prompt.id)) is None:
+        raise Forbidden(
+            f"prompt {prompt.id} was not given to you; rank the prompts the page gives you (GET /api/next)"
+        )
+    if skip:
+        return
+    n_rankings = s.scalar(select(Prompt.n_rankings).where(Prompt.id == prompt.id).with_for_update())
+    held = s.scalar(
+        select(func.count()).where(
+            Assignment.prompt_id == prompt.id, Assignment.annotator_id != a.id, Assignment.expires_at > now
+        )
+    )
+    if (n_rankings or 0) + (held or 0) >= annotators_per_prompt:
+        raise Conflict(
+            f"prompt {prompt.id} already has its {annotators_per_prompt} ranking(s) (your hand-out of it expired); "
+            "load the next prompt"
+        )

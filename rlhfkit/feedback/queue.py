@@ -148,19 +148,21 @@ def check_may_rank(
     live leases. With a live lease of their own that always holds; with an expired one the slot
     may have gone to someone else meanwhile. Locks the prompt row (PostgreSQL), so two rankings
     cannot both take its last slot."""
-    if s.get(Assignment, (a.id, prompt.id)) is None:
+    mine = exists().where(Assignment.annotator_id == a.id, Assignment.prompt_id == prompt.id)
+    held = (
+        select(func.count())
+        .where(Assignment.prompt_id == prompt.id, Assignment.annotator_id != a.id, Assignment.expires_at > now)
+        .scalar_subquery()
+    )
+    # One round trip; FOR UPDATE locks the prompt row (PostgreSQL; SQLite writers are serialised).
+    given, n_rankings, n_held = s.execute(
+        select(mine, Prompt.n_rankings, held).where(Prompt.id == prompt.id).with_for_update(of=Prompt)
+    ).one()
+    if not given:
         raise Forbidden(
             f"prompt {prompt.id} was not given to you; rank the prompts the page gives you (GET /api/next)"
         )
-    if skip:
-        return
-    n_rankings = s.scalar(select(Prompt.n_rankings).where(Prompt.id == prompt.id).with_for_update())
-    held = s.scalar(
-        select(func.count()).where(
-            Assignment.prompt_id == prompt.id, Assignment.annotator_id != a.id, Assignment.expires_at > now
-        )
-    )
-    if (n_rankings or 0) + (held or 0) >= annotators_per_prompt:
+    if not skip and n_rankings + n_held >= annotators_per_prompt:
         raise Conflict(
             f"prompt {prompt.id} already has its {annotators_per_prompt} ranking(s) (your hand-out of it expired); "
             "load the next prompt"

@@ -8,12 +8,16 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from rlhfkit.cli import app
 from rlhfkit.data import synthetic
 from rlhfkit.data.labeler import SimulatedLabeler
+from rlhfkit.defaults import EMBEDDED_MODEL
+from rlhfkit.feedback.policy import load_policy
 from rlhfkit.feedback.store import FeedbackStore
+from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 
 runner = CliRunner()
 K = 3
@@ -60,11 +64,17 @@ def test_the_iterated_recipe_runs_from_the_cli(tmp_path: Path) -> None:
     rm = tmp_path / "rm"
     rlhfkit("reward", "--train-data", round1, "--eval-data", round1, "--output-dir", rm, "--batch-size", "4",
             "--epochs", "1", "--max-length", "64")
-    # A short PPO run with LoRA against it: the trained policy folder is the next round's sampler.
+    # A short PPO run with LoRA against it, saved as the adapter alone: the next round samples from it.
     policy = tmp_path / "ppo"
     rlhfkit("ppo", "--prompts", prompts, "--reward-model", rm, "--output-dir", policy, "--iterations", "1",
             "--rollout-batch-size", "4", "--num-minibatches", "1", "--update-epochs", "1", "--sample-every", "0",
-            "--max-new-tokens", "8", "--lora-r", "4")
+            "--max-new-tokens", "8", "--lora-r", "4", "--no-save-merged")
+    assert not (policy / "config.json").exists() and (policy / "adapter" / "adapter_config.json").is_file()
+    # What round 2 samples from is the trained policy: the base with the trained adapter merged in.
+    tokenizer = load_tokenizer(policy)
+    trained, base = load_policy(str(policy), tokenizer), load_causal_lm(EMBEDDED_MODEL, tokenizer)
+    changed = [n for n, w in base.state_dict().items() if not torch.equal(w, trained.state_dict()[n])]
+    assert changed and all(".attn." in n or ".mlp." in n for n in changed), changed[:5]
 
     # Round 2: the same prompts again, sampled by the trained policy, ranked, exported.
     out = rlhfkit("feedback", "sample", prompts, "--db", db, "-p", "loop", "--model", policy, "--new-round",

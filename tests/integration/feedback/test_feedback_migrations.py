@@ -91,3 +91,19 @@ def test_a_0001_database_upgrades_without_losing_data(empty_url: str) -> None:
         assert again.duplicate
         progress = store.progress("demo")
         assert (progress.prompts, progress.rankings) == (2, 1)
+
+
+def test_0002_downgrades_back_to_0001_keeping_rankings_and_admins(empty_url: str) -> None:
+    write_0001_database(empty_url)
+    FeedbackStore.open(empty_url).close()
+    engine = create_engine(database_url(empty_url))
+    with engine.begin() as conn:
+        command.downgrade(alembic_config(conn), "0001")
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT name, is_admin FROM annotators ORDER BY name")).all() == [
+            ("ada", False), ("root", True)]
+        assert conn.scalar(text("SELECT COUNT(*) FROM rankings")) == 2
+        assert conn.scalar(text(f"SELECT version_num FROM {VERSION_TABLE}")) == "0001"
+    engine.dispose()
+    with FeedbackStore.open(empty_url) as store:  # and up again
+        assert store.annotator_for_token(ROOT_TOKEN, "demo").role == "admin"

@@ -552,3 +552,43 @@ def test_unreachable_and_invalid_databases_fail_fast_with_one_line(tmp_path: Pat
         with pytest.raises(FeedbackError, match=reason) as caught:
             FeedbackStore.open(url)
         assert "\n" not in str(caught.value)
+
+
+# ----- rounds, members ------------------------------------------------------------------------
+def test_rounds_hold_the_same_prompt_again_and_export_apart(store: FeedbackStore) -> None:
+    seed(store, "demo", 2, {"p": ["x", "y"], "q": ["v", "w"]})
+    [p2] = store.add_prompts("demo", ["p"], [["x2", "y2"]], model="trained", round=2)
+    store.add_annotator("ada", "demo")
+    while (view := store.next_prompt("demo", "ada")) is not None:  # p, q of round 1, then p of round 2
+        store.submit_ranking("ada", view.id, order=[c.id for c in reversed(view.completions)], annotators_per_prompt=1)
+    assert store.rounds("demo") == [1, 2]
+    assert store.round_prompts("demo", 2) == {"p": (p2, 2)}
+    assert store.find_prompts("demo", ["p"], round=2) == {"p": p2}
+    rows = store.export_rows("demo", "pairwise", rounds=[2])
+    assert [(r["prompt"], r["chosen"], r["rejected"], r["round"]) for r in rows] == [("p", "y2", "x2", 2)]
+    assert [r["round"] for r in store.export_rows("demo", "pairwise")] == [1, 1, 2]
+    assert [(r.round, r.prompts, r.rankings) for r in store.progress("demo").rounds] == [(1, 2, 2), (2, 1, 1)]
+    assert store.add_prompts("demo", ["r"]) and store.round_prompts("demo", 2).keys() == {"p", "r"}  # the latest
+    with pytest.raises(FeedbackError, match="project 'demo' has no round 3 \\(its rounds: 1, 2\\)"):
+        store.export_rows("demo", rounds=[3])
+    with pytest.raises(FeedbackError, match="round must be an integer >= 1"):
+        store.add_prompts("demo", ["s"], round=0)
+
+
+def test_members_roles_and_tokens(store: FeedbackStore) -> None:
+    store.create_project("a", 2)
+    store.create_project("b", 2)
+    token = store.add_annotator("ada", "a")
+    assert store.annotator_for_token(token, "b").role is None  # known, but no member of b
+    assert store.add_member("b", "ada", "admin") is False and store.add_member("b", "ada") is True  # role changed
+    assert [(m.annotator, m.role, m.revoked) for m in store.members("b")] == [("ada", "annotator", False)]
+    with pytest.raises(FeedbackError, match="role must be one of annotator, admin"):
+        store.add_member("a", "ada", "owner")
+    store.revoke_token("ada")
+    assert store.annotator_for_token(token, "a") is None and store.members("a")[0].revoked
+    new = store.rotate_token("ada")
+    assert store.annotator_for_token(token) is None and store.annotator_for_token(new, "a").role == "annotator"
+    store.remove_member("a", "ada")
+    assert store.members("a") == [] and store.annotator_for_token(new, "a").role is None
+    with pytest.raises(NotFound, match="annotator 'bob' not found \\(known annotators: ada\\)"):
+        store.rotate_token("bob")

@@ -357,8 +357,13 @@ def export(
 
 @feedback_app.command("status")
 @one_line_errors
-def status(db: str = DB, project: str = PROJECT, annotators_per_prompt: int = PER_PROMPT) -> None:
-    """Show progress per annotator and the agreement between annotators."""
+def status(
+    db: str = DB,
+    project: str = PROJECT,
+    annotators_per_prompt: int = PER_PROMPT,
+    comments: int = typer.Option(10, "--comments", min=0, help="Show the newest N comments (0: none)."),
+) -> None:
+    """Show progress per round and annotator, the newest comments, and the agreement between annotators."""
     from rich.console import Console
     from rich.table import Table
 
@@ -367,6 +372,7 @@ def status(db: str = DB, project: str = PROJECT, annotators_per_prompt: int = PE
     with FeedbackStore.open(db) as store:
         progress = store.progress(project, annotators_per_prompt)
         agreement = store.agreement(project)
+        notes = store.comments(project, comments) if comments else []
     console = Console()
     console.print(
         f"project [bold]{progress.project}[/] (k={progress.k}): {progress.prompts} prompts, {progress.ready} with all "
@@ -389,6 +395,14 @@ def status(db: str = DB, project: str = PROJECT, annotators_per_prompt: int = PE
         role = a.role + (" (revoked)" if a.revoked else "")
         table.add_row(a.annotator, role, str(a.ranked), str(a.skipped), str(a.unsafe), str(a.comments), last)
     console.print(table)
+    if notes:
+        table = Table(title=f"Newest comments ({len(notes)})")
+        for column in ("prompt", "round", "annotator", "comment", "flag"):
+            table.add_column(column, justify="right" if column in ("prompt", "round") else "left")
+        for c in notes:
+            flag = ", ".join(f for f, on in (("skipped", c.skip), ("unsafe", c.unsafe)) if on)
+            table.add_row(str(c.prompt_id), str(c.round), c.annotator, c.comment, flag)
+        console.print(table)
     if not agreement.pairs:
         console.print("agreement: no prompt has been ranked by two annotators yet")
         return

@@ -143,3 +143,17 @@ class PromptDetail:
     completions: list[CompletionView]  # in stored order
     rankings: list[RankingView]  # by annotator name
     disagreement: float | None
+
+
+@dataclass(frozen=True)
+class CommentView:
+    """A comment an annotator left on a prompt (with a ranking or a skip)."""
+
+    prompt_id: int
+    round: int
+    prompt: str
+    annotator: str
+    comment: str
+    skip: bool
+    unsafe: bool
+    updated_at: datetime

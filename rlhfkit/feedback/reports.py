@@ -21,6 +21,7 @@ from rlhfkit.feedback.agreement import AgreementReport, agreement_report, pair_c
 from rlhfkit.feedback.errors import FeedbackError
 from rlhfkit.feedback.records import (
     AnnotatorProgress,
+    CommentView,
     CompletionView,
     ProjectInfo,
     ProjectProgress,
@@ -192,6 +193,21 @@ def prompt_summaries(s: Session, p: ProjectInfo) -> list[PromptSummary]:
         for lp in labeled(s, p)
         if lp.id is not None
     ]
+
+
+def comments(s: Session, p: ProjectInfo, limit: int | None = None) -> list[CommentView]:
+    """The project's comments, newest first (the `limit` newest, when given)."""
+    q = (
+        select(Prompt.id, Prompt.round, Prompt.text, Annotator.name, Ranking.comment, Ranking.skip, Ranking.unsafe,
+               Ranking.updated_at)
+        .join(Ranking, Ranking.prompt_id == Prompt.id)
+        .join(Annotator, Annotator.id == Ranking.annotator_id)
+        .where(Prompt.project_id == p.id, Ranking.comment.is_not(None))
+        .order_by(Ranking.updated_at.desc(), Ranking.id.desc())
+    )
+    rows = s.execute(q if limit is None else q.limit(limit)).all()
+    return [CommentView(pid, r, text, name, comment, bool(skip), bool(unsafe), at)
+            for pid, r, text, name, comment, skip, unsafe, at in rows]
 
 
 def prompt_detail(s: Session, p: ProjectInfo, prompt: Prompt) -> PromptDetail:

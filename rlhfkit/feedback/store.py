@@ -71,6 +71,7 @@ from rlhfkit.feedback.records import (
     ROLES,
     AnnotatorInfo,
     AnnotatorProgress,
+    CommentView,
     CompletionView,
     MemberInfo,
     ProjectInfo,
@@ -95,10 +96,10 @@ from rlhfkit.feedback.schema import (
 )
 
 __all__ = [  # the records and errors are re-exported: `from rlhfkit.feedback.store import ...`
-    "AgreementReport", "AnnotatorInfo", "AnnotatorProgress", "CompletionView", "Conflict", "DatabaseUnavailable",
-    "FeedbackError", "FeedbackStore", "Forbidden", "InvalidRanking", "MemberInfo", "NotFound", "ProjectInfo",
-    "ProjectProgress", "PromptDetail", "PromptSummary", "PromptView", "RankingView", "SubmitResult", "LEASE_SECONDS",
-    "ROLES",
+    "AgreementReport", "AnnotatorInfo", "AnnotatorProgress", "CommentView", "CompletionView", "Conflict",
+    "DatabaseUnavailable", "FeedbackError", "FeedbackStore", "Forbidden", "InvalidRanking", "MemberInfo", "NotFound",
+    "ProjectInfo", "ProjectProgress", "PromptDetail", "PromptSummary", "PromptView", "RankingView", "SubmitResult",
+    "LEASE_SECONDS", "ROLES",
 ]
 
 # Who a token belongs to, and their role in one project (NULL: no member); built once.
@@ -755,6 +756,11 @@ class FeedbackStore:
         """Every prompt that has a ranking or skip: counts, flags, comments and disagreement."""
         with self._reading() as s:
             return reports.prompt_summaries(s, self._project(s, project))
+
+    def comments(self, project: str | ProjectInfo, limit: int | None = None) -> list[CommentView]:
+        """The comments annotators left on the project's prompts, newest first."""
+        with self._reading() as s:
+            return reports.comments(s, self._project(s, project), limit)
 
     def prompt_detail(self, project: str | ProjectInfo, prompt_id: int) -> PromptDetail:
         """One prompt of the project with every annotator's ranking, flag and comment."""

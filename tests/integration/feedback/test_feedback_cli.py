@@ -69,18 +69,20 @@ def test_import_add_annotator_rank_export_and_status(tmp_path: Path) -> None:
         by_text = {c.text: c.id for p in (1, 2) for c in store.prompt(p).completions}
         store.submit_ranking("ada", 1, order=[by_text["blue"], by_text["red"], by_text["green"]])
         store.submit_ranking("root", 1, order=[by_text["blue"], by_text["green"], by_text["red"]])
-        store.submit_ranking("ada", 2, {by_text["apple"]: 0, by_text["pear"]: 1, by_text["plum"]: 1})
+        store.submit_ranking("ada", 2, {by_text["apple"]: 0, by_text["pear"]: 1, by_text["plum"]: 1},
+                             comment="pear and plum: a tie")
 
     out_file = tmp_path / "out" / "pairs.jsonl"
     code, out, err = run("export", "--db", db, "--project", "demo", "--out", out_file)
     assert code == 0, err
+    fruit = NOTES | {"comments": [{"annotator": "ada", "comment": "pear and plum: a tie"}]}
     # Colour, mean places: blue 0, red (1+2)/2 = 1.5, green (2+1)/2 = 1.5 -> blue > red = green.
     # Fruit: ada only, apple > pear = plum.
     assert [json.loads(line) for line in out_file.read_text().splitlines()] == [
         {"prompt": "Name a colour.", "chosen": "blue", "rejected": "red", **NOTES},
         {"prompt": "Name a colour.", "chosen": "blue", "rejected": "green", **NOTES},
-        {"prompt": "Name a fruit.", "chosen": "apple", "rejected": "pear", **NOTES},
-        {"prompt": "Name a fruit.", "chosen": "apple", "rejected": "plum", **NOTES},
+        {"prompt": "Name a fruit.", "chosen": "apple", "rejected": "pear", **fruit},
+        {"prompt": "Name a fruit.", "chosen": "apple", "rejected": "plum", **fruit},
     ]
     assert "wrote 4 pairwise rows (majority)" in out
 
@@ -92,13 +94,14 @@ def test_import_add_annotator_rank_export_and_status(tmp_path: Path) -> None:
         {"prompt": "Name a colour.", "completions": ["blue", "red", "green"], "annotator": "ada", **NOTES},
         {"prompt": "Name a colour.", "completions": ["blue", "green", "red"], "annotator": "root", **NOTES},
         {"prompt": "Name a fruit.", "completions": ["apple", "pear", "plum"], "ranks": [0, 1, 1], "annotator": "ada",
-         **NOTES},
+         **fruit},
     ]
 
     code, out, err = run("status", "--db", db, "--project", "demo", "--annotators-per-prompt", "2")
     assert code == 0, err
     assert "2 prompts, 2 with all completions, 3 rankings, 1 prompts ranked by 2 or more" in " ".join(out.split())
     assert "ada" in out and "root" in out
+    assert "Newest comments (1)" in out and "pear and plum: a tie" in out
     # ada vs root on the colour prompt: (b,r) agree, (b,g) agree, (r,g) disagree -> 2/3, tau 1/3.
     assert "0.667" in out and "0.333" in out
 

@@ -433,6 +433,10 @@ def test_progress_counts(store: FeedbackStore) -> None:
     assert rows == {"ann": ("annotator", 3, 0, 1, 1), "bob": ("annotator", 2, 2, 0, 1),
                     "cat": ("annotator", 0, 0, 0, 0)}  # dan is no member: not listed
     assert [(r.round, r.prompts, r.ready, r.rankings, r.complete) for r in p.rounds] == [(1, 4, 4, 5, 2)]
+    notes = store.comments("demo")
+    assert [(c.prompt, c.annotator, c.comment, c.skip) for c in notes] == [
+        ("p2", "bob", "off topic", True), ("p1", "ann", "close call", False)]  # newest first
+    assert notes[0].updated_at.tzinfo is not None and len(store.comments("demo", limit=1)) == 1
     assert [a.last_at is None for a in p.annotators] == [False, False, True]
     assert store.standing("demo", "bob", 2) == (4, 0)
     assert store.standing("demo", "cat", 2) == (0, 2)  # p2 (only ann) and p4 (nobody)

@@ -39,6 +39,11 @@ class SamplePlan:
 
 def plan(store: FeedbackStore, info: ProjectInfo | None, texts: list[str], new_round: bool, file: str) -> SamplePlan:
     """Which round the sampled completions go to and which prompts need them (see the module doc)."""
+    seen: dict[str, int] = {}
+    for row, text in enumerate(texts, start=1):
+        if text in seen:
+            raise UserError(f"{file}, row {row}: the same prompt as row {seen[text]}; remove one of them")
+        seen[text] = row
     if info is None:
         return SamplePlan(1, {}, list(texts))
     rounds = store.rounds(info)

@@ -123,3 +123,9 @@ def test_sample_fills_prompts_imported_without_completions(tmp_path: Path) -> No
     assert "already have their 3 completions in round 1" in result.output and "--new-round" in result.output
     result = runner.invoke(app, ["feedback", "sample", str(texts), "--db", db, "-p", "docs", "--k", "5"])
     assert result.exit_code == 2 and "project 'docs' has k=3" in result.output
+    twice = tmp_path / "twice.txt"
+    twice.write_text("a new prompt\nanother\na new prompt\n")
+    result = runner.invoke(app, ["feedback", "sample", str(twice), "--db", db, "-p", "docs", "--new-round"])
+    assert result.exit_code == 2 and "twice.txt, row 3: the same prompt as row 1" in result.output
+    with FeedbackStore.open(db) as store:
+        assert store.rounds("docs") == [1]  # nothing was written

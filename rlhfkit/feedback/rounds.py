@@ -33,7 +33,7 @@ class SamplePlan:
 
     @property
     def texts(self) -> list[str]:
-        """The prompts to sample for, in file order (fill and new together)."""
+        """The prompts to sample for: those to fill, then the new ones (each in file order)."""
         return list(self.fill) + self.new
 
 

@@ -1,18 +1,25 @@
 """The ranking web app: one page (templates/label.html) and a small JSON API over the store.
 
     GET  /                   the labeling page        GET /admin   the same page, admin view
-    GET  /api/me             who the token belongs to, the project and K
+    GET  /api/me             who the token belongs to, their role, the project, K, guidelines
     GET  /api/next           the next prompt to rank (null when none is left) and progress
-    GET  /api/prompts/{id}   a prompt with the annotator's own ranking of it
+    GET  /api/prompts/{id}   a prompt given to the annotator, with their own ranking of it
     GET  /api/previous       the prompt ranked before ?before=ID (or the last one): "go back"
     POST /api/rankings       {prompt_id, order | ranks, skip, unsafe, comment, submission_id}
-    GET  /api/admin          progress per annotator and agreement (admin tokens only)
+    GET  /api/admin          progress per member and round, agreement (the project's admins only)
+    GET  /api/admin/prompts  every ranked prompt: rankings, skips, flags, comments, disagreement
+    GET  /api/admin/prompts/{id}  one prompt with every annotator's ranking, flag and comment
 
-Every /api call needs `Authorization: Bearer <token>` (401 without a known one). Errors are
-JSON `{"error": "..."}` naming the wrong item: 404 unknown prompt, 422 a ranking that is not
-one of exactly the shown completions (or a malformed body), 409 a clash with stored data, 413
-a body over the limit, 503 a database that is busy or gone (safe to retry: submissions are
-idempotent on their submission_id).
+Every /api call needs `Authorization: Bearer <token>` of a member of the project (401 without a
+known, unrevoked token; 403 for someone who is no member). The queue is enforced here, not only
+by the page: an annotator reads and ranks only prompts handed to them by /api/next (or ranked
+by them before), and no prompt collects more than N rankings. Errors are JSON `{"error": "..."}`
+naming the wrong item: 404 unknown prompt, 403 a prompt not given to this annotator (or an
+admin view without the admin role), 422 a ranking that is not one of exactly the shown
+completions (or a malformed body), 409 a clash with stored data (a prompt whose N rankings are
+in, a submission id reused for other content), 413 a body over the limit, 503 a database that
+is busy or gone (safe to retry: submissions are idempotent on their submission_id, which names
+one content).
 
 Prompts and completions are untrusted model output: the page only ever puts them in the DOM
 as text (textContent), and a Content-Security-Policy with a fresh nonce per page load lets no
@@ -42,19 +49,23 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rlhfkit.feedback.checks import MAX_COMMENT_CHARS, MAX_K, MAX_SUBMISSION_ID_CHARS
-from rlhfkit.feedback.database import hash_token
-from rlhfkit.feedback.errors import Conflict, DatabaseUnavailable, FeedbackError, InvalidRanking, NotFound
-from rlhfkit.feedback.records import AnnotatorInfo, PromptView
+from rlhfkit.feedback.errors import (
+    Conflict,
+    DatabaseUnavailable,
+    FeedbackError,
+    Forbidden,
+    InvalidRanking,
+    NotFound,
+)
+from rlhfkit.feedback.records import AnnotatorInfo, PromptDetail, PromptView
 from rlhfkit.feedback.store import FeedbackStore
 
 MAX_BODY_BYTES = 64 * 1024
 """Largest request body accepted (a ranking with a full comment is under 4 KiB)."""
 REQUEST_TIMEOUT_S = 15
 """How long the page waits for an answer before retrying a submission (same submission id)."""
-TOKEN_CACHE_S = 30.0
-"""How long a checked token is remembered (every request carries it; annotators are never
-removed, so a cached answer cannot go stale in a way that matters)."""
-TOKEN_CACHE_SIZE = 10_000
+ADMIN_TEXT_CHARS = 200
+"""Prompt text shown per row of the admin page's prompt table (the whole text is one click away)."""
 
 _API_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'"
 _PAGE_CSP = (
@@ -144,28 +155,32 @@ def create_app(
     app = FastAPI(title=f"rlhfkit feedback: {info.name}", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(_Guard)
 
-    known: dict[str, tuple[float, AnnotatorInfo]] = {}  # sha256 of a token -> (valid until, who)
-
     def annotator(authorization: Annotated[str | None, Header()] = None) -> AnnotatorInfo:
+        # Looked up on every request (one indexed query), never cached: a revoked or rotated
+        # token, or a removed member, is refused from the next request on.
         if not authorization:
             raise _unauthorized("missing token: sign in with your annotator token (Authorization: Bearer <token>)")
         scheme, _, token = authorization.partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             raise _unauthorized("the Authorization header must be 'Bearer <token>'")
-        key = hash_token(token)
-        hit = known.get(key)
-        if hit is not None and hit[0] > time.monotonic():
-            return hit[1]
-        who = store.annotator_for_token(token)
+        who = store.annotator_for_token(token, info)
         if who is None:
-            raise _unauthorized("unknown token: check it, or ask the project admin for yours")
-        if len(known) >= TOKEN_CACHE_SIZE:
-            known.clear()
-        known[key] = (time.monotonic() + TOKEN_CACHE_S, who)
+            raise _unauthorized("unknown or revoked token: check it, or ask the project admin for a new one")
+        if who.role is None:
+            raise HTTPException(403, f"annotator {who.name!r} is not a member of project {info.name!r}; ask its admin "
+                                     f"to add you (rlhfkit feedback add-member {who.name} --project {info.name})")
         return who
 
     signed_in = Depends(annotator)
+
+    def admin_only(who: AnnotatorInfo = signed_in) -> AnnotatorInfo:
+        if not who.is_admin:
+            raise HTTPException(403, f"this page needs an admin of project {info.name!r} "
+                                     f"(rlhfkit feedback add-member NAME --project {info.name} --admin)")
+        return who
+
+    an_admin = Depends(admin_only)
 
     def prompt_json(view: PromptView | None, who: AnnotatorInfo) -> dict[str, Any] | None:
         if view is None:
@@ -208,8 +223,8 @@ def create_app(
 
     @app.get("/api/me")
     def me(who: AnnotatorInfo = signed_in) -> dict[str, Any]:
-        return {"name": who.name, "admin": who.is_admin, "project": info.name, "k": info.k,
-                "annotators_per_prompt": n}
+        return {"name": who.name, "admin": who.is_admin, "role": who.role, "project": info.name, "k": info.k,
+                "annotators_per_prompt": n, "guidelines": store.project(info.name).guidelines}
 
     @app.get("/api/next")
     def next_prompt(who: AnnotatorInfo = signed_in) -> dict[str, Any]:
@@ -218,7 +233,7 @@ def create_app(
 
     @app.get("/api/prompts/{prompt_id}")
     def get_prompt(prompt_id: int, who: AnnotatorInfo = signed_in) -> dict[str, Any]:
-        return {"prompt": prompt_json(store.prompt(prompt_id, who, project=info), who)}
+        return {"prompt": prompt_json(store.prompt(prompt_id, who, project=info, given_only=True), who)}
 
     @app.get("/api/previous")
     def previous(before: Annotated[int | None, Query()] = None, who: AnnotatorInfo = signed_in) -> dict[str, Any]:
@@ -228,7 +243,7 @@ def create_app(
     def submit(body: RankingIn, who: AnnotatorInfo = signed_in) -> JSONResponse:
         result = store.submit_ranking(
             who, body.prompt_id, body.ranks, order=body.order, skip=body.skip, unsafe=body.unsafe,
-            comment=body.comment, submission_id=body.submission_id, project=info,
+            comment=body.comment, submission_id=body.submission_id, project=info, annotators_per_prompt=n,
         )
         r = result.ranking
         payload = {
@@ -240,16 +255,39 @@ def create_app(
         return JSONResponse(payload, status_code=201 if result.created and not result.duplicate else 200)
 
     @app.get("/api/admin")
-    def admin(who: AnnotatorInfo = signed_in) -> dict[str, Any]:
-        if not who.is_admin:
-            raise HTTPException(403, "this page needs an admin token (rlhfkit feedback add-annotator NAME --admin)")
+    def admin(who: AnnotatorInfo = an_admin) -> dict[str, Any]:
         return {
             "progress": dataclasses.asdict(store.progress(info.name, n)),
             "agreement": dataclasses.asdict(store.agreement(info.name)),
         }
 
+    @app.get("/api/admin/prompts")
+    def admin_prompts(who: AnnotatorInfo = an_admin) -> dict[str, Any]:
+        rows = [dataclasses.asdict(p) for p in store.prompt_summaries(info)]
+        for row in rows:
+            row["text"] = row["text"][:ADMIN_TEXT_CHARS]
+        return {"prompts": rows}
+
+    @app.get("/api/admin/prompts/{prompt_id}")
+    def admin_prompt(prompt_id: int, who: AnnotatorInfo = an_admin) -> dict[str, Any]:
+        return {"prompt": detail_json(store.prompt_detail(info, prompt_id))}
+
     _add_error_handlers(app)
     return app
+
+
+def detail_json(d: PromptDetail) -> dict[str, Any]:
+    """The admin's view of one prompt: completions in stored order (with the model that wrote
+    each), and each annotator's ranks aligned with them (null for a skip)."""
+    return {
+        "id": d.id, "round": d.round, "position": d.position, "text": d.text, "disagreement": d.disagreement,
+        "completions": [{"id": c.id, "text": c.text, "model": c.model} for c in d.completions],
+        "rankings": [
+            {"annotator": r.annotator, "ranks": None if r.skip else [r.ranks[c.id] for c in d.completions],
+             "skip": r.skip, "unsafe": r.unsafe, "comment": r.comment, "updated_at": r.updated_at}
+            for r in d.rankings
+        ],
+    }
 
 
 def _unauthorized(message: str) -> HTTPException:
@@ -258,7 +296,7 @@ def _unauthorized(message: str) -> HTTPException:
 
 def _add_error_handlers(app: FastAPI) -> None:
     statuses: list[tuple[type[Exception], int]] = [
-        (NotFound, 404), (InvalidRanking, 422), (Conflict, 409), (DatabaseUnavailable, 503)
+        (NotFound, 404), (Forbidden, 403), (InvalidRanking, 422), (Conflict, 409), (DatabaseUnavailable, 503)
     ]
 
     def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:

@@ -2,10 +2,14 @@
 
     rlhfkit feedback sample prompts.jsonl --project demo --k 4      # the model writes K completions each
     rlhfkit feedback import prompts.jsonl --project demo --k 4      # or bring prompts (+ completions)
-    rlhfkit feedback add-annotator ada                              # prints ada's token once
+    rlhfkit feedback guidelines --project demo --file guide.md      # what "better" means, on the page
+    rlhfkit feedback add-annotator ada --project demo               # prints ada's token once
+    rlhfkit feedback add-member ada --project other --admin         # roles are per project
+    rlhfkit feedback rotate-token ada | revoke ada | remove-member ada --project demo
     rlhfkit feedback serve --project demo --annotators-per-prompt 2 # http://127.0.0.1:8000
-    rlhfkit feedback status --project demo                          # progress and agreement
-    rlhfkit feedback export --project demo --format pairwise --out prefs.jsonl
+    rlhfkit feedback status --project demo                          # progress, rounds and agreement
+    rlhfkit feedback export --project demo --format pairwise --out prefs.jsonl [--rounds 1,2]
+    rlhfkit feedback sample prompts.jsonl --project demo --model ppo_out --new-round   # the next round
 
 Every command takes `--db` (a SQLite file, feedback.db by default, or a PostgreSQL URL). Store
 and web modules are imported inside the commands so that `rlhfkit --help` stays fast.
@@ -25,6 +29,7 @@ from rlhfkit.errors import UserError
 from rlhfkit.feedback.checks import MAX_K, MIN_K
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+DEFAULT_K = 4  # completions per prompt of a project `sample` creates
 
 feedback_app = typer.Typer(
     name="feedback",
@@ -38,6 +43,7 @@ feedback_app = typer.Typer(
 class ExportFormat(str, Enum):
     pairwise = "pairwise"
     ranked = "ranked"
+    annotations = "annotations"
 
 
 class Merge(str, Enum):
@@ -48,6 +54,24 @@ class Merge(str, Enum):
 DB = typer.Option(DEFAULT_DB, "--db", help="SQLite file, or postgresql+psycopg://user:password@host:5432/dbname.")
 PROJECT = typer.Option(..., "--project", "-p", help="Project name.")
 PER_PROMPT = typer.Option(1, "--annotators-per-prompt", "-n", min=1, help="How many annotators rank each prompt.")
+ADMIN = typer.Option(False, "--admin", help="Admin of the project: may also open its admin page.")
+
+
+def parse_rounds(text: str | None) -> list[int] | None:
+    """'2,3' or '1-3' -> [2, 3] / [1, 2, 3]; None: every round."""
+    if text is None:
+        return None
+    rounds: set[int] = set()
+    for part in (p.strip() for p in text.split(",")):
+        lo, dash, hi = part.partition("-")
+        try:
+            first, last = int(lo), int(hi) if dash else int(lo)
+        except ValueError:
+            raise UserError(f"--rounds: {part!r} is not a round number or range; e.g. --rounds 2,3 or 1-3") from None
+        if first < 1 or last < first:
+            raise UserError(f"--rounds: {part!r} is not a range of rounds from 1 up; e.g. --rounds 2,3 or 1-3")
+        rounds.update(range(first, last + 1))
+    return sorted(rounds)
 
 
 @feedback_app.command("import")
@@ -88,7 +112,8 @@ def import_prompts(
             rows = read_prompt_file(file, info.k if info else k)  # the counts, now that k is known
         if info is None:
             info = store.create_project(project, k)  # type: ignore[arg-type]  (k is set: checked above)
-        known = store.find_prompts(info, [r.prompt for r in rows])
+        rounds = store.rounds(info)
+        known = store.find_prompts(info, [r.prompt for r in rows], round=rounds[-1] if rounds else None)
         if known:
             first = next(r for r in rows if r.prompt in known)
             raise UserError(
@@ -110,22 +135,30 @@ def sample_prompts(
     model: str = typer.Option(
         EMBEDDED_MODEL, "--model", help=f"Model that writes the completions (HF id, dir, {EMBEDDED_MODEL})."
     ),
-    k: int = typer.Option(4, "--k", help="Completions per prompt."),
+    k: int | None = typer.Option(None, "--k", help="Completions per prompt (default: the project's; 4 for a new one)."),
     max_new_tokens: int = typer.Option(48, "--max-new-tokens", min=1, help="Longest completion in tokens."),
     temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature (> 0)."),
     top_k: int = typer.Option(0, "--top-k", min=0, help="Sample from the k most likely tokens (0 = off)."),
     top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling mass (1 = off)."),
     seed: int = typer.Option(0, "--seed", help="Completion j of prompt i is sampled with a seed from (seed, i, j)."),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Completions sampled per batch."),
+    new_round: bool = typer.Option(
+        False, "--new-round", help="Put the prompts into a new round of the project (its latest + 1), e.g. sampled "
+        "again from a trained policy folder; without it, fill the latest round.",
+    ),
 ) -> None:
-    """Sample K completions per prompt with a model and add them to a project, ready to rank."""
+    """Sample K completions per prompt with a model (an HF id or any policy folder, LoRA adapters too)
+    into a project, ready to rank: into its latest round, filling prompts imported without
+    completions, or with --new-round into the next round."""
     from rlhfkit.data.prompts import prompt_texts, read_prompt_rows
+    from rlhfkit.feedback import rounds
+    from rlhfkit.feedback.policy import load_policy
     from rlhfkit.feedback.store import FeedbackStore, NotFound
-    from rlhfkit.models.loading import LoadOptions, configure_loading, load_causal_lm, load_tokenizer
+    from rlhfkit.models.loading import LoadOptions, configure_loading, load_tokenizer
     from rlhfkit.rollout.completions import sample_completions
     from rlhfkit.rollout.sampling import SamplingSettings
 
-    if not MIN_K <= k <= MAX_K:
+    if k is not None and not MIN_K <= k <= MAX_K:
         raise UserError(f"--k: must be from {MIN_K} to {MAX_K} (a ranking needs two completions), got {k}")
     try:
         settings = SamplingSettings(max_new_tokens, temperature, top_k, top_p)
@@ -137,22 +170,23 @@ def sample_prompts(
     with FeedbackStore.open(db) as store:  # and the database, before the model works
         try:
             info = store.project(project)
-            if info.k != k:
-                raise UserError(f"project {project!r} has k={info.k}; pass --k {info.k}")
+            if k is not None and info.k != k:
+                raise UserError(f"project {project!r} has k={info.k}; pass --k {info.k} (or leave --k out)")
+            k = info.k
         except NotFound:
             info = None
-        if info is not None:
-            known = store.find_prompts(info, texts)
-            if known:
-                raise UserError(f"{file}: {len(known)} prompt(s) already in project {project!r}; remove them")
-        policy = load_causal_lm(model, tokenizer).eval()
-        completions = sample_completions(policy, tokenizer, texts, k, settings, seed=seed, batch_size=batch_size)
+            k = k if k is not None else DEFAULT_K
+        plan = rounds.plan(store, info, texts, new_round, str(file))
+        policy = load_policy(model, tokenizer)
+        sampled = sample_completions(policy, tokenizer, plan.texts, k, settings, seed=seed, batch_size=batch_size)
         if info is None:
             info = store.create_project(project, k)
         sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "max_new_tokens": max_new_tokens,
                     "seed": seed}
-        ids = store.add_prompts(info, texts, completions, model=model, sampling=sampling)
-    typer.echo(f"sampled {k} completions for each of {len(ids)} prompts into project {project!r}")
+        n = rounds.store_samples(store, info, plan, dict(zip(plan.texts, sampled, strict=True)), model, sampling)
+    filled = f" ({len(plan.fill)} imported without completions)" if plan.fill else ""
+    typer.echo(f"sampled {k} completions for each of {n} prompts{filled} into round {plan.round} of project "
+               f"{project!r}")
 
 
 @feedback_app.command("add-annotator")
@@ -160,16 +194,101 @@ def sample_prompts(
 def add_annotator(
     name: str = typer.Argument(..., help="Annotator name (unique)."),
     db: str = DB,
-    admin: bool = typer.Option(False, "--admin", help="May open the admin page (progress and agreement)."),
+    project: str | None = typer.Option(None, "--project", "-p", help="Project they work on (more: add-member)."),
+    admin: bool = ADMIN,
 ) -> None:
     """Add an annotator and print their sign-in token (shown this once; only its hash is stored)."""
     from rlhfkit.feedback.store import FeedbackStore
 
-    with FeedbackStore.open(db) as store:
-        token = store.add_annotator(name, admin=admin)
+    if admin and project is None:
+        raise UserError("--admin: roles are per project; give --project NAME")
     role = "admin" if admin else "annotator"
-    typer.echo(f"added {role} {name!r}; their token (shown only now, hand it over privately):", err=True)
+    with FeedbackStore.open(db) as store:
+        token = store.add_annotator(name, project, role)
+    where = f" of project {project!r}" if project else " (no project yet: add-member gives them one)"
+    typer.echo(f"added {role} {name!r}{where}; their token (shown only now, hand it over privately):", err=True)
     typer.echo(token)
+
+
+@feedback_app.command("add-member")
+@one_line_errors
+def add_member(
+    name: str = typer.Argument(..., help="An existing annotator."), db: str = DB, project: str = PROJECT,
+    admin: bool = ADMIN,
+) -> None:
+    """Let an annotator work on a project (or change their role there); their token stays the same."""
+    from rlhfkit.feedback.store import FeedbackStore
+
+    role = "admin" if admin else "annotator"
+    with FeedbackStore.open(db) as store:
+        was = store.add_member(project, name, role)
+    typer.echo(f"{name!r} is {'now' if was else 'added as'} {role} of project {project!r}")
+
+
+@feedback_app.command("remove-member")
+@one_line_errors
+def remove_member(
+    name: str = typer.Argument(..., help="Annotator name."), db: str = DB, project: str = PROJECT
+) -> None:
+    """Take an annotator off a project (their rankings stay; the prompts they held go back to the queue)."""
+    from rlhfkit.feedback.store import FeedbackStore
+
+    with FeedbackStore.open(db) as store:
+        store.remove_member(project, name)
+    typer.echo(f"removed {name!r} from project {project!r}; their rankings stay")
+
+
+@feedback_app.command("revoke")
+@one_line_errors
+def revoke(name: str = typer.Argument(..., help="Annotator name."), db: str = DB) -> None:
+    """Make an annotator's token stop working in every project (rankings stay; rotate-token gives a new one)."""
+    from rlhfkit.feedback.store import FeedbackStore
+
+    with FeedbackStore.open(db) as store:
+        store.revoke_token(name)
+    typer.echo(f"revoked the token of {name!r}: refused from the next request on; their rankings stay")
+
+
+@feedback_app.command("rotate-token")
+@one_line_errors
+def rotate_token(name: str = typer.Argument(..., help="Annotator name."), db: str = DB) -> None:
+    """Give an annotator a new token (a lost or leaked one stops working at once) and print it once."""
+    from rlhfkit.feedback.store import FeedbackStore
+
+    with FeedbackStore.open(db) as store:
+        token = store.rotate_token(name)
+    typer.echo(f"new token of {name!r} (shown only now; the old one no longer works):", err=True)
+    typer.echo(token)
+
+
+@feedback_app.command("guidelines")
+@one_line_errors
+def guidelines(
+    db: str = DB,
+    project: str = PROJECT,
+    file: Path | None = typer.Option(None, "--file", "-f", help="UTF-8 text file: what 'better' means here."),
+    clear: bool = typer.Option(False, "--clear", help="Remove the project's guidelines."),
+) -> None:
+    """Set the task guidelines annotators see above every prompt (plain text); without --file, print them."""
+    from rlhfkit.feedback.store import FeedbackStore
+
+    if file is not None and clear:
+        raise UserError("--file and --clear: give one of them")
+    text = None
+    if file is not None:
+        try:
+            text = file.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise UserError(f"{file}: file not found") from None
+        except UnicodeDecodeError as e:
+            raise UserError(f"{file}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    with FeedbackStore.open(db) as store:
+        if file is None and not clear:
+            shown = store.project(project).guidelines
+            typer.echo(shown if shown else f"project {project!r} has no guidelines; set them with --file")
+            return
+        info = store.set_guidelines(project, text)
+    typer.echo(f"guidelines of project {project!r} {'set' if info.guidelines else 'removed'}")
 
 
 @feedback_app.command("serve")
@@ -210,7 +329,8 @@ def export(
     project: str = PROJECT,
     out: Path = typer.Option(..., "--out", "-o", help="JSON-lines file to write (replaced atomically)."),
     format: ExportFormat = typer.Option(
-        ExportFormat.pairwise, "--format", help="pairwise: prompt/chosen/rejected; ranked: prompt/completions(/ranks)."
+        ExportFormat.pairwise, "--format", help="pairwise: prompt/chosen/rejected; ranked: prompt/completions(/ranks); "
+        "annotations: every ranking and skip with its flag and comment.",
     ),
     merge: Merge = typer.Option(
         Merge.majority, "--merge", help="majority: one merged ranking per prompt (mean rank); all: one per annotator."
@@ -218,13 +338,17 @@ def export(
     drop_flagged: bool = typer.Option(
         True, "--drop-flagged/--keep-flagged", help="Leave out prompts an annotator flagged unsafe."
     ),
+    rounds: str | None = typer.Option(None, "--rounds", help="Only these rounds: 2,3 or 1-3 (default: all)."),
 ) -> None:
-    """Write the rankings as training data for the reward model (skipped prompts never appear)."""
+    """Write the rankings as training data for the reward model (skipped prompts never appear in
+    pairwise/ranked rows; each row carries its round, unsafe flag and comments)."""
     from rlhfkit.data.io import write_jsonl
     from rlhfkit.feedback.store import FeedbackStore
 
+    selected = parse_rounds(rounds)
     with FeedbackStore.open(db) as store:
-        rows = store.export_rows(project, format=format.value, merge=merge.value, drop_flagged=drop_flagged)
+        rows = store.export_rows(project, format=format.value, merge=merge.value, drop_flagged=drop_flagged,
+                                 rounds=selected)
     n = write_jsonl(out, rows)
     typer.echo(f"wrote {n} {format.value} rows ({merge.value}) to {out}")
     if n == 0:
@@ -233,8 +357,13 @@ def export(
 
 @feedback_app.command("status")
 @one_line_errors
-def status(db: str = DB, project: str = PROJECT, annotators_per_prompt: int = PER_PROMPT) -> None:
-    """Show progress per annotator and the agreement between annotators."""
+def status(
+    db: str = DB,
+    project: str = PROJECT,
+    annotators_per_prompt: int = PER_PROMPT,
+    comments: int = typer.Option(10, "--comments", min=0, help="Show the newest N comments (0: none)."),
+) -> None:
+    """Show progress per round and annotator, the newest comments, and the agreement between annotators."""
     from rich.console import Console
     from rich.table import Table
 
@@ -243,6 +372,7 @@ def status(db: str = DB, project: str = PROJECT, annotators_per_prompt: int = PE
     with FeedbackStore.open(db) as store:
         progress = store.progress(project, annotators_per_prompt)
         agreement = store.agreement(project)
+        notes = store.comments(project, comments) if comments else []
     console = Console()
     console.print(
         f"project [bold]{progress.project}[/] (k={progress.k}): {progress.prompts} prompts, {progress.ready} with all "
@@ -250,13 +380,29 @@ def status(db: str = DB, project: str = PROJECT, annotators_per_prompt: int = PE
         f"{progress.annotators_per_prompt} or more annotators",
         highlight=False,
     )
+    table = Table(title="Rounds")
+    for column in ("round", "prompts", "ready", "rankings", "complete"):
+        table.add_column(column, justify="right")
+    for r in progress.rounds:
+        table.add_row(str(r.round), str(r.prompts), str(r.ready), str(r.rankings), str(r.complete))
+    console.print(table)
+    numbers = ("ranked", "skipped", "unsafe", "comments")
     table = Table(title="Progress")
-    for column in ("annotator", "admin", "ranked", "skipped", "unsafe", "last"):
-        table.add_column(column, justify="right" if column in ("ranked", "skipped", "unsafe") else "left")
+    for column in ("annotator", "role", *numbers, "last"):
+        table.add_column(column, justify="right" if column in numbers else "left")
     for a in progress.annotators:
         last = a.last_at.strftime("%Y-%m-%d %H:%M UTC") if a.last_at else "-"
-        table.add_row(a.annotator, "yes" if a.is_admin else "", str(a.ranked), str(a.skipped), str(a.unsafe), last)
+        role = a.role + (" (revoked)" if a.revoked else "")
+        table.add_row(a.annotator, role, str(a.ranked), str(a.skipped), str(a.unsafe), str(a.comments), last)
     console.print(table)
+    if notes:
+        table = Table(title=f"Newest comments ({len(notes)})")
+        for column in ("prompt", "round", "annotator", "comment", "flag"):
+            table.add_column(column, justify="right" if column in ("prompt", "round") else "left")
+        for c in notes:
+            flag = ", ".join(f for f, on in (("skipped", c.skip), ("unsafe", c.unsafe)) if on)
+            table.add_row(str(c.prompt_id), str(c.round), c.annotator, c.comment, flag)
+        console.print(table)
     if not agreement.pairs:
         console.print("agreement: no prompt has been ranked by two annotators yet")
         return

@@ -1,5 +1,5 @@
 """Errors of the feedback store and app: each is a UserError, so the CLI prints one line, and
-the web app maps each class to one HTTP status (404, 422, 409, 503)."""
+the web app maps each class to one HTTP status (404, 403, 422, 409, 503)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,10 @@ class NotFound(FeedbackError, LookupError):
 
 class InvalidRanking(FeedbackError, ValueError):
     """A ranking that is not a ranking of exactly the prompt's completions."""
+
+
+class Forbidden(FeedbackError):
+    """An annotator asking for what their role or assignment does not allow."""
 
 
 class Conflict(FeedbackError):

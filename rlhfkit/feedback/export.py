@@ -1,11 +1,19 @@
 """Rankings -> training rows for the reward model (pure functions, no database).
 
-Two formats, one JSON object per line:
+Two training formats, one JSON object per line:
 
     ranked    {"prompt": str, "completions": [str, ...]}   best first; with
               "ranks": [0, 1, 1, 2] (dense, 0 = best) when the ranking has ties
     pairwise  {"prompt": str, "chosen": str, "rejected": str}
               one row per pair of completions ranked strictly apart
+
+Every training row also carries what the annotators said about its prompt, which the reward
+data reader ignores: "round" (the sampling round), "unsafe" (flagged by an annotator: only with
+`drop_flagged=False` can it be true) and "comments" ([{"annotator", "comment"}], skips' comments
+included). The third format, `annotations`, is the record itself, one row per ranking or skip:
+
+    annotations  {"prompt", "round", "annotator", "completions": [str, ...] (stored order),
+                  "ranks": [int, ...] or null when skipped, "skip", "unsafe", "comment"}
 
 and two ways of combining annotators:
 
@@ -27,11 +35,11 @@ data reader (rlhfkit.data.preferences) refuses them.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
-FORMATS = ("ranked", "pairwise")
+FORMATS = ("ranked", "pairwise", "annotations")
 MERGES = ("majority", "all")
 
 
@@ -43,6 +51,11 @@ class LabeledPrompt:
     completions: list[str]  # in their stored order
     rankings: dict[str, list[int]]  # annotator name -> rank vector aligned with completions
     flagged: bool  # an annotator marked it unsafe (in a ranking or a skip)
+    id: int | None = None  # the prompt's id in the store
+    round: int = 1
+    comments: dict[str, str] = field(default_factory=dict)  # annotator name -> comment (skips' too)
+    flagged_by: frozenset[str] = frozenset()  # who marked it unsafe
+    skipped_by: frozenset[str] = frozenset()
 
 
 def dense_ranks(values: Sequence[Any]) -> list[int]:
@@ -121,15 +134,35 @@ def build_rows(
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
     if merge not in MERGES:
         raise ValueError(f"merge must be one of {', '.join(MERGES)}, got {merge!r}")
+    if format == "annotations":
+        return [row for p in prompts for row in annotation_rows(p)]
     make = ranked_row if format == "ranked" else pairwise_rows
     rows: list[dict[str, Any]] = []
     for p in prompts:
         if not p.rankings or (drop_flagged and p.flagged):
             continue
+        notes = {"round": p.round, "unsafe": p.flagged, "comments": comment_list(p.comments)}
         if merge == "majority":
-            rows += make(p.text, p.completions, merge_mean_rank(list(p.rankings.values())))
+            rows += [{**r, **notes} for r in make(p.text, p.completions, merge_mean_rank(list(p.rankings.values())))]
             continue
         for name in sorted(p.rankings):
-            rows += [{**r, "annotator": name} for r in make(p.text, p.completions, p.rankings[name])]
+            own = {"round": p.round, "unsafe": name in p.flagged_by,
+                   "comments": comment_list({name: p.comments[name]} if name in p.comments else {})}
+            rows += [{**r, "annotator": name, **own} for r in make(p.text, p.completions, p.rankings[name])]
     return rows
+
+
+def comment_list(comments: dict[str, str]) -> list[dict[str, str]]:
+    return [{"annotator": name, "comment": comments[name]} for name in sorted(comments)]
+
+
+def annotation_rows(p: LabeledPrompt) -> list[dict[str, Any]]:
+    """One row per ranking or skip of a prompt, as stored (flags, comments and skips included)."""
+    names = sorted(set(p.rankings) | set(p.skipped_by))
+    return [
+        {"prompt": p.text, "round": p.round, "annotator": name, "completions": list(p.completions),
+         "ranks": p.rankings.get(name), "skip": name in p.skipped_by, "unsafe": name in p.flagged_by,
+         "comment": p.comments.get(name)}
+        for name in names
+    ]
 

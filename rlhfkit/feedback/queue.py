@@ -6,21 +6,25 @@ annotators in the last `LEASE_SECONDS` (a lease, the `assignments` table) as ran
 given in project order, so annotators working at the same time get different prompts, and a
 prompt in hand is given again until it is ranked.
 
-These are queries on an open session; `FeedbackStore.next_prompt`, `standing` and
-`previous_prompt` run them inside their transactions.
+The web API enforces the queue (`was_given`, `check_may_rank`): an annotator reads and ranks
+only prompts handed to them (or ranked by them before), and a prompt never collects more than N
+rankings.
+
+These are queries on an open session; `FeedbackStore.next_prompt`, `standing`,
+`previous_prompt` and `submit_ranking` run them inside their transactions.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import Select, exists, func, select
+from sqlalchemy import Select, bindparam, exists, func, select
 from sqlalchemy.orm import Session
 
 from rlhfkit.feedback.checks import is_row_id
-from rlhfkit.feedback.errors import FeedbackError
+from rlhfkit.feedback.errors import Conflict, FeedbackError, Forbidden
 from rlhfkit.feedback.records import AnnotatorInfo, ProjectInfo
-from rlhfkit.feedback.schema import Assignment, Prompt, Ranking
+from rlhfkit.feedback.schema import Assignment, Prompt, Ranking, UTCDateTime
 
 LEASE_SECONDS = 600
 """How long a prompt handed to an annotator counts towards its annotators before it is
@@ -126,3 +130,50 @@ def previous(s: Session, p: ProjectInfo, a: AnnotatorInfo, before: int | None) -
         q = q.where(Ranking.id < anchor)
     r = s.scalar(q.order_by(Ranking.id.desc()).limit(1))
     return None if r is None else s.get_one(Prompt, r.prompt_id)
+
+
+def was_given(s: Session, a: AnnotatorInfo, prompt_id: int) -> bool:
+    """Whether prompt `prompt_id` was handed to `a` (a lease, live or expired) or `a` ranked or
+    skipped it: what an annotator may read."""
+    held = exists().where(Assignment.annotator_id == a.id, Assignment.prompt_id == prompt_id)
+    ranked = exists().where(Ranking.annotator_id == a.id, Ranking.prompt_id == prompt_id)
+    return bool(s.scalar(select(held | ranked)))
+
+
+def _may_rank_query() -> Select:
+    """(handed to me?, rankings, other annotators' live leases) of one prompt, locking its row
+    (FOR UPDATE: PostgreSQL; SQLite writers are serialised). Built once: submits are hot."""
+    me, prompt_id = bindparam("annotator_id"), bindparam("prompt_id")
+    now = bindparam("now", type_=UTCDateTime())
+    mine = exists().where(Assignment.annotator_id == me, Assignment.prompt_id == prompt_id)
+    held = (
+        select(func.count())
+        .where(Assignment.prompt_id == prompt_id, Assignment.annotator_id != me, Assignment.expires_at > now)
+        .scalar_subquery()
+    )
+    return select(mine, Prompt.n_rankings, held).where(Prompt.id == prompt_id).with_for_update(of=Prompt)
+
+
+_MAY_RANK = _may_rank_query()
+
+
+def check_may_rank(
+    s: Session, a: AnnotatorInfo, prompt: Prompt, annotators_per_prompt: int, skip: bool, now: datetime
+) -> None:
+    """Raise unless `a` may store a first ranking (or skip) of `prompt`: it was handed to them,
+    and (a skip aside, which does not count) it has fewer than N rankings plus other annotators'
+    live leases. With a live lease of their own that always holds; with an expired one the slot
+    may have gone to someone else meanwhile. Locks the prompt row (PostgreSQL), so two rankings
+    cannot both take its last slot."""
+    given, n_rankings, n_held = s.execute(
+        _MAY_RANK, {"annotator_id": a.id, "prompt_id": prompt.id, "now": now}
+    ).one()
+    if not given:
+        raise Forbidden(
+            f"prompt {prompt.id} was not given to you; rank the prompts the page gives you (GET /api/next)"
+        )
+    if not skip and n_rankings + n_held >= annotators_per_prompt:
+        raise Conflict(
+            f"prompt {prompt.id} already has its {annotators_per_prompt} ranking(s) (your hand-out of it expired); "
+            "load the next prompt"
+        )

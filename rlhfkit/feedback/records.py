@@ -6,19 +6,34 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+ROLES = ("annotator", "admin")
+"""Roles in a project: an annotator ranks; an admin also sees the admin page."""
+
 
 @dataclass(frozen=True)
 class ProjectInfo:
     id: int
     name: str
     k: int  # completions per prompt
+    guidelines: str | None = None  # what "better" means, as the project's admin wrote it
 
 
 @dataclass(frozen=True)
 class AnnotatorInfo:
     id: int
     name: str
-    is_admin: bool
+    role: str | None = None  # role in the project it was looked up for; None: not a member (or not asked)
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+@dataclass(frozen=True)
+class MemberInfo:
+    annotator: str
+    role: str  # one of ROLES
+    revoked: bool  # the annotator's token was revoked (they cannot sign in anywhere)
 
 
 @dataclass(frozen=True)
@@ -69,11 +84,22 @@ class SubmitResult:
 @dataclass(frozen=True)
 class AnnotatorProgress:
     annotator: str
-    is_admin: bool
+    role: str  # "annotator", "admin", or "removed" (ranked here, no longer a member)
+    revoked: bool  # token revoked: cannot sign in
     ranked: int  # rankings, skips not included
     skipped: int
     unsafe: int  # rankings or skips flagged unsafe
+    comments: int  # rankings or skips with a comment
     last_at: datetime | None
+
+
+@dataclass(frozen=True)
+class RoundProgress:
+    round: int
+    prompts: int
+    ready: int  # with all K completions
+    rankings: int  # not skipped
+    complete: int  # prompts with at least annotators_per_prompt rankings
 
 
 @dataclass(frozen=True)
@@ -85,6 +111,49 @@ class ProjectProgress:
     ready: int  # prompts with all K completions
     rankings: int  # not skipped, all annotators
     complete: int  # prompts with at least annotators_per_prompt rankings
-    annotators: list[AnnotatorProgress]  # every annotator, by name
+    annotators: list[AnnotatorProgress]  # the project's members and anyone who ranked in it, by name
+    rounds: list[RoundProgress]  # per sampling round, in order
 
 
+
+
+@dataclass(frozen=True)
+class PromptSummary:
+    """One line of the admin page's prompt table."""
+
+    id: int
+    round: int
+    position: int
+    text: str
+    rankings: int  # not skipped
+    skips: int
+    unsafe: int  # rankings or skips flagged unsafe
+    comments: int
+    disagreement: float | None  # 1 - pairwise agreement over its annotator pairs; None below 2 rankings
+
+
+@dataclass(frozen=True)
+class PromptDetail:
+    """A prompt with every annotator's ranking of it (the admin page's per-prompt view)."""
+
+    id: int
+    round: int
+    position: int
+    text: str
+    completions: list[CompletionView]  # in stored order
+    rankings: list[RankingView]  # by annotator name
+    disagreement: float | None
+
+
+@dataclass(frozen=True)
+class CommentView:
+    """A comment an annotator left on a prompt (with a ranking or a skip)."""
+
+    prompt_id: int
+    round: int
+    prompt: str
+    annotator: str
+    comment: str
+    skip: bool
+    unsafe: bool
+    updated_at: datetime

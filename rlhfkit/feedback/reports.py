@@ -9,72 +9,88 @@ module only gathers what they need from the database.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import and_, exists, func, select
+from sqlalchemy import and_, exists, func, or_, select
 from sqlalchemy.orm import Session
 
 from rlhfkit.feedback import export as export_mod
-from rlhfkit.feedback.agreement import AgreementReport, agreement_report
+from rlhfkit.feedback.agreement import AgreementReport, agreement_report, pair_counts
 from rlhfkit.feedback.errors import FeedbackError
-from rlhfkit.feedback.records import AnnotatorProgress, ProjectInfo, ProjectProgress
-from rlhfkit.feedback.schema import Annotator, Completion, Prompt, Ranking, RankingEntry
+from rlhfkit.feedback.records import (
+    AnnotatorProgress,
+    CommentView,
+    CompletionView,
+    ProjectInfo,
+    ProjectProgress,
+    PromptDetail,
+    PromptSummary,
+    RankingView,
+    RoundProgress,
+)
+from rlhfkit.feedback.schema import Annotator, Completion, Membership, Prompt, Ranking, RankingEntry
 
 
 def progress(s: Session, p: ProjectInfo, annotators_per_prompt: int = 1) -> ProjectProgress:
-    """Counts for the project and for every annotator."""
+    """Counts for the project, its rounds, and each of its members (and anyone who ranked in it)."""
     in_project = and_(Prompt.id == Ranking.prompt_id, Prompt.project_id == p.id)
+    member = and_(Membership.annotator_id == Annotator.id, Membership.project_id == p.id)
     per_annotator = s.execute(
         select(
             Annotator.name,
-            Annotator.is_admin,
+            func.max(Membership.role),
+            func.max(Annotator.revoked_at),
             func.count(Ranking.id).filter(Ranking.skip.is_(False)),
             func.count(Ranking.id).filter(Ranking.skip.is_(True)),
             func.count(Ranking.id).filter(Ranking.unsafe.is_(True)),
+            func.count(Ranking.id).filter(Ranking.comment.is_not(None)),
             func.max(Ranking.updated_at),
         )
         .select_from(Annotator)
+        .outerjoin(Membership, member)
         .outerjoin(Ranking, and_(Ranking.annotator_id == Annotator.id, exists().where(in_project)))
-        .group_by(Annotator.id, Annotator.name, Annotator.is_admin)
+        .where(or_(Membership.role.is_not(None), Ranking.id.is_not(None)))
+        .group_by(Annotator.id, Annotator.name)
         .order_by(Annotator.name)
     ).all()
-    n_completions = select(Completion.prompt_id, func.count().label("n")).group_by(Completion.prompt_id).subquery()
-    prompts, ready = s.execute(
-        select(func.count(Prompt.id), func.count(Prompt.id).filter(n_completions.c.n == p.k))
-        .select_from(Prompt)
-        .outerjoin(n_completions, n_completions.c.prompt_id == Prompt.id)
+    # Per round from the counters on the prompt rows (n_rankings counts rankings, not skips).
+    per_round = s.execute(
+        select(
+            Prompt.round,
+            func.count(Prompt.id),
+            func.count(Prompt.id).filter(Prompt.n_completions == p.k),
+            func.coalesce(func.sum(Prompt.n_rankings), 0),
+            func.count(Prompt.id).filter(Prompt.n_rankings >= annotators_per_prompt),
+        )
         .where(Prompt.project_id == p.id)
-    ).one()
-    per_prompt = (
-        select(Ranking.prompt_id, func.count().label("n"))
-        .join(Prompt, Prompt.id == Ranking.prompt_id)
-        .where(Prompt.project_id == p.id, Ranking.skip.is_(False))
-        .group_by(Ranking.prompt_id)
-        .subquery()
-    )
-    rankings, complete = s.execute(
-        select(func.coalesce(func.sum(per_prompt.c.n), 0), func.count().filter(per_prompt.c.n >= annotators_per_prompt))
-    ).one()
+        .group_by(Prompt.round)
+        .order_by(Prompt.round)
+    ).all()
+    rounds = [RoundProgress(r, n, ready, int(ranked), complete) for r, n, ready, ranked, complete in per_round]
     return ProjectProgress(
         project=p.name,
         k=p.k,
         annotators_per_prompt=annotators_per_prompt,
-        prompts=prompts,
-        ready=ready,
-        rankings=int(rankings),
-        complete=complete,
+        prompts=sum(r.prompts for r in rounds),
+        ready=sum(r.ready for r in rounds),
+        rankings=sum(r.rankings for r in rounds),
+        complete=sum(r.complete for r in rounds),
         annotators=[
             AnnotatorProgress(
                 annotator=name,
-                is_admin=bool(admin),
+                role=role or "removed",
+                revoked=revoked is not None,
                 ranked=ranked,
                 skipped=skipped,
                 unsafe=unsafe,
+                comments=comments,
                 last_at=_aware(last),
             )
-            for name, admin, ranked, skipped, unsafe, last in per_annotator
+            for name, role, revoked, ranked, skipped, unsafe, comments, last in per_annotator
         ],
+        rounds=rounds,
     )
 
 
@@ -92,41 +108,133 @@ def check_export_options(format: str, merge: str) -> None:
         raise FeedbackError(f"merge must be one of {', '.join(export_mod.MERGES)}, got {merge!r}")
 
 
+def check_rounds(s: Session, p: ProjectInfo, rounds: Sequence[int]) -> None:
+    """FeedbackError naming a round the project does not have (or an empty selection)."""
+    if not rounds:
+        raise FeedbackError("rounds: none selected; give round numbers such as 1,2")
+    known = set(s.scalars(select(Prompt.round).where(Prompt.project_id == p.id).distinct()))
+    unknown = sorted(set(rounds) - known)
+    if unknown:
+        have = ", ".join(map(str, sorted(known))) or "none yet"
+        raise FeedbackError(f"rounds: project {p.name!r} has no round {unknown[0]} (its rounds: {have})")
+
+
 def export_rows(
-    s: Session, p: ProjectInfo, format: str = "pairwise", merge: str = "majority", drop_flagged: bool = True
+    s: Session, p: ProjectInfo, format: str = "pairwise", merge: str = "majority", drop_flagged: bool = True,
+    rounds: Sequence[int] | None = None,
 ) -> list[dict[str, Any]]:
     """Training rows for the reward model; see `rlhfkit.feedback.export` for the formats."""
     check_export_options(format, merge)
-    return export_mod.build_rows(labeled(s, p), format=format, merge=merge, drop_flagged=drop_flagged)
+    return export_mod.build_rows(labeled(s, p, rounds), format=format, merge=merge, drop_flagged=drop_flagged)
 
 
-def labeled(s: Session, p: ProjectInfo) -> list[export_mod.LabeledPrompt]:
-    """Every prompt of the project that has at least one ranking or skip, in project order."""
+def labeled(s: Session, p: ProjectInfo, rounds: Sequence[int] | None = None) -> list[export_mod.LabeledPrompt]:
+    """Every prompt of the project (of `rounds`, when given) that has at least one ranking or
+    skip, in project order."""
+    in_rounds = Prompt.round.in_(list(rounds)) if rounds is not None else True
     completions: dict[int, list[tuple[int, str]]] = defaultdict(list)
     for prompt_id, cid, text in s.execute(
         select(Completion.prompt_id, Completion.id, Completion.text)
         .join(Prompt, Prompt.id == Completion.prompt_id)
-        .where(Prompt.project_id == p.id)
+        .where(Prompt.project_id == p.id, in_rounds)
         .order_by(Completion.prompt_id, Completion.position)
     ):
         completions[prompt_id].append((cid, text))
     ranks = entries(s, p)
     rows = s.execute(
-        select(Prompt.id, Prompt.text, Annotator.name, Ranking.id, Ranking.skip, Ranking.unsafe)
+        select(Prompt.id, Prompt.text, Prompt.round, Annotator.name, Ranking.id, Ranking.skip, Ranking.unsafe,
+               Ranking.comment)
         .join(Ranking, Ranking.prompt_id == Prompt.id)
         .join(Annotator, Annotator.id == Ranking.annotator_id)
-        .where(Prompt.project_id == p.id)
+        .where(Prompt.project_id == p.id, in_rounds)
         .order_by(Prompt.position, Annotator.name)
     ).all()
-    by_prompt: dict[int, export_mod.LabeledPrompt] = {}
-    for prompt_id, text, name, rid, skip, unsafe in rows:
+    found: dict[int, dict[str, Any]] = {}
+    for prompt_id, text, round_, name, rid, skip, unsafe, comment in rows:
         cs = completions[prompt_id]
-        lp = by_prompt.setdefault(prompt_id, export_mod.LabeledPrompt(text, [t for _, t in cs], {}, flagged=False))
-        if unsafe and not lp.flagged:
-            lp = by_prompt[prompt_id] = export_mod.LabeledPrompt(lp.text, lp.completions, lp.rankings, True)
-        if not skip:
-            lp.rankings[name] = [ranks[rid][cid] for cid, _ in cs]
-    return list(by_prompt.values())
+        f = found.setdefault(prompt_id, {"text": text, "completions": [t for _, t in cs], "round": round_,
+                                         "rankings": {}, "comments": {}, "flagged_by": set(), "skipped_by": set()})
+        if unsafe:
+            f["flagged_by"].add(name)
+        if comment:
+            f["comments"][name] = comment
+        if skip:
+            f["skipped_by"].add(name)
+        else:
+            f["rankings"][name] = [ranks[rid][cid] for cid, _ in cs]
+    return [
+        export_mod.LabeledPrompt(f["text"], f["completions"], f["rankings"], flagged=bool(f["flagged_by"]),
+                                 id=prompt_id, round=f["round"], comments=f["comments"],
+                                 flagged_by=frozenset(f["flagged_by"]), skipped_by=frozenset(f["skipped_by"]))
+        for prompt_id, f in found.items()
+    ]
+
+
+def disagreement(rank_vectors: Sequence[Sequence[int]]) -> float | None:
+    """1 - pairwise agreement over every two annotators' rankings of one prompt (see
+    agreement.py): 0 when all order every pair alike, None with fewer than two rankings."""
+    agree = total = 0
+    for i, a in enumerate(rank_vectors):
+        for b in rank_vectors[i + 1 :]:
+            counts = pair_counts(a, b)
+            agree, total = agree + counts.agreeing, total + counts.pairs
+    return None if total == 0 else 1 - agree / total
+
+
+def prompt_summaries(s: Session, p: ProjectInfo) -> list[PromptSummary]:
+    """Every prompt with a ranking or skip, in project order, with its counts and disagreement."""
+    positions = dict(s.execute(select(Prompt.id, Prompt.position).where(Prompt.project_id == p.id)).all())
+    return [
+        PromptSummary(
+            id=lp.id, round=lp.round, position=positions[lp.id], text=lp.text, rankings=len(lp.rankings),
+            skips=len(lp.skipped_by), unsafe=len(lp.flagged_by), comments=len(lp.comments),
+            disagreement=disagreement(list(lp.rankings.values())),
+        )
+        for lp in labeled(s, p)
+        if lp.id is not None
+    ]
+
+
+def comments(s: Session, p: ProjectInfo, limit: int | None = None) -> list[CommentView]:
+    """The project's comments, newest first (the `limit` newest, when given)."""
+    q = (
+        select(Prompt.id, Prompt.round, Prompt.text, Annotator.name, Ranking.comment, Ranking.skip, Ranking.unsafe,
+               Ranking.updated_at)
+        .join(Ranking, Ranking.prompt_id == Prompt.id)
+        .join(Annotator, Annotator.id == Ranking.annotator_id)
+        .where(Prompt.project_id == p.id, Ranking.comment.is_not(None))
+        .order_by(Ranking.updated_at.desc(), Ranking.id.desc())
+    )
+    rows = s.execute(q if limit is None else q.limit(limit)).all()
+    return [CommentView(pid, r, text, name, comment, bool(skip), bool(unsafe), at)
+            for pid, r, text, name, comment, skip, unsafe, at in rows]
+
+
+def prompt_detail(s: Session, p: ProjectInfo, prompt: Prompt) -> PromptDetail:
+    """A prompt, its completions and every annotator's ranking of it (by name)."""
+    cs = list(s.scalars(select(Completion).where(Completion.prompt_id == prompt.id).order_by(Completion.position)))
+    rows = s.execute(
+        select(Ranking, Annotator.name).join(Annotator, Annotator.id == Ranking.annotator_id)
+        .where(Ranking.prompt_id == prompt.id).order_by(Annotator.name)
+    ).all()
+    ranks: dict[int, dict[int, int]] = defaultdict(dict)
+    for rid, cid, rank in s.execute(
+        select(RankingEntry.ranking_id, RankingEntry.completion_id, RankingEntry.rank)
+        .join(Ranking, Ranking.id == RankingEntry.ranking_id).where(Ranking.prompt_id == prompt.id)
+    ):
+        ranks[rid][cid] = rank
+    views = [
+        RankingView(id=r.id, annotator=name, prompt_id=r.prompt_id, ranks=dict(ranks[r.id]), skip=r.skip,
+                    unsafe=r.unsafe, comment=r.comment, submission_id=r.submission_id, created_at=r.created_at,
+                    updated_at=r.updated_at)
+        for r, name in rows
+    ]
+    vectors = [[v.ranks[c.id] for c in cs] for v in views if not v.skip]
+    return PromptDetail(
+        id=prompt.id, round=prompt.round, position=prompt.position, text=prompt.text,
+        completions=[CompletionView(c.id, c.position, c.text, c.model, dict(c.sampling)) for c in cs],
+        rankings=views, disagreement=disagreement(vectors),
+    )
 
 
 def entries(s: Session, p: ProjectInfo) -> dict[int, dict[int, int]]:

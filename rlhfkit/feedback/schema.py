@@ -1,10 +1,11 @@
 """The feedback store's tables (SQLAlchemy 2 typed ORM), the same on SQLite and PostgreSQL.
 
-    projects ─< prompts ─< completions          (K completions per prompt, in order)
-                   │
+    projects ─< prompts ─< completions          (K completions per prompt, in order; prompts
+                   │                             belong to a round: 1, 2, ... one per sampling)
                    └─< rankings >─ annotators   (one ranking per annotator and prompt)
                           ├─< ranking_entries   (a rank per completion: ties allowed)
                           └─< submissions       (every client submission id ever accepted)
+    memberships: which annotators work on which project, as "annotator" or "admin"
     assignments: which annotator holds which prompt right now (a lease, so that annotators
                  working at the same time are given different prompts)
 
@@ -79,16 +80,23 @@ class Project(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(MAX_NAME_CHARS), unique=True)
     k: Mapped[int] = mapped_column(Integer)  # completions per prompt
+    guidelines: Mapped[str | None] = mapped_column(Text)  # what "better" means, shown on the page as text
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Prompt(Base):
     __tablename__ = "prompts"
-    __table_args__ = (UniqueConstraint("project_id", "position"),)
+    __table_args__ = (
+        UniqueConstraint("project_id", "position"),
+        Index("ix_prompts_project_id_round", "project_id", "round"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
     position: Mapped[int] = mapped_column(Integer)  # order within the project: labeling order
+    # Which sampling round made its completions (1 first): the same text may come back in a later
+    # round with completions from a newer policy.
+    round: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     text: Mapped[str] = mapped_column(Text)
     # Counts kept up to date by the store in the same transactions that change them, so that
     # choosing the next prompt skips full prompts by looking at the prompt row alone.
@@ -121,9 +129,25 @@ class Annotator(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(MAX_NAME_CHARS), unique=True)
-    # sha256 of the token: a stolen database does not give anyone a way to sign in.
+    # sha256 of the token: a stolen database does not give anyone a way to sign in. Rotating
+    # the token replaces it; revoking sets revoked_at and the token stops working everywhere.
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    revoked_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Membership(Base):
+    """An annotator working on one project, with a role there: "annotator" ranks, "admin" also
+    sees the admin page. No membership: the project's page and API refuse them (403)."""
+
+    __tablename__ = "memberships"
+    __table_args__ = (CheckConstraint("role IN ('annotator', 'admin')", name="role_known"),)
+
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True)
+    annotator_id: Mapped[int] = mapped_column(
+        ForeignKey("annotators.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    role: Mapped[str] = mapped_column(String(20))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -164,7 +188,7 @@ class RankingEntry(Base):
 
 
 class Submission(Base):
-    """Every submission id the store accepted: a retry of any of them changes nothing.
+    """Every submission id the store accepted: a retry of any of them (same content) changes nothing.
 
     Without this log, a late retry of a superseded submission (the annotator went back and
     changed the ranking meanwhile) would silently undo the change.
@@ -174,6 +198,9 @@ class Submission(Base):
 
     submission_id: Mapped[str] = mapped_column(String(MAX_SUBMISSION_ID_CHARS), primary_key=True)
     ranking_id: Mapped[int] = mapped_column(ForeignKey("rankings.id", ondelete="CASCADE"), index=True)
+    # sha256 of what it said (ranks, skip, unsafe, comment): an id sent again with other content
+    # is refused rather than taken for a retry. NULL for submissions stored before revision 0002.
+    content_hash: Mapped[str | None] = mapped_column(String(64))
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

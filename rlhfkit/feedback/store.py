@@ -7,7 +7,7 @@ A Python API over SQLAlchemy, usable without the web app (a simulated labeler wr
     store.create_project("demo", k=4)
     [pid] = store.add_prompts("demo", ["Write a haiku about rain."])
     store.add_completions(pid, ["...", "...", "...", "..."], model="gpt2", sampling={"temperature": 1.0})
-    token = store.add_annotator("ada")                   # the clear token, shown once
+    token = store.add_annotator("ada", project="demo")   # the clear token, shown once
     view = store.next_prompt("demo", "ada", annotators_per_prompt=2)
     store.submit_ranking("ada", view.id, order=[c.id for c in reversed(view.completions)],
                          submission_id="any-unique-id")   # commits before returning
@@ -25,6 +25,8 @@ same code. Opening a database brings its schema up to date (Alembic, `migrations
 
 from __future__ import annotations
 
+import hashlib
+import json
 import secrets
 import threading
 import uuid
@@ -33,7 +35,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, delete, func, insert, select, update
+from sqlalchemy import Engine, and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -63,14 +65,19 @@ from rlhfkit.feedback.database import (
     hash_token,
     make_engine,
 )
-from rlhfkit.feedback.errors import Conflict, DatabaseUnavailable, FeedbackError, InvalidRanking, NotFound
+from rlhfkit.feedback.errors import Conflict, DatabaseUnavailable, FeedbackError, Forbidden, InvalidRanking, NotFound
 from rlhfkit.feedback.queue import LEASE_SECONDS
 from rlhfkit.feedback.records import (
+    ROLES,
     AnnotatorInfo,
     AnnotatorProgress,
+    CommentView,
     CompletionView,
+    MemberInfo,
     ProjectInfo,
     ProjectProgress,
+    PromptDetail,
+    PromptSummary,
     PromptView,
     RankingView,
     SubmitResult,
@@ -79,6 +86,7 @@ from rlhfkit.feedback.schema import (
     Annotator,
     Assignment,
     Completion,
+    Membership,
     Project,
     Prompt,
     Ranking,
@@ -88,11 +96,19 @@ from rlhfkit.feedback.schema import (
 )
 
 __all__ = [  # the records and errors are re-exported: `from rlhfkit.feedback.store import ...`
-    "AgreementReport", "AnnotatorInfo", "AnnotatorProgress", "CompletionView", "Conflict", "DatabaseUnavailable",
-    "FeedbackError", "FeedbackStore", "InvalidRanking", "NotFound", "ProjectInfo", "ProjectProgress", "PromptView",
-    "RankingView", "SubmitResult", "LEASE_SECONDS",
+    "AgreementReport", "AnnotatorInfo", "AnnotatorProgress", "CommentView", "CompletionView", "Conflict",
+    "DatabaseUnavailable", "FeedbackError", "FeedbackStore", "Forbidden", "InvalidRanking", "MemberInfo", "NotFound",
+    "ProjectInfo", "ProjectProgress", "PromptDetail", "PromptSummary", "PromptView", "RankingView", "SubmitResult",
+    "LEASE_SECONDS", "ROLES",
 ]
 
+# Who a token belongs to, and their role in one project (NULL: no member); built once.
+_TOKEN_LOOKUP = (
+    select(Annotator.id, Annotator.name, Annotator.revoked_at, Membership.role)
+    .outerjoin(Membership, and_(Membership.annotator_id == Annotator.id,
+                                Membership.project_id == bindparam("project_id")))
+    .where(Annotator.token_hash == bindparam("token_hash"))
+)
 _SUBMIT_ATTEMPTS = 3  # PostgreSQL: a concurrent insert of the same ranking is retried as an update
 _MIGRATION_LOCK = 7_240_513  # any constant: PostgreSQL advisory lock held while migrating
 
@@ -209,6 +225,15 @@ class FeedbackStore:
         return _annotator_info(row)
 
     @staticmethod
+    def _annotator_row(s: Session, name: str) -> Annotator:
+        row = s.scalar(select(Annotator).where(Annotator.name == name))
+        if row is None:
+            known = s.scalars(select(Annotator.name).order_by(Annotator.name)).all()
+            hint = f"known annotators: {', '.join(known)}" if known else "the database has no annotators yet"
+            raise NotFound(f"annotator {name!r} not found ({hint})")
+        return row
+
+    @staticmethod
     def _prompt(s: Session, prompt_id: int, project: ProjectInfo | None = None) -> Prompt:
         row = s.get(Prompt, prompt_id) if is_row_id(prompt_id) else None
         if row is None or (project is not None and row.project_id != project.id):
@@ -247,6 +272,35 @@ class FeedbackStore:
         with self._reading() as s:
             return [_project_info(p) for p in s.scalars(select(Project).order_by(Project.name))]
 
+    def set_guidelines(self, project: str | ProjectInfo, text: str | None) -> ProjectInfo:
+        """Set (or with None or blank text, remove) the project's task guidelines: what "better"
+        means. The page shows them as plain text, never as HTML."""
+        if text is not None:
+            check_text(text, "guidelines", allow_empty=True)
+            text = text.strip() or None
+        with self._writing() as s:
+            p = self._project(s, project)
+            row = s.get_one(Project, p.id)
+            row.guidelines = text
+            s.flush()
+            return _project_info(row)
+
+    # ----- rounds ------------------------------------------------------------------------------
+    def rounds(self, project: str | ProjectInfo) -> list[int]:
+        """The project's rounds that hold prompts, in order."""
+        with self._reading() as s:
+            p = self._project(s, project)
+            return list(s.scalars(select(Prompt.round).where(Prompt.project_id == p.id).distinct()
+                                  .order_by(Prompt.round)))
+
+    def round_prompts(self, project: str | ProjectInfo, round: int) -> dict[str, tuple[int, int]]:
+        """The prompts of one round: {text: (prompt id, completions it has)}."""
+        with self._reading() as s:
+            p = self._project(s, project)
+            rows = s.execute(select(Prompt.text, Prompt.id, Prompt.n_completions)
+                             .where(Prompt.project_id == p.id, Prompt.round == round)).all()
+            return {t: (i, n) for t, i, n in rows}
+
     # ----- prompts and completions -------------------------------------------------------------
     def add_prompts(
         self,
@@ -256,12 +310,17 @@ class FeedbackStore:
         *,
         model: str = "imported",
         sampling: Mapping[str, Any] | None = None,
+        round: int | None = None,
     ) -> list[int]:
         """Append prompts to a project (all or none); returns their ids in the same order.
 
         `completions[i]`, when given, are the K completions of `texts[i]` (made by `model` with
-        `sampling`); otherwise add them later with `add_completions`.
+        `sampling`); otherwise add them later with `add_completions`. `round`: the sampling round
+        they belong to (default: the project's latest, 1 for a new project); a later round may
+        hold the same texts again, with completions of a newer policy.
         """
+        if round is not None and (isinstance(round, bool) or not isinstance(round, int) or round < 1):
+            raise FeedbackError(f"round must be an integer >= 1, got {round!r}")
         texts = list(texts)
         if not texts:
             raise FeedbackError("no prompts given")
@@ -276,10 +335,15 @@ class FeedbackStore:
             if completions is not None:
                 for i, cs in enumerate(completions):
                     check_completions(cs, p.k, f"prompt {i + 1}", have=0, exact=True)
-            start = s.scalar(select(func.coalesce(func.max(Prompt.position), -1)).where(Prompt.project_id == p.id))
+            start, latest = s.execute(
+                select(func.coalesce(func.max(Prompt.position), -1), func.coalesce(func.max(Prompt.round), 1))
+                .where(Prompt.project_id == p.id)
+            ).one()
+            r = latest if round is None else round
             n = p.k if completions is not None else 0
             rows = [
-                Prompt(project_id=p.id, position=start + 1 + i, text=t, n_completions=n) for i, t in enumerate(texts)
+                Prompt(project_id=p.id, position=start + 1 + i, text=t, n_completions=n, round=r)
+                for i, t in enumerate(texts)
             ]
             s.add_all(rows)
             s.flush()
@@ -318,46 +382,138 @@ class FeedbackStore:
             s.flush()
             return [r.id for r in rows]
 
-    def find_prompts(self, project: str | ProjectInfo, texts: Sequence[str]) -> dict[str, int]:
-        """Which of `texts` are already prompts of the project: {text: prompt id}."""
+    def find_prompts(
+        self, project: str | ProjectInfo, texts: Sequence[str], round: int | None = None
+    ) -> dict[str, int]:
+        """Which of `texts` are already prompts of the project (of `round`, when given): {text: prompt id}
+        (the first one, when a text is in several rounds)."""
         wanted = set(texts)
         with self._reading() as s:
             p = self._project(s, project)
-            rows = s.execute(select(Prompt.text, Prompt.id).where(Prompt.project_id == p.id)).all()
-            return {t: i for t, i in rows if t in wanted}
+            q = select(Prompt.text, Prompt.id).where(Prompt.project_id == p.id)
+            if round is not None:
+                q = q.where(Prompt.round == round)
+            found: dict[str, int] = {}
+            for t, i in s.execute(q.order_by(Prompt.position)).all():
+                if t in wanted:
+                    found.setdefault(t, i)
+            return found
 
     def prompt(
-        self, prompt_id: int, annotator: str | AnnotatorInfo | None = None, project: str | ProjectInfo | None = None
+        self,
+        prompt_id: int,
+        annotator: str | AnnotatorInfo | None = None,
+        project: str | ProjectInfo | None = None,
+        *,
+        given_only: bool = False,
     ) -> PromptView:
         """A prompt with its completions (and `annotator`'s ranking of it); NotFound if it is not
-        in `project` (when given)."""
+        in `project` (when given). `given_only`: Forbidden unless the prompt was handed to
+        `annotator` (`next_prompt`) or they ranked or skipped it; what the web API enforces."""
         with self._reading() as s:
             p = self._project(s, project) if project is not None else None
             a = self._annotator(s, annotator) if annotator is not None else None
-            return self._prompt_view(s, self._prompt(s, prompt_id, p), a)
+            row = self._prompt(s, prompt_id, p)
+            if given_only and a is not None and not queue.was_given(s, a, row.id):
+                raise Forbidden(f"prompt {prompt_id} was not given to you; rank the prompts the page gives you "
+                                "(GET /api/next)")
+            return self._prompt_view(s, row, a)
 
     # ----- annotators --------------------------------------------------------------------------
-    def add_annotator(self, name: str, admin: bool = False) -> str:
-        """Add an annotator and return their sign-in token. Only its hash is stored: show it now."""
+    def add_annotator(self, name: str, project: str | ProjectInfo | None = None, role: str = "annotator") -> str:
+        """Add an annotator (a member of `project` with `role`, when given) and return their
+        sign-in token. Only its hash is stored: show it now."""
         name = check_name(name, "annotator name")
+        role = _check_role(role)
         token = secrets.token_urlsafe(24)
         with self._writing() as s:
             if s.scalar(select(Annotator.id).where(Annotator.name == name)) is not None:
-                raise Conflict(f"annotator {name!r} already exists")
-            s.add(Annotator(name=name, token_hash=hash_token(token), is_admin=bool(admin)))
+                raise Conflict(f"annotator {name!r} already exists; add them to a project with "
+                               f"`rlhfkit feedback add-member {name} --project NAME`")
+            p = self._project(s, project) if project is not None else None
+            row = Annotator(name=name, token_hash=hash_token(token))
+            s.add(row)
+            s.flush()
+            if p is not None:
+                s.add(Membership(project_id=p.id, annotator_id=row.id, role=role))
         return token
 
-    def annotator_for_token(self, token: str | None) -> AnnotatorInfo | None:
-        """The annotator a token belongs to, or None."""
+    def add_member(self, project: str | ProjectInfo, annotator: str, role: str = "annotator") -> bool:
+        """Make `annotator` a member of `project` with `role` (or change their role there).
+        Returns whether they were a member before."""
+        role = _check_role(role)
+        with self._writing() as s:
+            p = self._project(s, project)
+            a = self._annotator_row(s, annotator)
+            m = s.get(Membership, (p.id, a.id))
+            if m is None:
+                s.add(Membership(project_id=p.id, annotator_id=a.id, role=role))
+                return False
+            m.role = role
+            return True
+
+    def remove_member(self, project: str | ProjectInfo, annotator: str) -> None:
+        """Take `annotator` off `project`: the page and API refuse them there from the next request.
+        Their rankings stay (and export); the prompts they held go back to the queue."""
+        with self._writing() as s:
+            p = self._project(s, project)
+            a = self._annotator_row(s, annotator)
+            if s.get(Membership, (p.id, a.id)) is None:
+                raise NotFound(f"annotator {annotator!r} is not a member of project {p.name!r}")
+            s.execute(delete(Membership).where(Membership.project_id == p.id, Membership.annotator_id == a.id))
+            held = select(Prompt.id).where(Prompt.project_id == p.id)
+            s.execute(delete(Assignment).where(Assignment.annotator_id == a.id, Assignment.prompt_id.in_(held)))
+
+    def revoke_token(self, annotator: str) -> None:
+        """The annotator's token stops working everywhere (their rankings stay); `rotate_token`
+        gives them a new one."""
+        with self._writing() as s:
+            a = self._annotator_row(s, annotator)
+            a.revoked_at = utcnow()
+            s.execute(delete(Assignment).where(Assignment.annotator_id == a.id))
+
+    def rotate_token(self, annotator: str) -> str:
+        """A new token for `annotator` (a lost or leaked one stops working at once); returns it,
+        shown this once. Also lifts a revocation."""
+        token = secrets.token_urlsafe(24)
+        with self._writing() as s:
+            a = self._annotator_row(s, annotator)
+            a.token_hash, a.revoked_at = hash_token(token), None
+        return token
+
+    def annotator_for_token(self, token: str | None, project: str | ProjectInfo | None = None) -> AnnotatorInfo | None:
+        """The annotator a token belongs to (with their role in `project`, None if they are no
+        member), or None for an unknown or revoked token.
+
+        The web app asks this on every request, so it is one prepared statement on a plain
+        connection (no ORM session): a third of the cost of building the query each time."""
         if not token or not isinstance(token, str) or len(token) > MAX_TOKEN_CHARS:
             return None
-        with self._reading() as s:
-            row = s.scalar(select(Annotator).where(Annotator.token_hash == hash_token(token)))
-            return _annotator_info(row) if row is not None else None
+        if project is not None and not isinstance(project, ProjectInfo):
+            project = self.project(project)
+        with self.engine.connect() as conn:
+            found = conn.execute(_TOKEN_LOOKUP, {"token_hash": hash_token(token),
+                                                 "project_id": project.id if project is not None else -1}).first()
+        if found is None or found.revoked_at is not None:
+            return None
+        return AnnotatorInfo(found.id, found.name, found.role if project is not None else None)
 
     def annotators(self) -> list[AnnotatorInfo]:
+        """Every annotator in the database (no role: roles are per project, see `members`)."""
         with self._reading() as s:
             return [_annotator_info(a) for a in s.scalars(select(Annotator).order_by(Annotator.name))]
+
+    def members(self, project: str | ProjectInfo) -> list[MemberInfo]:
+        """The project's annotators and admins, by name."""
+        with self._reading() as s:
+            p = self._project(s, project)
+            rows = s.execute(
+                select(Annotator.name, Membership.role, Annotator.revoked_at)
+                .join(Membership, Membership.annotator_id == Annotator.id)
+                .where(Membership.project_id == p.id)
+                .order_by(Annotator.name)
+            ).all()
+            return [MemberInfo(name, role, revoked is not None) for name, role, revoked in rows]
 
     # ----- labelling queue (the queries: rlhfkit.feedback.queue) -------------------------------
     def next_prompt(
@@ -425,6 +581,7 @@ class FeedbackStore:
         comment: str | None = None,
         submission_id: str | None = None,
         project: str | ProjectInfo | None = None,
+        annotators_per_prompt: int | None = None,
     ) -> SubmitResult:
         """Store `annotator`'s ranking of a prompt's completions; committed when this returns.
 
@@ -435,9 +592,18 @@ class FeedbackStore:
 
         `submission_id` makes the call idempotent: sending the same id again (a retry after a
         lost answer) changes nothing and returns the stored ranking with `duplicate=True`. One
-        is generated when left out. Ranking a prompt again (with a new id) replaces the earlier
-        ranking. With `project`, a prompt of another project is NotFound.
+        is generated when left out. The id names one content: the same id with another ranking,
+        flag or comment is a Conflict (a changed ranking is a new submission, with a new id).
+        Ranking a prompt again (with a new id) replaces the earlier ranking. With `project`, a
+        prompt of another project is NotFound.
+
+        `annotators_per_prompt` (N), when given, enforces the queue as the web API does: a first
+        ranking needs the prompt to have been handed to the annotator (`next_prompt`; else
+        Forbidden) and to have fewer than N rankings and other annotators' live hand-outs (else
+        Conflict). Changing one's own earlier ranking is always allowed.
         """
+        if annotators_per_prompt is not None:
+            queue.check_annotators_per_prompt(annotators_per_prompt)
         sid = check_submission_id(submission_id if submission_id is not None else uuid.uuid4().hex)
         if comment is not None:
             if not isinstance(comment, str):
@@ -447,7 +613,8 @@ class FeedbackStore:
             comment = comment.strip() or None
 
         def attempt(s: Session) -> SubmitResult:
-            return self._submit(s, annotator, prompt_id, ranks, order, bool(skip), bool(unsafe), comment, sid, project)
+            return self._submit(s, annotator, prompt_id, ranks, order, bool(skip), bool(unsafe), comment, sid, project,
+                                annotators_per_prompt)
 
         return self._retry_on_conflict(attempt, what=f"ranking of prompt {prompt_id}")
 
@@ -479,6 +646,7 @@ class FeedbackStore:
         comment: str | None,
         sid: str,
         project: str | ProjectInfo | None,
+        annotators_per_prompt: int | None,
     ) -> SubmitResult:
         a = self._annotator(s, annotator)
         seen = s.get(Submission, sid)
@@ -488,7 +656,6 @@ class FeedbackStore:
                 raise Conflict(
                     f"submission id {sid!r} was already used for another ranking; send a new id for a new ranking"
                 )
-            return SubmitResult(self._ranking_view(s, r, a.name), created=False, duplicate=True)
 
         p = self._project(s, project) if project is not None else None
         prompt = self._prompt(s, prompt_id, p)
@@ -500,9 +667,19 @@ class FeedbackStore:
                 f"prompt {prompt_id} has {len(completion_ids)} of its {k} completions; it cannot be ranked yet"
             )
         new_ranks = {} if skip else normalise_ranking(prompt_id, completion_ids, ranks, order)
+        content = _content_hash(new_ranks, skip, unsafe, comment)
+        if seen is not None:
+            if seen.content_hash is not None and seen.content_hash != content:
+                raise Conflict(
+                    f"submission id {sid!r} was already used for a different ranking of prompt {prompt_id} (ranks, "
+                    "flag or comment differ); a changed ranking is a new submission: send it with a new id"
+                )
+            return SubmitResult(self._ranking_view(s, r, a.name), created=False, duplicate=True)
 
         now = utcnow()
         r = s.scalar(select(Ranking).where(Ranking.annotator_id == a.id, Ranking.prompt_id == prompt.id))
+        if r is None and annotators_per_prompt is not None:
+            queue.check_may_rank(s, a, prompt, annotators_per_prompt, skip, now)
         created = r is None
         counted_before = r is not None and not r.skip
         if r is None:
@@ -518,7 +695,7 @@ class FeedbackStore:
             s.execute(insert(RankingEntry), [
                 {"ranking_id": r.id, "completion_id": cid, "rank": rank} for cid, rank in new_ranks.items()
             ])
-        s.add(Submission(submission_id=sid, ranking_id=r.id, received_at=now))
+        s.add(Submission(submission_id=sid, ranking_id=r.id, content_hash=content, received_at=now))
         s.execute(delete(Assignment).where(Assignment.annotator_id == a.id, Assignment.prompt_id == prompt.id))
         s.flush()
         return SubmitResult(_ranking_view(r, a.name, new_ranks), created=created, duplicate=False)
@@ -564,11 +741,32 @@ class FeedbackStore:
         format: str = "pairwise",
         merge: str = "majority",
         drop_flagged: bool = True,
+        rounds: Sequence[int] | None = None,
     ) -> list[dict[str, Any]]:
-        """Training rows for the reward model; see `rlhfkit.feedback.export` for the formats."""
+        """Training rows for the reward model (of `rounds` only, when given); see
+        `rlhfkit.feedback.export` for the formats."""
         reports.check_export_options(format, merge)
         with self._reading() as s:
-            return reports.export_rows(s, self._project(s, project), format, merge, drop_flagged)
+            p = self._project(s, project)
+            if rounds is not None:
+                reports.check_rounds(s, p, rounds)
+            return reports.export_rows(s, p, format, merge, drop_flagged, rounds)
+
+    def prompt_summaries(self, project: str | ProjectInfo) -> list[PromptSummary]:
+        """Every prompt that has a ranking or skip: counts, flags, comments and disagreement."""
+        with self._reading() as s:
+            return reports.prompt_summaries(s, self._project(s, project))
+
+    def comments(self, project: str | ProjectInfo, limit: int | None = None) -> list[CommentView]:
+        """The comments annotators left on the project's prompts, newest first."""
+        with self._reading() as s:
+            return reports.comments(s, self._project(s, project), limit)
+
+    def prompt_detail(self, project: str | ProjectInfo, prompt_id: int) -> PromptDetail:
+        """One prompt of the project with every annotator's ranking, flag and comment."""
+        with self._reading() as s:
+            p = self._project(s, project)
+            return reports.prompt_detail(s, p, self._prompt(s, prompt_id, p))
 
     # ----- record building ---------------------------------------------------------------------
     @staticmethod
@@ -598,11 +796,23 @@ class FeedbackStore:
 
 
 def _project_info(p: Project) -> ProjectInfo:
-    return ProjectInfo(p.id, p.name, p.k)
+    return ProjectInfo(p.id, p.name, p.k, p.guidelines)
 
 
 def _annotator_info(a: Annotator) -> AnnotatorInfo:
-    return AnnotatorInfo(a.id, a.name, bool(a.is_admin))
+    return AnnotatorInfo(a.id, a.name)
+
+
+def _check_role(role: object) -> str:
+    if role not in ROLES:
+        raise FeedbackError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+    return str(role)
+
+
+def _content_hash(ranks: Mapping[int, int], skip: bool, unsafe: bool, comment: str | None) -> str:
+    """What a submission says, as sha256: the same id must always carry the same content."""
+    content = {"ranks": sorted(ranks.items()), "skip": skip, "unsafe": unsafe, "comment": comment}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode("utf-8")).hexdigest()
 
 
 def _ranking_view(r: Ranking, annotator: str, ranks: dict[int, int]) -> RankingView:

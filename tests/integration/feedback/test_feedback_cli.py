@@ -41,6 +41,7 @@ def write_jsonl(path: Path, rows: list[object]) -> Path:
     return path
 
 
+NOTES = {"round": 1, "unsafe": False, "comments": []}  # what every exported row also says about its prompt
 PROMPTS = [
     {"prompt": "Name a colour.", "completions": ["red", "blue", "green"]},
     {"prompt": "Name a fruit.", "completions": ["apple", "pear", "plum"]},
@@ -55,31 +56,33 @@ def test_import_add_annotator_rank_export_and_status(tmp_path: Path) -> None:
     assert code == 0, err
     assert "imported 2 prompts with 3 completions each into project 'demo'" in out
 
-    code, out, err = run("add-annotator", "ada", "--db", db)
+    code, out, err = run("add-annotator", "ada", "--db", db, "--project", "demo")
     assert code == 0 and "shown only now" in err
     token = out.strip()
     assert len(out.splitlines()) == 1 and len(token) >= 32  # only the token on stdout: easy to pipe
-    assert run("add-annotator", "root", "--db", db, "--admin")[0] == 0
+    assert run("add-annotator", "root", "--db", db, "--project", "demo", "--admin")[0] == 0
 
     with FeedbackStore.open(db) as store:
-        assert store.annotator_for_token(token).name == "ada"
+        assert store.annotator_for_token(token, "demo").name == "ada"
         view = store.prompt(1)
         assert (view.completions[0].model, view.completions[0].sampling) == ("gpt2", {"temperature": 0.9})
         by_text = {c.text: c.id for p in (1, 2) for c in store.prompt(p).completions}
         store.submit_ranking("ada", 1, order=[by_text["blue"], by_text["red"], by_text["green"]])
         store.submit_ranking("root", 1, order=[by_text["blue"], by_text["green"], by_text["red"]])
-        store.submit_ranking("ada", 2, {by_text["apple"]: 0, by_text["pear"]: 1, by_text["plum"]: 1})
+        store.submit_ranking("ada", 2, {by_text["apple"]: 0, by_text["pear"]: 1, by_text["plum"]: 1},
+                             comment="pear and plum: a tie")
 
     out_file = tmp_path / "out" / "pairs.jsonl"
     code, out, err = run("export", "--db", db, "--project", "demo", "--out", out_file)
     assert code == 0, err
+    fruit = NOTES | {"comments": [{"annotator": "ada", "comment": "pear and plum: a tie"}]}
     # Colour, mean places: blue 0, red (1+2)/2 = 1.5, green (2+1)/2 = 1.5 -> blue > red = green.
     # Fruit: ada only, apple > pear = plum.
     assert [json.loads(line) for line in out_file.read_text().splitlines()] == [
-        {"prompt": "Name a colour.", "chosen": "blue", "rejected": "red"},
-        {"prompt": "Name a colour.", "chosen": "blue", "rejected": "green"},
-        {"prompt": "Name a fruit.", "chosen": "apple", "rejected": "pear"},
-        {"prompt": "Name a fruit.", "chosen": "apple", "rejected": "plum"},
+        {"prompt": "Name a colour.", "chosen": "blue", "rejected": "red", **NOTES},
+        {"prompt": "Name a colour.", "chosen": "blue", "rejected": "green", **NOTES},
+        {"prompt": "Name a fruit.", "chosen": "apple", "rejected": "pear", **fruit},
+        {"prompt": "Name a fruit.", "chosen": "apple", "rejected": "plum", **fruit},
     ]
     assert "wrote 4 pairwise rows (majority)" in out
 
@@ -88,15 +91,17 @@ def test_import_add_annotator_rank_export_and_status(tmp_path: Path) -> None:
                          "--out", ranked)
     assert code == 0, err
     assert [json.loads(line) for line in ranked.read_text().splitlines()] == [
-        {"prompt": "Name a colour.", "completions": ["blue", "red", "green"], "annotator": "ada"},
-        {"prompt": "Name a colour.", "completions": ["blue", "green", "red"], "annotator": "root"},
-        {"prompt": "Name a fruit.", "completions": ["apple", "pear", "plum"], "ranks": [0, 1, 1], "annotator": "ada"},
+        {"prompt": "Name a colour.", "completions": ["blue", "red", "green"], "annotator": "ada", **NOTES},
+        {"prompt": "Name a colour.", "completions": ["blue", "green", "red"], "annotator": "root", **NOTES},
+        {"prompt": "Name a fruit.", "completions": ["apple", "pear", "plum"], "ranks": [0, 1, 1], "annotator": "ada",
+         **fruit},
     ]
 
     code, out, err = run("status", "--db", db, "--project", "demo", "--annotators-per-prompt", "2")
     assert code == 0, err
     assert "2 prompts, 2 with all completions, 3 rankings, 1 prompts ranked by 2 or more" in " ".join(out.split())
     assert "ada" in out and "root" in out
+    assert "Newest comments (1)" in out and "pear and plum: a tie" in out
     # ada vs root on the colour prompt: (b,r) agree, (b,g) agree, (r,g) disagree -> 2/3, tau 1/3.
     assert "0.667" in out and "0.333" in out
 
@@ -169,8 +174,9 @@ def test_database_errors_are_one_line_and_fast(tmp_path: Path) -> None:
 
 
 def test_export_rows_have_the_columns_the_reward_data_reader_expects(tmp_path: Path) -> None:
-    """pairwise: exactly prompt/chosen/rejected, all strings; ranked: prompt (str), completions
-    (strings, K of them), ranks (ints from 0, best first) only with ties; `all` adds annotator."""
+    """pairwise: prompt/chosen/rejected, all strings; ranked: prompt (str), completions
+    (strings, K of them), ranks (ints from 0, best first) only with ties; `all` adds annotator;
+    every row adds round (int), unsafe (bool) and comments (a list), which the reader ignores."""
     db = str(tmp_path / "feedback.db")
     rows = [{"prompt": f"prompt {i}", "completions": [f"c{i}-{j}" for j in range(4)]} for i in range(3)]
     assert run("import", write_jsonl(tmp_path / "p.jsonl", rows), "--db", db, "--project", "demo", "--k", "4")[0] == 0
@@ -193,6 +199,8 @@ def test_export_rows_have_the_columns_the_reward_data_reader_expects(tmp_path: P
 
     for merge in ("majority", "all"):
         extra = {"annotator"} if merge == "all" else set()
+        for row in exported[("pairwise", merge)] + exported[("ranked", merge)]:
+            assert (row.pop("round"), row.pop("unsafe"), row.pop("comments")) == (1, False, [])
         for row in exported["pairwise", merge]:
             assert set(row) == {"prompt", "chosen", "rejected"} | extra
             assert all(isinstance(row[k], str) and row[k] for k in row)
@@ -298,3 +306,50 @@ def test_one_line_errors_reports_database_failures_and_lets_bugs_through() -> No
 def test_the_error_decorator_does_not_load_sqlalchemy() -> None:
     code = "import sys, rlhfkit.cli_errors; assert 'sqlalchemy' not in sys.modules, 'sqlalchemy loaded'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_members_roles_tokens_and_guidelines_from_the_command_line(tmp_path: Path) -> None:
+    db = str(tmp_path / "feedback.db")
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", PROMPTS)
+    for project in ("demo", "other"):
+        assert run("import", prompts, "--db", db, "--project", project, "--k", "3")[0] == 0
+    code, token, err = run("add-annotator", "ada", "--db", db, "--project", "demo")
+    assert code == 0 and "added annotator 'ada' of project 'demo'" in err
+    one_line_error(["add-annotator", "bob", "--db", db, "--admin"], "roles are per project; give --project")
+    one_line_error(["add-annotator", "ada", "--db", db], "annotator 'ada' already exists; add them to a project")
+    code, out, _ = run("add-member", "ada", "--db", db, "--project", "other", "--admin")
+    assert code == 0 and "'ada' is added as admin of project 'other'" in out
+    one_line_error(["add-member", "nobody", "--db", db, "--project", "demo"], "annotator 'nobody' not found")
+    with FeedbackStore.open(db) as store:
+        assert [(m.annotator, m.role) for m in store.members("other")] == [("ada", "admin")]
+        assert store.annotator_for_token(token.strip(), "demo").role == "annotator"
+        assert store.annotator_for_token(token.strip(), "other").role == "admin"
+
+    code, new, err = run("rotate-token", "ada", "--db", db)
+    assert code == 0 and "the old one no longer works" in err and new.strip() != token.strip()
+    assert run("revoke", "ada", "--db", db)[0] == 0
+    with FeedbackStore.open(db) as store:
+        assert store.annotator_for_token(token.strip()) is None
+        assert store.annotator_for_token(new.strip()) is None  # revoked
+    code, newer, _ = run("rotate-token", "ada", "--db", db)  # a lost token is replaced the same way
+    with FeedbackStore.open(db) as store:
+        assert store.annotator_for_token(newer.strip(), "demo").name == "ada"
+    assert run("remove-member", "ada", "--db", db, "--project", "other")[0] == 0
+    one_line_error(["remove-member", "ada", "--db", db, "--project", "other"], "is not a member of project 'other'")
+
+    guide = tmp_path / "guide.md"
+    guide.write_text("Prefer the shorter answer.\nNever reward rudeness.\n", encoding="utf-8")
+    code, out, _ = run("guidelines", "--db", db, "--project", "demo", "--file", guide)
+    assert code == 0 and "guidelines of project 'demo' set" in out
+    code, out, _ = run("guidelines", "--db", db, "--project", "demo")
+    assert out == "Prefer the shorter answer.\nNever reward rudeness.\n"
+    assert run("guidelines", "--db", db, "--project", "demo", "--clear")[0] == 0
+    assert "has no guidelines" in run("guidelines", "--db", db, "--project", "demo")[1]
+    one_line_error(["guidelines", "--db", db, "--project", "demo", "--file", tmp_path / "nope.md"], "file not found")
+
+    code, out, _ = run("status", "--db", db, "--project", "demo")
+    assert code == 0 and "annotator" in out and "comments" in out and "Rounds" in out
+    one_line_error(["export", "--db", db, "--project", "demo", "--out", tmp_path / "x.jsonl", "--rounds", "2"],
+                   "project 'demo' has no round 2 (its rounds: 1)")
+    one_line_error(["export", "--db", db, "--project", "demo", "--out", tmp_path / "x.jsonl", "--rounds", "two"],
+                   "--rounds: 'two' is not a round number or range")

@@ -59,7 +59,7 @@ def server(store_url: str, tmp_path: Path) -> Iterator[tuple[str, dict[str, str]
         store.create_project("load", K)
         texts = [f"prompt {i}" for i in range(PROMPTS)]
         store.add_prompts("load", texts, [[f"{t} / completion {j}" for j in range(K)] for t in texts])
-        tokens = {f"annotator-{i:02d}": store.add_annotator(f"annotator-{i:02d}") for i in range(ANNOTATORS)}
+        tokens = {f"annotator-{i:02d}": store.add_annotator(f"annotator-{i:02d}", "load") for i in range(ANNOTATORS)}
     port = free_port()
     log = (tmp_path / "server.log").open("w")
     cmd = [sys.executable, "-c", "from rlhfkit.feedback.cli import feedback_app; feedback_app()", "serve",

@@ -102,8 +102,10 @@ def test_flagged_prompts_are_dropped_whole() -> None:
         LabeledPrompt("q", ["v", "w"], {"a": [1, 0]}, flagged=False),
         LabeledPrompt("r", ["s", "t"], {}, flagged=False),  # only skips
     ]
-    assert build_rows(prompts, "pairwise", "majority") == [{"prompt": "q", "chosen": "w", "rejected": "v"}]
+    assert build_rows(prompts, "pairwise", "majority") == [
+        {"prompt": "q", "chosen": "w", "rejected": "v", "round": 1, "unsafe": False, "comments": []}]
     assert len(build_rows(prompts, "pairwise", "all", drop_flagged=False)) == 3
+    assert [r["unsafe"] for r in build_rows(prompts, "pairwise", "majority", drop_flagged=False)] == [True, False]
 
 
 def test_write_jsonl_replaces_the_file_atomically(tmp_path: Path) -> None:
@@ -119,3 +121,15 @@ def test_write_jsonl_replaces_the_file_atomically(tmp_path: Path) -> None:
         write_jsonl(out, broken())
     assert json.loads(out.read_text(encoding="utf-8"))["prompt"] == "é"  # the old file is intact
     assert [p.name for p in out.parent.iterdir()] == ["rows.jsonl"]  # no temporary file left
+
+
+def test_disagreement_of_one_prompt_by_hand() -> None:
+    """ann (0,1,2), bob (0,2,1), cat (2,1,0) over pairs (a,b), (a,c), (b,c):
+    ann-bob agree on 2 of 3, ann-cat on 0, bob-cat on 1 (b vs c): 3 of 9 agree, disagreement 6/9.
+    Ties count as agreeing only when both tie."""
+    from rlhfkit.feedback.reports import disagreement
+
+    assert disagreement([[0, 1, 2], [0, 2, 1], [2, 1, 0]]) == pytest.approx(2 / 3, abs=1e-12)
+    assert disagreement([[0, 0, 1], [0, 0, 1]]) == 0.0
+    assert disagreement([[0, 0, 1], [0, 1, 2]]) == pytest.approx(1 / 3, abs=1e-12)
+    assert disagreement([[0, 1, 2]]) is None and disagreement([]) is None

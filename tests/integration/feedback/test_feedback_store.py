@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import func, inspect, select, text
@@ -107,13 +108,38 @@ def test_a_retried_submission_id_stores_one_ranking(store: FeedbackStore) -> Non
     ids = seed(store, "demo", 2, {"p": ["x", "y"]})["p"]
     store.add_annotator("ada")
     first = store.submit_ranking("ada", ids["_id"], order=[ids["x"], ids["y"]], submission_id="retry-me")
-    again = store.submit_ranking("ada", ids["_id"], order=[ids["y"], ids["x"]], submission_id="retry-me")
+    again = store.submit_ranking("ada", ids["_id"], ranks={ids["x"]: 0, ids["y"]: 3}, submission_id="retry-me")
     assert first.created and not first.duplicate
-    assert again.duplicate and not again.created
-    assert again.ranking.ranks == {ids["x"]: 0, ids["y"]: 1}  # the retry changed nothing
+    assert again.duplicate and not again.created  # the same content, said another way: a retry
+    assert again.ranking.ranks == {ids["x"]: 0, ids["y"]: 1}
     with store.engine.connect() as conn:
         assert conn.scalar(select(func.count()).select_from(Ranking)) == 1
         assert conn.scalar(select(func.count()).select_from(Submission)) == 1
+
+
+@pytest.mark.parametrize("change", [
+    {"order": "reversed"}, {"unsafe": True}, {"comment": "on second thought"}, {"skip": True},
+])
+def test_a_submission_id_names_one_content(store: FeedbackStore, change: dict[str, Any]) -> None:
+    """The lost-change bug: the same id with a changed ranking, flag or comment was taken for a
+    retry and the change silently dropped. Now it is refused, and a new id stores the change."""
+    ids = seed(store, "demo", 2, {"p": ["x", "y"]})["p"]
+    store.add_annotator("ada")
+    store.submit_ranking("ada", ids["_id"], order=[ids["x"], ids["y"]], submission_id="first-id")
+    changed: dict[str, Any] = {"order": [ids["x"], ids["y"]]}
+    if change.get("order") == "reversed":
+        changed["order"] = [ids["y"], ids["x"]]
+    changed |= {k: v for k, v in change.items() if k != "order"}
+    with pytest.raises(Conflict, match="a changed ranking is a new submission"):
+        store.submit_ranking("ada", ids["_id"], submission_id="first-id", **changed)
+    assert store.get_ranking("ada", ids["_id"]).ranks == {ids["x"]: 0, ids["y"]: 1}
+    stored = store.submit_ranking("ada", ids["_id"], submission_id="second-id", **changed)
+    assert not stored.duplicate
+    view = store.get_ranking("ada", ids["_id"])
+    assert (view.skip, view.unsafe, view.comment) == (
+        bool(change.get("skip")), bool(change.get("unsafe")), change.get("comment"))
+    if change.get("order") == "reversed":
+        assert view.ranks == {ids["y"]: 0, ids["x"]: 1}
 
 
 def test_a_late_retry_does_not_undo_a_later_change(store: FeedbackStore) -> None:
@@ -280,12 +306,13 @@ def test_a_prompt_without_all_its_completions_is_not_offered_or_rankable(store: 
 def test_tokens_are_stored_hashed(store: FeedbackStore) -> None:
     import hashlib
 
-    token = store.add_annotator("ada", admin=True)
+    store.create_project("demo", 2)
+    token = store.add_annotator("ada", project="demo", role="admin")
     assert len(token) >= 32
     with store.engine.connect() as conn:
         stored = conn.execute(text("SELECT token_hash FROM annotators WHERE name = 'ada'")).scalar_one()
     assert stored == hashlib.sha256(token.encode()).hexdigest() and token not in stored
-    who = store.annotator_for_token(token)
+    who = store.annotator_for_token(token, "demo")
     assert who is not None and who.name == "ada" and who.is_admin
     assert store.annotator_for_token(token + "x") is None
     assert store.annotator_for_token("") is None
@@ -375,19 +402,21 @@ def test_previous_prompt_walks_back_through_the_rankings(store: FeedbackStore) -
 # ----- reports --------------------------------------------------------------------------------
 def label_export_case(store: FeedbackStore) -> dict[str, dict[str, int]]:
     """K = 3.  p1: ann a>b>c, bob a=b>c.  p2: ann c>a>b, bob skips.
-    p3: ann a>b>c flagged unsafe, bob b>a>c.  p4: bob skips.  cat ranks nothing."""
+    p3: ann a>b>c flagged unsafe, bob b>a>c.  p4: bob skips.  cat ranks nothing.
+    Comments: ann on p1 "close call", bob on his p2 skip "off topic".  dan is no member."""
     ids = seed(store, "demo", 3, ABC)
     for name in ("ann", "bob", "cat"):
-        store.add_annotator(name)
+        store.add_annotator(name, project="demo")
+    store.add_annotator("dan")
 
     def o(p: str, *names: str) -> list[int]:
         return [ids[p][n + p[1]] for n in names]
 
     p1, p2, p3, p4 = (ids[p]["_id"] for p in ("p1", "p2", "p3", "p4"))
-    store.submit_ranking("ann", p1, order=o("p1", "a", "b", "c"))
+    store.submit_ranking("ann", p1, order=o("p1", "a", "b", "c"), comment="close call")
     store.submit_ranking("bob", p1, {ids["p1"]["a1"]: 0, ids["p1"]["b1"]: 0, ids["p1"]["c1"]: 1})
     store.submit_ranking("ann", p2, order=o("p2", "c", "a", "b"))
-    store.submit_ranking("bob", p2, skip=True)
+    store.submit_ranking("bob", p2, skip=True, comment="off topic")
     store.submit_ranking("ann", p3, order=o("p3", "a", "b", "c"), unsafe=True)
     store.submit_ranking("bob", p3, order=o("p3", "b", "a", "c"))
     store.submit_ranking("bob", p4, skip=True)
@@ -400,8 +429,14 @@ def test_progress_counts(store: FeedbackStore) -> None:
     label_export_case(store)
     p = store.progress("demo", annotators_per_prompt=2)
     assert (p.prompts, p.ready, p.rankings, p.complete, p.k) == (4, 4, 5, 2, 3)
-    rows = {a.annotator: (a.ranked, a.skipped, a.unsafe) for a in p.annotators}
-    assert rows == {"ann": (3, 0, 1), "bob": (2, 2, 0), "cat": (0, 0, 0)}
+    rows = {a.annotator: (a.role, a.ranked, a.skipped, a.unsafe, a.comments) for a in p.annotators}
+    assert rows == {"ann": ("annotator", 3, 0, 1, 1), "bob": ("annotator", 2, 2, 0, 1),
+                    "cat": ("annotator", 0, 0, 0, 0)}  # dan is no member: not listed
+    assert [(r.round, r.prompts, r.ready, r.rankings, r.complete) for r in p.rounds] == [(1, 4, 4, 5, 2)]
+    notes = store.comments("demo")
+    assert [(c.prompt, c.annotator, c.comment, c.skip) for c in notes] == [
+        ("p2", "bob", "off topic", True), ("p1", "ann", "close call", False)]  # newest first
+    assert notes[0].updated_at.tzinfo is not None and len(store.comments("demo", limit=1)) == 1
     assert [a.last_at is None for a in p.annotators] == [False, False, True]
     assert store.standing("demo", "bob", 2) == (4, 0)
     assert store.standing("demo", "cat", 2) == (0, 2)  # p2 (only ann) and p4 (nobody)
@@ -448,35 +483,48 @@ def test_export_formats_match_hand_written_rows(store: FeedbackStore) -> None:
     c 2 -> a>b>c. On p3 (kept only with --keep-flagged): ann (0,1,2), bob (1,0,2) -> a 0.5,
     b 0.5, c 2: a and b tie. p2 has ann's ranking only; p4 only a skip: never exported."""
     label_export_case(store)
+    ann_p1 = [{"annotator": "ann", "comment": "close call"}]
+    bob_p2 = [{"annotator": "bob", "comment": "off topic"}]
+    none = {"round": 1, "unsafe": False, "comments": []}
     ranked_all = [
-        {"prompt": "p1", "completions": ["a1", "b1", "c1"], "annotator": "ann"},
-        {"prompt": "p1", "completions": ["a1", "b1", "c1"], "ranks": [0, 0, 1], "annotator": "bob"},
-        {"prompt": "p2", "completions": ["c2", "a2", "b2"], "annotator": "ann"},
+        {"prompt": "p1", "completions": ["a1", "b1", "c1"], "annotator": "ann", **none, "comments": ann_p1},
+        {"prompt": "p1", "completions": ["a1", "b1", "c1"], "ranks": [0, 0, 1], "annotator": "bob", **none},
+        {"prompt": "p2", "completions": ["c2", "a2", "b2"], "annotator": "ann", **none},
     ]
     assert store.export_rows("demo", "ranked", "all") == ranked_all
     assert store.export_rows("demo", "ranked", "majority") == [
-        {"prompt": "p1", "completions": ["a1", "b1", "c1"]},
-        {"prompt": "p2", "completions": ["c2", "a2", "b2"]},
+        {"prompt": "p1", "completions": ["a1", "b1", "c1"], **none, "comments": ann_p1},
+        {"prompt": "p2", "completions": ["c2", "a2", "b2"], **none, "comments": bob_p2},  # the skip's comment too
     ]
     assert store.export_rows("demo", "ranked", "majority", drop_flagged=False)[-1] == {
-        "prompt": "p3", "completions": ["a3", "b3", "c3"], "ranks": [0, 0, 1]
+        "prompt": "p3", "completions": ["a3", "b3", "c3"], "ranks": [0, 0, 1], **none, "unsafe": True,
     }
 
-    def pairs(prompt: str, *chosen_rejected: str, who: str | None = None) -> list[dict]:
+    def pairs(prompt: str, *chosen_rejected: str, who: str | None = None, **notes: object) -> list[dict]:
         rows = [{"prompt": prompt, "chosen": cr[:2], "rejected": cr[2:]} for cr in chosen_rejected]
-        return [r | {"annotator": who} for r in rows] if who else rows
+        rows = [r | {"annotator": who} for r in rows] if who else rows
+        return [r | none | notes for r in rows]
 
     assert store.export_rows("demo", "pairwise", "majority") == (
-        pairs("p1", "a1b1", "a1c1", "b1c1") + pairs("p2", "c2a2", "c2b2", "a2b2")
+        pairs("p1", "a1b1", "a1c1", "b1c1", comments=ann_p1) + pairs("p2", "c2a2", "c2b2", "a2b2", comments=bob_p2)
     )
     assert store.export_rows("demo", "pairwise", "all") == (
-        pairs("p1", "a1b1", "a1c1", "b1c1", who="ann") + pairs("p1", "a1c1", "b1c1", who="bob")
+        pairs("p1", "a1b1", "a1c1", "b1c1", who="ann", comments=ann_p1) + pairs("p1", "a1c1", "b1c1", who="bob")
         + pairs("p2", "c2a2", "c2b2", "a2b2", who="ann")
     )
     assert store.export_rows("demo", "pairwise", "all", drop_flagged=False)[-6:] == (
-        pairs("p3", "a3b3", "a3c3", "b3c3", who="ann") + pairs("p3", "b3a3", "b3c3", "a3c3", who="bob")
+        pairs("p3", "a3b3", "a3c3", "b3c3", who="ann", unsafe=True) + pairs("p3", "b3a3", "b3c3", "a3c3", who="bob")
     )
-    with pytest.raises(FeedbackError, match="format must be one of ranked, pairwise"):
+    # The record itself: every ranking and skip with its flag and comment, flagged prompts kept.
+    notes = store.export_rows("demo", "annotations")
+    assert [(r["prompt"], r["annotator"], r["ranks"], r["skip"], r["unsafe"], r["comment"]) for r in notes] == [
+        ("p1", "ann", [0, 1, 2], False, False, "close call"), ("p1", "bob", [0, 0, 1], False, False, None),
+        ("p2", "ann", [1, 2, 0], False, False, None), ("p2", "bob", None, True, False, "off topic"),
+        ("p3", "ann", [0, 1, 2], False, True, None), ("p3", "bob", [1, 0, 2], False, False, None),
+        ("p4", "bob", None, True, False, None),
+    ]
+    assert notes[0]["completions"] == ["a1", "b1", "c1"] and notes[0]["round"] == 1
+    with pytest.raises(FeedbackError, match="format must be one of ranked, pairwise, annotations"):
         store.export_rows("demo", "csv")
     with pytest.raises(FeedbackError, match="merge must be one of majority, all"):
         store.export_rows("demo", "ranked", "mean")
@@ -508,3 +556,43 @@ def test_unreachable_and_invalid_databases_fail_fast_with_one_line(tmp_path: Pat
         with pytest.raises(FeedbackError, match=reason) as caught:
             FeedbackStore.open(url)
         assert "\n" not in str(caught.value)
+
+
+# ----- rounds, members ------------------------------------------------------------------------
+def test_rounds_hold_the_same_prompt_again_and_export_apart(store: FeedbackStore) -> None:
+    seed(store, "demo", 2, {"p": ["x", "y"], "q": ["v", "w"]})
+    [p2] = store.add_prompts("demo", ["p"], [["x2", "y2"]], model="trained", round=2)
+    store.add_annotator("ada", "demo")
+    while (view := store.next_prompt("demo", "ada")) is not None:  # p, q of round 1, then p of round 2
+        store.submit_ranking("ada", view.id, order=[c.id for c in reversed(view.completions)], annotators_per_prompt=1)
+    assert store.rounds("demo") == [1, 2]
+    assert store.round_prompts("demo", 2) == {"p": (p2, 2)}
+    assert store.find_prompts("demo", ["p"], round=2) == {"p": p2}
+    rows = store.export_rows("demo", "pairwise", rounds=[2])
+    assert [(r["prompt"], r["chosen"], r["rejected"], r["round"]) for r in rows] == [("p", "y2", "x2", 2)]
+    assert [r["round"] for r in store.export_rows("demo", "pairwise")] == [1, 1, 2]
+    assert [(r.round, r.prompts, r.rankings) for r in store.progress("demo").rounds] == [(1, 2, 2), (2, 1, 1)]
+    assert store.add_prompts("demo", ["r"]) and store.round_prompts("demo", 2).keys() == {"p", "r"}  # the latest
+    with pytest.raises(FeedbackError, match="project 'demo' has no round 3 \\(its rounds: 1, 2\\)"):
+        store.export_rows("demo", rounds=[3])
+    with pytest.raises(FeedbackError, match="round must be an integer >= 1"):
+        store.add_prompts("demo", ["s"], round=0)
+
+
+def test_members_roles_and_tokens(store: FeedbackStore) -> None:
+    store.create_project("a", 2)
+    store.create_project("b", 2)
+    token = store.add_annotator("ada", "a")
+    assert store.annotator_for_token(token, "b").role is None  # known, but no member of b
+    assert store.add_member("b", "ada", "admin") is False and store.add_member("b", "ada") is True  # role changed
+    assert [(m.annotator, m.role, m.revoked) for m in store.members("b")] == [("ada", "annotator", False)]
+    with pytest.raises(FeedbackError, match="role must be one of annotator, admin"):
+        store.add_member("a", "ada", "owner")
+    store.revoke_token("ada")
+    assert store.annotator_for_token(token, "a") is None and store.members("a")[0].revoked
+    new = store.rotate_token("ada")
+    assert store.annotator_for_token(token) is None and store.annotator_for_token(new, "a").role == "annotator"
+    store.remove_member("a", "ada")
+    assert store.members("a") == [] and store.annotator_for_token(new, "a").role is None
+    with pytest.raises(NotFound, match="annotator 'bob' not found \\(known annotators: ada\\)"):
+        store.rotate_token("bob")

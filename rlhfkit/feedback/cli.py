@@ -117,6 +117,15 @@ def sample_prompts(
     top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling mass (1 = off)."),
     seed: int = typer.Option(0, "--seed", help="Completion j of prompt i is sampled with a seed from (seed, i, j)."),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Completions sampled per batch."),
+    # ---- active selection (issue 14, item 7): options of the block marked below ----
+    select: str | None = typer.Option(
+        None, "--select", help="uncertain|random: keep only --budget prompts of the file, the reward model's most "
+        "uncertain or random ones (seeded by --seed). Without it, every prompt. See docs/active-selection.md."),
+    budget: int | None = typer.Option(None, "--budget", help="How many prompts to keep with --select."),
+    reward_model: list[Path] | None = typer.Option(
+        None, "--reward-model", help="Reward model folder for --select uncertain; repeat it for an ensemble (their "
+        "disagreement is the uncertainty)."),
+    # ---- end of active selection options ----
 ) -> None:
     """Sample K completions per prompt with a model and add them to a project, ready to rank."""
     from rlhfkit.data.prompts import prompt_texts, read_prompt_rows
@@ -146,7 +155,16 @@ def sample_prompts(
             if known:
                 raise UserError(f"{file}: {len(known)} prompt(s) already in project {project!r}; remove them")
         policy = load_causal_lm(model, tokenizer).eval()
-        completions = sample_completions(policy, tokenizer, texts, k, settings, seed=seed, batch_size=batch_size)
+        # ---- active selection (issue 14, item 7; docs/active-selection.md): without --select, every prompt ----
+        from rlhfkit.feedback.selection import sample_selected
+
+        texts, completions, note = sample_selected(
+            texts, lambda chosen: sample_completions(policy, tokenizer, chosen, k, settings, seed=seed,
+                                                     batch_size=batch_size),
+            select, budget, reward_model, seed=seed, batch_size=batch_size)
+        if note:
+            typer.echo(note)
+        # ---- end of active selection ----
         if info is None:
             info = store.create_project(project, k)
         sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "max_new_tokens": max_new_tokens,

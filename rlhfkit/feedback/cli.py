@@ -119,12 +119,13 @@ def sample_prompts(
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Completions sampled per batch."),
     # ---- active selection (issue 14, item 7): options of the block marked below ----
     select: str | None = typer.Option(
-        None, "--select", help="uncertain|random: keep only --budget prompts of the file, the reward model's most "
-        "uncertain or random ones (seeded by --seed). Without it, every prompt. See docs/active-selection.md."),
-    budget: int | None = typer.Option(None, "--budget", help="How many prompts to keep with --select."),
+        None, "--select", metavar="uncertain|random", help="Keep only --budget prompts of the file, the reward "
+        "model's most uncertain or random ones (seeded by --seed). Without it, every prompt. See "
+        "docs/active-selection.md."),
+    budget: int | None = typer.Option(None, "--budget", metavar="N", help="How many prompts to keep with --select."),
     reward_model: list[Path] | None = typer.Option(
-        None, "--reward-model", help="Reward model folder for --select uncertain; repeat it for an ensemble (their "
-        "disagreement is the uncertainty)."),
+        None, "--reward-model", metavar="DIR", help="Reward model folder for --select uncertain; repeat it for an "
+        "ensemble (their disagreement is the uncertainty)."),
     # ---- end of active selection options ----
 ) -> None:
     """Sample K completions per prompt with a model and add them to a project, ready to rank."""

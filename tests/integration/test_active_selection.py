@@ -150,3 +150,10 @@ def test_bad_flags_give_one_line_and_store_nothing(tmp_path: Path, pool, reward_
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], output
     with FeedbackStore.open(db) as store:
         assert "sel" not in [p.name for p in store.projects()]  # nothing was stored
+
+
+def test_ties_go_to_the_earlier_prompt_and_the_order_is_the_pool_order() -> None:
+    from rlhfkit.feedback.selection import most_uncertain
+
+    assert most_uncertain([0.2, 0.9, 0.5, 0.9, 0.5], 3) == [1, 2, 3]  # 0.9, 0.9, then the first 0.5
+    assert most_uncertain([0.1, 0.1, 0.1], 2) == [0, 1]

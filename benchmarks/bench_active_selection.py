@@ -138,7 +138,10 @@ def summarise(runs: list[dict]) -> dict:
     mean = {s: [statistics.fmean(r["curves"][s]["accuracy"][i] for r in runs) for i in range(len(budgets))]
             for s in STRATEGIES}
     every = min(max(r["curves"][s]["accuracy"]) for r in runs for s in STRATEGIES)
-    targets = sorted({every, mean["random"][len(budgets) // 2], mean["random"][-1]})
+    by_key = {}  # targets that print alike (4 decimals) are one target: the lower, so every curve reaching
+    for target in sorted({every, mean["random"][len(budgets) // 2], mean["random"][-1]}, reverse=True):
+        by_key[f"{target:.4f}"] = target  # either reaches it
+    targets = sorted(by_key.values())
     needed = {}
     for target in targets:
         needed[f"{target:.4f}"] = {}

@@ -117,7 +117,7 @@ def sample_prompts(
     top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling mass (1 = off)."),
     seed: int = typer.Option(0, "--seed", help="Completion j of prompt i is sampled with a seed from (seed, i, j)."),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Completions sampled per batch."),
-    # ---- active selection (issue 14, item 7): options of the block marked below ----
+    # ---- active selection (rlhfkit.feedback.selection): options read by the block marked below ----
     select: str | None = typer.Option(
         None, "--select", metavar="uncertain|random", help="Keep only --budget prompts of the file, the reward "
         "model's most uncertain or random ones (seeded by --seed). Without it, every prompt. See "
@@ -156,7 +156,7 @@ def sample_prompts(
             if known:
                 raise UserError(f"{file}: {len(known)} prompt(s) already in project {project!r}; remove them")
         policy = load_causal_lm(model, tokenizer).eval()
-        # ---- active selection (issue 14, item 7; docs/active-selection.md): without --select, every prompt ----
+        # ---- active selection (docs/active-selection.md): without --select, every prompt ----
         from rlhfkit.feedback.selection import sample_selected
 
         texts, completions, note = sample_selected(

@@ -96,12 +96,15 @@ def score_completions(reward_model: str | Path, prompts: Sequence[str], completi
     model = build_reward_model(reward_model, tokenizer, init_head=False).eval()
     context = resolve_length(0, model_context(reward_model), "max_length", what="reward model")  # 0 = its context
     seqs = []
-    for prompt, texts in zip(prompts, completions):
+    for row, (prompt, texts) in enumerate(zip(prompts, completions), start=1):
         prompt_ids = encode_prompt(tokenizer, prompt)
         for text in texts:
             # an empty completion is the rollout that stopped at once: its EOS alone
             response = encode_response(tokenizer, text) or [tokenizer.eos_token_id]
-            keep = max(1, context - len(response))  # prompts lose tokens on the left, never the completion
+            if len(response) >= context:
+                raise UserError(f"prompt {row}: a completion is {len(response)} tokens, longer than the reward model "
+                                f"{reward_model}'s context of {context}; lower --max-new-tokens")
+            keep = context - len(response)  # prompts lose tokens on the left, never the completion
             seqs.append(prompt_ids[-keep:] + response)
     scores: list[float] = []
     for start in range(0, len(seqs), batch_size):

@@ -163,10 +163,9 @@ def sample_selected(texts: list[str], sample: Callable[[list[str]], list[list[st
         picked = [texts[i] for i in random_prompts(len(texts), budget, seed)]
         return picked, sample(picked), f"chose {budget} of {len(texts)} prompts at random (seed {seed})"
     pool = sample(texts)
-    uncertainty, measure = prompt_uncertainty(list(reward_models or []), texts, pool, batch_size)
-    values = uncertainty.tolist()
-    chosen = most_uncertain(values, budget)
-    kept = [values[i] for i in chosen]
-    note = (f"chose {budget} of {len(texts)} prompts by {measure}: {min(kept):.4f} to {max(kept):.4f} "
+    selection = select_prompts("uncertain", budget, texts, pool, list(reward_models or []), batch_size=batch_size)
+    values = selection.uncertainty or []  # set for "uncertain"
+    kept = [values[i] for i in selection.chosen]
+    note = (f"chose {budget} of {len(texts)} prompts by {selection.measure}: {min(kept):.4f} to {max(kept):.4f} "
             f"(pool mean {sum(values) / len(values):.4f})")
-    return [texts[i] for i in chosen], [pool[i] for i in chosen], note
+    return [texts[i] for i in selection.chosen], [pool[i] for i in selection.chosen], note

@@ -54,6 +54,7 @@ from rlhfkit.algos.reward import (
     ranking_to_pairs,
     reward_centering_penalty,
 )
+from rlhfkit.algos.selection import ensemble_disagreement, top_pair_uncertainty
 from rlhfkit.algos.sft import sft_loss
 
 __all__ = [
@@ -72,6 +73,7 @@ __all__ = [
     "bradley_terry_loss",
     "discounted_returns",
     "dpo_loss",
+    "ensemble_disagreement",
     "entropy_bonus",
     "entropy_from_logits",
     "explained_variance",
@@ -103,5 +105,6 @@ __all__ = [
     "sft_loss",
     "shaped_rewards",
     "td_errors",
+    "top_pair_uncertainty",
     "value_checks",
 ]

@@ -146,6 +146,16 @@ def sample_prompts(
         False, "--new-round", help="Put the prompts into a new round of the project (its latest + 1), e.g. sampled "
         "again from a trained policy folder; without it, fill the latest round.",
     ),
+    # ---- active selection (rlhfkit.feedback.selection): options read by the block marked below ----
+    select: str | None = typer.Option(
+        None, "--select", metavar="uncertain|random", help="Keep only --budget prompts of the file, the reward "
+        "model's most uncertain or random ones (seeded by --seed). Without it, every prompt. See "
+        "docs/active-selection.md."),
+    budget: int | None = typer.Option(None, "--budget", metavar="N", help="How many prompts to keep with --select."),
+    reward_model: list[Path] | None = typer.Option(
+        None, "--reward-model", metavar="DIR", help="Reward model folder for --select uncertain; repeat it for an "
+        "ensemble (their disagreement is the uncertainty)."),
+    # ---- end of active selection options ----
 ) -> None:
     """Sample K completions per prompt with a model (an HF id or any policy folder, LoRA adapters too)
     into a project, ready to rank: into its latest round, filling prompts imported without
@@ -153,6 +163,7 @@ def sample_prompts(
     from rlhfkit.data.prompts import prompt_texts, read_prompt_rows
     from rlhfkit.feedback import rounds
     from rlhfkit.feedback.policy import load_policy
+    from rlhfkit.feedback.selection import check_selection, sample_selected
     from rlhfkit.feedback.store import FeedbackStore, NotFound
     from rlhfkit.models.loading import LoadOptions, configure_loading, load_tokenizer
     from rlhfkit.rollout.completions import sample_completions
@@ -177,13 +188,23 @@ def sample_prompts(
             info = None
             k = k if k is not None else DEFAULT_K
         plan = rounds.plan(store, info, texts, new_round, str(file))
+        check_selection(select, budget, reward_model, len(plan.texts))  # before the model loads
         policy = load_policy(model, tokenizer)
-        sampled = sample_completions(policy, tokenizer, plan.texts, k, settings, seed=seed, batch_size=batch_size)
+        # ---- active selection (docs/active-selection.md): without --select, every prompt of the plan ----
+        chosen, completions, note = sample_selected(
+            plan.texts, lambda some: sample_completions(policy, tokenizer, some, k, settings, seed=seed,
+                                                        batch_size=batch_size),
+            select, budget, reward_model, seed=seed, batch_size=batch_size)
+        plan = rounds.narrow(plan, chosen)
+        if note:
+            typer.echo(note)
+        # ---- end of active selection ----
+        sampled = dict(zip(chosen, completions, strict=True))
         if info is None:
             info = store.create_project(project, k)
         sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "max_new_tokens": max_new_tokens,
                     "seed": seed}
-        n = rounds.store_samples(store, info, plan, dict(zip(plan.texts, sampled, strict=True)), model, sampling)
+        n = rounds.store_samples(store, info, plan, sampled, model, sampling)
     filled = f" ({len(plan.fill)} imported without completions)" if plan.fill else ""
     typer.echo(f"sampled {k} completions for each of {n} prompts{filled} into round {plan.round} of project "
                f"{project!r}")

@@ -62,6 +62,12 @@ def plan(store: FeedbackStore, info: ProjectInfo | None, texts: list[str], new_r
     return SamplePlan(latest, fill, [t for t in texts if t not in there])
 
 
+def narrow(p: SamplePlan, chosen: list[str]) -> SamplePlan:
+    """The plan for only the `chosen` prompts (active selection keeps a budget of them)."""
+    keep = set(chosen)
+    return SamplePlan(p.round, {t: v for t, v in p.fill.items() if t in keep}, [t for t in p.new if t in keep])
+
+
 def store_samples(
     store: FeedbackStore, info: ProjectInfo, p: SamplePlan, completions: dict[str, list[str]], model: str,
     sampling: dict[str, object],

@@ -399,6 +399,9 @@ def rl_report(run: RunFiles, plot_dir: Path) -> Report:
     per_iteration = _mean(run.rows, "time/iteration")
     if per_iteration is not None:
         report.facts.append(("Seconds per iteration (mean)", fmt(per_iteration)))
+    alarms = plots.alarm_steps(run.rows)
+    report.facts.append(("Reward-hacking alarms (dotted lines on the curves)",
+                         ", ".join(f"{d} at iteration {int(s)}" for s, d in alarms) or "none"))
     report.tables.append(rl_headline(run.rows))
     report.plots = rl_plots({run.folder.name: run.rows}, plot_dir)
     report.samples = rl_samples(run.samples)

@@ -12,13 +12,15 @@ trained on is then, in this order:
      on the run's first scored batch (the start policy's own samples) (length_penalty);
   3. clipped to [-c, c] with --reward-clip c (clip_reward).
 
+The held-out evaluation scores inside `raw()`: the reward model's own score, and nothing counted.
 The scorer keeps sums of the batch statistics it saw since the last `take_stats()`, so the
 monitor logs them once per iteration (each process its own share; see tracking/alarms.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -60,6 +62,16 @@ class GuardedScorer:
         self.first_batch: dict[str, list[float]] | None = None  # scores and lengths of the start policy's samples
         self._sums: dict[str, float] = {}
         self._count = 0
+        self._raw = False
+
+    @contextmanager
+    def raw(self) -> Iterator[None]:
+        """Inside: the reward model's own score, no transform, no statistics (the held-out evaluation)."""
+        before, self._raw = self._raw, True
+        try:
+            yield
+        finally:
+            self._raw = before
 
     @torch.no_grad()
     def __call__(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,
@@ -67,6 +79,8 @@ class GuardedScorer:
                  ) -> torch.Tensor:
         args = (prompt_ids, prompt_mask, response_ids, response_mask, ended, prompts, responses)
         raw = self.primary(*args).float()  # (B,)
+        if self._raw:
+            return raw
         lengths = response_mask.sum(-1).float().to(raw.device)  # (B,)
         if self.first_batch is None:
             self.first_batch = {"scores": raw.tolist(), "lengths": lengths.tolist()}

@@ -233,7 +233,8 @@ def evaluate(run: RLRun, step: int) -> dict[str, float]:
     """Held-out evaluation (main process; the others wait), logged at `step`."""
     metrics: dict[str, float] = {}
     if run.evaluation is not None and run.main:
-        metrics = run.evaluation(run.worker, run.gold_fn)
+        with run.worker.scorer.raw():  # the reward model's own score, outside the alarms' statistics
+            metrics = run.evaluation(run.worker, run.gold_fn)
         run.logger.log(step, metrics)
     run.accelerator.wait_for_everyone()
     return metrics

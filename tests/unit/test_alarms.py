@@ -129,3 +129,11 @@ def test_guarded_scorer_clips_after_the_transforms():
 def test_conservative_reward_without_an_ensemble_is_a_config_error():
     with pytest.raises(ConfigError, match="--reward-ensemble"):
         GuardedScorer(fixed([1.0]), conservative_k=1.0)
+
+
+def test_guarded_scorer_raw_scores_and_counts_nothing():
+    scorer = GuardedScorer(fixed([5.0, -0.5]), [fixed([1.0, 1.0])], conservative_k=1.0, clip=2.0)
+    with scorer.raw():
+        assert _call(scorer, [3, 1]).tolist() == pytest.approx([5.0, -0.5])
+    assert scorer.take_stats() == ({}, 0) and scorer.first_batch is None
+    assert _call(scorer, [3, 1]).tolist() == pytest.approx([1.0, -0.5])  # mean - spread: 3 - 2, 0.25 - 0.75

@@ -13,11 +13,15 @@ any baseline window), for ITERATIONS iterations, logging the gold judge every it
 
 "The gold score starts to fall" at the iteration where a centred moving average (5 iterations)
 of the training gold score peaks; a detector's lead time is that iteration minus its first
-alarm's (positive: the alarm came first). Every final policy is evaluated like the demo's on its
+alarm's (positive: the alarm came first). A second, later landmark: the first iteration after
+the peak where that average is back below its mean over the first 5 iterations (the start
+policy's level on the training prompts). Every final policy is evaluated like the demo's on its
 150 held-out prompts: gold, proxy (member 0), held-out KL to the start policy, distinct-2.
 
-Usage: python benchmarks/bench_hacking.py [--out benchmarks/results/hacking] [--seeds 3] [--iterations 26]
+Usage: python benchmarks/bench_hacking.py [--out benchmarks/results/hacking] [--seeds 3] [--iterations 28] [--rerun]
 Writes OUT/hacking.json, OUT/hacking.png and OUT/tables.md (the tables of docs/reward-hacking.md).
+Runs already finished in OUT (and the reward models) are reused unless --rerun; "seconds" counts only
+the runs trained in this call.
 """
 
 from __future__ import annotations
@@ -36,10 +40,16 @@ MEMBERS = 3
 SMOOTH = 5  # iterations of the centred moving average that locates the gold score's peak
 PREVENTION = {  # name -> the settings added to the unguarded run
     "conservative reward (k = 1)": {"conservative_k": 1.0},
+    "conservative reward (k = 4)": {"conservative_k": 4.0},
     "length penalty (c = 1)": {"length_penalty": 1.0},
     "reward clip (c = 2)": {"reward_clip": 2.0},
     "stop at the first alarm": {"on_alarm": "stop"},
 }
+
+
+def folder(settings: dict[str, Any]) -> str:
+    """The run folder of a prevention setting, e.g. prevent_conservative_k4.0."""
+    return "prevent_" + "_".join(f"{k}{v}" for k, v in settings.items())
 
 
 def centred_average(values: list[float], window: int) -> list[float]:
@@ -112,38 +122,59 @@ def alarm_steps(run_dir: Path) -> dict[str, int]:
     return {a.detector: a.step for a in read_alarms(run_dir)}
 
 
+def gold_below_start(gold: list[float], peak: int) -> int | None:
+    """The first iteration after the peak where the centred moving average of the training gold score is
+    below its mean over the first SMOOTH iterations (the start policy's level on training prompts)."""
+    smooth, level = centred_average(gold, SMOOTH), sum(gold[:SMOOTH]) / SMOOTH
+    return next((i for i in range(peak, len(gold)) if smooth[i] < level), None)
+
+
 def summarise(runs: dict[str, dict[str, Any]], seeds: int) -> dict[str, Any]:
-    """Lead times of each detector on the unguarded runs, false alarms on the guarded ones."""
+    """Lead times of each detector on the unguarded runs (to the gold peak, and to the gold score falling
+    below the start policy's), false alarms on the guarded ones."""
     from rlhfkit.tracking.alarms import DETECTORS
 
+    for s in range(seeds):
+        run = runs[f"unguarded_seed{s}"]
+        run["gold_below_start"] = gold_below_start(run["gold"], run["gold_peak"])
     out: dict[str, Any] = {}
     for detector in DETECTORS:
-        leads = []
+        leads, leads_below = [], []
         for s in range(seeds):
             run = runs[f"unguarded_seed{s}"]
             step = run["alarms"].get(detector)
             leads.append(None if step is None else run["gold_peak"] - step)
+            below = run["gold_below_start"]
+            leads_below.append(None if step is None or below is None else below - step)
         fired = [x for x in leads if x is not None]
+        fired_below = [x for x in leads_below if x is not None]
         false = sum(detector in runs[f"guarded_seed{s}"]["alarms"] for s in range(seeds))
         out[detector] = {"lead_times": leads, "fired": f"{len(fired)} of {seeds}",
                          "lead_mean": sum(fired) / len(fired) if fired else None,
-                         "lead_min": min(fired) if fired else None, "false_alarms": f"{false} of {seeds}"}
+                         "lead_min": min(fired) if fired else None, "false_alarms": f"{false} of {seeds}",
+                         "lead_times_below_start": leads_below,
+                         "lead_below_start_mean": sum(fired_below) / len(fired_below) if fired_below else None,
+                         "lead_below_start_min": min(fired_below) if fired_below else None}
     return out
 
 
 def tables(result: dict[str, Any]) -> str:
     seeds = result["seeds"]
     lines = ["| detector | first alarm, unguarded seeds " + ", ".join(map(str, range(seeds))) +
-             " | lead time (gold peak - alarm), per seed | mean | min | false alarms, guarded runs |",
-             "|---|---|---|---|---|---|"]
+             " | lead time to the gold peak, per seed | mean | min | lead time to gold < start, per seed | mean "
+             "| min | false alarms, guarded runs |", "|---|---|---|---|---|---|---|---|---|"]
+    fmt = lambda xs: ", ".join("-" if x is None else str(x) for x in xs)  # noqa: E731
+    num = lambda x: "-" if x is None else f"{x:.1f}"  # noqa: E731
     for name, d in result["detectors"].items():
         steps = [result["runs"][f"unguarded_seed{s}"]["alarms"].get(name) for s in range(seeds)]
-        fmt = lambda xs: ", ".join("-" if x is None else str(x) for x in xs)  # noqa: E731
-        num = lambda x: "-" if x is None else f"{x:.1f}"  # noqa: E731
         lines.append(f"| {name} | {fmt(steps)} | {fmt(d['lead_times'])} | {num(d['lead_mean'])} | "
-                     f"{num(d['lead_min'])} | {d['false_alarms']} |")
-    peaks = ", ".join(str(result["runs"][f"unguarded_seed{s}"]["gold_peak"]) for s in range(seeds))
-    lines += ["", f"Gold peak (centred {SMOOTH}-iteration mean) of the unguarded runs, seeds 0-{seeds - 1}: {peaks}.",
+                     f"{num(d['lead_min'])} | {fmt(d['lead_times_below_start'])} | {num(d['lead_below_start_mean'])} "
+                     f"| {num(d['lead_below_start_min'])} | {d['false_alarms']} |")
+    unguarded = [result["runs"][f"unguarded_seed{s}"] for s in range(seeds)]
+    peaks = fmt([r["gold_peak"] for r in unguarded])
+    below = fmt([r["gold_below_start"] for r in unguarded])
+    lines += ["", f"Unguarded runs, seeds 0-{seeds - 1}: gold peak (centred {SMOOTH}-iteration mean) at iterations "
+              f"{peaks}; that mean back below its level over the first {SMOOTH} iterations at {below}.",
               "", "| run (seed 0) | gold | proxy | held-out KL | distinct-2 | iterations run |",
               "|---|---|---|---|---|---|"]
     for name, label in result["table_rows"]:
@@ -185,7 +216,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/hacking"))
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--iterations", type=int, default=26)
+    ap.add_argument("--iterations", type=int, default=28)
+    ap.add_argument("--rerun", action="store_true", help="train every run again (default: reuse finished runs in OUT)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     from rlhfkit.models.loading import LoadOptions, configure_loading
@@ -201,11 +233,12 @@ def main() -> None:
     t_setup = time.perf_counter() - t0
     plan = [(f"{kind}_seed{s}", s, {"kl_coef": KL_GUARD} if kind == "guarded" else {})
             for s in range(args.seeds) for kind in ("unguarded", "guarded")]
-    plan += [(f"prevent_{i}", 0, settings) for i, settings in enumerate(PREVENTION.values())]
+    plan += [(folder(settings), 0, settings) for settings in PREVENTION.values()]
     runs: dict[str, dict[str, Any]] = {}
     for name, seed, settings in plan:
         t = time.perf_counter()
-        run_ppo(args.out, cfg, folders, name, seed, **settings)
+        if args.rerun or not (args.out / name / "model.safetensors").exists():  # a finished run is reused
+            run_ppo(args.out, cfg, folders, name, seed, **settings)
         rows = [r for r in read_metrics(args.out / name / "metrics.jsonl") if "reward/mean" in r]
         runs[name] = {"seed": seed, "settings": settings, "alarms": alarm_steps(args.out / name),
                       "gold": [r["gold/mean"] for r in rows], "proxy": [r["reward/raw"] for r in rows],
@@ -217,7 +250,7 @@ def main() -> None:
     runs["start"] = {"eval": evaluate(args.out, cfg, tokenizer, start, "start"), "iterations": 0}
     table_rows = [("start", "start policy"), ("unguarded_seed0", "unguarded (KL 0)"),
                   ("guarded_seed0", f"KL penalty {KL_GUARD} alone")]
-    table_rows += [(f"prevent_{i}", f"unguarded + {label}") for i, label in enumerate(PREVENTION)]
+    table_rows += [(folder(settings), f"unguarded + {label}") for label, settings in PREVENTION.items()]
     result = {"settings": {"learning_rate": LR, "rollout_batch_size": BATCH, "iterations": args.iterations,
                            "kl_guard": KL_GUARD, "members": MEMBERS, "smooth": SMOOTH, "threads": 1},
               "seeds": args.seeds, "runs": runs, "table_rows": table_rows,

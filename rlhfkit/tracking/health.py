@@ -99,8 +99,9 @@ def entropy_explosion(rows: Rows) -> Finding | None:
     return Finding("entropy explosion",
                    f"the policy's entropy rose from {ends[0]:.3f} to {ends[1]:.3f} nats per token: its replies are "
                    "turning into random tokens",
-                   "lower --ent-coef or --learning-rate, check that --temperature is the one the model was trained "
-                   "for, and keep --max-grad-norm on",
+                   "raise --kl-coef (without the KL penalty nothing holds the policy near the reference), lower "
+                   "--ent-coef or --learning-rate, check that --temperature is the one the model was trained for, "
+                   "and keep --max-grad-norm on",
                    {"entropy_start": ends[0], "entropy_end": ends[1]})
 
 

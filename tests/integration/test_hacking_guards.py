@@ -74,3 +74,13 @@ def test_an_alarm_stops_the_run_and_diagnose_explains_it(tiny_model_dir, prompts
     assert (out / "model.safetensors").exists() or (out / "config.json").exists()  # the stopped policy was saved
     lines = diagnose(out)
     assert any(f"alarm at iteration {first} ({alarms[0]['detector']}, alarms.jsonl)" in line for line in lines)
+
+
+def test_on_alarm_checkpoint_saves_that_iteration_and_goes_on(tiny_model_dir, prompts_file, tmp_path):
+    out = tmp_path / "run"
+    history = train_ppo(ppo(tiny_model_dir, prompts_file, out, iterations=30, kl_coef=0.0, learning_rate=1e-2,
+                            alarm_baseline=2, on_alarm="checkpoint", keep_checkpoints=5), reward_fn=count_a)
+    first = min(json.loads(line)["step"] for line in (out / "alarms.jsonl").read_text().splitlines())
+    assert len(history) == 30  # the run went on
+    assert (out / f"checkpoint-{first + 1}").is_dir()  # checkpoint-N holds N iterations done
+    assert (out / "checkpoint-30").is_dir()

@@ -497,6 +497,9 @@ def demo_report(run_dir: Path, plot_dir: Path) -> Report:
             if run.config_text is not None:
                 configs.append((f"{record.folder}/config.yaml ({label})", run.config_text))
     report.plots = rl_plots(runs, plot_dir) if runs else []
+    for label, rows in runs.items():
+        report.facts.append((f"Reward-hacking alarms, {label}",
+                             ", ".join(f"{d} at iteration {int(s)}" for s, d in plots.alarm_steps(rows)) or "none"))
 
     rm_name = demo.reward_model.folder
     if (run_dir / rm_name).is_dir():

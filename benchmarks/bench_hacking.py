@@ -18,7 +18,8 @@ the peak where that average is back below its mean over the first 5 iterations (
 policy's level on the training prompts). Every final policy is evaluated like the demo's on its
 150 held-out prompts: gold, proxy (member 0), held-out KL to the start policy, distinct-2.
 
-Usage: python benchmarks/bench_hacking.py [--out benchmarks/results/hacking] [--seeds 3] [--iterations 28] [--rerun]
+Usage: python benchmarks/bench_hacking.py [--out benchmarks/results/hacking] [--seeds 3] [--iterations 28]
+                                          [--rerun] [--ensemble-study]
 Writes OUT/hacking.json, OUT/hacking.png and OUT/tables.md (the tables of docs/reward-hacking.md).
 Runs already finished in OUT (and the reward models) are reused unless --rerun; "seconds" counts only
 the runs trained in this call.
@@ -114,6 +115,50 @@ def evaluate(out: Path, cfg: Any, tokenizer: Any, start: Any, name: str) -> dict
     return {"gold": demo.mean(r["gold"]), "proxy": demo.mean(r["proxy"]),
             "kl": demo.mean([a - b for a, b in zip(r["logp"], r["ref_logp"])]),
             "distinct_2": distinct_n(r["responses"], 2)}
+
+
+def ensemble_study(out: Path, cfg: Any, tokenizer: Any, start: Any, folders: list[str], hacked: str
+                   ) -> dict[str, Any]:
+    """Seed members vs bootstrap members (seeds 1, 2 on comparisons resampled with replacement; member 0 is
+    shared): the members' spread on the start policy's and on a hacked policy's held-out replies."""
+    import random
+    import statistics
+
+    from rlhfkit.data import synthetic
+    from rlhfkit.models.loading import load_causal_lm, load_tokenizer
+    from rlhfkit.models.reward_model import build_reward_model
+    from rlhfkit.pipelines import demo
+    from rlhfkit.rollout.scoring import RewardModelScorer
+    from rlhfkit.trainers.reward import train as train_reward
+    from rlhfkit.trainers.reward_config import RewardConfig
+
+    lines = (out / "comparisons.jsonl").read_text().splitlines()
+    boot = [folders[0]]
+    for seed in (1, 2):
+        folder = out / f"reward_model_bootstrap{seed}"
+        if not (folder / "eval.json").exists():
+            rng = random.Random(seed)
+            data = out / f"comparisons_bootstrap{seed}.jsonl"
+            data.write_text("".join(rng.choice(lines) + "\n" for _ in lines))
+            train_reward(RewardConfig(**{**demo.reward_settings(cfg, data, out), "output_dir": str(folder),
+                                         "seed": seed, "overwrite": True}))
+        boot.append(str(folder))
+    prompts = synthetic.prompts(cfg.eval_prompts, seed=cfg.seed, split="eval")
+    policies = {"start": start, "hacked": load_causal_lm(out / hacked, tokenizer).eval()}
+    result: dict[str, Any] = {}
+    for kind, members in (("seeds", folders), ("bootstrap", boot)):
+        scorers = []
+        for folder in members:
+            rm_tok = load_tokenizer(folder, padding_side="right")
+            scorers.append(RewardModelScorer(build_reward_model(folder, rm_tok, init_head=False).eval(), rm_tok,
+                                             tokenizer))
+        for name, model in policies.items():
+            # the same sampling seeds for every member: each scores the same replies
+            scores = [demo.evaluate(model, tokenizer, sc, prompts, cfg, start)["proxy"] for sc in scorers]
+            spread = statistics.mean(statistics.pstdev(col) for col in zip(*scores))
+            result[f"{kind}/{name}"] = {"spread": spread, "score_std": statistics.pstdev(scores[0])}
+        result[f"{kind}/ratio"] = result[f"{kind}/hacked"]["spread"] / result[f"{kind}/start"]["spread"]
+    return result
 
 
 def alarm_steps(run_dir: Path) -> dict[str, int]:
@@ -217,6 +262,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/hacking"))
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--iterations", type=int, default=28)
+    ap.add_argument("--ensemble-study", action="store_true",
+                    help="also compare seed members with bootstrap members on start vs hacked replies")
     ap.add_argument("--rerun", action="store_true", help="train every run again (default: reuse finished runs in OUT)")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -255,6 +302,9 @@ def main() -> None:
                            "kl_guard": KL_GUARD, "members": MEMBERS, "smooth": SMOOTH, "threads": 1},
               "seeds": args.seeds, "runs": runs, "table_rows": table_rows,
               "detectors": summarise(runs, args.seeds), "setup_seconds": t_setup}
+    if args.ensemble_study:
+        result["ensemble_study"] = ensemble_study(args.out, cfg, tokenizer, start, folders, "unguarded_seed0")
+        print(json.dumps(result["ensemble_study"], indent=1))
     result["seconds"] = time.perf_counter() - t0
     (args.out / "hacking.json").write_text(json.dumps(result, indent=1))
     (args.out / "tables.md").write_text(tables(result))

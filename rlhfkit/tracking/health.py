@@ -4,7 +4,7 @@
 per iteration, the keys of trainers/rl_metrics.py) and returns a `Finding` with an explanation
 and a suggested fix, or None. "Start" and "end" are the means over the first and the last tenth
 of the iterations (at least RECENT each), as in the report. `check_reward_model` is the reward
-model's quality check on the start policy's own samples, run before the first update.
+model's quality check on the start policy's own samples (its first scored batch, before any update).
 `rlhfkit diagnose RUN_DIR` prints both and the run's alarms (tracking/alarms.py).
 """
 

@@ -117,3 +117,28 @@ def test_reward_model_accuracy_reads_eval_json(tmp_path):
     assert reward_model_accuracy(tmp_path) is None
     (tmp_path / "eval.json").write_text(json.dumps({"eval/accuracy": 0.875}))
     assert reward_model_accuracy(tmp_path) == 0.875
+
+
+def test_diagnose_command_prints_findings_and_replayed_alarms(tmp_path):
+    from typer.testing import CliRunner
+
+    from rlhfkit.cli import app
+
+    rows = run_with(policy__entropy=lambda i: 1.0 if i < 10 else 3.0)
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "config.yaml").write_text("stage: ppo\nalarm_baseline: 5\n")
+    result = CliRunner().invoke(app, ["diagnose", str(tmp_path)], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "entropy explosion: the policy's entropy rose from 1.000 to 3.000" in result.output
+    # no alarms.jsonl: the alarms are replayed from the metrics; entropy triples at iteration 10
+    assert "alarm at iteration 10 (entropy, replayed from metrics.jsonl)" in result.output
+
+
+def test_diagnose_a_folder_without_metrics_is_one_line_exit_2(tmp_path):
+    from typer.testing import CliRunner
+
+    from rlhfkit.cli import app
+
+    result = CliRunner().invoke(app, ["diagnose", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "metrics.jsonl: not found" in result.output and "Traceback" not in result.output

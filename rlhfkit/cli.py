@@ -144,6 +144,19 @@ def report(
     typer.echo(build_report(run_dir, out))
 
 
+@app.command("diagnose")
+@one_line_errors
+def diagnose(
+    run_dir: Path = typer.Argument(..., help="The output folder of an rlhfkit ppo or reinforce run."),
+) -> None:
+    """Explain a finished RL run in plain words: health checks (negative KL, entropy, flat reward, value loss,
+    clipping, unfinished responses) with a suggested fix, its reward-hacking alarms and the reward-model check."""
+    from rlhfkit.tracking.diagnose import diagnose as run_diagnose
+
+    for line in run_diagnose(run_dir):
+        typer.echo(line)
+
+
 @app.command("version")
 def version() -> None:
     """Print the rlhfkit version."""

@@ -7,6 +7,15 @@ method to its function and to the test that checks it.
 from rlhfkit.algos._checks import value_checks
 from rlhfkit.algos.advantages import gae, td_errors
 from rlhfkit.algos.dpo import DPOStats, dpo_loss, ipo_loss, sequence_logprobs
+from rlhfkit.algos.hacking import (
+    ensemble_spread,
+    kl_reward_slope_ratio,
+    moving_average,
+    pearson_correlation,
+    relative_drift,
+    robust_slope,
+    window_zscore,
+)
 from rlhfkit.algos.kl import (
     KL_ESTIMATORS,
     AdaptiveKLController,
@@ -54,16 +63,17 @@ from rlhfkit.algos.reward import (
     ranking_to_pairs,
     reward_centering_penalty,
 )
+from rlhfkit.algos.reward_transforms import clip_reward, conservative_reward, length_penalty
 from rlhfkit.algos.selection import ensemble_disagreement, top_pair_uncertainty
 from rlhfkit.algos.sft import sft_loss
 
 __all__ = [
     "AGGREGATE_MODES",
-    "GRPO_SCALES",
-    "KL_ESTIMATORS",
     "AdaptiveKLController",
     "DPOStats",
     "FixedKLController",
+    "GRPO_SCALES",
+    "KL_ESTIMATORS",
     "PPOLoss",
     "PolicyLossStats",
     "ValueLossStats",
@@ -71,9 +81,12 @@ __all__ = [
     "aggregate_denominator",
     "baseline_advantages",
     "bradley_terry_loss",
+    "clip_reward",
+    "conservative_reward",
     "discounted_returns",
     "dpo_loss",
     "ensemble_disagreement",
+    "ensemble_spread",
     "entropy_bonus",
     "entropy_from_logits",
     "explained_variance",
@@ -83,15 +96,19 @@ __all__ = [
     "kl_k1",
     "kl_k2",
     "kl_k3",
+    "kl_reward_slope_ratio",
+    "length_penalty",
     "logprobs_and_entropy",
     "logprobs_from_logits",
     "masked_mean",
     "masked_sum",
     "masked_var",
     "masked_whiten",
+    "moving_average",
     "moving_mean_update",
     "normalization_gain_bias",
     "pair_weights",
+    "pearson_correlation",
     "plackett_luce_loss",
     "ppo_loss",
     "ppo_policy_loss",
@@ -99,12 +116,15 @@ __all__ = [
     "preference_accuracy",
     "ranking_to_pairs",
     "reinforce_loss",
+    "relative_drift",
     "reward_centering_penalty",
     "rloo_advantages",
+    "robust_slope",
     "sequence_logprobs",
     "sft_loss",
     "shaped_rewards",
     "td_errors",
     "top_pair_uncertainty",
     "value_checks",
+    "window_zscore",
 ]

@@ -168,6 +168,24 @@ def mean(xs: list[float]) -> float:
     return sum(xs) / len(xs)
 
 
+def ppo_settings(cfg: DemoConfig, out: Path) -> dict[str, Any]:
+    """The PPO settings both demo runs share (each adds its output_dir and coefficients); writes the prompts file."""
+    prompts_file = out / "prompts.jsonl"
+    write_jsonl(prompts_file, [{"prompt": p} for p in synthetic.all_prompts("train")])
+    return dict(policy=cfg.model, reward_model=str(out / RM_FOLDER), prompts=str(prompts_file),
+                iterations=cfg.iterations, rollout_batch_size=cfg.rollout_batch_size,
+                max_new_tokens=cfg.max_new_tokens, learning_rate=cfg.learning_rate, update_epochs=4, num_minibatches=4,
+                seed=cfg.seed, threads=cfg.threads, missing_eos_penalty=1.0,
+                sample_every=max(1, cfg.iterations // 6), log_every=1, lr_schedule="constant")
+
+
+def reward_settings(cfg: DemoConfig, comparisons: Path, out: Path) -> dict[str, Any]:
+    """The demo's reward-model training settings (step 3)."""
+    return dict(model=cfg.model, train_data=str(comparisons), output_dir=str(out / RM_FOLDER), eval_fraction=0.1,
+                epochs=cfg.rm_epochs, learning_rate=cfg.rm_learning_rate, batch_size=32, seed=cfg.seed,
+                normalize="mean", threads=cfg.threads)
+
+
 def run_demo(cfg: DemoConfig) -> DemoSummary:
     """Run every stage; returns the summary written to demo.json."""
     from rlhfkit.tracking.report import build_report
@@ -197,18 +215,9 @@ def run_demo(cfg: DemoConfig) -> DemoSummary:
     comparisons = collect_rankings(cfg, out, start_policy, tokenizer)
 
     console.rule("[bold]3. reward model")
-    rm_metrics = train_reward(RewardConfig(
-        model=cfg.model, train_data=str(comparisons), output_dir=str(out / RM_FOLDER), eval_fraction=0.1,
-        epochs=cfg.rm_epochs, learning_rate=cfg.rm_learning_rate, batch_size=32, seed=cfg.seed,
-        normalize="mean", threads=cfg.threads,
-    ))
+    rm_metrics = train_reward(RewardConfig(**reward_settings(cfg, comparisons, out)))
 
-    prompts_file = out / "prompts.jsonl"
-    write_jsonl(prompts_file, [{"prompt": p} for p in synthetic.all_prompts("train")])
-    ppo = dict(policy=cfg.model, reward_model=str(out / RM_FOLDER), prompts=str(prompts_file),
-               iterations=cfg.iterations, rollout_batch_size=cfg.rollout_batch_size, max_new_tokens=cfg.max_new_tokens,
-               learning_rate=cfg.learning_rate, update_epochs=4, num_minibatches=4, seed=cfg.seed, threads=cfg.threads,
-               missing_eos_penalty=1.0, sample_every=max(1, cfg.iterations // 6), log_every=1, lr_schedule="constant")
+    ppo = ppo_settings(cfg, out)
     coefs = {"with_guard": (cfg.kl_coef, cfg.ent_coef), "without_guard": (0.0, 0.0)}
     bonus = f" and entropy bonus {cfg.ent_coef}" if cfg.ent_coef else ""
     for name, title in (("with_guard", f"4. PPO with the guard: KL penalty {cfg.kl_coef}{bonus}"),

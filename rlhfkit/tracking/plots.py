@@ -94,6 +94,20 @@ def _draw(ax: Any, s: Series, label: str, style: tuple[str, str]) -> int:
     return 1
 
 
+def alarm_steps(rows: Rows) -> list[tuple[float, str]]:
+    """(step, detector) of every reward-hacking alarm a run logged (`alarm/<detector>` keys)."""
+    return [(float(row["step"]), key.split("/", 1)[1]) for row in rows for key in row
+            if key.startswith("alarm/") and isinstance(row.get("step"), (int, float))]
+
+
+def _draw_alarms(ax: Any, rows: Rows, colour: str) -> None:
+    """A dotted vertical line at each alarm of the run, named at the top of the panel."""
+    for step, detector in alarm_steps(rows):
+        ax.axvline(step, color=colour, linestyle=":", linewidth=1.2)
+        ax.annotate(f"alarm: {detector}", (step, 1.0), xycoords=("data", "axes fraction"), rotation=90,
+                    fontsize=8, color=colour, va="top", ha="right")
+
+
 def _finish(fig: Figure, title: str, windows: set[int], path: Path) -> Path:
     """Title (with a note on smoothing when any line was smoothed), then write the PNG."""
     smoothed = sorted(w for w in windows if w > 1)
@@ -125,6 +139,7 @@ def panel_figure(runs: Runs, panels: Sequence[Panel], title: str, path: Path, xl
         for ax, (panel, per_run) in zip(axes, data):
             for label, s in per_run:
                 windows.add(_draw(ax, s, label, styles[label]))
+                _draw_alarms(ax, runs[label], styles[label][0])
             if len(data) > 1:
                 ax.set_title(panel.title)
             ax.set_xlabel(xlabel)

@@ -399,6 +399,9 @@ def rl_report(run: RunFiles, plot_dir: Path) -> Report:
     per_iteration = _mean(run.rows, "time/iteration")
     if per_iteration is not None:
         report.facts.append(("Seconds per iteration (mean)", fmt(per_iteration)))
+    alarms = plots.alarm_steps(run.rows)
+    report.facts.append(("Reward-hacking alarms (dotted lines on the curves)",
+                         ", ".join(f"{d} at iteration {int(s)}" for s, d in alarms) or "none"))
     report.tables.append(rl_headline(run.rows))
     report.plots = rl_plots({run.folder.name: run.rows}, plot_dir)
     report.samples = rl_samples(run.samples)
@@ -494,6 +497,9 @@ def demo_report(run_dir: Path, plot_dir: Path) -> Report:
             if run.config_text is not None:
                 configs.append((f"{record.folder}/config.yaml ({label})", run.config_text))
     report.plots = rl_plots(runs, plot_dir) if runs else []
+    for label, rows in runs.items():
+        report.facts.append((f"Reward-hacking alarms, {label}",
+                             ", ".join(f"{d} at iteration {int(s)}" for s, d in plots.alarm_steps(rows)) or "none"))
 
     rm_name = demo.reward_model.folder
     if (run_dir / rm_name).is_dir():

@@ -106,6 +106,8 @@ def train(cfg: PPOConfig, reward_fn: RewardFn | None = None,
             metrics.update(times, **{"time/training": t_train, "time/iteration": time.perf_counter() - t_iter})
             history.append(end_iteration(run, it, metrics, rollout))
             bar.update(1, reward=metrics["reward/mean"], kl=metrics["kl/ref"])
+            if run.stopped:  # an alarm with --on-alarm stop
+                break
     end_run(run, history, "ppo")
     return history
 

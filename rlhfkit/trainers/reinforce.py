@@ -156,6 +156,8 @@ def train(cfg: ReinforceConfig, reward_fn: RewardFn | None = None,
             metrics.update(times, **{"time/training": t_train, "time/iteration": time.perf_counter() - t_iter})
             history.append(end_iteration(run, it, metrics, rollout, {"baseline_mean": baseline_mean}))
             bar.update(1, reward=metrics["reward/mean"], kl=metrics["kl/ref"])
+            if run.stopped:  # an alarm with --on-alarm stop
+                break
     end_run(run, history, f"reinforce ({cfg.baseline})", {"baseline_mean": baseline_mean})
     return history
 

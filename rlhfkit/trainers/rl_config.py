@@ -74,6 +74,23 @@ class RolloutSettings:
                               "only).", ge=0)
     eval_batch_size: int = setting(64, "Held-out prompts sampled per generation batch during evaluation.", ge=1)
 
+    # Reward hacking: the ensemble, the reward transforms and the alarms (docs/reward-hacking.md).
+    reward_ensemble: list[str] = setting(
+        [], "More reward model folders trained on the same comparisons (other seeds: rlhfkit reward --seed N), comma "
+        "separated. Their disagreement with --reward-model on the policy's samples (reward/ensemble_spread) feeds "
+        "the ensemble alarm and --conservative-k; the reward stays --reward-model's score unless k > 0.")
+    conservative_k: float = setting(0.0, "Train on the ensemble's mean score minus k times its spread, a "
+                                    "conservative reward (0 = off; needs --reward-ensemble).", ge=0)
+    length_penalty: float = setting(0.0, "Subtract c x (length - L_ref) / L_ref from the score of responses longer "
+                                    "than L_ref, the start policy's mean length on the first batch (0 = off).", ge=0)
+    reward_clip: float = setting(0.0, "Clip the score to [-c, c] before the KL penalty (0 = off).", ge=0)
+    on_alarm: str = setting(
+        "warn", "What a reward-hacking alarm does: warn (log it to alarms.jsonl and the console), stop (end the run "
+        "there and save that policy), or checkpoint (also write a checkpoint at that iteration and go on).",
+        choices=("warn", "stop", "checkpoint"))
+    alarm_baseline: int = setting(5, "Iterations at the start of the run whose statistics are the alarms' "
+                                  "baseline (the policy is still close to the reference there).", ge=2)
+
     def rows_per_step(self) -> int:
         """Episodes in one optimizer step (the unit of gradient_accumulation_steps)."""
         return self.rollout_batch_size // self.num_minibatches  # type: ignore[attr-defined]
@@ -82,6 +99,10 @@ class RolloutSettings:
         require(not (self.reward_model and self.reward_fn), "reward_model",
                 "pass only one of --reward-model DIR and --reward-fn module:function")
         require(bool(self.prompts), "prompts", "is required: pass --prompts FILE")
+        require(not self.conservative_k or bool(self.reward_ensemble), "conservative_k",
+                "needs an ensemble: pass --reward-ensemble DIR,... (reward models trained with other seeds)")
+        require(not self.reward_ensemble or bool(self.reward_model), "reward_ensemble",
+                "needs --reward-model (the first member and the reward)")
         require(bool(self.output_dir), "output_dir", "must not be empty")
         require(self.rollout_batch_size % minibatches == 0, "num_minibatches",
                 f"must divide rollout_batch_size={self.rollout_batch_size}, got {minibatches}")

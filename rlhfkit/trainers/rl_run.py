@@ -30,12 +30,14 @@ from rlhfkit.models.loading import configure_loading, load_causal_lm, load_token
 from rlhfkit.models.lora import LoRAModel, LoRASpec, add_lora
 from rlhfkit.models.policy import ActorCritic, token_logprobs
 from rlhfkit.models.reward_model import build_reward_model
+from rlhfkit.rollout.ensemble import guard_scorer
 from rlhfkit.rollout.gather import IterationPlan
 from rlhfkit.rollout.sampling import SamplingSettings
 from rlhfkit.rollout.scoring import FunctionScorer, RewardModelScorer, Scorer, import_function, same_tokenizer
 from rlhfkit.rollout.step import RolloutWorker
 from rlhfkit.tracking.console import console, print_table
 from rlhfkit.tracking.metrics import MetricsLogger, open_metrics
+from rlhfkit.tracking.monitor import Monitor
 from rlhfkit.trainers.checkpoint import find_checkpoint, resume_rl, save_final_policy, save_rl_checkpoint
 from rlhfkit.trainers.common import (
     check_output_dir,
@@ -72,6 +74,8 @@ class RLRun:
     extra_state: dict[str, Any] | None = None
     gold_fn: RewardFn | None = None
     lora: LoRAModel | None = None  # the policy's adapters, with LoRA
+    monitor: Monitor | None = None  # reward-hacking alarms (tracking/monitor.py)
+    stopped: bool = False  # set by an alarm with --on-alarm stop: the loop ends after this iteration
 
     @property
     def main(self) -> bool:
@@ -137,7 +141,8 @@ def build_rl(cfg: Any, with_critic: bool, separate_critic: bool = False, steps_p
         held_out = PromptSet.from_source(cfg.eval_prompts, tokenizer, cfg.max_prompt_length, seed=cfg.seed)
         evaluation = HeldOutEvaluation(held_out, cfg.seed, cfg.eval_batch_size)
     device = accelerator.device
-    scorer = build_scorer(cfg, tokenizer, device, reward_fn)
+    # the ensemble and the reward transforms against reward hacking (rollout/ensemble.py)
+    scorer = guard_scorer(cfg, build_scorer(cfg, tokenizer, device, reward_fn), tokenizer, device)
     policy = load_causal_lm(cfg.policy, tokenizer)
     if cfg.gradient_checkpointing:  # recompute activations in the backward: less memory, about 30% more time
         policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -187,6 +192,7 @@ def build_rl(cfg: Any, with_critic: bool, separate_critic: bool = False, steps_p
     if accelerator.is_main_process:
         save_run_config(cfg, out_dir)
     run.logger = open_metrics(out_dir, cfg, enabled=accelerator.is_main_process, append=resuming)
+    run.monitor = Monitor(cfg, scorer, out_dir, accelerator, resuming)
     if evaluation is not None and not resuming:
         evaluate(run, step=0)  # the start policy: the baseline of the win rates
     return run
@@ -227,7 +233,8 @@ def evaluate(run: RLRun, step: int) -> dict[str, float]:
     """Held-out evaluation (main process; the others wait), logged at `step`."""
     metrics: dict[str, float] = {}
     if run.evaluation is not None and run.main:
-        metrics = run.evaluation(run.worker, run.gold_fn)
+        with run.worker.scorer.raw():  # the reward model's own score, outside the alarms' statistics
+            metrics = run.evaluation(run.worker, run.gold_fn)
         run.logger.log(step, metrics)
     run.accelerator.wait_for_everyone()
     return metrics
@@ -240,8 +247,10 @@ def end_iteration(run: RLRun, iteration: int, metrics: dict[str, float], rollout
     cfg = run.cfg
     metrics["train/lr"] = run.scheduler.get_last_lr()[0]
     metrics["perf/processes"] = run.accelerator.num_processes
+    action = run.monitor.after_iteration(iteration, metrics) if run.monitor is not None else None
+    run.stopped = action == "stop"
     record = {"step": iteration, **metrics}
-    last = iteration + 1 == cfg.iterations
+    last = iteration + 1 == cfg.iterations or run.stopped
     if (iteration + 1) % cfg.log_every == 0 or last:
         run.logger.log(iteration, metrics)
     if cfg.sample_every and iteration % cfg.sample_every == 0 and run.main:
@@ -249,7 +258,7 @@ def end_iteration(run: RLRun, iteration: int, metrics: dict[str, float], rollout
             f.write(sample_rows(iteration, rollout))
     if run.evaluation is not None and ((cfg.eval_every and (iteration + 1) % cfg.eval_every == 0) or last):
         record.update(evaluate(run, iteration + 1))
-    if cfg.checkpoint_every and (iteration + 1) % cfg.checkpoint_every == 0 and not last:
+    if (action == "checkpoint" or cfg.checkpoint_every and (iteration + 1) % cfg.checkpoint_every == 0) and not last:
         save_rl_checkpoint(run, iteration, extra_state)
     return record
 
@@ -257,7 +266,7 @@ def end_iteration(run: RLRun, iteration: int, metrics: dict[str, float], rollout
 def end_run(run: RLRun, history: list[dict[str, Any]], title: str, extra_state: dict[str, Any] | None = None
             ) -> None:
     """The final checkpoint and model, and a summary table."""
-    save_rl_checkpoint(run, run.cfg.iterations - 1, extra_state)
+    save_rl_checkpoint(run, history[-1]["step"] if run.stopped else run.cfg.iterations - 1, extra_state)
     save_final_policy(run)
     run.logger.close()
     if run.main and history:

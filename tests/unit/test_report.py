@@ -351,3 +351,25 @@ def test_number_formats() -> None:
     assert fmt(None) == fmt(float("nan")) == "n/a"
     assert fmt(64) == "64"
     assert fmt_percent(0.7234) == "72.3%"
+
+
+def test_rl_report_lists_alarms_and_draws_them_on_the_curves(tmp_path: Path) -> None:
+    from rlhfkit.tracking import plots
+
+    rows = rl_rows(12, guard=False)
+    rows[7]["alarm/entropy"] = 1.0
+    assert plots.alarm_steps(rows) == [(7.0, "entropy")]
+    write_jsonl(tmp_path / "with" / "metrics.jsonl", rows)
+    write_jsonl(tmp_path / "without" / "metrics.jsonl", rl_rows(12, guard=False))
+    for name in ("with", "without"):
+        (tmp_path / name / "config.yaml").write_text("stage: ppo\n")
+    html = build_report(tmp_path / "with").read_text()
+    assert "entropy at iteration 7" in html
+    assert "entropy at iteration" not in build_report(tmp_path / "without").read_text()
+    # the alarm's dotted line changes the pixels of every RL curve (the same run drawn twice is byte-identical)
+    before = {name: (tmp_path / "without" / "plots" / name).read_bytes() for name in RL_PLOTS}
+    build_report(tmp_path / "without")
+    assert before == {name: (tmp_path / "without" / "plots" / name).read_bytes() for name in RL_PLOTS}
+    for name in RL_PLOTS:
+        a = (tmp_path / "with" / "plots" / name).read_bytes()
+        assert a != (tmp_path / "without" / "plots" / name).read_bytes(), name

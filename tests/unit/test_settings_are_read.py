@@ -21,7 +21,8 @@ from rlhfkit.trainers.sft_config import SFTConfig
 
 PKG = Path(__file__).resolve().parents[2] / "rlhfkit"
 SHARED = ["trainers/common.py", "models/lora.py", "models/loading.py", "tracking/metrics.py"]
-RL = ["trainers/rl_run.py", "trainers/checkpoint.py", "trainers/rl_evaluation.py", *SHARED]
+RL = ["trainers/rl_run.py", "trainers/checkpoint.py", "trainers/rl_evaluation.py", "rollout/ensemble.py",
+      "tracking/monitor.py", *SHARED]
 CODE_PATHS = {
     RewardConfig: ["trainers/reward.py", *SHARED],
     SFTConfig: ["trainers/sft.py", *SHARED],

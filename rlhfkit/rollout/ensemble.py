@@ -1,0 +1,116 @@
+"""Several reward models as one scorer, and the reward transforms that guard against reward hacking.
+
+`GuardedScorer` wraps the run's scorer (`--reward-model` or `--reward-fn`). With
+`--reward-ensemble DIR,DIR,...` it also scores every episode with each extra reward model,
+trained on the same comparisons with other seeds (`rlhfkit reward --seed N`); the members'
+spread on the policy's samples is what the ensemble alarm watches. The reward the policy is
+trained on is then, in this order:
+
+  1. the reward model's score, or with --conservative-k k > 0 the ensemble's mean minus k times
+     its spread (algos.reward_transforms.conservative_reward);
+  2. minus --length-penalty c times the length beyond the reference policy's mean length, measured
+     on the run's first scored batch (the start policy's own samples) (length_penalty);
+  3. clipped to [-c, c] with --reward-clip c (clip_reward).
+
+The held-out evaluation scores inside `raw()`: the reward model's own score, and nothing counted.
+The scorer keeps sums of the batch statistics it saw since the last `take_stats()`, so the
+monitor logs them once per iteration (each process its own share; see tracking/alarms.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+from rlhfkit.algos.hacking import ensemble_spread
+from rlhfkit.algos.reward_transforms import clip_reward, conservative_reward, length_penalty
+from rlhfkit.errors import ConfigError
+from rlhfkit.models.loading import load_tokenizer
+from rlhfkit.models.reward_model import build_reward_model, is_reward_model
+from rlhfkit.rollout.scoring import RewardModelScorer, Scorer
+
+STAT_KEYS = ("reward/raw", "reward/ensemble_mean", "reward/ensemble_spread")
+
+
+def load_members(folders: Sequence[str], policy_tokenizer: Any, device: torch.device) -> list[RewardModelScorer]:
+    """One frozen, eval-mode scorer per reward-model folder of --reward-ensemble."""
+    members = []
+    for folder in folders:
+        if not is_reward_model(folder):
+            raise ConfigError(f"setting 'reward_ensemble': {folder} is not a reward model folder saved by "
+                              "rlhfkit reward (train one with: rlhfkit reward --seed N --output-dir DIR)")
+        tokenizer = load_tokenizer(folder, padding_side="right")
+        model = build_reward_model(folder, tokenizer, init_head=False).to(device).eval().requires_grad_(False)
+        members.append(RewardModelScorer(model, tokenizer, policy_tokenizer))
+    return members
+
+
+class GuardedScorer:
+    """The run's scorer, an optional ensemble beside it, and the reward transforms (see the module doc)."""
+
+    def __init__(self, primary: Scorer, members: Sequence[Scorer] = (), conservative_k: float = 0.0,
+                 length_coef: float = 0.0, clip: float = 0.0) -> None:
+        if conservative_k and not members:
+            raise ConfigError("setting 'conservative_k': the conservative reward needs an ensemble; pass "
+                              "--reward-ensemble DIR,... (reward models trained with other seeds)")
+        self.primary, self.members = primary, list(members)
+        self.conservative_k, self.length_coef, self.clip = conservative_k, length_coef, clip
+        self.reference_length: float | None = None  # mean length of the first scored batch
+        self.first_batch: dict[str, list[float]] | None = None  # scores and lengths of the start policy's samples
+        self._sums: dict[str, float] = {}
+        self._count = 0
+        self._raw = False
+
+    @contextmanager
+    def raw(self) -> Iterator[None]:
+        """Inside: the reward model's own score, no transform, no statistics (the held-out evaluation)."""
+        before, self._raw = self._raw, True
+        try:
+            yield
+        finally:
+            self._raw = before
+
+    @torch.no_grad()
+    def __call__(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,
+                 response_mask: torch.Tensor, ended: torch.Tensor, prompts: Sequence[str], responses: Sequence[str]
+                 ) -> torch.Tensor:
+        args = (prompt_ids, prompt_mask, response_ids, response_mask, ended, prompts, responses)
+        raw = self.primary(*args).float()  # (B,)
+        if self._raw:
+            return raw
+        lengths = response_mask.sum(-1).float().to(raw.device)  # (B,)
+        if self.first_batch is None:
+            self.first_batch = {"scores": raw.tolist(), "lengths": lengths.tolist()}
+        stats = {"reward/raw": raw.sum().item()}
+        scores = raw
+        if self.members:
+            table = torch.stack([raw] + [m(*args).float().to(raw.device) for m in self.members])  # (E, B)
+            stats["reward/ensemble_mean"] = table.mean(0).sum().item()
+            stats["reward/ensemble_spread"] = ensemble_spread(table).sum().item()
+            if self.conservative_k:
+                scores = conservative_reward(table, self.conservative_k)
+        if self.length_coef:
+            if self.reference_length is None:
+                self.reference_length = max(lengths.mean().item(), 1.0)
+            scores = length_penalty(scores, lengths, self.length_coef, self.reference_length)
+        if self.clip:
+            scores = clip_reward(scores, self.clip)
+        for key, value in stats.items():
+            self._sums[key] = self._sums.get(key, 0.0) + value
+        self._count += raw.numel()
+        return scores
+
+    def take_stats(self) -> tuple[dict[str, float], int]:
+        """The sums of each statistic over the episodes scored since the last call, and their count."""
+        sums, count = self._sums, self._count
+        self._sums, self._count = {}, 0
+        return sums, count
+
+
+def guard_scorer(cfg: Any, scorer: Scorer, policy_tokenizer: Any, device: torch.device) -> GuardedScorer:
+    """Wrap the run's scorer with the ensemble and transforms its settings ask for."""
+    members = load_members(cfg.reward_ensemble, policy_tokenizer, device) if cfg.reward_ensemble else []
+    return GuardedScorer(scorer, members, cfg.conservative_k, cfg.length_penalty, cfg.reward_clip)

@@ -18,7 +18,6 @@ stage (reward_model/, ppo/, ppo_no_guard/, dpo/), each with the config.yaml its 
 
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -173,6 +172,7 @@ def run_demo(cfg: DemoConfig) -> DemoSummary:
     from rlhfkit.tracking.report import build_report
     from rlhfkit.trainers.dpo import train as train_dpo
     from rlhfkit.trainers.dpo_config import DPOConfig
+    from rlhfkit.trainers.output_dir import check_writable, remove_run_folder
     from rlhfkit.trainers.ppo import train as train_ppo
     from rlhfkit.trainers.reward import train as train_reward
     from rlhfkit.trainers.reward_config import RewardConfig
@@ -182,8 +182,9 @@ def run_demo(cfg: DemoConfig) -> DemoSummary:
         cfg = quick_settings(cfg)
     t_start = time.perf_counter()
     out = Path(cfg.output_dir)
-    if out.exists():
-        shutil.rmtree(out)
+    if out.is_dir():
+        remove_run_folder(out)  # an earlier demo; a folder holding anything else is refused, never deleted
+    check_writable(out)
     out.mkdir(parents=True)
     save_config(cfg, out / "config.yaml")
     if cfg.threads:

@@ -40,7 +40,7 @@ from rlhfkit.algos.reward import (
     reward_centering_penalty,
 )
 from rlhfkit.data.batching import LengthGroupedBatches, ShuffledBatches, process_share
-from rlhfkit.data.io import read_rows
+from rlhfkit.data.io import read_rows, row_numbers
 from rlhfkit.data.preferences import PreferenceExample, expand_groups, expand_pairs, load_examples
 from rlhfkit.data.tokenize import (
     TokenizedGroups,
@@ -55,13 +55,14 @@ from rlhfkit.data.tokenize import (
 )
 from rlhfkit.errors import DataError
 from rlhfkit.models.context import model_context, resolve_length
-from rlhfkit.models.loading import configure_loading, load_tokenizer
+from rlhfkit.models.loading import configure_loading, load_run_tokenizer
 from rlhfkit.models.lora import LoRASpec, add_lora
 from rlhfkit.models.reward_model import RewardScorer, build_reward_model, set_normalization
 from rlhfkit.models.trunk_and_heads import score_head
 from rlhfkit.tracking.console import console, print_table, progress_bar
 from rlhfkit.tracking.metrics import open_metrics
 from rlhfkit.trainers.common import (
+    check_finite,
     check_output_dir,
     make_accelerator,
     make_optimizer,
@@ -391,7 +392,8 @@ def normalization_scores(scorer: torch.nn.Module, cfg: RewardConfig, tokenizer: 
     """Raw rewards of the reference set used for normalisation (Ziegler et al. 2019, section 2.2)."""
     if cfg.normalize_data:
         seqs = []
-        for i, row in enumerate(read_rows(cfg.normalize_data), start=1):
+        rows = read_rows(cfg.normalize_data)
+        for i, row in zip(row_numbers(rows), rows):
             prompt, completion = row.get("prompt"), row.get("completion", row.get("response"))
             if not isinstance(prompt, str) or not isinstance(completion, str) or not completion.strip():
                 raise DataError(f"{cfg.normalize_data}, row {i}: needs text fields 'prompt' and 'completion'")
@@ -420,7 +422,7 @@ def train(cfg: RewardConfig) -> dict[str, float]:
     seed_everything(cfg.seed)
 
     # 1. Data (checked completely before the model is built).
-    tokenizer = load_tokenizer(cfg.tokenizer or cfg.model, padding_side="right")
+    tokenizer = load_run_tokenizer(cfg.tokenizer, cfg.model, padding_side="right")
     train_data, eval_data, eval_ranked = load_data(cfg, tokenizer)
     listwise = isinstance(train_data, TokenizedGroups)
     unit = "ranked lists" if listwise else "pairs"
@@ -547,6 +549,7 @@ def train(cfg: RewardConfig) -> dict[str, float]:
         logger.log(step, metrics)
         logger.close()
         if main:
+            check_finite(unwrapped, "the trained reward model")
             if lora is not None:
                 # The reward model is the merged folder (a plain AutoModelForSequenceClassification, head
                 # included); the LoRA matrices alone go to adapter/ for reference.

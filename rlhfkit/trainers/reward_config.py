@@ -79,6 +79,8 @@ class ScoreConfig(Settings):
                               "(0 = the reward model's context, read from its config.json; a longer value is "
                               "an error).", ge=0)
     normalized: bool = setting(True, "Apply the normalisation saved with the model.")
+    allow_untrained_head: bool = setting(False, "Accept a --model that is not a trained reward model (a plain "
+                                         "causal LM gets a score head of random weights).")
 
     def check(self) -> None:
         require(bool(self.model), "model", "is required: pass --model DIR")

@@ -24,6 +24,8 @@ class RolloutSettings:
                           "a copy of it.")
     tokenizer: str = setting("", "The policy's tokenizer, folder or HF id (empty = the policy's own).")
     reward_model: str = setting("", "Saved reward model directory (from rlhfkit reward).")
+    allow_untrained_reward_model: bool = setting(False, "Accept a --reward-model that is not a trained reward "
+                                                 "model (a plain causal LM gets a score head of random weights).")
     reward_fn: str = setting("", "Instead of a reward model: a Python function 'module:function' taking "
                              "(prompts, responses) and returning one float per episode.")
     gold_fn: str = setting("", "Optional held-out judge 'module:function' (prompts, responses) -> scores, logged as "

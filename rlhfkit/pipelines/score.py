@@ -28,6 +28,9 @@ def _encode_rows(rows: list[dict[str, Any]], name: str, tokenizer: Any, max_leng
         completion = row.get(field)
         if not isinstance(prompt, str):
             raise DataError(f"{name}, row {i}, field 'prompt': expected text, got {type(prompt).__name__}")
+        if completion is None:
+            raise DataError(f"{name}, row {i}, field 'completion': missing (or name it 'response'); every row needs "
+                            "the text to score")
         if not isinstance(completion, str) or not completion.strip():
             raise DataError(f"{name}, row {i}, field '{field}': expected non-empty text")
         response = encode_response(tokenizer, completion)

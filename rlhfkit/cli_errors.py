@@ -67,12 +67,19 @@ def one_line_errors(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from rlhfkit.trainers.signals import Stopped, restore_signals
+
         try:
             return fn(*args, **kwargs)
+        except Stopped as e:  # SIGTERM / Ctrl-C: a checkpoint was saved; say how to resume
+            typer.secho(str(e), err=True, fg=typer.colors.YELLOW)
+            raise typer.Exit(e.code) from None
         except Exception as e:
             if not (isinstance(e, UserError) or is_database_error(e) or is_environment_error(e)):
                 raise
             typer.secho(error_message(e), err=True, fg=typer.colors.RED)
             raise typer.Exit(EXIT_USER_ERROR) from None
+        finally:
+            restore_signals()
 
     return wrapper  # type: ignore[return-value]

@@ -54,6 +54,7 @@ from rlhfkit.trainers.common import (
 from rlhfkit.trainers.optim_step import StepStats, micro_batches, optimizer_step
 from rlhfkit.trainers.rl_evaluation import HeldOutEvaluation
 from rlhfkit.trainers.rl_metrics import record_grad_norm, sample_rows
+from rlhfkit.trainers.signals import catch_stop_signals, restore_signals, stop_requested, stopped
 
 RewardFn = Callable[..., Sequence[float]]  # (prompts, responses[, ended=]) -> one float per episode
 
@@ -127,6 +128,7 @@ def build_rl(cfg: Any, with_critic: bool, separate_critic: bool = False, steps_p
         cfg = dataclasses.replace(cfg, max_prompt_length=prompt_length, max_new_tokens=new_tokens)
     out_dir = Path(cfg.output_dir)
     resuming = resume_from(out_dir, cfg.resume, cfg.overwrite) is not None  # one line when it cannot
+    catch_stop_signals()  # SIGTERM / Ctrl-C: checkpoint at the end of the iteration, then stop (end_iteration)
     accelerator = make_accelerator(cfg)
     seed_everything(cfg.seed)
     for note in filter(None, notes if accelerator.is_main_process else []):
@@ -255,8 +257,16 @@ def end_iteration(run: RLRun, iteration: int, metrics: dict[str, float], rollout
             f.write(sample_rows(iteration, rollout))
     if run.evaluation is not None and ((cfg.eval_every and (iteration + 1) % cfg.eval_every == 0) or last):
         record.update(evaluate(run, iteration + 1))
-    if cfg.checkpoint_every and (iteration + 1) % cfg.checkpoint_every == 0 and not last:
+    saved = bool(cfg.checkpoint_every) and (iteration + 1) % cfg.checkpoint_every == 0 and not last
+    if saved:
         save_rl_checkpoint(run, iteration, extra_state)
+    signum = None if last else stop_requested(run.accelerator)
+    if signum is not None:
+        if not saved:
+            save_rl_checkpoint(run, iteration, extra_state)
+        run.logger.close()
+        raise stopped(signum, f"after iteration {iteration + 1} of {cfg.iterations}",
+                      run.out_dir / f"checkpoint-{iteration + 1}")
     return record
 
 
@@ -266,6 +276,7 @@ def end_run(run: RLRun, history: list[dict[str, Any]], title: str, extra_state: 
     save_rl_checkpoint(run, run.cfg.iterations - 1, extra_state)
     save_final_policy(run)
     run.logger.close()
+    restore_signals()
     if run.main and history:
         first, last = history[0], history[-1]
         rows = [("reward (first -> last iteration)", f"{first['reward/mean']:.3f} -> {last['reward/mean']:.3f}")]

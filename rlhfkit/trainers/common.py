@@ -83,26 +83,30 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: Any, total_steps: int)
 
 
 @contextmanager
-def staged_output(out_dir: str | Path, enabled: bool = True) -> Iterator[Path]:
+def staged_output(out_dir: str | Path, enabled: bool = True, folder: Path | None = None, fresh: bool = True
+                  ) -> Iterator[Path]:
     """Write a run into a temporary sibling folder and move it into place only on success.
 
     A run that fails leaves nothing half-written under `out_dir` (the temporary folder is
-    removed); a previous run there is replaced only once the new one is complete.
+    removed); a previous run there is replaced only once the new one is complete. A resumable run
+    names its `folder` (`.NAME.partial`): it is kept when the run stops with a checkpoint in it, and
+    `fresh=False` (--resume) continues in it instead of emptying it.
     """
     out = Path(out_dir)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    tmp = folder or out.parent / f".{out.name}.tmp-{os.getpid()}"
     if not enabled:
         yield tmp
         return
     for stale in leftover_folders(out):  # a killed run's half-written folder: never read, removed now
         shutil.rmtree(stale, ignore_errors=True)
-    if tmp.exists():
+    if fresh and tmp.exists():
         shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    tmp.mkdir(parents=True, exist_ok=True)
     try:
         yield tmp
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if folder is None or not any(folder.glob("checkpoint-*")):
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
     if out.exists():
         old = out.parent / f".{out.name}.old-{os.getpid()}"

@@ -82,11 +82,17 @@ def _unshared(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def _is_disk_full(e: BaseException) -> bool:
+def _is_disk_full(e: BaseException, folder: Path) -> bool:
+    """Whether a failed write ran out of disk: by its errno, or (torch and safetensors wrap the OS error
+    in their own) by the disk having less than 1 MiB free right after it."""
     import errno
 
-    return (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)) or \
-        any(s in str(e) for s in ("No space left", "file write failed", "failed writing", "Disk quota"))
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return True
+    try:
+        return shutil.disk_usage(folder).free < 1 << 20
+    except OSError:
+        return False
 
 
 def leftover_temporaries(out_dir: str | Path) -> list[Path]:
@@ -144,10 +150,11 @@ def save_checkpoint(out_dir: str | Path, weights: dict[str, torch.Tensor], state
         tmp.rename(final)
         _fsync(out)
     except Exception as e:
+        full = _is_disk_full(e, out)  # before the partial files are removed
         shutil.rmtree(tmp, ignore_errors=True)
         previous = find_checkpoint(out)
         kept = f"{previous.name} is intact" if previous else "no earlier checkpoint exists"
-        if _is_disk_full(e):
+        if full:
             raise TrainingError(f"{out}: no space left on the disk to write {final.name}; {kept}: free some space, "
                                 "then rerun with --resume") from None
         if isinstance(e, OSError):

@@ -427,6 +427,10 @@ def train(cfg: RewardConfig) -> dict[str, float]:
     cfg = resolve_max_length(cfg)  # before any work: a too-long max_length is one line, not an IndexError
     out_dir = Path(cfg.output_dir)
     partial_dir = out_dir.parent / f".{out_dir.name}.partial"  # a resumable run's folder until it completes
+    if cfg.resume and not partial_dir.is_dir() and (out_dir / "eval.json").is_file():
+        # killed after the run completed (the model was already moved into place): nothing left to do
+        console.print(f"--resume: {out_dir} holds a completed run; nothing to resume")
+        return json.loads((out_dir / "eval.json").read_text())
     resume_path = resume_from(partial_dir, cfg.resume, overwrite=True) if cfg.resume else None
     check_output_dir(out_dir, cfg.overwrite)
     accelerator = make_accelerator(cfg)

@@ -173,3 +173,26 @@ def test_a_full_disk_is_one_line_and_keeps_the_previous_checkpoint(files: dict[s
         assert not list(out.glob(".checkpoint.tmp*"))  # the failed write left nothing behind
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=True)  # lazy: the failed run may hold a file open
+
+
+def test_report_and_resume_read_past_a_torn_metrics_line_and_a_damaged_checkpoint(
+        files: dict[str, Path], uninterrupted: dict[str, list[dict]], tmp_path: Path) -> None:
+    """A killed run's last metrics line cut short, and its newest checkpoint's weights cut short: `report`
+    builds, and --resume passes over checkpoint-6 (its files do not match checkpoint.json), resumes from
+    checkpoint-5 and ends with the uninterrupted run's metrics."""
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(files["root"] / "full-ppo", out)
+    with (out / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 6, "reward/me')
+    weights = out / "checkpoint-6" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    report = CliRunner().invoke(app, ["report", str(out)])
+    assert report.exit_code == 0, report.output
+    resumed = CliRunner().invoke(app, command("ppo", files, out) + ["--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    said = "".join(resumed.output.split())  # the console wraps long lines
+    assert "checkpoint-6:damaged" in said and "checkpoint-5:5of6iterationsdone" in said, resumed.output
+    assert metrics(out) == uninterrupted["ppo"]
+    assert verify_checkpoint(out / "checkpoint-6") is None  # written again, whole

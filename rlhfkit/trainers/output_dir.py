@@ -20,12 +20,12 @@ from rlhfkit.errors import ConfigError
 # checkpoints, trackers' folders, reports, and the demo's stage folders (each itself a run folder).
 RLHFKIT_FILES = (
     "config.yaml", "metrics.jsonl", "samples.jsonl", "eval.json", "evaluation.jsonl", "demo.json", "report.html",
-    "*.png", "plots", "comparisons.jsonl", "prompts.jsonl",
+    "*.png", "plots", "report.html.tmp", "comparisons.jsonl", "prompts.jsonl", "feedback.db", "feedback.db-*",
     "config.json", "generation_config.json", "model.safetensors", "model-*.safetensors", "model.safetensors.index.json",
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
     "tokenizer.model", "added_tokens.json", "chat_template.jinja", "chat_template.json",
     "adapter", "value_head.safetensors", "critic", "checkpoint-*", ".checkpoint.tmp*", ".checkpoint.old*",
-    ".final.tmp", "tb", "mlflow.db", "mlruns", "wandb",
+    ".final.tmp", ".rlhfkit-write-test-*", "tb", "mlflow.db", "mlruns", "wandb",
     "reward_model", "ppo", "ppo_no_guard", "dpo", "sft",
 )
 

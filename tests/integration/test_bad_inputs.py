@@ -266,3 +266,20 @@ def test_bad_input_is_one_line(w: Path, name: str, command: str, code: int, expe
 def test_the_catalogue_is_large_and_its_ids_unique() -> None:
     ids = [row[0] for row in CATALOGUE]
     assert len(ids) >= 60 and len(set(ids)) == len(ids)
+
+
+def test_resume_says_what_it_resumes_and_applies_more_iterations(w: Path) -> None:
+    """--resume without a checkpoint says it starts from the beginning; with one it names it and applies
+    a longer run (--iterations 1 -> 2): the new iteration's metrics are logged after the first's."""
+    fresh = runner.invoke(app, shlex.split((PPO + " --reward-fn bad_rewards:length --resume").format(w=w)
+                                           .replace(f"{w}/out", f"{w}/fresh")))
+    assert fresh.exit_code == 0, fresh.output
+    assert "no intact checkpoint in" in " ".join(fresh.output.split())
+    longer = runner.invoke(app, shlex.split((PPO + " --reward-fn bad_rewards:length --resume").format(w=w)
+                                            .replace(f"{w}/out", f"{w}/fresh").replace("--iterations 1",
+                                                                                        "--iterations 2")))
+    assert longer.exit_code == 0, longer.output
+    said = " ".join(longer.output.split())
+    assert "resuming ppo from" in said and "1 of 2 iterations done (iterations 1 -> 2" in said, said
+    steps = [json.loads(line)["step"] for line in (w / "fresh" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [0, 1]

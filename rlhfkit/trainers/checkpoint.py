@@ -32,7 +32,7 @@ from safetensors.torch import load_file, save_file
 from rlhfkit.config import to_dict
 from rlhfkit.errors import ConfigError, TrainingError
 from rlhfkit.tracking.console import console
-from rlhfkit.trainers.common import check_finite, save_causal_lm
+from rlhfkit.trainers.common import check_finite, disk_full, save_causal_lm
 
 CHECKPOINT = "checkpoint"
 WEIGHTS, STATE, MANIFEST, CONFIG = "model.safetensors", "trainer_state.pt", "checkpoint.json", "config.json"
@@ -80,19 +80,6 @@ def _unshared(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out[k] = v.clone().contiguous() if key in seen or not v.is_contiguous() else v
         seen.add(key)
     return out
-
-
-def _is_disk_full(e: BaseException, folder: Path) -> bool:
-    """Whether a failed write ran out of disk: by its errno, or (torch and safetensors wrap the OS error
-    in their own) by the disk having less than 1 MiB free right after it."""
-    import errno
-
-    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        return True
-    try:
-        return shutil.disk_usage(folder).free < 1 << 20
-    except OSError:
-        return False
 
 
 def leftover_temporaries(out_dir: str | Path) -> list[Path]:
@@ -150,7 +137,7 @@ def save_checkpoint(out_dir: str | Path, weights: dict[str, torch.Tensor], state
         tmp.rename(final)
         _fsync(out)
     except Exception as e:
-        full = _is_disk_full(e, out)  # before the partial files are removed
+        full = disk_full(e, out)  # before the partial files are removed
         shutil.rmtree(tmp, ignore_errors=True)
         previous = find_checkpoint(out)
         kept = f"{previous.name} is intact" if previous else "no earlier checkpoint exists"

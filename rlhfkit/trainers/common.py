@@ -18,7 +18,7 @@ import torch
 from accelerate import Accelerator
 
 from rlhfkit.config import save_config
-from rlhfkit.errors import TrainingError
+from rlhfkit.errors import TrainingError, UserError
 from rlhfkit.models.loading import configure_loading
 from rlhfkit.tracking.metrics import check_trackers
 from rlhfkit.trainers.output_dir import check_output_dir
@@ -104,9 +104,13 @@ def staged_output(out_dir: str | Path, enabled: bool = True, folder: Path | None
     tmp.mkdir(parents=True, exist_ok=True)
     try:
         yield tmp
-    except BaseException:
+    except BaseException as e:
+        full = isinstance(e, Exception) and not isinstance(e, UserError) and disk_full(e, tmp)
         if folder is None or not any(folder.glob("checkpoint-*")):
             shutil.rmtree(tmp, ignore_errors=True)
+        if full:
+            raise TrainingError(f"{out}: no space left on the disk to write the run; nothing half-written was "
+                                "kept: free some space and run again") from None
         raise
     if out.exists():
         old = out.parent / f".{out.name}.old-{os.getpid()}"
@@ -115,6 +119,19 @@ def staged_output(out_dir: str | Path, enabled: bool = True, folder: Path | None
         shutil.rmtree(old, ignore_errors=True)
     else:
         tmp.rename(out)
+
+
+def disk_full(e: BaseException, folder: Path) -> bool:
+    """Whether a failed write ran out of disk: by its errno, or (torch and safetensors wrap the OS error
+    in their own) by the disk having less than 1 MiB free right after it."""
+    import errno
+
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return True
+    try:
+        return shutil.disk_usage(folder).free < 1 << 20
+    except OSError:
+        return False
 
 
 def _alive(pid: int) -> bool:

@@ -5,9 +5,10 @@ the uninterrupted run's metrics.jsonl row for row (timings aside); a half-writte
 never loaded; a full disk is one line and leaves the previous checkpoint intact.
 
 `make test` runs RLHFKIT_FAULT_ROUNDS=1 round per stage (reward, ppo, reinforce), each round
-interrupting one run RLHFKIT_FAULT_KILLS=2 times (a SIGTERM, then a SIGKILL) at random delays with a
-checkpoint after every step, then resuming it to the end. The long version:
-RLHFKIT_FAULT_ROUNDS=20 pytest tests/integration/test_faults.py -s. The counts (rounds, kills,
+interrupting one run RLHFKIT_FAULT_KILLS=1 time(s) at a random delay with a checkpoint after every
+step (SIGTERM and SIGKILL in turn: reward and reinforce get a SIGTERM, ppo a SIGKILL), then
+resuming it to the end. The long version:
+RLHFKIT_FAULT_ROUNDS=20 RLHFKIT_FAULT_KILLS=3 pytest tests/integration/test_faults.py -s. The counts (rounds, kills,
 resumes that matched, checkpoints found damaged) are printed and, with RLHFKIT_FAULT_REPORT=FILE,
 written there as JSON.
 """
@@ -32,7 +33,8 @@ from rlhfkit.trainers.checkpoint import verify_checkpoint
 
 HERE = Path(__file__).parent
 ROUNDS = int(os.environ.get("RLHFKIT_FAULT_ROUNDS", "1"))
-KILLS = int(os.environ.get("RLHFKIT_FAULT_KILLS", "2"))
+KILLS = int(os.environ.get("RLHFKIT_FAULT_KILLS", "1"))
+STAGES = ["reward", "ppo", "reinforce"]
 COUNTS = {"rounds": 0, "kills": 0, "resumes_matched": 0, "resumes_differed": 0, "checkpoints_checked": 0,
           "checkpoints_damaged": 0}
 FAST = ["--threads", "1", "--mixed-precision", "no"]
@@ -111,7 +113,7 @@ def check_checkpoints(folder: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", ["reward", "ppo", "reinforce"])
+@pytest.mark.parametrize("stage", STAGES)
 def test_killed_at_random_moments_resumes_and_repeats_the_uninterrupted_run(
         stage: str, files: dict[str, Path], uninterrupted: dict[str, list[dict]]) -> None:
     rng = random.Random(f"{stage}-{os.getpid()}")
@@ -123,7 +125,8 @@ def test_killed_at_random_moments_resumes_and_repeats_the_uninterrupted_run(
                                     stderr=subprocess.PIPE, text=True)
             wait_for_progress(proc, run_folder(stage, out))
             time.sleep(rng.uniform(0.0, 1.5))
-            sig = signal.SIGTERM if kill == 0 else signal.SIGKILL
+            # SIGTERM and SIGKILL in turn (by kill, round and stage: one round of one kill covers both)
+            sig = signal.SIGTERM if (kill + round_ + STAGES.index(stage)) % 2 == 0 else signal.SIGKILL
             if proc.poll() is None:
                 proc.send_signal(sig)
             _, err = proc.communicate(timeout=120)

@@ -65,7 +65,9 @@ class RolloutSettings:
                                     "output_dir/checkpoint-<iterations done>.", ge=0)
     keep_checkpoints: int = setting(1, "Checkpoints kept: the newest N, older ones are removed once a new one is "
                                     "complete.", ge=1, aliases={"save_total_limit": None})
-    resume: bool = setting(False, "Continue from output_dir/checkpoint when it exists.")
+    resume: bool = setting(False, "Continue from the newest intact output_dir/checkpoint-N (settings that change "
+                           "the run's numbers must stay as they were; more iterations are applied); without one "
+                           "the run starts from the beginning.")
     save_merged: bool = setting(True, "With LoRA, also write the merged weights as a plain transformers folder in "
                                 "output_dir (the adapter always goes to output_dir/adapter, in peft's format).")
     sample_every: int = setting(10, "Log a few sample responses every N iterations (0 = never).", ge=0)

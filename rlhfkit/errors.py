@@ -24,6 +24,10 @@ class ModelError(UserError, ValueError):
     """A model or tokenizer cannot be loaded, or they do not fit together."""
 
 
+class TrainingError(UserError):
+    """A run cannot go on or save its result (diverged weights, a full disk); the message says what is kept."""
+
+
 def where(path: object, row: int | None = None, field: str | None = None) -> str:
     """Format a location as `file, row N, field 'x'` for error messages (rows count from 1)."""
     parts = [str(path)]

@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-from rlhfkit.data.io import Source, read_rows, source_name
+from rlhfkit.data.io import Source, read_rows, row_numbers, source_name
 from rlhfkit.data.preferences import _end_at_last_turn, render, render_plain
 from rlhfkit.data.tokenize import _with_eos, pad_right
 from rlhfkit.errors import DataError, first_line
@@ -186,7 +186,7 @@ def load_rows(source: Source) -> list[DemoRow]:
     rows = read_rows(source)
     if not rows:
         raise DataError(f"{name}: no rows")
-    return [parse_row(row, name, i) for i, row in enumerate(rows, start=1)]
+    return [parse_row(row, name, i) for i, row in zip(row_numbers(rows), rows)]
 
 
 # ---------------------------------------------------------------------------------------------

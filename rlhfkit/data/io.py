@@ -1,7 +1,10 @@
 """Read rows (dicts) from JSONL, JSON, CSV, Parquet, a saved `datasets` folder, or a Dataset.
 
 Every error names the file and, where there is one, the line; nothing is read lazily, so a
-bad file fails before any training starts. Rows are numbered from 1 in messages.
+bad file fails before any training starts. A row is named by ONE number everywhere: its line in
+the file for JSONL and CSV (a CSV's header is line 1, so its first data row is row 2), its
+position from 1 in a JSON list, a Parquet file or a dataset. `read_rows` returns a `Rows` list
+that carries these numbers, and every reader's message takes them from `row_numbers`.
 """
 
 from __future__ import annotations
@@ -26,8 +29,31 @@ def source_name(source: Source) -> str:
     return f"<{type(source).__name__}>"
 
 
-def read_rows(source: Source) -> list[dict[str, Any]]:
-    """All rows of a data source as a list of dicts."""
+class Rows(list):
+    """A list of row dicts plus `lines`: the number each row is called by in messages (see the module doc)."""
+
+    lines: list[int]
+
+
+def numbered(rows: list[dict[str, Any]], lines: list[int] | None = None) -> Rows:
+    out = Rows(rows)
+    out.lines = list(lines) if lines is not None else list(range(1, len(rows) + 1))
+    return out
+
+
+def row_numbers(rows: list[Any]) -> list[int]:
+    """The number each row is called by in messages: its line in the file (JSONL, CSV), else its position from 1."""
+    lines = getattr(rows, "lines", None)
+    return list(lines) if lines is not None and len(lines) == len(rows) else list(range(1, len(rows) + 1))
+
+
+def read_rows(source: Source) -> Rows:
+    """All rows of a data source as a list of dicts (a `Rows`, which knows each row's number)."""
+    rows = _read_rows(source)
+    return rows if isinstance(rows, Rows) else numbered(rows)
+
+
+def _read_rows(source: Source) -> list[dict[str, Any]]:
     if isinstance(source, list):
         return [_as_dict(r, "<list>", i + 1) for i, r in enumerate(source)]
     if not isinstance(source, (str, Path)):
@@ -46,7 +72,7 @@ def read_rows(source: Source) -> list[dict[str, Any]]:
         raise DataError(f"{path}: unknown file type '{suffix}'; use .jsonl, .json, .csv or .parquet")
     try:
         return readers[suffix](path)
-    except (OSError, UnicodeDecodeError) as e:
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise DataError(f"{path}: cannot read the file ({e})") from None
 
 
@@ -56,8 +82,13 @@ def _as_dict(row: Any, name: str, line: int) -> dict[str, Any]:
     return row
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
+def json_error(e: json.JSONDecodeError, line: int | None = None) -> str:
+    """'malformed JSON (Expecting value, line 3 column 7)': one wording for every JSON reader."""
+    return f"malformed JSON ({e.msg}, line {e.lineno if line is None else line} column {e.colno})"
+
+
+def _read_jsonl(path: Path) -> Rows:
+    rows, lines = [], []
     with path.open(encoding="utf-8") as f:
         for line_no, line in enumerate(f, start=1):
             if not line.strip():
@@ -65,16 +96,17 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(f"{path}, row {line_no}: malformed JSON ({e.msg} at column {e.colno})") from None
+                raise DataError(f"{path}, row {line_no}: {json_error(e, line_no)}; fix or remove that line") from None
             rows.append(_as_dict(row, str(path), line_no))
-    return rows
+            lines.append(line_no)
+    return numbered(rows, lines)
 
 
 def _read_json(path: Path) -> list[dict[str, Any]]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise DataError(f"{path}: malformed JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+        raise DataError(f"{path}: {json_error(e)}") from None
     if isinstance(data, dict):  # column-oriented {"prompt": [...], ...}
         lengths = {len(v) for v in data.values() if isinstance(v, list)}
         if len(lengths) != 1 or not all(isinstance(v, list) for v in data.values()):
@@ -86,10 +118,15 @@ def _read_json(path: Path) -> list[dict[str, Any]]:
     return [_as_dict(r, str(path), i + 1) for i, r in enumerate(data)]
 
 
-def _read_csv(path: Path) -> list[dict[str, Any]]:
+def _read_csv(path: Path) -> Rows:
+    rows, lines = [], []
     with path.open(encoding="utf-8", newline="") as f:
-        rows = list(csv.DictReader(f))
-    for i, row in enumerate(rows, start=2):  # row 1 is the header
+        reader = csv.DictReader(f)
+        for row in reader:
+            rows.append(row)
+            # the line the row starts on (the header is line 1; a quoted cell may span lines)
+            lines.append(reader.line_num - sum(str(v).count("\n") for v in row.values() if isinstance(v, str)))
+    for i, row in zip(lines, rows):
         if None in row:
             raise DataError(f"{path}, row {i}: more values than header columns")
         # Cells that hold JSON lists (chat messages, completions) are decoded.
@@ -99,7 +136,7 @@ def _read_csv(path: Path) -> list[dict[str, Any]]:
                     row[k] = json.loads(v)
                 except json.JSONDecodeError:
                     pass
-    return rows
+    return numbered(rows, lines)
 
 
 def _read_parquet(path: Path) -> list[dict[str, Any]]:

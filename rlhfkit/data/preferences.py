@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rlhfkit.algos.reward import ranking_to_pairs
-from rlhfkit.data.io import Source, read_rows, source_name
+from rlhfkit.data.io import Source, read_rows, row_numbers, source_name
 from rlhfkit.data.stop_tokens import end_of_turn_token
 from rlhfkit.errors import DataError
 
@@ -158,7 +158,7 @@ def load_examples(source: Source) -> list[PreferenceExample]:
     rows = read_rows(source)
     if not rows:
         raise DataError(f"{name}: no rows")
-    return [parse_example(row, name, i) for i, row in enumerate(rows, start=1)]
+    return [parse_example(row, name, i) for i, row in zip(row_numbers(rows), rows)]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from rlhfkit import seeds
-from rlhfkit.data.io import Source, read_rows, source_name
+from rlhfkit.data.io import Source, numbered, read_rows, row_numbers, source_name
 from rlhfkit.data.preferences import render
 from rlhfkit.data.tokenize import encode_prompt, pad_left
 from rlhfkit.errors import DataError
@@ -18,7 +18,7 @@ from rlhfkit.errors import DataError
 def load_prompt_ids(rows: list[dict[str, Any]], name: str, tokenizer: Any) -> tuple[list[str], list[list[int]]]:
     """Pre-tokenised prompts: an 'input_ids' column of token id lists (the text is decoded for logs)."""
     texts, ids = [], []
-    for i, row in enumerate(rows, start=1):
+    for i, row in zip(row_numbers(rows), rows):
         value = row.get("input_ids")
         if not isinstance(value, list) or not value or not all(isinstance(t, int) and t >= 0 for t in value):
             raise DataError(f"{name}, row {i}, field 'input_ids': expected a non-empty list of token ids")
@@ -36,7 +36,9 @@ def read_prompt_rows(source: Source) -> list[dict[str, Any]]:
         path = Path(source)
         if not path.is_file():
             raise DataError(f"{path}: file not found")
-        rows = [{"prompt": line} for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        lines = [(n, line) for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
+                 if line.strip()]
+        rows = numbered([{"prompt": line} for _, line in lines], [n for n, _ in lines])
     else:
         rows = read_rows(source)
     if not rows:
@@ -47,7 +49,7 @@ def read_prompt_rows(source: Source) -> list[dict[str, Any]]:
 def prompt_texts(rows: list[dict[str, Any]], name: str, tokenizer: Any = None) -> tuple[list[str], list[bool]]:
     """(texts, templated) of every row's 'prompt'; chat prompts are rendered with the chat template."""
     texts, templated = [], []
-    for i, row in enumerate(rows, start=1):
+    for i, row in zip(row_numbers(rows), rows):
         if "prompt" not in row:
             raise DataError(f"{name}, row {i}: missing column 'prompt' (found: {', '.join(sorted(row)) or 'none'})")
         value = row["prompt"]
@@ -82,9 +84,9 @@ class PromptSet:
             return cls(texts, [x[-max_length:] for x in ids], seed)
         texts, templated = prompt_texts(rows, name, tokenizer)
         ids = [encode_prompt(tokenizer, t, tmpl)[-max_length:] for t, tmpl in zip(texts, templated)]
-        for i, x in enumerate(ids):
+        for i, x in zip(row_numbers(rows), ids):
             if not x:
-                raise DataError(f"{source_name(source)}, row {i + 1}, field 'prompt': encodes to no tokens")
+                raise DataError(f"{source_name(source)}, row {i}, field 'prompt': encodes to no tokens")
         return cls(texts, ids, seed)
 
     def __len__(self) -> int:

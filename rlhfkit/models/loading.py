@@ -8,6 +8,10 @@ stochastic, so the PPO ratio would not be 1 before any update (docs/implementati
 
 from __future__ import annotations
 
+import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,14 +70,46 @@ def resolve_model_path(name_or_path: str | Path, need_config: bool = True) -> st
     return name
 
 
+def _hub_unreachable(e: BaseException) -> bool:
+    text = str(e)
+    return any(s in text for s in ("couldn't connect", "offline mode", "HF_HUB_OFFLINE", "Max retries", "resolve"))
+
+
+@contextmanager
+def _quiet_hub() -> Iterator[None]:
+    """huggingface_hub logs a warning per failed request before raising; the ModelError below says it once."""
+    logger = logging.getLogger("huggingface_hub")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def load_pretrained(loader, name_or_path: str | Path, what: str, need_config: bool = True, **kwargs):
-    """`loader.from_pretrained` with the path resolved and load errors as one-line ModelErrors."""
+    """`loader.from_pretrained` with the path resolved and load errors as one-line ModelErrors: a hub id
+    that is neither a local folder nor cached while offline, a truncated weights file, a config or
+    tokenizer file that is not valid JSON."""
+    from safetensors import SafetensorError
+
     path = resolve_model_path(name_or_path, need_config)
     kwargs.setdefault("trust_remote_code", OPTIONS.trust_remote_code)
     try:
-        return loader.from_pretrained(path, **kwargs)
+        with _quiet_hub():
+            return loader.from_pretrained(path, **kwargs)
     except OSError as e:
+        if not Path(path).is_dir() and _hub_unreachable(e):
+            raise ModelError(f"{name_or_path}: not a local folder, and the Hugging Face hub cannot be reached to "
+                             f"download it (offline, or no network); pass a local model folder (saved with "
+                             f"save_pretrained, or from `rlhfkit models prepare`) or '{EMBEDDED}'") from None
         raise ModelError(f"{name_or_path}: cannot load the {what} ({str(e).splitlines()[0]})") from None
+    except SafetensorError as e:
+        raise ModelError(f"{name_or_path}: the {what}'s weights file is damaged or cut short ({e}); save or copy "
+                         "the model again") from None
+    except json.JSONDecodeError as e:
+        raise ModelError(f"{name_or_path}: a file of the {what} is not valid JSON (cut short? {e.msg}, line "
+                         f"{e.lineno} column {e.colno}); save or copy the model again") from None
     except ValueError as e:
         if "trust_remote_code" in str(e):
             raise ModelError(f"{name_or_path}: the {what} needs the Python code its folder ships; pass "
@@ -110,6 +146,35 @@ def load_tokenizer(name_or_path: str | Path, padding_side: str = "left") -> PreT
             raise ModelError(f"{name_or_path}: tokenizer has neither a pad nor an EOS token; add a pad token")
         tok.pad_token = tok.eos_token
     tok.padding_side = padding_side
+    return tok
+
+
+def same_tokenizer(a: Any, b: Any) -> bool:
+    """True when two tokenizers turn text into the same ids (compared once, at setup)."""
+    if a.eos_token_id != b.eos_token_id:
+        return False
+    if hasattr(a, "backend_tokenizer") and hasattr(b, "backend_tokenizer"):  # fast tokenizers: whole pipeline
+        return a.backend_tokenizer.to_str() == b.backend_tokenizer.to_str()
+    return a.get_vocab() == b.get_vocab()
+
+
+def has_tokenizer(name_or_path: str | Path) -> bool:
+    """Whether a model folder ships its own tokenizer files."""
+    path = Path(resolve_model_path(name_or_path, need_config=False))
+    return path.is_dir() and any((path / f).is_file() for f in TOKENIZER_FILES)
+
+
+def load_run_tokenizer(tokenizer: str, model: str, padding_side: str = "left") -> PreTrainedTokenizerBase:
+    """The run's tokenizer: `tokenizer` (--tokenizer) when set, else the model's own. A --tokenizer that does
+    not turn text into the ids the model's own tokenizer gives is refused: the model would read (and sample)
+    ids that mean other words."""
+    tok = load_tokenizer(tokenizer or model, padding_side=padding_side)
+    if tokenizer and tokenizer != model and has_tokenizer(model):
+        own = load_tokenizer(model, padding_side=padding_side)
+        if not same_tokenizer(tok, own):
+            raise ModelError(f"setting 'tokenizer': {tokenizer} ({len(tok)} tokens) does not match the tokenizer "
+                             f"saved with the model {model} ({len(own)} tokens); drop --tokenizer to use the model's "
+                             "own, or pass the tokenizer it was trained with")
     return tok
 
 

@@ -18,7 +18,6 @@ stage (reward_model/, ppo/, ppo_no_guard/, dpo/), each with the config.yaml its 
 
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -41,7 +40,7 @@ from rlhfkit.rollout.collect import decode_responses
 from rlhfkit.rollout.completions import sample_completions
 from rlhfkit.rollout.sampling import SamplingSettings, sample
 from rlhfkit.rollout.scoring import RewardModelScorer
-from rlhfkit.tracking.console import console, print_table
+from rlhfkit.tracking.console import console, print_table, progress_bar
 from rlhfkit.tracking.diagnostics import distinct_n, repetition_rate
 from rlhfkit.tracking.summary import (
     DPO_ACCURACY_KEY,
@@ -191,6 +190,7 @@ def run_demo(cfg: DemoConfig) -> DemoSummary:
     from rlhfkit.tracking.report import build_report
     from rlhfkit.trainers.dpo import train as train_dpo
     from rlhfkit.trainers.dpo_config import DPOConfig
+    from rlhfkit.trainers.output_dir import check_writable, remove_run_folder
     from rlhfkit.trainers.ppo import train as train_ppo
     from rlhfkit.trainers.reward import train as train_reward
     from rlhfkit.trainers.reward_config import RewardConfig
@@ -200,8 +200,9 @@ def run_demo(cfg: DemoConfig) -> DemoSummary:
         cfg = quick_settings(cfg)
     t_start = time.perf_counter()
     out = Path(cfg.output_dir)
-    if out.exists():
-        shutil.rmtree(out)
+    if out.is_dir():
+        remove_run_folder(out)  # an earlier demo; a folder holding anything else is refused, never deleted
+    check_writable(out)
     out.mkdir(parents=True)
     save_config(cfg, out / "config.yaml")
     if cfg.threads:
@@ -212,7 +213,9 @@ def run_demo(cfg: DemoConfig) -> DemoSummary:
     start_policy = load_causal_lm(cfg.model, tokenizer).eval()
 
     console.rule("[bold]1-2. sample completions, rank them with the simulated labeler")
-    comparisons = collect_rankings(cfg, out, start_policy, tokenizer)
+    with progress_bar(1, "sample and rank") as bar:
+        comparisons = collect_rankings(cfg, out, start_policy, tokenizer)
+        bar.update(1)
 
     console.rule("[bold]3. reward model")
     rm_metrics = train_reward(RewardConfig(**reward_settings(cfg, comparisons, out)))
@@ -244,10 +247,14 @@ def run_demo(cfg: DemoConfig) -> DemoSummary:
     rm_tok = load_tokenizer(out / RM_FOLDER, padding_side="right")
     scorer = RewardModelScorer(build_reward_model(out / RM_FOLDER, rm_tok, init_head=False).eval(), rm_tok,
                                tokenizer)
-    results = {"start": evaluate(start_policy, tokenizer, scorer, eval_prompts, cfg, start_policy)}
-    for name, folder in {**RUN_FOLDERS, "dpo": DPO_FOLDER}.items():
-        results[name] = evaluate(load_causal_lm(out / folder, tokenizer).eval(), tokenizer, scorer, eval_prompts, cfg,
-                                 start_policy)
+    folders = {**RUN_FOLDERS, "dpo": DPO_FOLDER}
+    with progress_bar(1 + len(folders), "evaluation (policies)") as bar:
+        results = {"start": evaluate(start_policy, tokenizer, scorer, eval_prompts, cfg, start_policy)}
+        bar.update(1)
+        for name, folder in folders.items():
+            results[name] = evaluate(load_causal_lm(out / folder, tokenizer).eval(), tokenizer, scorer, eval_prompts,
+                                     cfg, start_policy)
+            bar.update(1)
     write_jsonl(out / EVALUATION_FILE, evaluation_rows(eval_prompts, eval_seeds(cfg, len(eval_prompts)), results))
 
     def policy(name: str) -> dict[str, float]:

@@ -9,23 +9,28 @@ from typing import Any
 
 import torch
 
-from rlhfkit.data.io import read_rows, write_jsonl
+from rlhfkit.data.io import read_rows, row_numbers, write_jsonl
 from rlhfkit.data.tokenize import encode_prompt, encode_response, pad_right
-from rlhfkit.errors import DataError
+from rlhfkit.errors import ConfigError, DataError
 from rlhfkit.models.context import model_context, resolve_length
 from rlhfkit.models.loading import LoadOptions, configure_loading, load_tokenizer
 from rlhfkit.models.reward_model import build_reward_model, reward_scores
+from rlhfkit.rollout.scoring import check_trained_reward_model
+from rlhfkit.trainers.output_dir import check_writable
 from rlhfkit.trainers.reward_config import ScoreConfig
 
 
 def _encode_rows(rows: list[dict[str, Any]], name: str, tokenizer: Any, max_length: int) -> list[list[int]]:
     seqs = []
-    for i, row in enumerate(rows, start=1):
+    for i, row in zip(row_numbers(rows), rows):
         prompt = row.get("prompt", "")
         field = "completion" if "completion" in row else "response"
         completion = row.get(field)
         if not isinstance(prompt, str):
             raise DataError(f"{name}, row {i}, field 'prompt': expected text, got {type(prompt).__name__}")
+        if completion is None:
+            raise DataError(f"{name}, row {i}, field 'completion': missing (or name it 'response'); every row needs "
+                            "the text to score")
         if not isinstance(completion, str) or not completion.strip():
             raise DataError(f"{name}, row {i}, field '{field}': expected non-empty text")
         response = encode_response(tokenizer, completion)
@@ -42,6 +47,11 @@ def _encode_rows(rows: list[dict[str, Any]], name: str, tokenizer: Any, max_leng
 @torch.no_grad()
 def score_rows(cfg: ScoreConfig) -> list[dict[str, Any]]:
     """The input rows, each with a `score` field (max_length 0 = the reward model's context)."""
+    check_trained_reward_model(cfg.model, "model", cfg.allow_untrained_head, "--allow-untrained-head")
+    if cfg.output:
+        check_writable(Path(cfg.output).parent, "output")
+        if Path(cfg.output).is_dir():
+            raise ConfigError(f"setting 'output': {cfg.output} is a folder; name a .jsonl file to write")
     max_length = resolve_length(cfg.max_length, model_context(cfg.model), "max_length", what="reward model")
     rows = read_rows(cfg.data)
     if not rows:

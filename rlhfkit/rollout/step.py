@@ -20,7 +20,7 @@ from rlhfkit.rollout.batch import Rollout
 from rlhfkit.rollout.collect import ReferenceFn, collect_rollout
 from rlhfkit.rollout.gather import IterationPlan, gather_rollout, plan_iteration
 from rlhfkit.rollout.sampling import SamplingSettings
-from rlhfkit.rollout.scoring import Scorer
+from rlhfkit.rollout.scoring import Scorer, scores_checked_at
 
 
 def episode_seeds(seed: int, iteration: int, rows: Sequence[int]) -> list[int]:
@@ -52,7 +52,7 @@ class RolloutWorker:
                               update_epochs, num_minibatches, acc.process_index, acc.num_processes)
         ids, mask, texts = prompts.batch(prompt_indices, self.tokenizer.pad_token_id)
         own = plan.own
-        with acc.autocast():
+        with acc.autocast(), scores_checked_at(f"iteration {iteration}"):
             local, times = collect_rollout(
                 self.actor, self.reference, self.scorer, self.tokenizer, ids[own].to(acc.device),
                 mask[own].to(acc.device), [texts[j] for j in own.tolist()], self.sampling,

@@ -18,10 +18,14 @@ import torch
 from accelerate import Accelerator
 
 from rlhfkit.config import save_config
-from rlhfkit.errors import ConfigError
+from rlhfkit.errors import TrainingError, UserError
 from rlhfkit.models.loading import configure_loading
 from rlhfkit.tracking.metrics import check_trackers
+from rlhfkit.trainers.output_dir import check_output_dir
 from rlhfkit.trainers.precision import resolve_precision
+
+__all__ = ["check_output_dir", "leftover_folders", "make_accelerator", "make_optimizer", "make_scheduler",
+           "save_causal_lm", "save_run_config", "seed_everything", "staged_output"]
 
 
 def seed_everything(seed: int) -> None:
@@ -78,36 +82,35 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: Any, total_steps: int)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def check_output_dir(out_dir: str | Path, overwrite: bool) -> Path:
-    """Refuse to replace a finished run unless asked (checked before any work starts)."""
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ConfigError(f"setting 'output_dir': {out} already exists and is not empty; pass --overwrite "
-                          "or choose another directory")
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"setting 'output_dir': {out} is a file, not a directory")
-    return out
-
-
 @contextmanager
-def staged_output(out_dir: str | Path, enabled: bool = True) -> Iterator[Path]:
+def staged_output(out_dir: str | Path, enabled: bool = True, folder: Path | None = None, fresh: bool = True
+                  ) -> Iterator[Path]:
     """Write a run into a temporary sibling folder and move it into place only on success.
 
     A run that fails leaves nothing half-written under `out_dir` (the temporary folder is
-    removed); a previous run there is replaced only once the new one is complete.
+    removed); a previous run there is replaced only once the new one is complete. A resumable run
+    names its `folder` (`.NAME.partial`): it is kept when the run stops with a checkpoint in it, and
+    `fresh=False` (--resume) continues in it instead of emptying it.
     """
     out = Path(out_dir)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    tmp = folder or out.parent / f".{out.name}.tmp-{os.getpid()}"
     if not enabled:
         yield tmp
         return
-    if tmp.exists():
+    for stale in leftover_folders(out):  # a killed run's half-written folder: never read, removed now
+        shutil.rmtree(stale, ignore_errors=True)
+    if fresh and tmp.exists():
         shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    tmp.mkdir(parents=True, exist_ok=True)
     try:
         yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as e:
+        full = isinstance(e, Exception) and not isinstance(e, UserError) and disk_full(e, tmp)
+        if folder is None or not any(folder.glob("checkpoint-*")):
+            shutil.rmtree(tmp, ignore_errors=True)
+        if full:
+            raise TrainingError(f"{out}: no space left on the disk to write the run; nothing half-written was "
+                                "kept: free some space and run again") from None
         raise
     if out.exists():
         old = out.parent / f".{out.name}.old-{os.getpid()}"
@@ -118,10 +121,58 @@ def staged_output(out_dir: str | Path, enabled: bool = True) -> Iterator[Path]:
         tmp.rename(out)
 
 
+def disk_full(e: BaseException, folder: Path) -> bool:
+    """Whether a failed write ran out of disk: by its errno, or (torch and safetensors wrap the OS error
+    in their own) by the disk having less than 1 MiB free right after it."""
+    import errno
+
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return True
+    try:
+        return shutil.disk_usage(folder).free < 1 << 20
+    except OSError:
+        return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def leftover_folders(out_dir: str | Path) -> list[Path]:
+    """The temporary siblings `.NAME.tmp-PID` / `.NAME.old-PID` that `staged_output` left behind when its
+    process was killed (PID no longer running)."""
+    out = Path(out_dir)
+    found = []
+    for path in out.parent.glob(f".{out.name}.*-*"):
+        kind, _, pid = path.name[len(out.name) + 2:].partition("-")
+        if kind in ("tmp", "old") and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            found.append(path)
+    return found
+
+
+def check_finite(tensors: Any, what: str) -> None:
+    """A TrainingError unless every floating tensor of `tensors` (a module or a state dict) is finite: a model
+    with NaN or inf weights is never saved (it would score or sample garbage downstream)."""
+    items = tensors.state_dict().items() if isinstance(tensors, torch.nn.Module) else tensors.items()
+    floats = [(k, v) for k, v in items if isinstance(v, torch.Tensor) and v.is_floating_point()]
+    bad = [k for k, v in floats if not bool(torch.isfinite(v).all())]
+    if bad:
+        raise TrainingError(f"{what}: {len(bad)} of {len(floats)} weight tensors hold NaN or inf (first: '{bad[0]}'), "
+                            "so training diverged and they were not saved; lower --learning-rate or "
+                            "--max-grad-norm, or check the rewards and the data")
+
+
 def save_causal_lm(folder: Path, model: Any, tokenizer: Any, lora: Any = None, merged: bool = True) -> None:
     """A trained policy as the next stage loads it: `save_pretrained` layout plus its tokenizer; with LoRA the
     adapter in folder/adapter (peft's format: PeftModel.from_pretrained(base, folder)) and, with `merged`, the
-    merged weights as a plain transformers folder in `folder`."""
+    merged weights as a plain transformers folder in `folder`. Non-finite weights are refused (`check_finite`)."""
+    check_finite(model, "the trained policy")
     if lora is not None:
         lora.save(folder / "adapter")
         tokenizer.save_pretrained(folder / "adapter")

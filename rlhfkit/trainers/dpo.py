@@ -41,7 +41,7 @@ from rlhfkit.data.preferences import PreferenceExample, expand_pairs, load_examp
 from rlhfkit.data.tokenize import encode_response, pad_left, pad_right, tokenize_pairs
 from rlhfkit.errors import DataError, ModelError
 from rlhfkit.models.context import model_context, resolve_length
-from rlhfkit.models.loading import configure_loading, load_causal_lm, load_tokenizer
+from rlhfkit.models.loading import configure_loading, load_causal_lm, load_run_tokenizer, load_tokenizer
 from rlhfkit.models.lora import LoRASpec, add_lora
 from rlhfkit.models.policy import token_logprobs
 from rlhfkit.rollout.scoring import same_tokenizer
@@ -303,7 +303,7 @@ def train(cfg: DPOConfig) -> dict[str, float]:
     device = accelerator.device
 
     # 1. Data (checked completely before any model is loaded).
-    tokenizer = load_tokenizer(cfg.tokenizer or cfg.policy, padding_side="left")
+    tokenizer = load_run_tokenizer(cfg.tokenizer, cfg.policy, padding_side="left")
     train_data, eval_data = load_comparisons(cfg, tokenizer)
     counts = length_counts(train_data, eval_data, cfg.max_length)
     if main and (train_data.truncated or eval_data.truncated):

@@ -22,6 +22,7 @@ import dataclasses
 import json
 import math
 import random
+import shutil
 import time
 from functools import partial
 from pathlib import Path
@@ -40,7 +41,7 @@ from rlhfkit.algos.reward import (
     reward_centering_penalty,
 )
 from rlhfkit.data.batching import LengthGroupedBatches, ShuffledBatches, process_share
-from rlhfkit.data.io import read_rows
+from rlhfkit.data.io import read_rows, row_numbers
 from rlhfkit.data.preferences import PreferenceExample, expand_groups, expand_pairs, load_examples
 from rlhfkit.data.tokenize import (
     TokenizedGroups,
@@ -53,15 +54,23 @@ from rlhfkit.data.tokenize import (
     tokenize_groups,
     tokenize_pairs,
 )
-from rlhfkit.errors import DataError
+from rlhfkit.errors import ConfigError, DataError
 from rlhfkit.models.context import model_context, resolve_length
-from rlhfkit.models.loading import configure_loading, load_tokenizer
+from rlhfkit.models.loading import configure_loading, load_run_tokenizer
 from rlhfkit.models.lora import LoRASpec, add_lora
 from rlhfkit.models.reward_model import RewardScorer, build_reward_model, set_normalization
 from rlhfkit.models.trunk_and_heads import score_head
 from rlhfkit.tracking.console import console, print_table, progress_bar
 from rlhfkit.tracking.metrics import open_metrics
+from rlhfkit.trainers.checkpoint import (
+    check_resume_settings,
+    load_checkpoint,
+    resume_from,
+    resume_line,
+    save_checkpoint,
+)
 from rlhfkit.trainers.common import (
+    check_finite,
     check_output_dir,
     make_accelerator,
     make_optimizer,
@@ -72,6 +81,7 @@ from rlhfkit.trainers.common import (
 )
 from rlhfkit.trainers.optim_step import StepStats, micro_batches, optimizer_step
 from rlhfkit.trainers.reward_config import RewardConfig
+from rlhfkit.trainers.signals import catch_stop_signals, restore_signals, stop_requested, stopped
 
 
 def resolve_max_length(cfg: RewardConfig) -> RewardConfig:
@@ -391,7 +401,8 @@ def normalization_scores(scorer: torch.nn.Module, cfg: RewardConfig, tokenizer: 
     """Raw rewards of the reference set used for normalisation (Ziegler et al. 2019, section 2.2)."""
     if cfg.normalize_data:
         seqs = []
-        for i, row in enumerate(read_rows(cfg.normalize_data), start=1):
+        rows = read_rows(cfg.normalize_data)
+        for i, row in zip(row_numbers(rows), rows):
             prompt, completion = row.get("prompt"), row.get("completion", row.get("response"))
             if not isinstance(prompt, str) or not isinstance(completion, str) or not completion.strip():
                 raise DataError(f"{cfg.normalize_data}, row {i}: needs text fields 'prompt' and 'completion'")
@@ -414,13 +425,20 @@ def train(cfg: RewardConfig) -> dict[str, float]:
     """Train a reward model as configured; returns the final evaluation metrics."""
     configure_loading(cfg)  # --dtype and --trust-remote-code, for the config read below too
     cfg = resolve_max_length(cfg)  # before any work: a too-long max_length is one line, not an IndexError
-    out_dir = check_output_dir(cfg.output_dir, cfg.overwrite)
+    out_dir = Path(cfg.output_dir)
+    partial_dir = out_dir.parent / f".{out_dir.name}.partial"  # a resumable run's folder until it completes
+    if cfg.resume and not partial_dir.is_dir() and (out_dir / "eval.json").is_file():
+        # killed after the run completed (the model was already moved into place): nothing left to do
+        console.print(f"--resume: {out_dir} holds a completed run; nothing to resume")
+        return json.loads((out_dir / "eval.json").read_text())
+    resume_path = resume_from(partial_dir, cfg.resume, overwrite=True) if cfg.resume else None
+    check_output_dir(out_dir, cfg.overwrite)
     accelerator = make_accelerator(cfg)
     main = accelerator.is_main_process
     seed_everything(cfg.seed)
 
     # 1. Data (checked completely before the model is built).
-    tokenizer = load_tokenizer(cfg.tokenizer or cfg.model, padding_side="right")
+    tokenizer = load_run_tokenizer(cfg.tokenizer, cfg.model, padding_side="right")
     train_data, eval_data, eval_ranked = load_data(cfg, tokenizer)
     listwise = isinstance(train_data, TokenizedGroups)
     unit = "ranked lists" if listwise else "pairs"
@@ -486,18 +504,38 @@ def train(cfg: RewardConfig) -> dict[str, float]:
     collate = _collate_groups if listwise else _collate
     list_pairs = [train_data.num_pairs(i) for i in range(len(train_data))] if listwise else []
 
-    with staged_output(out_dir, enabled=main) as tmp:
-        logger = open_metrics(tmp, cfg, enabled=main)
-        step, pairs_seen, t_eval = 0, 0, 0.0
+    step, pairs_seen, t_eval, t_before = 0, 0, 0.0, 0.0
+    if resume_path is not None:
+        step, pairs_seen, t_before = resume_reward(resume_path, cfg, accelerator.unwrap_model(scorer).model,
+                                                   optimizer, scheduler, total_steps, main)
+    catch_stop_signals()  # SIGTERM / Ctrl-C: checkpoint after the step, then stop
+
+    with staged_output(out_dir, enabled=main, folder=partial_dir, fresh=resume_path is None) as tmp:
+        if resume_path is not None and main:
+            keep_logged(tmp / "metrics.jsonl", step)
+        logger = open_metrics(tmp, cfg, enabled=main, append=resume_path is not None)
 
         def elapsed() -> float:
-            return time.perf_counter() - t_start - t_eval
+            return t_before + time.perf_counter() - t_start - t_eval
+
+        def checkpoint() -> Path:
+            state = {"step": step, "pairs_seen": pairs_seen, "elapsed": elapsed(),
+                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+            accelerator.wait_for_everyone()
+            if main:
+                save_checkpoint(tmp, accelerator.unwrap_model(scorer).model.state_dict(), state, done=step,
+                                keep=cfg.keep_checkpoints, config=cfg)
+            return tmp / f"checkpoint-{step}"
 
         t_start = time.perf_counter()  # pairs/s counts the whole loop (data included), not the evaluations
         with progress_bar(total_steps, "reward model", keys=("loss", "acc", "eval_acc"), enabled=main) as bar:
+            bar.update(step)
             # 3. Bradley-Terry updates: every process walks the same global batches and trains on its share.
-            for _epoch in range(cfg.epochs):
-                for rows in batches:
+            for epoch in range(step // len(batches), cfg.epochs):
+                batches.passes = epoch  # pass e's order is seeded by (seed, e): a resumed run sees the same batches
+                for index, rows in enumerate(batches):
+                    if epoch * len(batches) + index < step:
+                        continue  # done before the checkpoint this run resumed from
                     # the global batch's denominator: its pair-weight sum (pairwise) or number of lists
                     # (listwise), and its comparisons, for the accuracy
                     if listwise:
@@ -527,6 +565,15 @@ def train(cfg: RewardConfig) -> dict[str, float]:
                         logger.log(step, metrics)
                         bar_values["eval_acc"] = metrics["eval/accuracy"]
                     bar.update(1, **bar_values)
+                    # 5. Checkpoints on schedule, and when SIGTERM / Ctrl-C asked the run to stop.
+                    saved = bool(cfg.checkpoint_every) and step % cfg.checkpoint_every == 0 and step != total_steps
+                    if saved:
+                        checkpoint()
+                    signum = None if step == total_steps else stop_requested(accelerator)
+                    if signum is not None:
+                        path = checkpoint() if not saved else tmp / f"checkpoint-{step}"
+                        logger.close()
+                        raise stopped(signum, f"after step {step} of {total_steps}", path)
         train_s = elapsed()
         metrics = evaluate_all(scorer, eval_data, eval_ranked, accelerator, cfg, pad_id)
         metrics.update({"perf/pairs_per_s": pairs_seen / max(train_s, 1e-9), "perf/train_s": train_s,
@@ -546,7 +593,11 @@ def train(cfg: RewardConfig) -> dict[str, float]:
             metrics.update({"normalize/gain": gain, "normalize/bias": bias, "normalize/raw_mean": raw.mean().item()})
         logger.log(step, metrics)
         logger.close()
+        restore_signals()
         if main:
+            check_finite(unwrapped, "the trained reward model")
+            for done in tmp.glob("checkpoint-*"):  # the run is complete: the model replaces its checkpoints
+                shutil.rmtree(done)
             if lora is not None:
                 # The reward model is the merged folder (a plain AutoModelForSequenceClassification, head
                 # included); the LoRA matrices alone go to adapter/ for reference.
@@ -571,6 +622,37 @@ def train(cfg: RewardConfig) -> dict[str, float]:
                             f"{metrics['eval/kendall_tau']:.3f} / {metrics['eval/spearman']:.3f}"))
         print_table(f"reward model -> {out_dir}", rows)
     return metrics
+
+
+def resume_reward(path: Path, cfg: RewardConfig, model: torch.nn.Module, optimizer: Any, scheduler: Any,
+                  total_steps: int, main: bool) -> tuple[int, int, float]:
+    """Load a reward run's checkpoint (weights, optimizer, schedule, RNG); returns (steps done, pairs seen,
+    training seconds before). Settings that cannot change are refused first, in one line."""
+    changed = check_resume_settings(path, cfg)
+    weights, state = load_checkpoint(path)
+    if state["step"] > total_steps:
+        raise ConfigError(f"setting 'epochs': {path} has {state['step']} steps done, more than the {total_steps} "
+                          f"of --epochs {cfg.epochs}; raise --epochs")
+    model.load_state_dict(weights)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if main:
+        console.print(resume_line("reward", path, state["step"], total_steps, "steps", changed))
+    return int(state["step"]), int(state["pairs_seen"]), float(state["elapsed"])
+
+
+def keep_logged(path: Path, step: int) -> None:
+    """Drop the metrics lines logged after `step` (by the run that was killed) and any torn line."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            if int(json.loads(line)["step"]) <= step:
+                keep.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut short by the kill
+    path.write_text("".join(line + "\n" for line in keep))
 
 
 def run(cfg: RewardConfig) -> Path:

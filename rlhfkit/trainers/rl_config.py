@@ -24,6 +24,8 @@ class RolloutSettings:
                           "a copy of it.")
     tokenizer: str = setting("", "The policy's tokenizer, folder or HF id (empty = the policy's own).")
     reward_model: str = setting("", "Saved reward model directory (from rlhfkit reward).")
+    allow_untrained_reward_model: bool = setting(False, "Accept a --reward-model that is not a trained reward "
+                                                 "model (a plain causal LM gets a score head of random weights).")
     reward_fn: str = setting("", "Instead of a reward model: a Python function 'module:function' taking "
                              "(prompts, responses) and returning one float per episode.")
     gold_fn: str = setting("", "Optional held-out judge 'module:function' (prompts, responses) -> scores, logged as "
@@ -63,7 +65,9 @@ class RolloutSettings:
                                     "output_dir/checkpoint-<iterations done>.", ge=0)
     keep_checkpoints: int = setting(1, "Checkpoints kept: the newest N, older ones are removed once a new one is "
                                     "complete.", ge=1, aliases={"save_total_limit": None})
-    resume: bool = setting(False, "Continue from output_dir/checkpoint when it exists.")
+    resume: bool = setting(False, "Continue from the newest intact output_dir/checkpoint-N (settings that change "
+                           "the run's numbers must stay as they were; more iterations are applied); without one "
+                           "the run starts from the beginning.")
     save_merged: bool = setting(True, "With LoRA, also write the merged weights as a plain transformers folder in "
                                 "output_dir (the adapter always goes to output_dir/adapter, in peft's format).")
     sample_every: int = setting(10, "Log a few sample responses every N iterations (0 = never).", ge=0)

@@ -26,21 +26,27 @@ from rlhfkit.algos.masked import aggregate_denominator
 from rlhfkit.data.prompts import PromptSet
 from rlhfkit.errors import ConfigError
 from rlhfkit.models.context import fit_prompt_and_response, model_context
-from rlhfkit.models.loading import configure_loading, load_causal_lm, load_tokenizer
+from rlhfkit.models.loading import configure_loading, load_causal_lm, load_run_tokenizer, load_tokenizer
 from rlhfkit.models.lora import LoRAModel, LoRASpec, add_lora
 from rlhfkit.models.policy import ActorCritic, token_logprobs
 from rlhfkit.models.reward_model import build_reward_model
 from rlhfkit.rollout.ensemble import guard_scorer
 from rlhfkit.rollout.gather import IterationPlan
 from rlhfkit.rollout.sampling import SamplingSettings
-from rlhfkit.rollout.scoring import FunctionScorer, RewardModelScorer, Scorer, import_function, same_tokenizer
+from rlhfkit.rollout.scoring import (
+    FunctionScorer,
+    RewardModelScorer,
+    Scorer,
+    check_trained_reward_model,
+    import_function,
+    same_tokenizer,
+)
 from rlhfkit.rollout.step import RolloutWorker
 from rlhfkit.tracking.console import console, print_table
 from rlhfkit.tracking.metrics import MetricsLogger, open_metrics
 from rlhfkit.tracking.monitor import Monitor
-from rlhfkit.trainers.checkpoint import find_checkpoint, resume_rl, save_final_policy, save_rl_checkpoint
+from rlhfkit.trainers.checkpoint import resume_from, resume_rl, save_final_policy, save_rl_checkpoint
 from rlhfkit.trainers.common import (
-    check_output_dir,
     make_accelerator,
     make_optimizer,
     make_scheduler,
@@ -50,6 +56,7 @@ from rlhfkit.trainers.common import (
 from rlhfkit.trainers.optim_step import StepStats, micro_batches, optimizer_step
 from rlhfkit.trainers.rl_evaluation import HeldOutEvaluation
 from rlhfkit.trainers.rl_metrics import record_grad_norm, sample_rows
+from rlhfkit.trainers.signals import catch_stop_signals, restore_signals, stop_requested, stopped
 
 RewardFn = Callable[..., Sequence[float]]  # (prompts, responses[, ended=]) -> one float per episode
 
@@ -94,6 +101,8 @@ def build_scorer(cfg: Any, policy_tokenizer: Any, device: torch.device, reward_f
         return FunctionScorer(import_function(cfg.reward_fn))
     if not cfg.reward_model:
         raise ConfigError("setting 'reward_model': pass --reward-model DIR or --reward-fn module:function")
+    check_trained_reward_model(cfg.reward_model, "reward_model", cfg.allow_untrained_reward_model,
+                               "--allow-untrained-reward-model")
     rm_tokenizer = load_tokenizer(cfg.reward_model, padding_side="right")
     rm = build_reward_model(cfg.reward_model, rm_tokenizer, init_head=False).to(device).eval().requires_grad_(False)
     return RewardModelScorer(rm, rm_tokenizer, policy_tokenizer)
@@ -122,9 +131,8 @@ def build_rl(cfg: Any, with_critic: bool, separate_critic: bool = False, steps_p
     if (prompt_length, new_tokens) != (cfg.max_prompt_length, cfg.max_new_tokens):
         cfg = dataclasses.replace(cfg, max_prompt_length=prompt_length, max_new_tokens=new_tokens)
     out_dir = Path(cfg.output_dir)
-    resuming = cfg.resume and find_checkpoint(out_dir) is not None
-    if not resuming:
-        check_output_dir(out_dir, cfg.overwrite)
+    resuming = resume_from(out_dir, cfg.resume, cfg.overwrite) is not None  # one line when it cannot
+    catch_stop_signals()  # SIGTERM / Ctrl-C: checkpoint at the end of the iteration, then stop (end_iteration)
     accelerator = make_accelerator(cfg)
     seed_everything(cfg.seed)
     for note in filter(None, notes if accelerator.is_main_process else []):
@@ -134,7 +142,7 @@ def build_rl(cfg: Any, with_critic: bool, separate_critic: bool = False, steps_p
         raise ConfigError(f"setting 'rollout_batch_size': {cfg.rollout_batch_size} episodes must split into "
                           f"{cfg.num_minibatches} minibatches over {world} processes")
 
-    tokenizer = load_tokenizer(cfg.tokenizer or cfg.policy, padding_side="left")
+    tokenizer = load_run_tokenizer(cfg.tokenizer, cfg.policy, padding_side="left")
     prompts = PromptSet.from_source(cfg.prompts, tokenizer, cfg.max_prompt_length, seed=cfg.seed)
     evaluation = None
     if cfg.eval_prompts:
@@ -258,8 +266,17 @@ def end_iteration(run: RLRun, iteration: int, metrics: dict[str, float], rollout
             f.write(sample_rows(iteration, rollout))
     if run.evaluation is not None and ((cfg.eval_every and (iteration + 1) % cfg.eval_every == 0) or last):
         record.update(evaluate(run, iteration + 1))
-    if (action == "checkpoint" or cfg.checkpoint_every and (iteration + 1) % cfg.checkpoint_every == 0) and not last:
+    every = bool(cfg.checkpoint_every) and (iteration + 1) % cfg.checkpoint_every == 0
+    saved = (action == "checkpoint" or every) and not last  # --on-alarm checkpoint saves one at the alarm
+    if saved:
         save_rl_checkpoint(run, iteration, extra_state)
+    signum = None if last else stop_requested(run.accelerator)
+    if signum is not None:
+        if not saved:
+            save_rl_checkpoint(run, iteration, extra_state)
+        run.logger.close()
+        raise stopped(signum, f"after iteration {iteration + 1} of {cfg.iterations}",
+                      run.out_dir / f"checkpoint-{iteration + 1}")
     return record
 
 
@@ -269,6 +286,7 @@ def end_run(run: RLRun, history: list[dict[str, Any]], title: str, extra_state: 
     save_rl_checkpoint(run, history[-1]["step"] if run.stopped else run.cfg.iterations - 1, extra_state)
     save_final_policy(run)
     run.logger.close()
+    restore_signals()
     if run.main and history:
         first, last = history[0], history[-1]
         rows = [("reward (first -> last iteration)", f"{first['reward/mean']:.3f} -> {last['reward/mean']:.3f}")]

@@ -42,7 +42,7 @@ from rlhfkit.data.demonstrations import (
 )
 from rlhfkit.errors import DataError
 from rlhfkit.models.context import model_context, resolve_length
-from rlhfkit.models.loading import configure_loading, load_causal_lm, load_tokenizer
+from rlhfkit.models.loading import configure_loading, load_causal_lm, load_run_tokenizer
 from rlhfkit.models.lora import LoRASpec, add_lora
 from rlhfkit.models.trunk_and_heads import output_logits, trunk
 from rlhfkit.tracking.console import console, print_table, progress_bar
@@ -170,7 +170,7 @@ def train(cfg: SFTConfig) -> dict[str, float]:
     seed_everything(cfg.seed)
 
     # 1. Data (checked completely before the model is loaded).
-    tokenizer = load_tokenizer(cfg.tokenizer or cfg.model, padding_side="right")
+    tokenizer = load_run_tokenizer(cfg.tokenizer, cfg.model, padding_side="right")
     train_data, eval_data = load_splits(cfg, tokenizer)
     counts = length_counts(train_data, eval_data, cfg.max_length)
     if main and (train_data.truncated or eval_data.truncated or train_data.dropped or eval_data.dropped):

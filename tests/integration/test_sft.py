@@ -205,7 +205,7 @@ def test_lora_and_packing_save_the_adapter_and_a_merged_policy(demo_files, tmp_p
 @pytest.mark.parametrize(("name", "content", "message"), [
     ("missing.jsonl", [{"question": "hi", "answer": "hello"}],
      "missing.jsonl, row 1: missing column(s): expected prompt and completion (or response), messages, or text"),
-    ("empty.csv", "prompt,completion\nhello,there\nhi,\n", "empty.csv, row 2, field 'completion': empty text"),
+    ("empty.csv", "prompt,completion\nhello,there\nhi,\n", "empty.csv, row 3, field 'completion': empty text"),
     ("type.jsonl", [{"prompt": "hi", "completion": "ok"}, {"prompt": "hi", "completion": 5}],
      "type.jsonl, row 2, field 'completion': expected text or a list of chat messages, got int"),
     ("chat.jsonl", [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant"}]}],

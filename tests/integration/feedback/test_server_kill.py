@@ -43,7 +43,7 @@ def _setup(url: str, project: str) -> list[str]:
         store.create_project(project, K)
         store.add_prompts(project, [f"prompt {i}" for i in range(PROMPTS)],
                           [[f"completion {i}.{j}" for j in range(K)] for i in range(PROMPTS)])
-        return [store.add_annotator(f"{project}-a{i}") for i in range(ANNOTATORS)]
+        return [store.add_annotator(f"{project}-a{i}", project) for i in range(ANNOTATORS)]
 
 
 def _annotate(base: str, token: str, acked: list[tuple[str, int, dict[int, int]]], stop: threading.Event,

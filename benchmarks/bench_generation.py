@@ -10,7 +10,8 @@ All three sample at temperature 1 from the same left-padded chat prompts, with E
 generator per episode; log-probs and entropies kept, as PPO asks of it). HF: `model.generate(do_sample=True,
 min_new_tokens=max_new_tokens)`, with `cache_implementation="static"` for the static cache (eager, no
 torch.compile: compiling takes longer than a whole RL run at this size on a CPU). Figures: generated tokens
-per second (batch x new tokens / wall time), the median of --reps runs after one warm-up each. The model
+per second (batch x new tokens / wall time), the median of --reps rounds in which the three take turns,
+after one warm-up each. The model
 folder comes from `rlhfkit models prepare smollm2` (done here when missing). bf16 only where it is native.
 """
 
@@ -29,14 +30,18 @@ PROMPTS = ["My order has not arrived yet.", "The app crashes when I log in.", "I
            "Can I change my delivery address?", "How do I reset my password?"]
 
 
-def timed(fn, reps: int) -> float:
-    fn()  # warm-up: first-call allocations, the static cache's buffers
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
+def interleaved(fns: dict, reps: int) -> dict[str, float]:
+    """Median seconds of each fn over `reps` rounds, the fns taking turns within each round, so that a change
+    of machine load hits them alike; one warm-up call each first (allocations, the static cache's buffers)."""
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def main() -> None:
@@ -82,9 +87,9 @@ def main() -> None:
         return run
 
     rows = {}
-    for name, fn in (("rlhfkit sample", ours), ("HF generate, dynamic cache", hf(None)),
-                     ("HF generate, static cache", hf("static"))):
-        s = timed(fn, args.reps)
+    medians = interleaved({"rlhfkit sample": ours, "HF generate, dynamic cache": hf(None),
+                           "HF generate, static cache": hf("static")}, args.reps)
+    for name, s in medians.items():
         rows[name] = {"s": round(s, 3), "tokens_per_s": round(args.batch * n / s, 1)}
         print(f"{name}: {s:.3f} s, {args.batch * n / s:.1f} tokens/s", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,11 @@ iteration's wall time and the mean reward of the rollout it trained on. PPO's re
 peer's reward model (one model for both libraries, its SHA-256 in the results), GRPO's and RLOO's the
 number of positive words.
 
+The target (unless --targets fixes it): start + 0.8 x (gain), where start is the mean first-iteration reward
+of all runs of the algorithm (the same start policy for both libraries) and gain is the smaller of the two
+libraries' median final reward (trailing mean of the last 3 iterations) minus start: a level both libraries
+reach with their median seed, fixed by one rule for both before any time is compared.
+
 Reaching the target: the first iteration k at which the mean reward over iterations k-2..k (a window of 3,
 so one lucky rollout does not count) is >= the target. Time to target = the sum of the wall times of
 iterations 0..k (training-loop time only: no model loading, no trainer construction). A run that never
@@ -31,9 +36,7 @@ from run import run, snapshot_reward_model
 
 HERE = Path(__file__).resolve().parent
 WINDOW = 3
-# Targets a little above where both libraries' curves flatten at --lr 3e-5 in 24 iterations (pilot runs):
-# PPO: the reward model's mean score; GRPO/RLOO: positive words per response.
-TARGETS = {"ppo": 1.0, "grpo": 1.5, "rloo": 1.5}
+TARGET_SHARE = 0.8  # of the smaller median gain of the two libraries
 
 
 def first_reached(rewards: list[float], target: float, window: int = WINDOW) -> int | None:
@@ -42,6 +45,16 @@ def first_reached(rewards: list[float], target: float, window: int = WINDOW) -> 
         if sum(rewards[k - window + 1:k + 1]) / window >= target:
             return k
     return None
+
+
+def auto_target(runs: dict[str, dict[int, dict | None]], window: int = WINDOW) -> float | None:
+    """start + TARGET_SHARE x (smaller median final gain of the two libraries); see the module doc."""
+    done = {side: [r for r in seeds.values() if r and len(r["reward"]) >= window] for side, seeds in runs.items()}
+    if not all(done.values()):
+        return None
+    start = statistics.mean(r["reward"][0] for rs in done.values() for r in rs)
+    finals = [statistics.median(sum(r["reward"][-window:]) / window for r in rs) for rs in done.values()]
+    return round(start + TARGET_SHARE * (min(finals) - start), 3)
 
 
 def time_to_target(iter_s: list[float], rewards: list[float], target: float) -> float | None:
@@ -93,10 +106,10 @@ def main() -> None:
     ap.add_argument("--seeds", default="1,2,3")
     ap.add_argument("--iters", type=int, default=24)
     ap.add_argument("--lr", type=float, default=3e-5)
-    ap.add_argument("--targets", default=None, help="e.g. ppo=1.0,grpo=1.5 (default: the TARGETS table)")
+    ap.add_argument("--targets", default=None, help="e.g. ppo=1.0,grpo=2.5 (default: the rule of the module doc)")
     ap.add_argument("--tag", default=time.strftime("ttq_%Y%m%d_%H%M%S"))
     args = ap.parse_args()
-    targets = dict(TARGETS)
+    targets: dict[str, float | None] = {}
     for item in filter(None, (args.targets or "").split(",")):
         key, value = item.split("=")
         targets[key] = float(value)
@@ -115,14 +128,17 @@ def main() -> None:
     for algo in algos:
         for seed in seeds:  # TRL then rlhfkit for each seed, back to back, so load changes hit both alike
             for side, fn in (("trl", peer), ("rlhfkit", ours)):
-                r = fn(algo, args.lr, seed, args.iters, out, rm)
-                if r:
-                    r["time_to_target_s"] = time_to_target(r["iter_s"], r["reward"], targets[algo])
-                results["runs"].setdefault(algo, {}).setdefault(side, {})[seed] = r
+                results["runs"].setdefault(algo, {}).setdefault(side, {})[seed] = fn(
+                    algo, args.lr, seed, args.iters, out, rm)
+        if algo not in targets:
+            targets[algo] = auto_target(results["runs"][algo])
         for side in ("trl", "rlhfkit"):
+            for r in results["runs"][algo][side].values():
+                if r and targets[algo] is not None:
+                    r["time_to_target_s"] = time_to_target(r["iter_s"], r["reward"], targets[algo])
             runs = results["runs"][algo][side]
             results["summary"].setdefault(algo, {})[side] = summarise(
-                [r["time_to_target_s"] if r else None for r in runs.values()])
+                [r.get("time_to_target_s") if r else None for r in runs.values()])
         (out / "ttq.json").write_text(json.dumps(results, indent=2))
     lines = [f"Time to the reward target (lr {args.lr}, constant; trailing mean of {WINDOW} iterations >= target; "
              f"at most {args.iters} iterations; seeds {args.seeds}; {os.cpu_count()} cores)", "",

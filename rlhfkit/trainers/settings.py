@@ -28,7 +28,7 @@ class RunSettings:
         "(output_dir/tb), wandb (W&B; set WANDB_MODE=offline to keep it local), mlflow (MLFLOW_TRACKING_URI, "
         "default a SQLite store in output_dir/mlflow.db); empty or none = metrics.jsonl only.",
         choices=("none", "tensorboard", "wandb", "mlflow"))
-    log_every: int = setting(1, "Write training metrics to metrics.jsonl every N optimizer steps (reward) or "
+    log_every: int = setting(1, "Write training metrics to metrics.jsonl every N optimizer steps (reward, sft, dpo) or "
                              "iterations (ppo, reinforce); the last one is always written.", ge=1)
     threads: int = setting(0, "CPU threads for torch (0 = torch's default).", ge=0)
     dtype: str = setting(

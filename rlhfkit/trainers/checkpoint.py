@@ -75,12 +75,12 @@ def _unshared(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def leftover_temporaries(out_dir: str | Path) -> list[Path]:
-    """Temporary checkpoint folders of killed runs (their process is gone)."""
+    """Temporary checkpoint folders (being written or deleted) of killed runs (their process is gone)."""
     from rlhfkit.trainers.common import leftover_folders
 
     out = Path(out_dir)
-    found = [p for p in out.glob(f".{CHECKPOINT}.tmp*") if not p.name.rpartition("-")[2].isdigit()
-             or not _pid_alive(int(p.name.rpartition("-")[2]))]
+    found = [p for p in [*out.glob(f".{CHECKPOINT}.tmp*"), *out.glob(f".{CHECKPOINT}.old*")]
+             if not p.name.rpartition("-")[2].isdigit() or not _pid_alive(int(p.name.rpartition("-")[2]))]
     return found + leftover_folders(out / CHECKPOINT)
 
 
@@ -122,10 +122,7 @@ def save_checkpoint(out_dir: str | Path, weights: dict[str, torch.Tensor], state
             fsync_path(f)
         fsync_path(tmp)
         if final.exists():  # the same iteration saved again (a resumed run): the old copy goes first
-            old = out / f".{CHECKPOINT}.old-{os.getpid()}"
-            shutil.rmtree(old, ignore_errors=True)
-            final.rename(old)
-            shutil.rmtree(old)
+            remove_checkpoint(final)
         tmp.rename(final)
         fsync_path(out)
     except Exception as e:
@@ -140,8 +137,18 @@ def save_checkpoint(out_dir: str | Path, weights: dict[str, torch.Tensor], state
             raise TrainingError(f"{out}: cannot write {final.name} ({e.strerror or e}); {kept}") from None
         raise
     for stale in checkpoints(out)[:-keep]:
-        shutil.rmtree(stale, ignore_errors=True)
+        remove_checkpoint(stale)
     return final
+
+
+def remove_checkpoint(path: Path) -> None:
+    """Delete a checkpoint folder without ever leaving a half-deleted one under its name (a kill during the
+    deletion would): it is renamed to `.checkpoint.old-<pid>` first, which no loader reads and the next
+    save removes."""
+    gone = path.parent / f".{CHECKPOINT}.old-{os.getpid()}"
+    shutil.rmtree(gone, ignore_errors=True)
+    path.rename(gone)
+    shutil.rmtree(gone, ignore_errors=True)
 
 
 def verify_checkpoint(path: Path) -> str | None:

@@ -112,6 +112,11 @@ def staged_output(out_dir: str | Path, enabled: bool = True, folder: Path | None
             raise TrainingError(f"{out}: no space left on the disk to write the run; nothing half-written was "
                                 "kept: free some space and run again") from None
         raise
+    move_into_place(tmp, out)
+
+
+def move_into_place(tmp: Path, out: Path) -> None:
+    """Rename a completed run's folder `tmp` to `out`, replacing a previous run there only now."""
     if out.exists():
         old = out.parent / f".{out.name}.old-{os.getpid()}"
         out.rename(old)

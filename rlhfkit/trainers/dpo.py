@@ -27,7 +27,6 @@ import copy
 import dataclasses
 import json
 import random
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -66,6 +65,7 @@ from rlhfkit.trainers.signals import catch_stop_signals, restore_signals
 from rlhfkit.trainers.step_resume import (
     StepCheckpoints,
     completed_run,
+    drop_checkpoints,
     find_resume,
     keep_logged,
     load_step_checkpoint,
@@ -483,11 +483,10 @@ def train(cfg: DPOConfig) -> dict[str, float]:
         restore_signals()
         metrics.update({f"start/{k}": v for k, v in start.items() if k != "eval/pairs"})
         if main:
-            for done_checkpoint in tmp.glob("checkpoint-*"):  # the run is complete: the model replaces them
-                shutil.rmtree(done_checkpoint)
             save_causal_lm(tmp, unwrapped.policy, tokenizer, lora)  # with LoRA, merged too: a plain LM for --policy
             save_run_config(cfg, tmp)
             (tmp / "eval.json").write_text(json.dumps(metrics, indent=2))
+            drop_checkpoints(tmp)
         accelerator.wait_for_everyone()
     if main:
         dropped = int(metrics["data/eval_dropped"])

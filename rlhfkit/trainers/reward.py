@@ -22,7 +22,6 @@ import dataclasses
 import json
 import math
 import random
-import shutil
 import time
 from functools import partial
 from pathlib import Path
@@ -78,6 +77,7 @@ from rlhfkit.trainers.signals import catch_stop_signals, restore_signals
 from rlhfkit.trainers.step_resume import (
     StepCheckpoints,
     completed_run,
+    drop_checkpoints,
     find_resume,
     keep_logged,
     load_step_checkpoint,
@@ -584,8 +584,6 @@ def train(cfg: RewardConfig) -> dict[str, float]:
         restore_signals()
         if main:
             check_finite(unwrapped, "the trained reward model")
-            for done in tmp.glob("checkpoint-*"):  # the run is complete: the model replaces its checkpoints
-                shutil.rmtree(done)
             if lora is not None:
                 # The reward model is the merged folder (a plain AutoModelForSequenceClassification, head
                 # included); the LoRA matrices alone go to adapter/ for reference.
@@ -596,6 +594,7 @@ def train(cfg: RewardConfig) -> dict[str, float]:
             tokenizer.save_pretrained(tmp)
             save_run_config(cfg, tmp)
             (tmp / "eval.json").write_text(json.dumps(metrics, indent=2))
+            drop_checkpoints(tmp)
         accelerator.wait_for_everyone()
     if main:
         rows = [

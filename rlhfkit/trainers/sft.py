@@ -22,7 +22,6 @@ import dataclasses
 import json
 import math
 import random
-import shutil
 import time
 from functools import partial
 from pathlib import Path
@@ -65,6 +64,7 @@ from rlhfkit.trainers.signals import catch_stop_signals, restore_signals
 from rlhfkit.trainers.step_resume import (
     StepCheckpoints,
     completed_run,
+    drop_checkpoints,
     find_resume,
     keep_logged,
     load_step_checkpoint,
@@ -303,11 +303,10 @@ def train(cfg: SFTConfig) -> dict[str, float]:
 
         # 6. Saving: a plain causal-LM folder that the next stages load as they load any model.
         if main:
-            for done_checkpoint in tmp.glob("checkpoint-*"):  # the run is complete: the model replaces them
-                shutil.rmtree(done_checkpoint)
             save_causal_lm(tmp, accelerator.unwrap_model(lm).model, tokenizer, lora, merged=cfg.save_merged)
             save_run_config(cfg, tmp)
             (tmp / "eval.json").write_text(json.dumps(metrics, indent=2))
+            drop_checkpoints(tmp)
         accelerator.wait_for_everyone()
     if main:
         start = f"{start_metrics['eval/loss']:.4g} -> " if start_metrics else ""

@@ -12,6 +12,7 @@ the uninterrupted one. On completion the folder, checkpoints removed, becomes ou
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,11 +23,14 @@ from rlhfkit.errors import ConfigError
 from rlhfkit.tracking.console import console
 from rlhfkit.trainers.checkpoint import (
     check_resume_settings,
+    leftover_temporaries,
     load_checkpoint,
+    remove_checkpoint,
     resume_from,
     resume_line,
     save_checkpoint,
 )
+from rlhfkit.trainers.common import move_into_place
 from rlhfkit.trainers.signals import stop_requested, stopped
 
 
@@ -38,12 +42,18 @@ def partial_folder(out_dir: str | Path) -> Path:
 
 def completed_run(cfg: Any) -> dict[str, Any] | None:
     """With --resume, the eval.json of a run that already completed (killed after its folder was moved into
-    place: nothing is left to do), said in one line; else None."""
-    out = Path(cfg.output_dir)
-    if cfg.resume and not partial_folder(out).is_dir() and (out / "eval.json").is_file():
-        console.print(f"--resume: {out} holds a completed run; nothing to resume")
-        return json.loads((out / "eval.json").read_text())
-    return None
+    place, or after its model was saved: that folder is moved into place now), said in one line; else None."""
+    out, partial = Path(cfg.output_dir), partial_folder(cfg.output_dir)
+    if not cfg.resume:
+        return None
+    if partial.is_dir() and (partial / "eval.json").is_file():  # written last: the model is saved whole
+        # killed after saving, before the folder was moved into place: finish that
+        drop_checkpoints(partial)
+        move_into_place(partial, out)
+    elif partial.is_dir() or not (out / "eval.json").is_file():
+        return None
+    console.print(f"--resume: {out} holds a completed run; nothing to resume")
+    return json.loads((out / "eval.json").read_text())
 
 
 def find_resume(cfg: Any) -> Path | None:
@@ -80,6 +90,15 @@ def keep_logged(path: Path, step: int) -> None:
         except (ValueError, KeyError, TypeError):
             continue  # a line cut short by the kill
     path.write_text("".join(line + "\n" for line in keep))
+
+
+def drop_checkpoints(folder: Path) -> None:
+    """The run is complete and its model saved: its checkpoints go (only now, so that a run killed while
+    saving the model still resumes from them)."""
+    for path in folder.glob("checkpoint-*"):
+        remove_checkpoint(path)
+    for stale in leftover_temporaries(folder):  # of a run killed while writing or deleting one
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 class StepCheckpoints:

@@ -188,3 +188,23 @@ def test_a_kill_during_the_final_save_leaves_no_model_or_the_new_one_whole(tmp_p
         assert all(torch.equal(got[name], want[name]) for name in want), f"killed at move {k}: not model B"
         outcomes.append("new")
     assert outcomes == ["none"] * moves + ["new"], outcomes
+
+
+def test_a_run_killed_after_saving_its_model_is_moved_into_place_on_resume(tmp_path: Path) -> None:
+    """reward, sft and dpo write eval.json last into .OUT.partial; a run killed after that (before the folder
+    became output_dir) is complete: --resume moves it into place without its checkpoints and says so."""
+    from types import SimpleNamespace
+
+    from rlhfkit.trainers.step_resume import completed_run, partial_folder
+
+    out = tmp_path / "run"
+    partial = partial_folder(out)
+    save_checkpoint(partial, weights(), {"step": 3}, done=3)
+    (partial / "model.safetensors").write_bytes(b"the model")
+    (partial / "eval.json").write_text(json.dumps({"eval/loss": 0.25}))
+    assert completed_run(SimpleNamespace(output_dir=str(out), resume=False)) is None
+    assert completed_run(SimpleNamespace(output_dir=str(out), resume=True)) == {"eval/loss": 0.25}
+    assert sorted(p.name for p in out.iterdir()) == ["eval.json", "model.safetensors"] and not partial.exists()
+    assert completed_run(SimpleNamespace(output_dir=str(out), resume=True)) == {"eval/loss": 0.25}  # said again
+    (tmp_path / ".other.partial").mkdir()  # a stopped run (no eval.json): resumed, not completed
+    assert completed_run(SimpleNamespace(output_dir=str(tmp_path / "other"), resume=True)) is None

@@ -32,7 +32,7 @@ from safetensors.torch import load_file, save_file
 from rlhfkit.config import to_dict
 from rlhfkit.errors import ConfigError, TrainingError
 from rlhfkit.tracking.console import console
-from rlhfkit.trainers.common import check_finite, disk_full, save_causal_lm
+from rlhfkit.trainers.common import check_finite, disk_full, fsync_path, save_causal_lm
 
 CHECKPOINT = "checkpoint"
 WEIGHTS, STATE, MANIFEST, CONFIG = "model.safetensors", "trainer_state.pt", "checkpoint.json", "config.json"
@@ -52,14 +52,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
     n = state["numpy"]
     np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     torch.set_rng_state(state["torch"])
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _sha256(path: Path) -> str:
@@ -83,12 +75,12 @@ def _unshared(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def leftover_temporaries(out_dir: str | Path) -> list[Path]:
-    """Temporary checkpoint folders of killed runs (their process is gone)."""
+    """Temporary checkpoint folders (being written or deleted) of killed runs (their process is gone)."""
     from rlhfkit.trainers.common import leftover_folders
 
     out = Path(out_dir)
-    found = [p for p in out.glob(f".{CHECKPOINT}.tmp*") if not p.name.rpartition("-")[2].isdigit()
-             or not _pid_alive(int(p.name.rpartition("-")[2]))]
+    found = [p for p in [*out.glob(f".{CHECKPOINT}.tmp*"), *out.glob(f".{CHECKPOINT}.old*")]
+             if not p.name.rpartition("-")[2].isdigit() or not _pid_alive(int(p.name.rpartition("-")[2]))]
     return found + leftover_folders(out / CHECKPOINT)
 
 
@@ -127,15 +119,12 @@ def save_checkpoint(out_dir: str | Path, weights: dict[str, torch.Tensor], state
                                             for n in files}}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
         for f in tmp.iterdir():
-            _fsync(f)
-        _fsync(tmp)
+            fsync_path(f)
+        fsync_path(tmp)
         if final.exists():  # the same iteration saved again (a resumed run): the old copy goes first
-            old = out / f".{CHECKPOINT}.old-{os.getpid()}"
-            shutil.rmtree(old, ignore_errors=True)
-            final.rename(old)
-            shutil.rmtree(old)
+            remove_checkpoint(final)
         tmp.rename(final)
-        _fsync(out)
+        fsync_path(out)
     except Exception as e:
         full = disk_full(e, out)  # before the partial files are removed
         shutil.rmtree(tmp, ignore_errors=True)
@@ -148,8 +137,18 @@ def save_checkpoint(out_dir: str | Path, weights: dict[str, torch.Tensor], state
             raise TrainingError(f"{out}: cannot write {final.name} ({e.strerror or e}); {kept}") from None
         raise
     for stale in checkpoints(out)[:-keep]:
-        shutil.rmtree(stale, ignore_errors=True)
+        remove_checkpoint(stale)
     return final
+
+
+def remove_checkpoint(path: Path) -> None:
+    """Delete a checkpoint folder without ever leaving a half-deleted one under its name (a kill during the
+    deletion would): it is renamed to `.checkpoint.old-<pid>` first, which no loader reads and the next
+    save removes."""
+    gone = path.parent / f".{CHECKPOINT}.old-{os.getpid()}"
+    shutil.rmtree(gone, ignore_errors=True)
+    path.rename(gone)
+    shutil.rmtree(gone, ignore_errors=True)
 
 
 def verify_checkpoint(path: Path) -> str | None:
@@ -167,12 +166,7 @@ def verify_checkpoint(path: Path) -> str | None:
 
 def checkpoints(out_dir: str | Path) -> list[Path]:
     """The checkpoints of a run folder whose manifest is present, oldest first (see `find_checkpoint`)."""
-    found = []
-    for path in Path(out_dir).glob(f"{CHECKPOINT}-*"):
-        done = path.name.rsplit("-", 1)[-1]
-        if done.isdigit() and (path / MANIFEST).is_file():
-            found.append((int(done), path))
-    return [path for _, path in sorted(found)]
+    return [path for path in checkpoints_named(Path(out_dir)) if (path / MANIFEST).is_file()]
 
 
 def find_checkpoint(out_dir: str | Path, say: bool = False) -> Path | None:
@@ -195,6 +189,20 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
     return weights, state
 
 
+def old_format_checkpoint(out_dir: Path) -> Path | None:
+    """A checkpoint written by rlhfkit before safetensors (`weights.pt` + `trainer_state.pt` pickles, no
+    checkpoint.json), newest first; None when there is none."""
+    old = [p for p in checkpoints_named(out_dir) if (p / "weights.pt").is_file() and not (p / MANIFEST).is_file()]
+    return old[-1] if old else None
+
+
+def checkpoints_named(out_dir: Path) -> list[Path]:
+    """Every `checkpoint-N` folder, oldest first, whatever it holds."""
+    found = [(int(p.name.rsplit("-", 1)[-1]), p) for p in out_dir.glob(f"{CHECKPOINT}-*")
+             if p.name.rsplit("-", 1)[-1].isdigit() and p.is_dir()]
+    return [p for _, p in sorted(found)]
+
+
 def resume_from(out_dir: str | Path, resume: bool, overwrite: bool) -> Path | None:
     """Where a run starts (checked before any work): the newest intact checkpoint with --resume, else None
     after `check_output_dir`. --resume without one says so and starts from the beginning, replacing a
@@ -211,6 +219,11 @@ def resume_from(out_dir: str | Path, resume: bool, overwrite: bool) -> Path | No
     if found is not None:
         check_writable(out)
         return found
+    old = old_format_checkpoint(out) if out.is_dir() else None
+    if old is not None:
+        raise ConfigError(f"setting 'resume': {old} is a checkpoint in an old format (weights.pt, a pickle that "
+                          "could run code when loaded) that rlhfkit no longer reads; rerun without --resume "
+                          "(--overwrite starts again in this folder) or in another --output-dir")
     if out.is_dir() and any(out.iterdir()):
         check_replaceable(out, "resume")
     check_writable(out)
@@ -349,16 +362,12 @@ def save_final_policy(run: RLRun) -> None:
     if not run.main:
         return
     actor = run.unwrapped
-    tmp = run.out_dir / ".final.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_causal_lm(tmp, actor.policy, run.tokenizer, run.lora, merged=run.cfg.save_merged)
-    if actor.value_head is not None:
-        save_file({k: v.contiguous() for k, v in actor.value_head.state_dict().items()}, tmp / "value_head.safetensors")
-    elif actor.critic is not None:
-        actor.critic.save_pretrained(tmp / "critic", safe_serialization=True)
-    for item in tmp.iterdir():
-        target = run.out_dir / item.name
-        if target.is_dir():
-            shutil.rmtree(target)
-        item.replace(target)
-    tmp.rmdir()
+
+    def heads(tmp: Path) -> None:  # the critic, moved in with the policy
+        if actor.value_head is not None:
+            save_file({k: v.contiguous() for k, v in actor.value_head.state_dict().items()},
+                      tmp / "value_head.safetensors")
+        elif actor.critic is not None:
+            actor.critic.save_pretrained(tmp / "critic", safe_serialization=True)
+
+    save_causal_lm(run.out_dir, actor.policy, run.tokenizer, run.lora, merged=run.cfg.save_merged, extra=heads)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from rlhfkit.trainers.output_dir import check_output_dir
 from rlhfkit.trainers.precision import resolve_precision
 
 __all__ = ["check_output_dir", "leftover_folders", "make_accelerator", "make_optimizer", "make_scheduler",
-           "save_causal_lm", "save_run_config", "seed_everything", "staged_output"]
+           "publish", "save_causal_lm", "save_run_config", "seed_everything", "staged_output"]
 
 
 def seed_everything(seed: int) -> None:
@@ -112,6 +112,11 @@ def staged_output(out_dir: str | Path, enabled: bool = True, folder: Path | None
             raise TrainingError(f"{out}: no space left on the disk to write the run; nothing half-written was "
                                 "kept: free some space and run again") from None
         raise
+    move_into_place(tmp, out)
+
+
+def move_into_place(tmp: Path, out: Path) -> None:
+    """Rename a completed run's folder `tmp` to `out`, replacing a previous run there only now."""
     if out.exists():
         old = out.parent / f".{out.name}.old-{os.getpid()}"
         out.rename(old)
@@ -168,19 +173,61 @@ def check_finite(tensors: Any, what: str) -> None:
                             "--max-grad-norm, or check the rewards and the data")
 
 
-def save_causal_lm(folder: Path, model: Any, tokenizer: Any, lora: Any = None, merged: bool = True) -> None:
+FINAL_TMP = ".final.tmp"  # where a final model is written before it is moved into its folder
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file's (or a folder's entries') writes to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def publish(tmp: Path, folder: Path, last: str = "config.json") -> None:
+    """Move every entry of `tmp` into `folder` so that a loader finds no model or the new one whole.
+
+    `from_pretrained` needs `last` (config.json), so the folder's old one goes first, then every other
+    entry (a folder such as adapter/ by one rename), and the new `last` after all of them: a kill at any
+    moment leaves a folder without config.json (refused as not a model) or the complete new model, never
+    new weights read with an old config. Everything is flushed to the disk before `last` appears."""
+    for path in tmp.rglob("*"):
+        if path.is_file():
+            fsync_path(path)
+    (folder / last).unlink(missing_ok=True)
+    for item in sorted(tmp.iterdir(), key=lambda p: p.name == last):  # `last` last
+        target = folder / item.name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        os.replace(item, target)
+    fsync_path(folder)
+    tmp.rmdir()
+
+
+def save_causal_lm(folder: Path, model: Any, tokenizer: Any, lora: Any = None, merged: bool = True,
+                   extra: Callable[[Path], None] | None = None) -> None:
     """A trained policy as the next stage loads it: `save_pretrained` layout plus its tokenizer; with LoRA the
     adapter in folder/adapter (peft's format: PeftModel.from_pretrained(base, folder)) and, with `merged`, the
-    merged weights as a plain transformers folder in `folder`. Non-finite weights are refused (`check_finite`)."""
+    merged weights as a plain transformers folder in `folder`. Non-finite weights are refused (`check_finite`).
+
+    Everything (and what `extra(tmp)` adds, e.g. a value head) is written to folder/.final.tmp, then moved in
+    by `publish`: a run killed during the save never leaves a folder that loads as a half-saved model."""
     check_finite(model, "the trained policy")
+    tmp = folder / FINAL_TMP
+    shutil.rmtree(tmp, ignore_errors=True)  # a killed save's leftovers
+    tmp.mkdir(parents=True)
     if lora is not None:
-        lora.save(folder / "adapter")
-        tokenizer.save_pretrained(folder / "adapter")
+        lora.save(tmp / "adapter")
+        tokenizer.save_pretrained(tmp / "adapter")
         if merged:
-            lora.save(folder, merged=True)
+            lora.save(tmp, merged=True)
     else:
-        model.save_pretrained(folder, safe_serialization=True)
-    tokenizer.save_pretrained(folder)
+        model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    if extra is not None:
+        extra(tmp)
+    publish(tmp, folder)
 
 
 def save_run_config(cfg: Any, folder: Path) -> None:

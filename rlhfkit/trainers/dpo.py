@@ -13,10 +13,12 @@ rlhfkit.algos.dpo. The loop, in order:
   4. for each batch, chosen and rejected go through ONE forward pass of the policy (and one of
      the reference unless precomputed); the loss of the global batch is minimised with AdamW,
      micro-batches and processes adding up to it (optimizer_step);
-  5. held-out evaluation every eval_every steps and at the end; save the policy as a plain
+  5. held-out evaluation every eval_every steps and at the end;
+  6. a resumable checkpoint every checkpoint_every steps and on SIGTERM / Ctrl-C (trainers/step_resume.py);
+  7. save the policy as a plain
      transformers causal-LM folder (with LoRA the adapter in adapter/ and the merged weights),
-     its tokenizer, config.yaml, metrics.jsonl and eval.json (into a temporary folder moved into
-     place at the end).
+     its tokenizer, config.yaml, metrics.jsonl and eval.json (into the folder .OUTPUT_DIR.partial,
+     moved into place at the end).
 """
 
 from __future__ import annotations
@@ -59,6 +61,16 @@ from rlhfkit.trainers.common import (
 )
 from rlhfkit.trainers.dpo_config import DPOConfig
 from rlhfkit.trainers.optim_step import StepStats, micro_batches, optimizer_step
+from rlhfkit.trainers.signals import catch_stop_signals, restore_signals
+from rlhfkit.trainers.step_resume import (
+    StepCheckpoints,
+    completed_run,
+    drop_checkpoints,
+    find_resume,
+    keep_logged,
+    load_step_checkpoint,
+    partial_folder,
+)
 
 LOSSES = {"dpo": dpo_loss, "ipo": ipo_loss}  # --loss -> the algos function (one equation each)
 EVAL_KEYS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margin", "rewards/accuracy", "logps/chosen",
@@ -296,6 +308,10 @@ def train(cfg: DPOConfig) -> dict[str, float]:
     """Optimise the policy with DPO / IPO as configured; returns the final evaluation metrics."""
     configure_loading(cfg)  # --dtype and --trust-remote-code, for the configs read below too
     cfg = resolve_max_length(cfg)  # before any work: a too-long max_length is one line, not an IndexError
+    done = completed_run(cfg)
+    if done is not None:
+        return done
+    resume_path = find_resume(cfg)  # --resume: the newest intact checkpoint in .OUTPUT_DIR.partial, or None
     out_dir = check_output_dir(cfg.output_dir, cfg.overwrite)
     accelerator = make_accelerator(cfg)
     main = accelerator.is_main_process
@@ -398,21 +414,39 @@ def train(cfg: DPOConfig) -> dict[str, float]:
         stats.add("logps/rejected", (logp_r.detach() * real).sum() / pairs)
         return loss
 
-    with staged_output(out_dir, enabled=main) as tmp:
-        logger = open_metrics(tmp, cfg, enabled=main)
+    step, pairs_seen, t_eval, t_before = 0, 0, 0.0, 0.0
+    start: dict[str, float] = {}
+    if resume_path is not None:
+        # after the reference is built or precomputed: it stays the start policy
+        state = load_step_checkpoint(resume_path, cfg, "dpo", unwrapped.policy, optimizer, scheduler, total_steps,
+                                     main)
+        step, pairs_seen, t_before = int(state["step"]), int(state["pairs_seen"]), float(state["elapsed"])
+        start = dict(state["start"])  # the start policy's evaluation, logged by the first run
+    catch_stop_signals()  # SIGTERM / Ctrl-C: checkpoint after the step, then stop
+
+    with staged_output(out_dir, enabled=main, folder=partial_folder(out_dir), fresh=resume_path is None) as tmp:
+        if resume_path is not None and main:
+            keep_logged(tmp / "metrics.jsonl", step)
+        logger = open_metrics(tmp, cfg, enabled=main, append=resume_path is not None)
         # 3. The start policy on the held-out pairs (the baseline the final numbers are read against).
-        start = evaluate(unwrapped, ref_logps, eval_data, accelerator, cfg, pad_id)
-        logger.log(0, {**start, **counts})
-        step, pairs_seen, t_eval = 0, 0, 0.0
+        if resume_path is None:
+            start = evaluate(unwrapped, ref_logps, eval_data, accelerator, cfg, pad_id)
+            logger.log(0, {**start, **counts})
+        checkpoints = StepCheckpoints(tmp, cfg, accelerator, lambda: unwrapped.policy, optimizer, scheduler,
+                                      total_steps)
 
         def elapsed() -> float:
-            return time.perf_counter() - t_start - t_eval
+            return t_before + time.perf_counter() - t_start - t_eval
 
         t_start = time.perf_counter()  # pairs/s counts the whole loop (data included), not the evaluations
         with progress_bar(total_steps, "dpo", keys=("loss", "acc", "eval_acc"), enabled=main) as bar:
+            bar.update(step)
             # 4. DPO updates: every process walks the same global batches and trains on its share.
-            for _epoch in range(cfg.epochs):
-                for rows in batches:
+            for epoch in range(step // len(batches), cfg.epochs):
+                batches.passes = epoch  # pass e's order is seeded by (seed, e): a resumed run sees the same batches
+                for index, rows in enumerate(batches):
+                    if epoch * len(batches) + index < step:
+                        continue  # done before the checkpoint this run resumed from
                     weight_sum = float(sum(train_data.weights[i] for i in rows))  # of the global batch
                     own, real = process_share(rows, rank, world)
                     parts = [collate(train_data, chunk.tolist(), pad_id, real)
@@ -437,17 +471,22 @@ def train(cfg: DPOConfig) -> dict[str, float]:
                         logger.log(step, metrics)
                         bar_values["eval_acc"] = metrics["eval/rewards/accuracy"]
                     bar.update(1, **bar_values)
+                    # 6. Checkpoints on schedule, and when SIGTERM / Ctrl-C asked the run to stop.
+                    checkpoints.after_step({"step": step, "pairs_seen": pairs_seen, "elapsed": elapsed(),
+                                            "start": start}, logger)
         train_s = elapsed()
         metrics = evaluate(unwrapped, ref_logps, eval_data, accelerator, cfg, pad_id)
         metrics.update({"perf/pairs_per_s": pairs_seen / max(train_s, 1e-9), "perf/train_s": train_s,
                         "train/steps": step, **counts})
         logger.log(step, metrics)
         logger.close()
+        restore_signals()
         metrics.update({f"start/{k}": v for k, v in start.items() if k != "eval/pairs"})
         if main:
             save_causal_lm(tmp, unwrapped.policy, tokenizer, lora)  # with LoRA, merged too: a plain LM for --policy
             save_run_config(cfg, tmp)
             (tmp / "eval.json").write_text(json.dumps(metrics, indent=2))
+            drop_checkpoints(tmp)
         accelerator.wait_for_everyone()
     if main:
         dropped = int(metrics["data/eval_dropped"])

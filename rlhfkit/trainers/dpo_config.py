@@ -7,11 +7,11 @@ from typing import ClassVar
 
 from rlhfkit.config import Settings, require, setting
 from rlhfkit.defaults import EMBEDDED_MODEL
-from rlhfkit.trainers.settings import LoRASettings, OptimSettings, RunSettings
+from rlhfkit.trainers.settings import LoRASettings, OptimSettings, RunSettings, StepCheckpointSettings
 
 
 @dataclass
-class DPOConfig(RunSettings, OptimSettings, LoRASettings, Settings):
+class DPOConfig(RunSettings, OptimSettings, LoRASettings, StepCheckpointSettings, Settings):
     """Optimise the policy straight from comparisons: loss -log sigmoid(beta h), h the chosen-minus-rejected
     log-ratio to a frozen reference (DPO), or (h - 1/(2 beta))^2 (IPO)."""
 

@@ -22,7 +22,6 @@ import dataclasses
 import json
 import math
 import random
-import shutil
 import time
 from functools import partial
 from pathlib import Path
@@ -54,7 +53,7 @@ from rlhfkit.data.tokenize import (
     tokenize_groups,
     tokenize_pairs,
 )
-from rlhfkit.errors import ConfigError, DataError
+from rlhfkit.errors import DataError
 from rlhfkit.models.context import model_context, resolve_length
 from rlhfkit.models.loading import configure_loading, load_run_tokenizer
 from rlhfkit.models.lora import LoRASpec, add_lora
@@ -62,13 +61,6 @@ from rlhfkit.models.reward_model import RewardScorer, build_reward_model, set_no
 from rlhfkit.models.trunk_and_heads import score_head
 from rlhfkit.tracking.console import console, print_table, progress_bar
 from rlhfkit.tracking.metrics import open_metrics
-from rlhfkit.trainers.checkpoint import (
-    check_resume_settings,
-    load_checkpoint,
-    resume_from,
-    resume_line,
-    save_checkpoint,
-)
 from rlhfkit.trainers.common import (
     check_finite,
     check_output_dir,
@@ -81,7 +73,16 @@ from rlhfkit.trainers.common import (
 )
 from rlhfkit.trainers.optim_step import StepStats, micro_batches, optimizer_step
 from rlhfkit.trainers.reward_config import RewardConfig
-from rlhfkit.trainers.signals import catch_stop_signals, restore_signals, stop_requested, stopped
+from rlhfkit.trainers.signals import catch_stop_signals, restore_signals
+from rlhfkit.trainers.step_resume import (
+    StepCheckpoints,
+    completed_run,
+    drop_checkpoints,
+    find_resume,
+    keep_logged,
+    load_step_checkpoint,
+    partial_folder,
+)
 
 
 def resolve_max_length(cfg: RewardConfig) -> RewardConfig:
@@ -426,12 +427,11 @@ def train(cfg: RewardConfig) -> dict[str, float]:
     configure_loading(cfg)  # --dtype and --trust-remote-code, for the config read below too
     cfg = resolve_max_length(cfg)  # before any work: a too-long max_length is one line, not an IndexError
     out_dir = Path(cfg.output_dir)
-    partial_dir = out_dir.parent / f".{out_dir.name}.partial"  # a resumable run's folder until it completes
-    if cfg.resume and not partial_dir.is_dir() and (out_dir / "eval.json").is_file():
-        # killed after the run completed (the model was already moved into place): nothing left to do
-        console.print(f"--resume: {out_dir} holds a completed run; nothing to resume")
-        return json.loads((out_dir / "eval.json").read_text())
-    resume_path = resume_from(partial_dir, cfg.resume, overwrite=True) if cfg.resume else None
+    partial_dir = partial_folder(out_dir)  # a resumable run's folder until it completes
+    done = completed_run(cfg)
+    if done is not None:
+        return done
+    resume_path = find_resume(cfg)
     check_output_dir(out_dir, cfg.overwrite)
     accelerator = make_accelerator(cfg)
     main = accelerator.is_main_process
@@ -506,8 +506,9 @@ def train(cfg: RewardConfig) -> dict[str, float]:
 
     step, pairs_seen, t_eval, t_before = 0, 0, 0.0, 0.0
     if resume_path is not None:
-        step, pairs_seen, t_before = resume_reward(resume_path, cfg, accelerator.unwrap_model(scorer).model,
-                                                   optimizer, scheduler, total_steps, main)
+        state = load_step_checkpoint(resume_path, cfg, "reward", accelerator.unwrap_model(scorer).model, optimizer,
+                                     scheduler, total_steps, main)
+        step, pairs_seen, t_before = int(state["step"]), int(state["pairs_seen"]), float(state["elapsed"])
     catch_stop_signals()  # SIGTERM / Ctrl-C: checkpoint after the step, then stop
 
     with staged_output(out_dir, enabled=main, folder=partial_dir, fresh=resume_path is None) as tmp:
@@ -518,14 +519,8 @@ def train(cfg: RewardConfig) -> dict[str, float]:
         def elapsed() -> float:
             return t_before + time.perf_counter() - t_start - t_eval
 
-        def checkpoint() -> Path:
-            state = {"step": step, "pairs_seen": pairs_seen, "elapsed": elapsed(),
-                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
-            accelerator.wait_for_everyone()
-            if main:
-                save_checkpoint(tmp, accelerator.unwrap_model(scorer).model.state_dict(), state, done=step,
-                                keep=cfg.keep_checkpoints, config=cfg)
-            return tmp / f"checkpoint-{step}"
+        checkpoints = StepCheckpoints(tmp, cfg, accelerator, lambda: accelerator.unwrap_model(scorer).model,
+                                      optimizer, scheduler, total_steps)
 
         t_start = time.perf_counter()  # pairs/s counts the whole loop (data included), not the evaluations
         with progress_bar(total_steps, "reward model", keys=("loss", "acc", "eval_acc"), enabled=main) as bar:
@@ -566,14 +561,7 @@ def train(cfg: RewardConfig) -> dict[str, float]:
                         bar_values["eval_acc"] = metrics["eval/accuracy"]
                     bar.update(1, **bar_values)
                     # 5. Checkpoints on schedule, and when SIGTERM / Ctrl-C asked the run to stop.
-                    saved = bool(cfg.checkpoint_every) and step % cfg.checkpoint_every == 0 and step != total_steps
-                    if saved:
-                        checkpoint()
-                    signum = None if step == total_steps else stop_requested(accelerator)
-                    if signum is not None:
-                        path = checkpoint() if not saved else tmp / f"checkpoint-{step}"
-                        logger.close()
-                        raise stopped(signum, f"after step {step} of {total_steps}", path)
+                    checkpoints.after_step({"step": step, "pairs_seen": pairs_seen, "elapsed": elapsed()}, logger)
         train_s = elapsed()
         metrics = evaluate_all(scorer, eval_data, eval_ranked, accelerator, cfg, pad_id)
         metrics.update({"perf/pairs_per_s": pairs_seen / max(train_s, 1e-9), "perf/train_s": train_s,
@@ -596,8 +584,6 @@ def train(cfg: RewardConfig) -> dict[str, float]:
         restore_signals()
         if main:
             check_finite(unwrapped, "the trained reward model")
-            for done in tmp.glob("checkpoint-*"):  # the run is complete: the model replaces its checkpoints
-                shutil.rmtree(done)
             if lora is not None:
                 # The reward model is the merged folder (a plain AutoModelForSequenceClassification, head
                 # included); the LoRA matrices alone go to adapter/ for reference.
@@ -608,6 +594,7 @@ def train(cfg: RewardConfig) -> dict[str, float]:
             tokenizer.save_pretrained(tmp)
             save_run_config(cfg, tmp)
             (tmp / "eval.json").write_text(json.dumps(metrics, indent=2))
+            drop_checkpoints(tmp)
         accelerator.wait_for_everyone()
     if main:
         rows = [
@@ -622,37 +609,6 @@ def train(cfg: RewardConfig) -> dict[str, float]:
                             f"{metrics['eval/kendall_tau']:.3f} / {metrics['eval/spearman']:.3f}"))
         print_table(f"reward model -> {out_dir}", rows)
     return metrics
-
-
-def resume_reward(path: Path, cfg: RewardConfig, model: torch.nn.Module, optimizer: Any, scheduler: Any,
-                  total_steps: int, main: bool) -> tuple[int, int, float]:
-    """Load a reward run's checkpoint (weights, optimizer, schedule, RNG); returns (steps done, pairs seen,
-    training seconds before). Settings that cannot change are refused first, in one line."""
-    changed = check_resume_settings(path, cfg)
-    weights, state = load_checkpoint(path)
-    if state["step"] > total_steps:
-        raise ConfigError(f"setting 'epochs': {path} has {state['step']} steps done, more than the {total_steps} "
-                          f"of --epochs {cfg.epochs}; raise --epochs")
-    model.load_state_dict(weights)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    if main:
-        console.print(resume_line("reward", path, state["step"], total_steps, "steps", changed))
-    return int(state["step"]), int(state["pairs_seen"]), float(state["elapsed"])
-
-
-def keep_logged(path: Path, step: int) -> None:
-    """Drop the metrics lines logged after `step` (by the run that was killed) and any torn line."""
-    if not path.exists():
-        return
-    keep = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            if int(json.loads(line)["step"]) <= step:
-                keep.append(line)
-        except (ValueError, KeyError, TypeError):
-            continue  # a line cut short by the kill
-    path.write_text("".join(line + "\n" for line in keep))
 
 
 def run(cfg: RewardConfig) -> Path:

@@ -7,11 +7,11 @@ from typing import ClassVar
 
 from rlhfkit.config import Settings, require, setting
 from rlhfkit.defaults import EMBEDDED_MODEL
-from rlhfkit.trainers.settings import LoRASettings, OptimSettings, RunSettings
+from rlhfkit.trainers.settings import LoRASettings, OptimSettings, RunSettings, StepCheckpointSettings
 
 
 @dataclass
-class RewardConfig(RunSettings, OptimSettings, LoRASettings, Settings):
+class RewardConfig(RunSettings, OptimSettings, LoRASettings, StepCheckpointSettings, Settings):
     """Train a reward model on comparisons with the loss -log sigmoid(r_chosen - r_rejected), or on whole
     ranked lists with the Plackett-Luce loss (--ranking-loss listwise)."""
 
@@ -49,13 +49,6 @@ class RewardConfig(RunSettings, OptimSettings, LoRASettings, Settings):
                                   "pairwise loss only).")
     center_rewards_coef: float = setting(0.0, "Add c * mean((r_c + r_r)^2) to keep rewards centred; listwise: "
                                          "c * mean over lists of (2 * mean reward of the list)^2 (0 = off).", ge=0)
-    checkpoint_every: int = setting(0, "Write a resumable checkpoint every N optimizer steps (0 = only when stopped "
-                                    "by SIGTERM or Ctrl-C), in the hidden folder .OUTPUT_DIR.partial beside "
-                                    "output_dir until the run completes.", ge=0)
-    keep_checkpoints: int = setting(1, "Checkpoints kept: the newest N, older ones are removed once a new one is "
-                                    "complete.", ge=1, aliases={"save_total_limit": None})
-    resume: bool = setting(False, "Continue a stopped or killed run from its last checkpoint "
-                           "(.OUTPUT_DIR.partial/checkpoint-N); without one the run starts from the beginning.")
     normalize: str = setting(
         "mean", "After training, shift (mean) or shift and scale (mean_std) rewards on normalize_data to mean 0 "
         "(std 1); stored in the model config.", choices=("none", "mean", "mean_std"),

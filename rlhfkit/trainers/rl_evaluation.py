@@ -77,7 +77,7 @@ class HeldOutEvaluation:
             "eval/eos_share": sum(ended) / len(ended),
             **{"eval/" + k.split("/", 1)[1]: v for k, v in text_metrics(responses).items()},
         }
-        gold = call_text_fn(gold_fn, texts, responses, ended) if gold_fn is not None else None
+        gold = call_text_fn(gold_fn, texts, responses, ended, what="gold function") if gold_fn is not None else None
         if gold is not None:
             metrics["eval/gold_mean"] = sum(gold) / len(gold)
         if not self.start_scores:  # the first evaluation is the start policy's: the baseline of the win rates

@@ -74,7 +74,8 @@ def rollout_metrics(rollout: Rollout, kl: torch.Tensor, beta: float, gold_fn: An
     lengths = mask.sum(-1).float()
     gold = {}
     if gold_fn is not None:
-        scores = call_text_fn(gold_fn, rollout.prompts, rollout.responses, rollout.ended.tolist())
+        scores = call_text_fn(gold_fn, rollout.prompts, rollout.responses, rollout.ended.tolist(),
+                              what="gold function")
         gold = {"gold/mean": sum(scores) / len(scores)}
     return {
         **gold,

@@ -28,7 +28,7 @@ class RunSettings:
         "(output_dir/tb), wandb (W&B; set WANDB_MODE=offline to keep it local), mlflow (MLFLOW_TRACKING_URI, "
         "default a SQLite store in output_dir/mlflow.db); empty or none = metrics.jsonl only.",
         choices=("none", "tensorboard", "wandb", "mlflow"))
-    log_every: int = setting(1, "Write training metrics to metrics.jsonl every N optimizer steps (reward) or "
+    log_every: int = setting(1, "Write training metrics to metrics.jsonl every N optimizer steps (reward, sft, dpo) or "
                              "iterations (ppo, reinforce); the last one is always written.", ge=1)
     threads: int = setting(0, "CPU threads for torch (0 = torch's default).", ge=0)
     dtype: str = setting(
@@ -79,3 +79,16 @@ class LoRASettings:
                                              "separated, e.g. q_proj,v_proj) or all-linear. A reward model "
                                              "trained with LoRA is saved merged (head included), its adapter in "
                                              "output_dir/adapter.")
+
+
+@dataclass
+class StepCheckpointSettings:
+    """Checkpoints of the stages counted in optimizer steps (reward, sft, dpo); see trainers/step_resume.py."""
+
+    checkpoint_every: int = setting(0, "Write a resumable checkpoint every N optimizer steps (0 = only when stopped "
+                                    "by SIGTERM or Ctrl-C), in the hidden folder .OUTPUT_DIR.partial beside "
+                                    "output_dir until the run completes.", ge=0)
+    keep_checkpoints: int = setting(1, "Checkpoints kept: the newest N, older ones are removed once a new one is "
+                                    "complete.", ge=1, aliases={"save_total_limit": None})
+    resume: bool = setting(False, "Continue a stopped or killed run from its last checkpoint "
+                           "(.OUTPUT_DIR.partial/checkpoint-N); without one the run starts from the beginning.")

@@ -10,9 +10,10 @@ The loop, in order:
      the whole global batch, is minimised with AdamW;
   4. evaluate on the held-out examples (loss per target token, perplexity = exp(loss)) before training,
      every eval_every steps and at the end;
-  5. save a plain transformers causal-LM folder (with LoRA: merged weights, the adapter in adapter/),
-     tokenizer, config.yaml, metrics.jsonl and eval.json (into a temporary folder moved into place at
-     the end), which `rlhfkit ppo --policy`, `rlhfkit reinforce --policy` and `rlhfkit reward --model` read.
+  5. a resumable checkpoint every checkpoint_every steps and on SIGTERM / Ctrl-C (trainers/step_resume.py);
+  6. save a plain transformers causal-LM folder (with LoRA: merged weights, the adapter in adapter/),
+     tokenizer, config.yaml, metrics.jsonl and eval.json (into the folder .OUTPUT_DIR.partial, moved into
+     place at the end), which `rlhfkit ppo --policy`, `rlhfkit reinforce --policy` and `rlhfkit reward --model` read.
 """
 
 from __future__ import annotations
@@ -59,6 +60,16 @@ from rlhfkit.trainers.common import (
 )
 from rlhfkit.trainers.optim_step import StepStats, micro_batches, optimizer_step
 from rlhfkit.trainers.sft_config import SFTConfig
+from rlhfkit.trainers.signals import catch_stop_signals, restore_signals
+from rlhfkit.trainers.step_resume import (
+    StepCheckpoints,
+    completed_run,
+    drop_checkpoints,
+    find_resume,
+    keep_logged,
+    load_step_checkpoint,
+    partial_folder,
+)
 
 
 class TargetLogits(torch.nn.Module):
@@ -164,6 +175,10 @@ def train(cfg: SFTConfig) -> dict[str, float]:
     """Fine-tune a causal LM on demonstrations as configured; returns the final evaluation metrics."""
     configure_loading(cfg)  # --dtype and --trust-remote-code, for the config read below too
     cfg = resolve_max_length(cfg)  # before any work: a too-long max_length is one line, not an IndexError
+    done = completed_run(cfg)
+    if done is not None:
+        return done
+    resume_path = find_resume(cfg)  # --resume: the newest intact checkpoint in .OUTPUT_DIR.partial, or None
     out_dir = check_output_dir(cfg.output_dir, cfg.overwrite)
     accelerator = make_accelerator(cfg)
     main = accelerator.is_main_process
@@ -213,22 +228,37 @@ def train(cfg: SFTConfig) -> dict[str, float]:
         stats.add("loss/train", loss.detach())  # the parts add up to the global batch's token mean
         return loss
 
-    with staged_output(out_dir, enabled=main) as tmp:
-        logger = open_metrics(tmp, cfg, enabled=main)
-        step, tokens_seen, t_eval = 0, 0, 0.0
-        start_metrics: dict[str, float] = {}
-        if cfg.eval_on_start:
+    step, tokens_seen, t_eval, t_before = 0, 0, 0.0, 0.0
+    start_metrics: dict[str, float] = {}
+    if resume_path is not None:
+        state = load_step_checkpoint(resume_path, cfg, "sft", accelerator.unwrap_model(lm).model, optimizer,
+                                     scheduler, total_steps, main)
+        step, tokens_seen, t_before = int(state["step"]), int(state["tokens_seen"]), float(state["elapsed"])
+        start_metrics = dict(state["start_metrics"])  # the start model's evaluation, logged by the first run
+    catch_stop_signals()  # SIGTERM / Ctrl-C: checkpoint after the step, then stop
+
+    with staged_output(out_dir, enabled=main, folder=partial_folder(out_dir), fresh=resume_path is None) as tmp:
+        if resume_path is not None and main:
+            keep_logged(tmp / "metrics.jsonl", step)
+        logger = open_metrics(tmp, cfg, enabled=main, append=resume_path is not None)
+        if cfg.eval_on_start and resume_path is None:
             start_metrics = evaluate(lm, eval_rows, accelerator, cfg, pad_id)
             logger.log(0, start_metrics)
+        checkpoints = StepCheckpoints(tmp, cfg, accelerator, lambda: accelerator.unwrap_model(lm).model, optimizer,
+                                      scheduler, total_steps)
 
         def elapsed() -> float:
-            return time.perf_counter() - t_start - t_eval
+            return t_before + time.perf_counter() - t_start - t_eval
 
         t_start = time.perf_counter()  # tokens/s counts the whole loop (data included), not the evaluations
         with progress_bar(total_steps, "sft", keys=("loss", "eval_loss"), enabled=main) as bar:
+            bar.update(step)
             # 3. Cross-entropy updates: every process walks the same global batches and trains on its share.
-            for _epoch in range(cfg.epochs):
-                for batch_rows in batches:
+            for epoch in range(step // len(batches), cfg.epochs):
+                batches.passes = epoch  # pass e's order is seeded by (seed, e): a resumed run sees the same batches
+                for index, batch_rows in enumerate(batches):
+                    if epoch * len(batches) + index < step:
+                        continue  # done before the checkpoint this run resumed from
                     denominator = rows.target_count(batch_rows)  # targets of the global batch
                     own, real = process_share(batch_rows, rank, world)
                     parts = [collate(rows, chunk.tolist(), pad_id, real)
@@ -257,6 +287,9 @@ def train(cfg: SFTConfig) -> dict[str, float]:
                         logger.log(step, metrics)
                         bar_values["eval_loss"] = metrics["eval/loss"]
                     bar.update(1, **bar_values)
+                    # 5. Checkpoints on schedule, and when SIGTERM / Ctrl-C asked the run to stop.
+                    checkpoints.after_step({"step": step, "tokens_seen": tokens_seen, "elapsed": elapsed(),
+                                            "start_metrics": start_metrics}, logger)
         train_s = elapsed()
         metrics = evaluate(lm, eval_rows, accelerator, cfg, pad_id)
         metrics.update({"perf/tokens_per_s": tokens_seen / max(train_s, 1e-9), "perf/train_s": train_s,
@@ -266,12 +299,14 @@ def train(cfg: SFTConfig) -> dict[str, float]:
                             "eval/start_perplexity": start_metrics["eval/perplexity"]})
         logger.log(step, metrics)
         logger.close()
+        restore_signals()
 
-        # 5. Saving: a plain causal-LM folder that the next stages load as they load any model.
+        # 6. Saving: a plain causal-LM folder that the next stages load as they load any model.
         if main:
             save_causal_lm(tmp, accelerator.unwrap_model(lm).model, tokenizer, lora, merged=cfg.save_merged)
             save_run_config(cfg, tmp)
             (tmp / "eval.json").write_text(json.dumps(metrics, indent=2))
+            drop_checkpoints(tmp)
         accelerator.wait_for_everyone()
     if main:
         start = f"{start_metrics['eval/loss']:.4g} -> " if start_metrics else ""

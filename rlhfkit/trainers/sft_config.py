@@ -7,11 +7,11 @@ from typing import ClassVar
 
 from rlhfkit.config import Settings, require, setting
 from rlhfkit.defaults import EMBEDDED_MODEL
-from rlhfkit.trainers.settings import LoRASettings, OptimSettings, RunSettings
+from rlhfkit.trainers.settings import LoRASettings, OptimSettings, RunSettings, StepCheckpointSettings
 
 
 @dataclass
-class SFTConfig(RunSettings, OptimSettings, LoRASettings, Settings):
+class SFTConfig(RunSettings, OptimSettings, LoRASettings, StepCheckpointSettings, Settings):
     """Fine-tune a causal LM on demonstrations: token-mean cross-entropy on the completion tokens."""
 
     STAGE: ClassVar[str] = "sft"

@@ -35,6 +35,7 @@ SCORE = "score --model {w}/rm --data {w}/score.jsonl"
 def _data(w: Path) -> None:
     """Good files (each row below breaks one thing) and bad ones."""
     write_jsonl(w / "pairs.jsonl", known_rule_pairs(40, seed=1))
+    write_jsonl(w / "pairs2.jsonl", known_rule_pairs(40, seed=1))
     write_jsonl(w / "prompts.jsonl", [{"prompt": "tell me about the road"}] * 8)
     write_jsonl(w / "demos.jsonl", [{"prompt": "tell me", "completion": " the road"}] * 8)
     write_jsonl(w / "score.jsonl", [{"prompt": "tell me", "completion": " the road"}] * 2)
@@ -79,6 +80,40 @@ def _data(w: Path) -> None:
         (w / name).write_text(text)
 
 
+def stopped_run(command: str, out: Path) -> str:
+    """Run `command` in this process and SIGTERM it once its first metrics line is written: the run saves a
+    checkpoint in .OUT.partial and stops (exit 143). Returns its output."""
+    import os
+    import signal
+    import threading
+    import time
+
+    metrics = out.parent / f".{out.name}.partial" / "metrics.jsonl"
+
+    def stop() -> None:
+        deadline = time.time() + 120
+        while time.time() < deadline and not (metrics.exists() and metrics.stat().st_size):
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGTERM)  # handled in the main thread: checkpoint after the step
+
+    threading.Thread(target=stop, daemon=True).start()
+    result = runner.invoke(app, shlex.split(command))
+    assert result.exit_code == 128 + signal.SIGTERM, result.output
+    assert list((out.parent / f".{out.name}.partial").glob("checkpoint-*")), result.output
+    return result.output
+
+
+def _old_checkpoint(w: Path) -> None:
+    """A run folder with a checkpoint as older rlhfkit versions wrote it (pickles)."""
+    import torch
+
+    old = w / "oldrun" / "checkpoint-2"
+    old.mkdir(parents=True)
+    torch.save({"w": torch.ones(1)}, old / "weights.pt")
+    torch.save({"iteration": 1}, old / "trainer_state.pt")
+    (w / "oldrun" / "config.yaml").write_text("stage: ppo\n")
+
+
 def _corrupt(w: Path) -> None:
     """Copies of the trained reward model with one file damaged."""
     for name in ("cut_weights", "cut_config", "cut_tokenizer"):
@@ -101,6 +136,12 @@ def w(tmp_path_factory: pytest.TempPathFactory) -> Path:
         f"{root}/out", f"{root}/ran")))
     assert ok.exit_code == 0, ok.output
     _corrupt(root)
+    _old_checkpoint(root)
+    # sft and dpo runs stopped by SIGTERM with a checkpoint (for their resume rows)
+    stopped_run(f"{SFT} --epochs 50".format(w=root).replace(f"{root}/out", f"{root}/sft-stopped"),
+                root / "sft-stopped")
+    stopped_run(f"{DPO} --epochs 20".format(w=root).replace(f"{root}/out", f"{root}/dpo-stopped"),
+                root / "dpo-stopped")
     from rlhfkit.models.tiny import save_tiny
 
     save_tiny(root / "other", corpus(), vocab_size=120, n_layer=1, n_embd=16)  # a model with another tokenizer
@@ -190,6 +231,10 @@ CATALOGUE = [
     ("rf-raises", REINFORCE + " --reward-fn bad_rewards:raises", 2,
      "bad_rewards:raises, iteration 0: raised KeyError: 'label'"),
     ("rf-none", PPO + " --reward-fn bad_rewards:returns_none", 2, "returned NoneType"),
+    ("gold-fn-raises", PPO + " --reward-fn bad_rewards:length --gold-fn bad_rewards:raises", 2,
+     "gold function bad_rewards:raises: raised KeyError: 'label'"),
+    ("gold-fn-nan", REINFORCE + " --reward-fn bad_rewards:length --gold-fn bad_rewards:nan", 2,
+     "gold function bad_rewards:nan: returned nan"),
     ("rf-bad-spec", PPO + " --reward-fn bad_rewards", 2, "setting 'reward_fn': expected 'module:function'"),
     ("rf-no-module", PPO + " --reward-fn no_such_module:f", 2, "cannot import module 'no_such_module'"),
     ("rf-no-function", PPO + " --reward-fn bad_rewards:not_callable", 2, "has no function 'not_callable'"),
@@ -238,6 +283,20 @@ CATALOGUE = [
      "--learning-rate 0.5", 2, "cannot change on resume: learning_rate (0.0001 -> 0.5)"),
     ("ppo-resume-changed-batch", PPO.replace("{w}/out", "{w}/ran").replace("--rollout-batch-size 4",
      "--rollout-batch-size 8") + " --reward-fn bad_rewards:length --resume", 2, "rollout_batch_size (4 -> 8)"),
+    ("ppo-resume-old-pickle-checkpoint", PPO.replace("{w}/out", "{w}/oldrun") + " --reward-fn bad_rewards:length "
+     "--resume", 2, "checkpoint-2 is a checkpoint in an old format (weights.pt, a pickle that could run code"),
+    ("sft-resume-changed-lr", SFT.replace("{w}/out", "{w}/sft-stopped") + " --epochs 50 --resume --learning-rate 0.5",
+     2, "cannot change on resume: learning_rate (0.0001 -> 0.5)"),
+    ("sft-resume-changed-batch", SFT.replace("{w}/out", "{w}/sft-stopped").replace("--batch-size 8", "--batch-size 4")
+     + " --epochs 50 --resume", 2, "cannot change on resume: batch_size (8 -> 4)"),
+    ("sft-resume-in-foreign-folder", SFT.replace("{w}/out", "{w}/foreign") + " --resume", 2,
+     "already exists and is not empty"),
+    ("dpo-resume-changed-beta", DPO.replace("{w}/out", "{w}/dpo-stopped") + " --epochs 20 --resume --beta 0.5", 2,
+     "cannot change on resume: beta (0.1 -> 0.5)"),
+    ("dpo-resume-changed-loss", DPO.replace("{w}/out", "{w}/dpo-stopped") + " --epochs 20 --resume --loss ipo", 2,
+     "loss ('dpo' -> 'ipo')"),
+    ("dpo-resume-changed-data", DPO.replace("{w}/out", "{w}/dpo-stopped").replace("pairs.jsonl", "pairs2.jsonl")
+     + " --epochs 20 --resume", 2, "cannot change on resume: train_data"),
     ("ppo-resume-foreign", PPO.replace("{w}/out", "{w}/foreign") + " --reward-fn bad_rewards:length --resume", 2,
      "setting 'resume': {w}/foreign holds files rlhfkit did not write"),
     # --- report -----------------------------------------------------------------------------------------------
@@ -283,3 +342,30 @@ def test_resume_says_what_it_resumes_and_applies_more_iterations(w: Path) -> Non
     assert "resuming ppo from" in said and "1 of 2 iterations done (iterations 1 -> 2" in said, said
     steps = [json.loads(line)["step"] for line in (w / "fresh" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [0, 1]
+
+
+@pytest.mark.parametrize(("stage", "epochs", "more"), [("sft", 30, 40), ("dpo", 3, 4)])
+def test_sft_and_dpo_resume_say_what_they_resume(w: Path, stage: str, epochs: int, more: int) -> None:
+    """--resume without a checkpoint says the run starts from the beginning; SIGTERM stops with one line
+    saying how to resume; --resume then names the checkpoint and applies more epochs, logging each step
+    once; --resume of the completed run says there is nothing to resume."""
+    base = (SFT if stage == "sft" else DPO).format(w=w)
+    said = " ".join(runner.invoke(app, shlex.split(base.replace(f"{w}/out", f"{w}/{stage}-fresh") + " --resume"))
+                    .output.split())
+    assert "no intact checkpoint in" in said and "starts from the beginning" in said, said
+    out = w / f"{stage}-again"
+    run = base.replace(f"{w}/out", str(out))
+    stopped = stopped_run(f"{run} --epochs {epochs}", out)
+    assert "stopped by SIGTERM after step" in " ".join(stopped.split())
+    assert "run the same command with --resume to continue" in " ".join(stopped.split())
+    resumed = runner.invoke(app, shlex.split(f"{run} --epochs {more} --resume"))
+    assert resumed.exit_code == 0, resumed.output
+    said = " ".join(resumed.output.split())
+    assert f"resuming {stage} from" in said and f"(epochs {epochs} -> {more}" in said, said
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train_steps = [r["step"] for r in rows if "loss/train" in r]  # one line per step (log_every 1)
+    total = json.loads((out / "eval.json").read_text())["train/steps"]
+    assert rows[0]["step"] == 0 and train_steps == list(range(1, total + 1)), train_steps
+    assert not list(out.glob("checkpoint-*")) and not (w / f".{out.name}.partial").exists()
+    again = runner.invoke(app, shlex.split(f"{run} --epochs {more} --resume"))
+    assert again.exit_code == 0 and "holds a completed run; nothing to resume" in " ".join(again.output.split())

@@ -4,10 +4,10 @@ The promise: a run killed at any point resumes from its last intact checkpoint a
 the uninterrupted run's metrics.jsonl row for row (timings aside); a half-written checkpoint is
 never loaded; a full disk is one line and leaves the previous checkpoint intact.
 
-`make test` runs RLHFKIT_FAULT_ROUNDS=1 round per stage (reward, ppo, reinforce), each round
-interrupting one run RLHFKIT_FAULT_KILLS=1 time(s) at a random delay with a checkpoint after every
-step (SIGTERM and SIGKILL in turn: reward and reinforce get a SIGTERM, ppo a SIGKILL), then
-resuming it to the end. The long version:
+`make test` runs RLHFKIT_FAULT_ROUNDS=1 round per stage (reward, ppo, reinforce, sft, dpo), each
+round interrupting one run RLHFKIT_FAULT_KILLS=1 time(s) at a random delay with a checkpoint after
+every step (SIGTERM and SIGKILL in turn: reward, reinforce and dpo get a SIGTERM, ppo and sft a
+SIGKILL), then resuming it to the end. The long version:
 RLHFKIT_FAULT_ROUNDS=20 RLHFKIT_FAULT_KILLS=3 pytest tests/integration/test_faults.py -s. The counts (rounds, kills,
 resumes that matched, checkpoints found damaged) are printed and, with RLHFKIT_FAULT_REPORT=FILE,
 written there as JSON.
@@ -34,7 +34,7 @@ from rlhfkit.trainers.checkpoint import verify_checkpoint
 HERE = Path(__file__).parent
 ROUNDS = int(os.environ.get("RLHFKIT_FAULT_ROUNDS", "1"))
 KILLS = int(os.environ.get("RLHFKIT_FAULT_KILLS", "1"))
-STAGES = ["reward", "ppo", "reinforce"]
+STAGES = ["reward", "ppo", "reinforce", "sft", "dpo"]
 COUNTS = {"rounds": 0, "kills": 0, "resumes_matched": 0, "resumes_differed": 0, "checkpoints_checked": 0,
           "checkpoints_damaged": 0}
 FAST = ["--threads", "1", "--mixed-precision", "no"]
@@ -46,25 +46,29 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     prompts = root / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in
                                ["tell me about the road", "describe the river", "write about a day", "say the city"]))
+    demos = [{"prompt": p["prompt"], "completion": p["chosen"]} for p in known_rule_pairs(64, seed=2)]
     return {"pairs": write_jsonl(root / "pairs.jsonl", known_rule_pairs(96, seed=1)), "prompts": prompts,
-            "root": root}
+            "demos": write_jsonl(root / "demos.jsonl", demos), "root": root}
 
 
 def command(stage: str, files: dict[str, Path], out: Path) -> list[str]:
     """A small run with a checkpoint after every step (so kills often land in checkpoint writes)."""
     base = [stage, "--output-dir", str(out), "--checkpoint-every", "1",
             "--keep-checkpoints", "2", *FAST]
-    if stage == "reward":
+    if stage in ("reward", "dpo"):
         return base + ["--train-data", str(files["pairs"]), "--batch-size", "8", "--max-length", "48",
                        "--eval-every", "5"]
+    if stage == "sft":
+        return base + ["--train-data", str(files["demos"]), "--batch-size", "8", "--max-length", "48",
+                       "--eval-every", "3", "--epochs", "2"]
     return base + ["--prompts", str(files["prompts"]), "--reward-fn", "toy_rewards:count_a", "--iterations", "6",
                    "--rollout-batch-size", "8", "--max-new-tokens", "6", "--num-minibatches", "2",
                    "--sample-every", "1", "--learning-rate", "3e-3"]
 
 
 def run_folder(stage: str, out: Path) -> Path:
-    """Where the run writes until it completes (a reward run stages into .NAME.partial)."""
-    return out.parent / f".{out.name}.partial" if stage == "reward" else out
+    """Where the run writes until it completes (reward, sft and dpo runs stage into .NAME.partial)."""
+    return out.parent / f".{out.name}.partial" if stage in ("reward", "sft", "dpo") else out
 
 
 def metrics(out: Path) -> list[dict]:
@@ -87,7 +91,7 @@ def run(cmd: list[str]) -> subprocess.CompletedProcess:
 def uninterrupted(files: dict[str, Path]) -> dict[str, list[dict]]:
     """The reference runs, in this process (the same code and settings as the subprocesses, less start-up)."""
     found = {}
-    for stage in ("reward", "ppo", "reinforce"):
+    for stage in STAGES:
         out = files["root"] / f"full-{stage}"
         done = CliRunner().invoke(app, command(stage, files, out))
         assert done.exit_code == 0, done.output[-2000:]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -109,3 +110,101 @@ def test_resume_refuses_settings_that_change_the_numbers(tmp_path: Path) -> None
     other = RewardConfig(train_data="p.jsonl", learning_rate=5e-4, batch_size=8)
     with pytest.raises(ConfigError, match=r"cannot change on resume: batch_size \(32 -> 8\), learning_rate"):
         check_resume_settings(path, other)
+
+
+def test_resume_names_an_old_pickle_checkpoint_instead_of_starting_over(tmp_path: Path) -> None:
+    """A checkpoint of an older rlhfkit (weights.pt + trainer_state.pt pickles, no checkpoint.json) is never
+    unpickled: --resume says in one line that its format is no longer read and what to do."""
+    from rlhfkit.errors import ConfigError
+    from rlhfkit.trainers.checkpoint import resume_from
+
+    old = tmp_path / "checkpoint-3"
+    old.mkdir()
+    torch.save({"w": torch.ones(1)}, old / "weights.pt")
+    torch.save({"iteration": 2}, old / "trainer_state.pt")
+    with pytest.raises(ConfigError, match=r"checkpoint-3 is a checkpoint in an old format \(weights.pt, a pickle") as e:
+        resume_from(tmp_path, resume=True, overwrite=False)
+    assert "rerun without --resume" in str(e.value) and "\n" not in str(e.value)
+
+
+def _tiny_lm(seed: int, vocab: int) -> torch.nn.Module:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    return GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_layer=1, n_embd=8, n_head=2, n_positions=32))
+
+
+def _save_dying_at_move(k: int, out: Path, model: torch.nn.Module, tokenizer: object) -> None:
+    """save_causal_lm in a forked process that SIGKILLs itself just before its k-th os.replace."""
+    import signal
+
+    from rlhfkit.trainers import common
+
+    real, calls = os.replace, []
+
+    def dying_replace(src: object, dst: object) -> None:
+        if len(calls) == k:
+            os.kill(os.getpid(), signal.SIGKILL)
+        calls.append(dst)
+        real(src, dst)
+
+    common.os.replace = dying_replace  # this forked process only
+    common.save_causal_lm(out, model, tokenizer)
+
+
+def test_a_kill_during_the_final_save_leaves_no_model_or_the_new_one_whole(tmp_path: Path) -> None:
+    """A folder holding model A is saved over with model B, and the saving process is SIGKILLed just before
+    its k-th move into the folder, for every k: afterwards the loader either refuses the folder (no
+    config.json) or loads exactly B, never A's config with some of B's files; the whole save loads B."""
+    from rlhfkit.errors import UserError
+    from rlhfkit.models.loading import load_causal_lm, load_tokenizer
+    from rlhfkit.trainers import common
+
+    tokenizer = load_tokenizer("embedded")
+    old, new = _tiny_lm(0, len(tokenizer)), _tiny_lm(1, len(tokenizer))
+    reference = tmp_path / "old"
+    reference.mkdir()
+    common.save_causal_lm(reference, old, tokenizer)
+    moves = len(list(reference.iterdir()))  # one os.replace per entry of the saved folder
+    outcomes = []
+    for k in range(moves + 1):
+        out = tmp_path / f"run-{k}"
+        shutil.copytree(reference, out)
+        pid = os.fork()
+        if pid == 0:  # the saving process: dies at its k-th move (k == moves: it completes)
+            try:
+                _save_dying_at_move(k, out, new, tokenizer)
+            finally:
+                os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFSIGNALED(status) == (k < moves), (k, status)
+        try:
+            loaded = load_causal_lm(str(out), tokenizer)
+        except UserError as e:
+            assert "config.json" in str(e), str(e)
+            outcomes.append("none")
+            continue
+        got, want = loaded.state_dict(), new.state_dict()
+        assert all(torch.equal(got[name], want[name]) for name in want), f"killed at move {k}: not model B"
+        outcomes.append("new")
+    assert outcomes == ["none"] * moves + ["new"], outcomes
+
+
+def test_a_run_killed_after_saving_its_model_is_moved_into_place_on_resume(tmp_path: Path) -> None:
+    """reward, sft and dpo write eval.json last into .OUT.partial; a run killed after that (before the folder
+    became output_dir) is complete: --resume moves it into place without its checkpoints and says so."""
+    from types import SimpleNamespace
+
+    from rlhfkit.trainers.step_resume import completed_run, partial_folder
+
+    out = tmp_path / "run"
+    partial = partial_folder(out)
+    save_checkpoint(partial, weights(), {"step": 3}, done=3)
+    (partial / "model.safetensors").write_bytes(b"the model")
+    (partial / "eval.json").write_text(json.dumps({"eval/loss": 0.25}))
+    assert completed_run(SimpleNamespace(output_dir=str(out), resume=False)) is None
+    assert completed_run(SimpleNamespace(output_dir=str(out), resume=True)) == {"eval/loss": 0.25}
+    assert sorted(p.name for p in out.iterdir()) == ["eval.json", "model.safetensors"] and not partial.exists()
+    assert completed_run(SimpleNamespace(output_dir=str(out), resume=True)) == {"eval/loss": 0.25}  # said again
+    (tmp_path / ".other.partial").mkdir()  # a stopped run (no eval.json): resumed, not completed
+    assert completed_run(SimpleNamespace(output_dir=str(tmp_path / "other"), resume=True)) is None

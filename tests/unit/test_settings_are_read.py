@@ -23,10 +23,11 @@ PKG = Path(__file__).resolve().parents[2] / "rlhfkit"
 SHARED = ["trainers/common.py", "models/lora.py", "models/loading.py", "tracking/metrics.py"]
 RL = ["trainers/rl_run.py", "trainers/checkpoint.py", "trainers/rl_evaluation.py", "rollout/ensemble.py",
       "tracking/monitor.py", *SHARED]
+STEPS = ["trainers/step_resume.py", *SHARED]  # the stages counted in optimizer steps
 CODE_PATHS = {
-    RewardConfig: ["trainers/reward.py", *SHARED],
-    SFTConfig: ["trainers/sft.py", *SHARED],
-    DPOConfig: ["trainers/dpo.py", *SHARED],
+    RewardConfig: ["trainers/reward.py", *STEPS],
+    SFTConfig: ["trainers/sft.py", *STEPS],
+    DPOConfig: ["trainers/dpo.py", *STEPS],
     ScoreConfig: ["pipelines/score.py"],
     PPOConfig: ["trainers/ppo.py", *RL],
     ReinforceConfig: ["trainers/reinforce.py", *RL],

@@ -22,7 +22,7 @@ from rlhfkit.data.tokenize import encode_prompt, encode_response, pad_right
 from rlhfkit.errors import ConfigError, UserError
 from rlhfkit.models.context import context_length
 from rlhfkit.models.loading import same_tokenizer
-from rlhfkit.models.reward_model import reward_scores
+from rlhfkit.models.reward_model import CRITERIA_KEY, reward_scores
 
 
 class Scorer(Protocol):
@@ -172,16 +172,19 @@ class FunctionScorer:
 
 
 def check_trained_reward_model(name: str, setting: str, allow: bool, flag: str) -> None:
-    """A ConfigError unless `name` is a saved reward model (a one-output *ForSequenceClassification, as
-    `rlhfkit reward` writes): a plain causal LM would get a head of random weights that was never trained,
-    and a run would optimise against noise. `allow` (the `flag`) accepts it anyway."""
+    """A ConfigError unless `name` is a saved reward model (a *ForSequenceClassification with one output, or
+    one per criterion named in its config, as `rlhfkit reward` writes): a plain causal LM would get a head
+    of random weights that was never trained, and a run would optimise against noise.
+    `allow` (the `flag`) accepts it anyway."""
     from transformers import AutoConfig
 
     from rlhfkit.models.loading import load_pretrained
 
     config = load_pretrained(AutoConfig, name, "reward model's config")  # a damaged config.json is one line here
     archs = getattr(config, "architectures", None) or []
-    trained = any(a.endswith("ForSequenceClassification") for a in archs) and getattr(config, "num_labels", 0) == 1
+    heads, named = getattr(config, "num_labels", 0), getattr(config, CRITERIA_KEY, None)
+    trained = any(a.endswith("ForSequenceClassification") for a in archs) and (
+        (heads == 1 and not named) or (isinstance(named, list) and len(named) == heads))
     if not allow and not trained:
         raise ConfigError(f"setting '{setting}': {name} is not a trained reward model (its config.json names no "
                           "one-output ...ForSequenceClassification head), so its score head would be random; train "

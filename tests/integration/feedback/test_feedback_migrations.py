@@ -83,7 +83,7 @@ def test_a_0001_database_upgrades_without_losing_data(empty_url: str) -> None:
         assert skip.skip and skip.unsafe
         assert store.rounds("demo") == [1]
         assert store.export_rows("demo", "pairwise") == [
-            {"prompt": "p1", "chosen": "y", "rejected": "x", "round": 1, "unsafe": False,
+            {"prompt": "p1", "chosen": "y", "rejected": "x", "criterion": "overall", "round": 1, "unsafe": False,
              "comments": [{"annotator": "ada", "comment": "y is clearer"}]},
         ]
         # A retry of a submission stored before content hashes existed is still a duplicate.

@@ -41,7 +41,8 @@ def write_jsonl(path: Path, rows: list[object]) -> Path:
     return path
 
 
-NOTES = {"criterion": "overall", "round": 1, "unsafe": False, "comments": []}  # what every exported row also says about its prompt
+# What every exported row also says: its criterion, and about its prompt.
+NOTES = {"criterion": "overall", "round": 1, "unsafe": False, "comments": []}
 PROMPTS = [
     {"prompt": "Name a colour.", "completions": ["red", "blue", "green"]},
     {"prompt": "Name a fruit.", "completions": ["apple", "pear", "plum"]},

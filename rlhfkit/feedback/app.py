@@ -267,12 +267,11 @@ def create_app(
 
     @app.get("/api/admin")
     def admin(who: AnnotatorInfo = an_admin) -> dict[str, Any]:
-        criteria = store.criteria(info)
+        by_criterion = {name: dataclasses.asdict(report) for name, report in store.agreements(info).items()}
         return {
             "progress": dataclasses.asdict(store.progress(info.name, n)),
-            "agreement": dataclasses.asdict(store.agreement(info.name)),  # by the first criterion
-            "agreement_by_criterion": {c.name: dataclasses.asdict(store.agreement(info.name, c.name))
-                                       for c in criteria},
+            "agreement": next(iter(by_criterion.values())),  # by the first criterion
+            "agreement_by_criterion": by_criterion,
         }
 
     @app.get("/api/admin/prompts")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -30,6 +31,9 @@ from rlhfkit.cli_errors import one_line_errors
 from rlhfkit.defaults import DEFAULT_DB, EMBEDDED_MODEL
 from rlhfkit.errors import UserError
 from rlhfkit.feedback.checks import MAX_K, MIN_K
+
+if TYPE_CHECKING:
+    from rlhfkit.feedback.store import FeedbackStore
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 DEFAULT_K = 4  # completions per prompt of a project `sample` creates
@@ -64,11 +68,11 @@ CRITERIA = typer.Option(
 )
 
 
-def check_project_criteria(store: object, project: str, declared: list[tuple[str, str]]) -> None:
+def check_project_criteria(store: FeedbackStore, project: str, declared: list[tuple[str, str]]) -> None:
     """--criterion on an existing project must name its criteria (they are changed with `criteria`)."""
     if not declared:
         return
-    have = [c.name for c in store.criteria(project)]  # type: ignore[attr-defined]
+    have = [c.name for c in store.criteria(project)]
     if have != [n for n, _ in declared]:
         raise UserError(f"--criterion: project {project!r} exists with criteria {', '.join(have)}; change them with "
                         f"`rlhfkit feedback criteria {project} --add NAME=DESCRIPTION`")

@@ -121,6 +121,13 @@ def criteria_progress(s: Session, p: ProjectInfo, annotators_per_prompt: int) ->
     return out
 
 
+def agreements(s: Session, p: ProjectInfo) -> dict[str, AgreementReport]:
+    """`agreement` by every criterion of the project, in page order, from one read of the rankings."""
+    prompts = labeled(s, p)
+    return {c.name: agreement_report({i: lp.by_criterion.get(c.name, {}) for i, lp in enumerate(prompts)})
+            for c in criteria(s, p.id)}
+
+
 def agreement(s: Session, p: ProjectInfo, criterion: str | None = None) -> AgreementReport:
     """Pairwise agreement and Kendall tau-b between annotators on the prompts they share
     (skips left out), by `criterion` (the project's first when None); see

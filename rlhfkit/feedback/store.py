@@ -745,7 +745,9 @@ class FeedbackStore:
             raise Conflict(
                 f"prompt {prompt_id} has {len(completion_ids)} of its {k} completions; it cannot be ranked yet"
             )
-        known = reports.criteria(s, prompt.project_id)
+        rows = s.execute(select(Criterion.id, Criterion.name, Criterion.description, Criterion.position)
+                         .where(Criterion.project_id == prompt.project_id).order_by(Criterion.position)).all()
+        known = [CriterionInfo(name, description, position) for _, name, description, position in rows]
         new_ranks = {} if skip else _criteria_ranks(prompt_id, completion_ids, known, ranks, order, rankings)
         content = _content_hash(new_ranks, skip, unsafe, comment, known[0].name)
         if seen is not None:
@@ -780,8 +782,7 @@ class FeedbackStore:
             s.execute(update(Prompt).where(Prompt.id == prompt.id).values(n_rankings=Prompt.n_rankings + delta))
         s.execute(delete(RankingEntry).where(RankingEntry.ranking_id == r.id))
         if new_ranks:
-            ids = dict(s.execute(select(Criterion.name, Criterion.id).where(Criterion.project_id == prompt.project_id))
-                       .all())
+            ids = {name: cid for cid, name, _, _ in rows}
             s.execute(insert(RankingEntry), [
                 {"ranking_id": r.id, "criterion_id": ids[name], "completion_id": cid, "rank": rank}
                 for name, by_id in new_ranks.items() for cid, rank in by_id.items()
@@ -828,6 +829,11 @@ class FeedbackStore:
         `rlhfkit.feedback.agreement` for the definitions."""
         with self._reading() as s:
             return reports.agreement(s, self._project(s, project), criterion)
+
+    def agreements(self, project: str | ProjectInfo) -> dict[str, AgreementReport]:
+        """`agreement` by each criterion of the project: {criterion name: report}, in page order."""
+        with self._reading() as s:
+            return reports.agreements(s, self._project(s, project))
 
     def export_rows(
         self,

@@ -393,6 +393,11 @@ def test_two_criteria_by_keyboard_and_by_touch(chromium: Any, tmp_path: Path) ->
             mobile.wait_for_selector("#criteria-table tbody tr")
             rows = [r.split("\t")[:3] for r in mobile.locator("#criteria-table tbody tr").all_inner_texts()]
             assert rows == [["helpful", "3", "3"], ["harmless", "3", "3"]]
+            mobile.locator("#prompts-table tbody tr").first.locator("button").click()
+            mobile.wait_for_selector("#admin-prompt:not([hidden])")
+            # Stored order <script>, <img>, Hello: places 3, 2, 1 by both criteria.
+            cells = [r.split("\t")[:5] for r in mobile.locator("#admin-rankings tbody tr").all_inner_texts()]
+            assert cells == [["ada", "helpful", "3", "2", "1"], ["ada", "harmless", "3", "2", "1"]]
             assert problems == []
 
         entered = {

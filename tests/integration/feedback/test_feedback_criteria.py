@@ -151,6 +151,7 @@ def test_agreement_and_progress_per_criterion_match_hand_computed_values(store: 
     assert helpful.kendall_tau == pytest.approx(1 / 3, abs=1e-12)
     assert harmless.agreement == 0.0 and harmless.kendall_tau == pytest.approx(-1.0, abs=1e-12)
     assert store.agreement("hh") == helpful  # the first criterion by default
+    assert store.agreements("hh") == {"helpful": helpful, "harmless": harmless}
     with pytest.raises(FeedbackError, match="no such criterion"):
         store.agreement("hh", "honest")
     progress = store.progress("hh", annotators_per_prompt=2)

@@ -10,6 +10,7 @@
     agreement.py  pairwise agreement and Kendall tau-b between annotators
     export.py     rankings -> pairwise / ranked training rows, merging annotators
     importer.py   reading prompts (and completions) from JSON lines
+    criteria.py   reading criteria declarations: --criterion NAME=DESCRIPTION, criteria files
     rounds.py     where `feedback sample` puts completions: the latest round or a new one
     policy.py     loading the policy `feedback sample` samples from (LoRA adapter folders too)
     app.py        the FastAPI app and templates/label.html, the one page

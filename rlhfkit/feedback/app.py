@@ -5,7 +5,8 @@
     GET  /api/next           the next prompt to rank (null when none is left) and progress
     GET  /api/prompts/{id}   a prompt given to the annotator, with their own ranking of it
     GET  /api/previous       the prompt ranked before ?before=ID (or the last one): "go back"
-    POST /api/rankings       {prompt_id, order | ranks, skip, unsafe, comment, submission_id}
+    POST /api/rankings       {prompt_id, rankings: {criterion: {completion id: rank}} (or, with one
+                             criterion, order | ranks), skip, unsafe, comment, submission_id}
     GET  /api/admin          progress per member and round, agreement (the project's admins only)
     GET  /api/admin/prompts  every ranked prompt: rankings, skips, flags, comments, disagreement
     GET  /api/admin/prompts/{id}  one prompt with every annotator's ranking, flag and comment
@@ -60,6 +61,8 @@ from rlhfkit.feedback.errors import (
 from rlhfkit.feedback.records import AnnotatorInfo, PromptDetail, PromptView
 from rlhfkit.feedback.store import FeedbackStore
 
+MAX_CRITERIA = 20
+"""Most criteria one submission may carry (a page asks for one ranking per criterion)."""
 MAX_BODY_BYTES = 64 * 1024
 """Largest request body accepted (a ranking with a full comment is under 4 KiB)."""
 REQUEST_TIMEOUT_S = 15
@@ -86,6 +89,9 @@ class RankingIn(BaseModel):
     prompt_id: StrictInt
     order: list[StrictInt] | None = Field(None, max_length=MAX_K, description="completion ids, best first")
     ranks: dict[int, StrictInt] | None = Field(None, max_length=MAX_K, description="completion id -> rank, 0 best")
+    rankings: dict[str, dict[int, StrictInt]] | None = Field(
+        None, max_length=MAX_CRITERIA, description="criterion name -> {completion id -> rank}: one per criterion"
+    )
     skip: StrictBool = False
     unsafe: StrictBool = False
     comment: str | None = Field(None, max_length=MAX_COMMENT_CHARS)
@@ -194,8 +200,10 @@ def create_app(
             "position": view.position,
             "text": view.text,
             "completions": completions,
+            "criteria": [{"name": c.name, "description": c.description} for c in view.criteria],
             "ranking": None if r is None else {
                 "ranks": {str(k): v for k, v in r.ranks.items()},
+                "rankings": _rankings_json(r.by_criterion),
                 "skip": r.skip, "unsafe": r.unsafe, "comment": r.comment, "updated_at": r.updated_at,
             },
         }
@@ -224,7 +232,8 @@ def create_app(
     @app.get("/api/me")
     def me(who: AnnotatorInfo = signed_in) -> dict[str, Any]:
         return {"name": who.name, "admin": who.is_admin, "role": who.role, "project": info.name, "k": info.k,
-                "annotators_per_prompt": n, "guidelines": store.project(info.name).guidelines}
+                "annotators_per_prompt": n, "guidelines": store.project(info.name).guidelines,
+                "criteria": [{"name": c.name, "description": c.description} for c in store.criteria(info)]}
 
     @app.get("/api/next")
     def next_prompt(who: AnnotatorInfo = signed_in) -> dict[str, Any]:
@@ -244,10 +253,12 @@ def create_app(
         result = store.submit_ranking(
             who, body.prompt_id, body.ranks, order=body.order, skip=body.skip, unsafe=body.unsafe,
             comment=body.comment, submission_id=body.submission_id, project=info, annotators_per_prompt=n,
+            rankings=body.rankings,
         )
         r = result.ranking
         payload = {
-            "ranking": {"prompt_id": r.prompt_id, "ranks": {str(k): v for k, v in r.ranks.items()}, "skip": r.skip,
+            "ranking": {"prompt_id": r.prompt_id, "ranks": {str(k): v for k, v in r.ranks.items()},
+                        "rankings": _rankings_json(r.by_criterion), "skip": r.skip,
                         "unsafe": r.unsafe, "comment": r.comment, "submission_id": r.submission_id},
             "created": result.created,
             "duplicate": result.duplicate,
@@ -256,9 +267,11 @@ def create_app(
 
     @app.get("/api/admin")
     def admin(who: AnnotatorInfo = an_admin) -> dict[str, Any]:
+        by_criterion = {name: dataclasses.asdict(report) for name, report in store.agreements(info).items()}
         return {
             "progress": dataclasses.asdict(store.progress(info.name, n)),
-            "agreement": dataclasses.asdict(store.agreement(info.name)),
+            "agreement": next(iter(by_criterion.values())),  # by the first criterion
+            "agreement_by_criterion": by_criterion,
         }
 
     @app.get("/api/admin/prompts")
@@ -278,16 +291,28 @@ def create_app(
 
 def detail_json(d: PromptDetail) -> dict[str, Any]:
     """The admin's view of one prompt: completions in stored order (with the model that wrote
-    each), and each annotator's ranks aligned with them (null for a skip)."""
+    each), and each annotator's ranks aligned with them (null for a skip), by the first criterion
+    ("ranks") and by each criterion ("rankings": null where they gave none by it)."""
+
+    def aligned(ranks: dict[int, int] | None) -> list[int] | None:
+        return None if not ranks else [ranks[c.id] for c in d.completions]
+
     return {
         "id": d.id, "round": d.round, "position": d.position, "text": d.text, "disagreement": d.disagreement,
+        "criteria": [{"name": c.name, "description": c.description} for c in d.criteria],
+        "disagreement_by_criterion": d.disagreement_by_criterion,
         "completions": [{"id": c.id, "text": c.text, "model": c.model} for c in d.completions],
         "rankings": [
-            {"annotator": r.annotator, "ranks": None if r.skip else [r.ranks[c.id] for c in d.completions],
+            {"annotator": r.annotator, "ranks": None if r.skip else aligned(r.ranks),
+             "rankings": {c.name: None if r.skip else aligned(r.by_criterion.get(c.name)) for c in d.criteria},
              "skip": r.skip, "unsafe": r.unsafe, "comment": r.comment, "updated_at": r.updated_at}
             for r in d.rankings
         ],
     }
+
+
+def _rankings_json(by_criterion: dict[str, dict[int, int]]) -> dict[str, dict[str, int]]:
+    return {name: {str(k): v for k, v in ranks.items()} for name, ranks in by_criterion.items()}
 
 
 def _unauthorized(message: str) -> HTTPException:

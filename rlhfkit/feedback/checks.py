@@ -28,17 +28,26 @@ MAX_SUBMISSION_ID_CHARS = 100
 """Longest client submission id (a UUID is 36)."""
 MAX_TOKEN_CHARS = 200
 """Longer strings are not looked up as tokens (ours are 32)."""
+MAX_CRITERION_CHARS = 40
+"""Longest criterion name (a short slug shown as a heading and used as the export tag)."""
+MAX_DESCRIPTION_CHARS = 300
+"""Longest criterion description (one line under its heading on the page)."""
+DEFAULT_CRITERION = "overall"
+"""The criterion a project declared without any gets (empty description: the page shows no heading)."""
 MAX_ID = 2**31 - 1
 """Largest row id (PostgreSQL's INTEGER): a larger number cannot name a row, and is not sent to
 the database, where it would be an error rather than "not found"."""
 _SUBMISSION_ID = re.compile(r"^[A-Za-z0-9_.:-]+$")
+_CRITERION = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 
 
 def normalise_ranking(
-    prompt_id: int, completion_ids: Sequence[int], ranks: Mapping[int, int] | None, order: Sequence[int] | None
+    prompt_id: int, completion_ids: Sequence[int], ranks: Mapping[int, int] | None, order: Sequence[int] | None,
+    criterion: str | None = None,
 ) -> dict[int, int]:
-    """Check a ranking covers exactly the prompt's completions; return dense ranks {id: rank}."""
-    where = f"ranking of prompt {prompt_id}"
+    """Check a ranking covers exactly the prompt's completions; return dense ranks {id: rank}.
+    `criterion`, when given, is named in the errors."""
+    where = f"ranking of prompt {prompt_id}" + (f" by criterion {criterion!r}" if criterion is not None else "")
     shown = ", ".join(map(str, completion_ids))
     if (ranks is None) == (order is None):
         raise InvalidRanking(
@@ -95,6 +104,32 @@ def check_name(name: object, what: str) -> str:
     if any(not ch.isprintable() for ch in name):
         raise FeedbackError(f"{what} {name!r} contains control characters")
     return name
+
+
+def check_criterion_name(name: object) -> str:
+    """A criterion name: a short slug (lowercase letters, digits, _ or -), the export's tag."""
+    if not isinstance(name, str) or not _CRITERION.match(name.strip()) or len(name.strip()) > MAX_CRITERION_CHARS:
+        raise FeedbackError(
+            f"criterion name {name!r}: use 1-{MAX_CRITERION_CHARS} lowercase letters, digits, _ or - "
+            "(starting with a letter or digit), e.g. helpful"
+        )
+    return name.strip()
+
+
+def check_criterion_description(description: object, name: str) -> str:
+    """One line of text shown under the criterion's heading (may be empty)."""
+    if description is None:
+        return ""
+    if not isinstance(description, str):
+        raise FeedbackError(f"description of criterion {name!r} must be text, got {type(description).__name__}")
+    text = description.strip()
+    if "\n" in text or "\r" in text or any(not ch.isprintable() for ch in text):
+        raise FeedbackError(f"description of criterion {name!r} must be one line of printable text")
+    if len(text) > MAX_DESCRIPTION_CHARS:
+        raise FeedbackError(
+            f"description of criterion {name!r} is {len(text)} characters; the limit is {MAX_DESCRIPTION_CHARS}"
+        )
+    return text
 
 
 def check_text(text: object, what: str, *, allow_empty: bool) -> None:

@@ -2,13 +2,16 @@
 
     rlhfkit feedback sample prompts.jsonl --project demo --k 4      # the model writes K completions each
     rlhfkit feedback import prompts.jsonl --project demo --k 4      # or bring prompts (+ completions)
+    rlhfkit feedback import prompts.jsonl --project hh --k 4 --criterion "helpful=Answers the question" \
+        --criterion "harmless=Says nothing unsafe"                  # one ranking per criterion
+    rlhfkit feedback criteria hh [--add NAME=DESCRIPTION] [--file criteria.yaml]  # list / add criteria
     rlhfkit feedback guidelines --project demo --file guide.md      # what "better" means, on the page
     rlhfkit feedback add-annotator ada --project demo               # prints ada's token once
     rlhfkit feedback add-member ada --project other --admin         # roles are per project
     rlhfkit feedback rotate-token ada | revoke ada | remove-member ada --project demo
     rlhfkit feedback serve --project demo --annotators-per-prompt 2 # http://127.0.0.1:8000
     rlhfkit feedback status --project demo                          # progress, rounds and agreement
-    rlhfkit feedback export --project demo --format pairwise --out prefs.jsonl [--rounds 1,2]
+    rlhfkit feedback export --project demo --format pairwise --out prefs.jsonl [--rounds 1,2] [--criterion helpful]
     rlhfkit feedback sample prompts.jsonl --project demo --model ppo_out --new-round   # the next round
 
 Every command takes `--db` (a SQLite file, feedback.db by default, or a PostgreSQL URL). Store
@@ -20,6 +23,7 @@ from __future__ import annotations
 import json
 from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -27,6 +31,9 @@ from rlhfkit.cli_errors import one_line_errors
 from rlhfkit.defaults import DEFAULT_DB, EMBEDDED_MODEL
 from rlhfkit.errors import UserError
 from rlhfkit.feedback.checks import MAX_K, MIN_K
+
+if TYPE_CHECKING:
+    from rlhfkit.feedback.store import FeedbackStore
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 DEFAULT_K = 4  # completions per prompt of a project `sample` creates
@@ -55,6 +62,27 @@ DB = typer.Option(DEFAULT_DB, "--db", help="SQLite file, or postgresql+psycopg:/
 PROJECT = typer.Option(..., "--project", "-p", help="Project name.")
 PER_PROMPT = typer.Option(1, "--annotators-per-prompt", "-n", min=1, help="How many annotators rank each prompt.")
 ADMIN = typer.Option(False, "--admin", help="Admin of the project: may also open its admin page.")
+CRITERIA = typer.Option(
+    None, "--criterion", metavar="NAME=DESCRIPTION", help="A criterion to rank by when the project is created "
+    "(repeat it for several, in page order), e.g. 'helpful=Answers what was asked'. Default: one, 'overall'.",
+)
+
+
+def check_project_criteria(store: FeedbackStore, project: str, declared: list[tuple[str, str]]) -> None:
+    """--criterion on an existing project must name its criteria (they are changed with `criteria`)."""
+    if not declared:
+        return
+    have = [c.name for c in store.criteria(project)]
+    if have != [n for n, _ in declared]:
+        raise UserError(f"--criterion: project {project!r} exists with criteria {', '.join(have)}; change them with "
+                        f"`rlhfkit feedback criteria {project} --add NAME=DESCRIPTION`")
+
+
+def parse_names(values: list[str] | None) -> list[str] | None:
+    """--criterion a --criterion b,c -> ['a', 'b', 'c']; None: every criterion."""
+    if not values:
+        return None
+    return [name.strip() for value in values for name in value.split(",") if name.strip()]
 
 
 def parse_rounds(text: str | None) -> list[int] | None:
@@ -83,10 +111,14 @@ def import_prompts(
     k: int | None = typer.Option(None, "--k", help="Completions per prompt; needed when the project is new."),
     model: str = typer.Option("imported", "--model", help="Model id to record for the imported completions."),
     sampling: str = typer.Option("{}", "--sampling", help='Sampling settings to record (JSON): {"temperature": 1.0}.'),
+    criterion: list[str] | None = CRITERIA,
 ) -> None:
     """Add prompts (and optionally their K completions) from a JSON-lines file to a project."""
+    from rlhfkit.feedback.criteria import parse_criteria
     from rlhfkit.feedback.importer import read_prompt_file
     from rlhfkit.feedback.store import FeedbackStore, NotFound
+
+    declared = parse_criteria(criterion)
 
     try:
         settings = json.loads(sampling)
@@ -108,10 +140,12 @@ def import_prompts(
             info = None
         if info is not None and k is not None and k != info.k:
             raise UserError(f"project {project!r} has k={info.k}; --k {k} does not match (leave --k out)")
+        if info is not None:
+            check_project_criteria(store, project, declared)
         if rows[0].completions is not None:
             rows = read_prompt_file(file, info.k if info else k)  # the counts, now that k is known
         if info is None:
-            info = store.create_project(project, k)  # type: ignore[arg-type]  (k is set: checked above)
+            info = store.create_project(project, k, criteria=declared or None)  # type: ignore[arg-type]  (k is set)
         rounds = store.rounds(info)
         known = store.find_prompts(info, [r.prompt for r in rows], round=rounds[-1] if rounds else None)
         if known:
@@ -156,12 +190,14 @@ def sample_prompts(
         None, "--reward-model", metavar="DIR", help="Reward model folder for --select uncertain; repeat it for an "
         "ensemble (their disagreement is the uncertainty)."),
     # ---- end of active selection options ----
+    criterion: list[str] | None = CRITERIA,
 ) -> None:
     """Sample K completions per prompt with a model (an HF id or any policy folder, LoRA adapters too)
     into a project, ready to rank: into its latest round, filling prompts imported without
     completions, or with --new-round into the next round."""
     from rlhfkit.data.prompts import prompt_texts, read_prompt_rows
     from rlhfkit.feedback import rounds
+    from rlhfkit.feedback.criteria import parse_criteria
     from rlhfkit.feedback.policy import load_policy
     from rlhfkit.feedback.selection import check_selection, sample_selected
     from rlhfkit.feedback.store import FeedbackStore, NotFound
@@ -171,6 +207,7 @@ def sample_prompts(
 
     if k is not None and not MIN_K <= k <= MAX_K:
         raise UserError(f"--k: must be from {MIN_K} to {MAX_K} (a ranking needs two completions), got {k}")
+    declared = parse_criteria(criterion)
     try:
         settings = SamplingSettings(max_new_tokens, temperature, top_k, top_p)
     except ValueError as e:
@@ -184,6 +221,7 @@ def sample_prompts(
             if k is not None and info.k != k:
                 raise UserError(f"project {project!r} has k={info.k}; pass --k {info.k} (or leave --k out)")
             k = info.k
+            check_project_criteria(store, project, declared)
         except NotFound:
             info = None
             k = k if k is not None else DEFAULT_K
@@ -201,7 +239,7 @@ def sample_prompts(
         # ---- end of active selection ----
         sampled = dict(zip(chosen, completions, strict=True))
         if info is None:
-            info = store.create_project(project, k)
+            info = store.create_project(project, k, criteria=declared or None)
         sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "max_new_tokens": max_new_tokens,
                     "seed": seed}
         n = rounds.store_samples(store, info, plan, sampled, model, sampling)
@@ -282,6 +320,49 @@ def rotate_token(name: str = typer.Argument(..., help="Annotator name."), db: st
     typer.echo(token)
 
 
+@feedback_app.command("criteria")
+@one_line_errors
+def criteria(
+    project: str = typer.Argument(..., help="Project name."),
+    db: str = DB,
+    add: list[str] | None = typer.Option(
+        None, "--add", metavar="NAME=DESCRIPTION", help="Add a criterion after the existing ones (repeatable). "
+        "Rankings made before it have no ranks by it; changing one of them then asks for them."),
+    file: Path | None = typer.Option(
+        None, "--file", "-f", help="YAML file of criteria (name: description): new names are added, known "
+        "names get the file's description."),
+    describe: list[str] | None = typer.Option(
+        None, "--describe", metavar="NAME=DESCRIPTION", help="Change a criterion's description (repeatable)."),
+    remove: list[str] | None = typer.Option(
+        None, "--remove", metavar="NAME", help="Remove a criterion no ranking uses yet (repeatable)."),
+) -> None:
+    """List the criteria a project's annotators rank by, and add, describe or remove them."""
+    from rlhfkit.feedback.criteria import parse_criteria, read_criteria_file
+    from rlhfkit.feedback.store import FeedbackStore
+
+    added = parse_criteria(add, "--add")
+    described = parse_criteria(describe, "--describe")
+    from_file = read_criteria_file(file) if file is not None else []  # check the file before the database
+    with FeedbackStore.open(db) as store:
+        have = {c.name for c in store.criteria(project)}
+        added += [(n, d) for n, d in from_file if n not in have and n not in {a for a, _ in added}]
+        described += [(n, d) for n, d in from_file if n in have]
+        for name, description in described:
+            store.describe_criterion(project, name, description)
+        if added:
+            store.add_criteria(project, added)
+        for name in remove or []:
+            store.remove_criterion(project, name)
+        shown = store.criteria(project)
+    for c in shown:
+        typer.echo(f"{c.name}\t{c.description}" if c.description else c.name)
+    changes = [f"{what} {', '.join(names)}" for what, names in (
+        ("added", [n for n, _ in added]), ("described", [n for n, _ in described]), ("removed", remove or []))
+        if names]
+    if changes:
+        typer.echo(f"project {project!r}: " + "; ".join(changes), err=True)
+
+
 @feedback_app.command("guidelines")
 @one_line_errors
 def guidelines(
@@ -360,16 +441,22 @@ def export(
         True, "--drop-flagged/--keep-flagged", help="Leave out prompts an annotator flagged unsafe."
     ),
     rounds: str | None = typer.Option(None, "--rounds", help="Only these rounds: 2,3 or 1-3 (default: all)."),
+    criterion: list[str] | None = typer.Option(
+        None, "--criterion", metavar="NAME", help="Only rankings by these criteria (repeatable, or a comma list); "
+        "default: every criterion, each row tagged with its \"criterion\"."),
 ) -> None:
     """Write the rankings as training data for the reward model (skipped prompts never appear in
-    pairwise/ranked rows; each row carries its round, unsafe flag and comments)."""
+    pairwise/ranked rows; each row carries its criterion, round, unsafe flag and comments)."""
     from rlhfkit.data.io import write_jsonl
     from rlhfkit.feedback.store import FeedbackStore
 
     selected = parse_rounds(rounds)
+    names = parse_names(criterion)
+    if criterion and not names:
+        raise UserError("--criterion: no criterion name given; e.g. --criterion helpful")
     with FeedbackStore.open(db) as store:
         rows = store.export_rows(project, format=format.value, merge=merge.value, drop_flagged=drop_flagged,
-                                 rounds=selected)
+                                 rounds=selected, criteria=names)
     n = write_jsonl(out, rows)
     typer.echo(f"wrote {n} {format.value} rows ({merge.value}) to {out}")
     if n == 0:
@@ -407,6 +494,14 @@ def status(
     for r in progress.rounds:
         table.add_row(str(r.round), str(r.prompts), str(r.ready), str(r.rankings), str(r.complete))
     console.print(table)
+    if len(progress.criteria) > 1:
+        table = Table(title="Criteria")
+        for column in ("criterion", "rankings", "complete", "agreement", "disagreement", "kendall tau"):
+            table.add_column(column, justify="left" if column == "criterion" else "right")
+        for c in progress.criteria:
+            table.add_row(c.criterion, str(c.rankings), str(c.complete), _num(c.agreement),
+                          _num(None if c.agreement is None else 1 - c.agreement), _num(c.kendall_tau))
+        console.print(table)
     numbers = ("ranked", "skipped", "unsafe", "comments")
     table = Table(title="Progress")
     for column in ("annotator", "role", *numbers, "last"):
@@ -427,7 +522,9 @@ def status(
     if not agreement.pairs:
         console.print("agreement: no prompt has been ranked by two annotators yet")
         return
-    table = Table(title="Agreement on shared prompts")
+    several = len(progress.criteria) > 1
+    title = f" (by {progress.criteria[0].criterion}; the others: Criteria above)" if several else ""
+    table = Table(title="Agreement on shared prompts" + title)
     for column in ("annotator", "annotator", "prompts", "pairs", "agreement", "kendall tau"):
         table.add_column(column, justify="left" if column == "annotator" else "right")
     for pair in agreement.pairs:
@@ -436,3 +533,7 @@ def status(
     console.print(table)
     tau = "-" if agreement.kendall_tau is None else f"{agreement.kendall_tau:.3f}"
     console.print(f"overall: agreement {agreement.agreement:.3f}, kendall tau {tau}", highlight=False)
+
+
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"

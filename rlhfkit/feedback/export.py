@@ -7,15 +7,18 @@ Two training formats, one JSON object per line:
     pairwise  {"prompt": str, "chosen": str, "rejected": str}
               one row per pair of completions ranked strictly apart
 
-Every training row also carries what the annotators said about its prompt, which the reward
-data reader ignores: "round" (the sampling round), "unsafe" (flagged by an annotator: only with
+Every training row also carries the criterion it ranks by, "criterion" (the criterion's name:
+`rlhfkit reward --criterion NAME` keeps one), and what the annotators said about its prompt,
+which the reward data reader ignores: "round" (the sampling round), "unsafe" (flagged by an annotator: only with
 `drop_flagged=False` can it be true) and "comments" ([{"annotator", "comment"}], skips' comments
 included). The third format, `annotations`, is the record itself, one row per ranking or skip:
 
     annotations  {"prompt", "round", "annotator", "completions": [str, ...] (stored order),
-                  "ranks": [int, ...] or null when skipped, "skip", "unsafe", "comment"}
+                  "rankings": {criterion: [int, ...]} or null when skipped,
+                  "criterion": the first exported criterion, "ranks": its ranks (null when
+                  skipped or not ranked by it), "skip", "unsafe", "comment"}
 
-and two ways of combining annotators:
+and two ways of combining annotators (each criterion on its own):
 
     majority  one row set per prompt from the merged ranking: each annotator's ranks become
               fractional places (tied completions share the mean of the places they span:
@@ -40,6 +43,7 @@ from fractions import Fraction
 from typing import Any
 
 FORMATS = ("ranked", "pairwise", "annotations")
+DEFAULT_CRITERION = "overall"  # the criterion of a LabeledPrompt built without `by_criterion`
 MERGES = ("majority", "all")
 
 
@@ -49,13 +53,19 @@ class LabeledPrompt:
 
     text: str
     completions: list[str]  # in their stored order
-    rankings: dict[str, list[int]]  # annotator name -> rank vector aligned with completions
+    rankings: dict[str, list[int]]  # by the first criterion: annotator name -> rank vector aligned with completions
     flagged: bool  # an annotator marked it unsafe (in a ranking or a skip)
     id: int | None = None  # the prompt's id in the store
     round: int = 1
     comments: dict[str, str] = field(default_factory=dict)  # annotator name -> comment (skips' too)
     flagged_by: frozenset[str] = frozenset()  # who marked it unsafe
     skipped_by: frozenset[str] = frozenset()
+    # criterion name -> annotator name -> rank vector, in criterion order (the first is
+    # `rankings`); empty: one criterion, "overall", holding `rankings`
+    by_criterion: dict[str, dict[str, list[int]]] = field(default_factory=dict)
+
+    def criteria_rankings(self) -> dict[str, dict[str, list[int]]]:
+        return self.by_criterion or {DEFAULT_CRITERION: self.rankings}
 
 
 def dense_ranks(values: Sequence[Any]) -> list[int]:
@@ -127,42 +137,66 @@ def pairwise_rows(prompt: str, completions: Sequence[str], ranks: Sequence[int])
 
 
 def build_rows(
-    prompts: Iterable[LabeledPrompt], format: str = "pairwise", merge: str = "majority", drop_flagged: bool = True
+    prompts: Iterable[LabeledPrompt], format: str = "pairwise", merge: str = "majority", drop_flagged: bool = True,
+    criteria: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Training rows from labeled prompts, in prompt order (then annotator name for `all`)."""
+    """Training rows from labeled prompts, in prompt order, then criterion order (then annotator
+    name for `all`); of the `criteria` named only, when given. Annotators are merged criterion
+    by criterion."""
     if format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
     if merge not in MERGES:
         raise ValueError(f"merge must be one of {', '.join(MERGES)}, got {merge!r}")
     if format == "annotations":
-        return [row for p in prompts for row in annotation_rows(p)]
+        return [row for p in prompts for row in annotation_rows(p, criteria)]
     make = ranked_row if format == "ranked" else pairwise_rows
     rows: list[dict[str, Any]] = []
     for p in prompts:
-        if not p.rankings or (drop_flagged and p.flagged):
+        if drop_flagged and p.flagged:
             continue
-        notes = {"round": p.round, "unsafe": p.flagged, "comments": comment_list(p.comments)}
-        if merge == "majority":
-            rows += [{**r, **notes} for r in make(p.text, p.completions, merge_mean_rank(list(p.rankings.values())))]
-            continue
-        for name in sorted(p.rankings):
-            own = {"round": p.round, "unsafe": name in p.flagged_by,
-                   "comments": comment_list({name: p.comments[name]} if name in p.comments else {})}
-            rows += [{**r, "annotator": name, **own} for r in make(p.text, p.completions, p.rankings[name])]
+        for criterion, rankings in _selected(p, criteria).items():
+            if not rankings:
+                continue
+            tag = {"criterion": criterion}
+            if merge == "majority":
+                notes = {"round": p.round, "unsafe": p.flagged, "comments": comment_list(p.comments)}
+                merged = merge_mean_rank(list(rankings.values()))
+                rows += [{**r, **tag, **notes} for r in make(p.text, p.completions, merged)]
+                continue
+            for name in sorted(rankings):
+                own = {"round": p.round, "unsafe": name in p.flagged_by,
+                       "comments": comment_list({name: p.comments[name]} if name in p.comments else {})}
+                rows += [{**r, "annotator": name, **tag, **own} for r in make(p.text, p.completions, rankings[name])]
     return rows
+
+
+def _selected(p: LabeledPrompt, criteria: Sequence[str] | None) -> dict[str, dict[str, list[int]]]:
+    """The prompt's rankings by the `criteria` asked for (all when None), in criterion order."""
+    everything = p.criteria_rankings()
+    if criteria is None:
+        return everything
+    return {c: r for c, r in everything.items() if c in set(criteria)}
 
 
 def comment_list(comments: dict[str, str]) -> list[dict[str, str]]:
     return [{"annotator": name, "comment": comments[name]} for name in sorted(comments)]
 
 
-def annotation_rows(p: LabeledPrompt) -> list[dict[str, Any]]:
-    """One row per ranking or skip of a prompt, as stored (flags, comments and skips included)."""
-    names = sorted(set(p.rankings) | set(p.skipped_by))
-    return [
-        {"prompt": p.text, "round": p.round, "annotator": name, "completions": list(p.completions),
-         "ranks": p.rankings.get(name), "skip": name in p.skipped_by, "unsafe": name in p.flagged_by,
-         "comment": p.comments.get(name)}
-        for name in names
-    ]
+def annotation_rows(p: LabeledPrompt, criteria: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """One row per ranking or skip of a prompt, as stored (flags, comments and skips included):
+    "rankings" {criterion: ranks} by the `criteria` asked for (all when None); "criterion" and
+    "ranks" are the first of them, as in a one-criterion project."""
+    selected = _selected(p, criteria)
+    first = next(iter(selected), None)
+    names = sorted({n for r in p.criteria_rankings().values() for n in r} | set(p.skipped_by))
+    rows = []
+    for name in names:
+        skipped = name in p.skipped_by
+        rankings = None if skipped else {c: r[name] for c, r in selected.items() if name in r}
+        rows.append({
+            "prompt": p.text, "round": p.round, "annotator": name, "completions": list(p.completions),
+            "criterion": first, "ranks": None if rankings is None else rankings.get(first or ""),
+            "rankings": rankings, "skip": skipped, "unsafe": name in p.flagged_by, "comment": p.comments.get(name),
+        })
+    return rows
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -16,6 +16,13 @@ class ProjectInfo:
     name: str
     k: int  # completions per prompt
     guidelines: str | None = None  # what "better" means, as the project's admin wrote it
+
+
+@dataclass(frozen=True)
+class CriterionInfo:
+    name: str  # a slug: the "criterion" value of exported rows
+    description: str  # one line shown to annotators ("" for none)
+    position: int  # order on the page
 
 
 @dataclass(frozen=True)
@@ -50,13 +57,16 @@ class RankingView:
     id: int
     annotator: str
     prompt_id: int
-    ranks: dict[int, int]  # completion id -> rank (0 best, dense, equal = tie); {} when skipped
+    ranks: dict[int, int]  # by the project's first criterion: completion id -> rank (0 best, dense, equal = tie)
     skip: bool
     unsafe: bool
     comment: str | None
     submission_id: str  # the submission that last wrote it
     created_at: datetime
     updated_at: datetime
+    # criterion name -> {completion id: rank}, in criterion order; {} when skipped. A criterion
+    # added after this ranking was made is absent.
+    by_criterion: dict[str, dict[int, int]] = field(default_factory=dict)
 
     @property
     def order(self) -> list[int]:
@@ -72,6 +82,7 @@ class PromptView:
     text: str
     completions: list[CompletionView]  # in stored order
     ranking: RankingView | None  # the asking annotator's ranking, when there is one
+    criteria: list[CriterionInfo] = field(default_factory=list)  # what to rank by, in page order
 
 
 @dataclass(frozen=True)
@@ -103,6 +114,16 @@ class RoundProgress:
 
 
 @dataclass(frozen=True)
+class CriterionProgress:
+    criterion: str
+    description: str
+    rankings: int  # rankings (not skips) with ranks by this criterion
+    complete: int  # prompts with at least annotators_per_prompt of them
+    agreement: float | None  # pairwise agreement between annotators by this criterion (None: no shared prompt)
+    kendall_tau: float | None
+
+
+@dataclass(frozen=True)
 class ProjectProgress:
     project: str
     k: int
@@ -113,7 +134,7 @@ class ProjectProgress:
     complete: int  # prompts with at least annotators_per_prompt rankings
     annotators: list[AnnotatorProgress]  # the project's members and anyone who ranked in it, by name
     rounds: list[RoundProgress]  # per sampling round, in order
-
+    criteria: list[CriterionProgress] = field(default_factory=list)  # per criterion, in page order
 
 
 
@@ -130,6 +151,8 @@ class PromptSummary:
     unsafe: int  # rankings or skips flagged unsafe
     comments: int
     disagreement: float | None  # 1 - pairwise agreement over its annotator pairs; None below 2 rankings
+    # the same per criterion (the first criterion's is `disagreement`)
+    disagreement_by_criterion: dict[str, float | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -142,7 +165,9 @@ class PromptDetail:
     text: str
     completions: list[CompletionView]  # in stored order
     rankings: list[RankingView]  # by annotator name
-    disagreement: float | None
+    disagreement: float | None  # by the first criterion
+    criteria: list[CriterionInfo] = field(default_factory=list)
+    disagreement_by_criterion: dict[str, float | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

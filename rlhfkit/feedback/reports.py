@@ -23,6 +23,8 @@ from rlhfkit.feedback.records import (
     AnnotatorProgress,
     CommentView,
     CompletionView,
+    CriterionInfo,
+    CriterionProgress,
     ProjectInfo,
     ProjectProgress,
     PromptDetail,
@@ -30,7 +32,14 @@ from rlhfkit.feedback.records import (
     RankingView,
     RoundProgress,
 )
-from rlhfkit.feedback.schema import Annotator, Completion, Membership, Prompt, Ranking, RankingEntry
+from rlhfkit.feedback.schema import Annotator, Completion, Criterion, Membership, Prompt, Ranking, RankingEntry
+
+
+def criteria(s: Session, project_id: int) -> list[CriterionInfo]:
+    """The project's criteria in page order."""
+    rows = s.execute(select(Criterion.name, Criterion.description, Criterion.position)
+                     .where(Criterion.project_id == project_id).order_by(Criterion.position)).all()
+    return [CriterionInfo(name, description, position) for name, description, position in rows]
 
 
 def progress(s: Session, p: ProjectInfo, annotators_per_prompt: int = 1) -> ProjectProgress:
@@ -70,6 +79,7 @@ def progress(s: Session, p: ProjectInfo, annotators_per_prompt: int = 1) -> Proj
     ).all()
     rounds = [RoundProgress(r, n, ready, int(ranked), complete) for r, n, ready, ranked, complete in per_round]
     return ProjectProgress(
+        criteria=criteria_progress(s, p, annotators_per_prompt),
         project=p.name,
         k=p.k,
         annotators_per_prompt=annotators_per_prompt,
@@ -94,10 +104,51 @@ def progress(s: Session, p: ProjectInfo, annotators_per_prompt: int = 1) -> Proj
     )
 
 
-def agreement(s: Session, p: ProjectInfo) -> AgreementReport:
+def criteria_progress(s: Session, p: ProjectInfo, annotators_per_prompt: int) -> list[CriterionProgress]:
+    """Per criterion: the rankings that rank by it, the prompts with enough of them, and the
+    agreement between annotators by it. A criterion added after some rankings were made has
+    fewer rankings than the project."""
+    prompts = labeled(s, p)
+    out = []
+    for c in criteria(s, p.id):
+        by_prompt = {lp.id: lp.by_criterion.get(c.name, {}) for lp in prompts}
+        report = agreement_report(by_prompt)  # type: ignore[arg-type]  (ids are set for stored prompts)
+        out.append(CriterionProgress(
+            criterion=c.name, description=c.description, rankings=sum(len(r) for r in by_prompt.values()),
+            complete=sum(len(r) >= annotators_per_prompt for r in by_prompt.values()),
+            agreement=report.agreement, kendall_tau=report.kendall_tau,
+        ))
+    return out
+
+
+def agreements(s: Session, p: ProjectInfo) -> dict[str, AgreementReport]:
+    """`agreement` by every criterion of the project, in page order, from one read of the rankings."""
+    prompts = labeled(s, p)
+    return {c.name: agreement_report({i: lp.by_criterion.get(c.name, {}) for i, lp in enumerate(prompts)})
+            for c in criteria(s, p.id)}
+
+
+def agreement(s: Session, p: ProjectInfo, criterion: str | None = None) -> AgreementReport:
     """Pairwise agreement and Kendall tau-b between annotators on the prompts they share
-    (skips left out); see `rlhfkit.feedback.agreement` for the definitions."""
-    return agreement_report({i: lp.rankings for i, lp in enumerate(labeled(s, p))})
+    (skips left out), by `criterion` (the project's first when None); see
+    `rlhfkit.feedback.agreement` for the definitions."""
+    known = [c.name for c in criteria(s, p.id)]
+    if criterion is not None and criterion not in known:
+        raise FeedbackError(f"criterion {criterion!r}: project {p.name!r} has no such criterion "
+                            f"(its criteria: {', '.join(known)})")
+    name = criterion if criterion is not None else known[0]
+    return agreement_report({i: lp.by_criterion.get(name, {}) for i, lp in enumerate(labeled(s, p))})
+
+
+def check_criteria(s: Session, p: ProjectInfo, selected: Sequence[str]) -> None:
+    """FeedbackError naming a criterion the project does not have (or an empty selection)."""
+    known = [c.name for c in criteria(s, p.id)]
+    if not selected:
+        raise FeedbackError(f"criteria: none selected; give criterion names such as {known[0]}")
+    unknown = [c for c in selected if c not in known]
+    if unknown:
+        raise FeedbackError(f"criterion {unknown[0]!r}: project {p.name!r} has no such criterion "
+                            f"(its criteria: {', '.join(known)})")
 
 
 def check_export_options(format: str, merge: str) -> None:
@@ -121,11 +172,13 @@ def check_rounds(s: Session, p: ProjectInfo, rounds: Sequence[int]) -> None:
 
 def export_rows(
     s: Session, p: ProjectInfo, format: str = "pairwise", merge: str = "majority", drop_flagged: bool = True,
-    rounds: Sequence[int] | None = None,
+    rounds: Sequence[int] | None = None, criteria: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Training rows for the reward model; see `rlhfkit.feedback.export` for the formats."""
+    """Training rows for the reward model (by `criteria` only, when given; tagged with their
+    "criterion"); see `rlhfkit.feedback.export` for the formats."""
     check_export_options(format, merge)
-    return export_mod.build_rows(labeled(s, p, rounds), format=format, merge=merge, drop_flagged=drop_flagged)
+    return export_mod.build_rows(labeled(s, p, rounds), format=format, merge=merge, drop_flagged=drop_flagged,
+                                 criteria=criteria)
 
 
 def labeled(s: Session, p: ProjectInfo, rounds: Sequence[int] | None = None) -> list[export_mod.LabeledPrompt]:
@@ -141,6 +194,7 @@ def labeled(s: Session, p: ProjectInfo, rounds: Sequence[int] | None = None) -> 
     ):
         completions[prompt_id].append((cid, text))
     ranks = entries(s, p)
+    names = [c.name for c in criteria(s, p.id)]
     rows = s.execute(
         select(Prompt.id, Prompt.text, Prompt.round, Annotator.name, Ranking.id, Ranking.skip, Ranking.unsafe,
                Ranking.comment)
@@ -153,7 +207,8 @@ def labeled(s: Session, p: ProjectInfo, rounds: Sequence[int] | None = None) -> 
     for prompt_id, text, round_, name, rid, skip, unsafe, comment in rows:
         cs = completions[prompt_id]
         f = found.setdefault(prompt_id, {"text": text, "completions": [t for _, t in cs], "round": round_,
-                                         "rankings": {}, "comments": {}, "flagged_by": set(), "skipped_by": set()})
+                                         "by_criterion": {c: {} for c in names}, "comments": {},
+                                         "flagged_by": set(), "skipped_by": set()})
         if unsafe:
             f["flagged_by"].add(name)
         if comment:
@@ -161,11 +216,13 @@ def labeled(s: Session, p: ProjectInfo, rounds: Sequence[int] | None = None) -> 
         if skip:
             f["skipped_by"].add(name)
         else:
-            f["rankings"][name] = [ranks[rid][cid] for cid, _ in cs]
+            for criterion, by_id in ranks.get(rid, {}).items():
+                f["by_criterion"][criterion][name] = [by_id[cid] for cid, _ in cs]
     return [
-        export_mod.LabeledPrompt(f["text"], f["completions"], f["rankings"], flagged=bool(f["flagged_by"]),
-                                 id=prompt_id, round=f["round"], comments=f["comments"],
-                                 flagged_by=frozenset(f["flagged_by"]), skipped_by=frozenset(f["skipped_by"]))
+        export_mod.LabeledPrompt(f["text"], f["completions"], f["by_criterion"][names[0]],
+                                 flagged=bool(f["flagged_by"]), id=prompt_id, round=f["round"],
+                                 comments=f["comments"], flagged_by=frozenset(f["flagged_by"]),
+                                 skipped_by=frozenset(f["skipped_by"]), by_criterion=f["by_criterion"])
         for prompt_id, f in found.items()
     ]
 
@@ -189,6 +246,7 @@ def prompt_summaries(s: Session, p: ProjectInfo) -> list[PromptSummary]:
             id=lp.id, round=lp.round, position=positions[lp.id], text=lp.text, rankings=len(lp.rankings),
             skips=len(lp.skipped_by), unsafe=len(lp.flagged_by), comments=len(lp.comments),
             disagreement=disagreement(list(lp.rankings.values())),
+            disagreement_by_criterion={c: disagreement(list(r.values())) for c, r in lp.by_criterion.items()},
         )
         for lp in labeled(s, p)
         if lp.id is not None
@@ -217,36 +275,53 @@ def prompt_detail(s: Session, p: ProjectInfo, prompt: Prompt) -> PromptDetail:
         select(Ranking, Annotator.name).join(Annotator, Annotator.id == Ranking.annotator_id)
         .where(Ranking.prompt_id == prompt.id).order_by(Annotator.name)
     ).all()
-    ranks: dict[int, dict[int, int]] = defaultdict(dict)
-    for rid, cid, rank in s.execute(
-        select(RankingEntry.ranking_id, RankingEntry.completion_id, RankingEntry.rank)
-        .join(Ranking, Ranking.id == RankingEntry.ranking_id).where(Ranking.prompt_id == prompt.id)
-    ):
-        ranks[rid][cid] = rank
-    views = [
-        RankingView(id=r.id, annotator=name, prompt_id=r.prompt_id, ranks=dict(ranks[r.id]), skip=r.skip,
-                    unsafe=r.unsafe, comment=r.comment, submission_id=r.submission_id, created_at=r.created_at,
-                    updated_at=r.updated_at)
-        for r, name in rows
-    ]
-    vectors = [[v.ranks[c.id] for c in cs] for v in views if not v.skip]
+    ranks = _entries(s, Ranking.prompt_id == prompt.id)
+    known = criteria(s, prompt.project_id)
+    views = [ranking_view(r, name, ranks.get(r.id, {}), known[0].name) for r, name in rows]
+    by_criterion = {
+        c.name: disagreement([[v.by_criterion[c.name][x.id] for x in cs] for v in views
+                              if not v.skip and c.name in v.by_criterion])
+        for c in known
+    }
     return PromptDetail(
         id=prompt.id, round=prompt.round, position=prompt.position, text=prompt.text,
         completions=[CompletionView(c.id, c.position, c.text, c.model, dict(c.sampling)) for c in cs],
-        rankings=views, disagreement=disagreement(vectors),
+        rankings=views, disagreement=by_criterion[known[0].name], criteria=known,
+        disagreement_by_criterion=by_criterion,
     )
 
 
-def entries(s: Session, p: ProjectInfo) -> dict[int, dict[int, int]]:
-    """{ranking id: {completion id: rank}} for a whole project."""
-    out: dict[int, dict[int, int]] = defaultdict(dict)
-    for rid, cid, rank in s.execute(
-        select(RankingEntry.ranking_id, RankingEntry.completion_id, RankingEntry.rank)
+def ranking_view(r: Ranking, annotator: str, by_criterion: dict[str, dict[int, int]], first: str) -> RankingView:
+    """A stored ranking as a record; `ranks` are those by the project's `first` criterion."""
+    return RankingView(
+        id=r.id, annotator=annotator, prompt_id=r.prompt_id, ranks=dict(by_criterion.get(first, {})), skip=r.skip,
+        unsafe=r.unsafe, comment=r.comment, submission_id=r.submission_id, created_at=r.created_at,
+        updated_at=r.updated_at, by_criterion={c: dict(v) for c, v in by_criterion.items()},
+    )
+
+
+def entries(s: Session, p: ProjectInfo) -> dict[int, dict[str, dict[int, int]]]:
+    """{ranking id: {criterion name: {completion id: rank}}} for a whole project (criteria in
+    page order)."""
+    in_project = Ranking.prompt_id.in_(select(Prompt.id).where(Prompt.project_id == p.id))
+    return _entries(s, in_project)
+
+
+def ranking_entries(s: Session, ranking_id: int) -> dict[str, dict[int, int]]:
+    """{criterion name: {completion id: rank}} of one ranking."""
+    return _entries(s, Ranking.id == ranking_id).get(ranking_id, {})
+
+
+def _entries(s: Session, where: Any) -> dict[int, dict[str, dict[int, int]]]:
+    out: dict[int, dict[str, dict[int, int]]] = defaultdict(dict)
+    for rid, criterion, cid, rank in s.execute(
+        select(RankingEntry.ranking_id, Criterion.name, RankingEntry.completion_id, RankingEntry.rank)
         .join(Ranking, Ranking.id == RankingEntry.ranking_id)
-        .join(Prompt, Prompt.id == Ranking.prompt_id)
-        .where(Prompt.project_id == p.id)
+        .join(Criterion, Criterion.id == RankingEntry.criterion_id)
+        .where(where)
+        .order_by(RankingEntry.ranking_id, Criterion.position, RankingEntry.completion_id)
     ):
-        out[rid][cid] = rank
+        out[rid].setdefault(criterion, {})[cid] = rank
     return out
 
 

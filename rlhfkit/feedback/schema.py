@@ -1,9 +1,11 @@
 """The feedback store's tables (SQLAlchemy 2 typed ORM), the same on SQLite and PostgreSQL.
 
-    projects ─< prompts ─< completions          (K completions per prompt, in order; prompts
+    projects ─< criteria                        (what annotators rank by: "helpful", "harmless", ...;
+       │                                          at least one per project, "overall" by default)
+       └──< prompts ─< completions          (K completions per prompt, in order; prompts
                    │                             belong to a round: 1, 2, ... one per sampling)
                    └─< rankings >─ annotators   (one ranking per annotator and prompt)
-                          ├─< ranking_entries   (a rank per completion: ties allowed)
+                          ├─< ranking_entries   (a rank per criterion and completion: ties allowed)
                           └─< submissions       (every client submission id ever accepted)
     memberships: which annotators work on which project, as "annotator" or "admin"
     assignments: which annotator holds which prompt right now (a lease, so that annotators
@@ -36,7 +38,12 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
-from rlhfkit.feedback.checks import MAX_MODEL_CHARS, MAX_NAME_CHARS, MAX_SUBMISSION_ID_CHARS
+from rlhfkit.feedback.checks import (
+    MAX_CRITERION_CHARS,
+    MAX_MODEL_CHARS,
+    MAX_NAME_CHARS,
+    MAX_SUBMISSION_ID_CHARS,
+)
 
 
 def utcnow() -> datetime:
@@ -82,6 +89,20 @@ class Project(Base):
     k: Mapped[int] = mapped_column(Integer)  # completions per prompt
     guidelines: Mapped[str | None] = mapped_column(Text)  # what "better" means, shown on the page as text
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Criterion(Base):
+    """One thing annotators rank the completions by (Llama 2 kept helpfulness and safety apart);
+    every ranking of a prompt carries a full ranking per criterion of its project."""
+
+    __tablename__ = "criteria"
+    __table_args__ = (UniqueConstraint("project_id", "name"), UniqueConstraint("project_id", "position"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    position: Mapped[int] = mapped_column(Integer)  # order on the page and in exports
+    name: Mapped[str] = mapped_column(String(MAX_CRITERION_CHARS))  # a slug: the export's "criterion" value
+    description: Mapped[str] = mapped_column(Text, default="")  # one line shown to annotators
 
 
 class Prompt(Base):
@@ -173,12 +194,15 @@ class Ranking(Base):
 
 
 class RankingEntry(Base):
-    """The rank one annotator gave one completion: 0 is best, equal ranks are ties."""
+    """The rank one annotator gave one completion by one criterion: 0 is best, equal ranks are ties."""
 
     __tablename__ = "ranking_entries"
     __table_args__ = (CheckConstraint("rank >= 0", name="rank_not_negative"),)
 
     ranking_id: Mapped[int] = mapped_column(ForeignKey("rankings.id", ondelete="CASCADE"), primary_key=True)
+    criterion_id: Mapped[int] = mapped_column(
+        ForeignKey("criteria.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
     completion_id: Mapped[int] = mapped_column(
         ForeignKey("completions.id", ondelete="CASCADE"), primary_key=True, index=True
     )

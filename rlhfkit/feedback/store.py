@@ -44,11 +44,14 @@ from rlhfkit.errors import first_line
 from rlhfkit.feedback import queue, reports
 from rlhfkit.feedback.agreement import AgreementReport
 from rlhfkit.feedback.checks import (
+    DEFAULT_CRITERION,
     MAX_COMMENT_CHARS,
     MAX_K,
     MAX_TOKEN_CHARS,
     MIN_K,
     check_completions,
+    check_criterion_description,
+    check_criterion_name,
     check_model,
     check_name,
     check_sampling,
@@ -73,6 +76,7 @@ from rlhfkit.feedback.records import (
     AnnotatorProgress,
     CommentView,
     CompletionView,
+    CriterionInfo,
     MemberInfo,
     ProjectInfo,
     ProjectProgress,
@@ -86,6 +90,7 @@ from rlhfkit.feedback.schema import (
     Annotator,
     Assignment,
     Completion,
+    Criterion,
     Membership,
     Project,
     Prompt,
@@ -97,7 +102,8 @@ from rlhfkit.feedback.schema import (
 
 __all__ = [  # the records and errors are re-exported: `from rlhfkit.feedback.store import ...`
     "AgreementReport", "AnnotatorInfo", "AnnotatorProgress", "CommentView", "CompletionView", "Conflict",
-    "DatabaseUnavailable", "FeedbackError", "FeedbackStore", "Forbidden", "InvalidRanking", "MemberInfo", "NotFound",
+    "CriterionInfo", "DatabaseUnavailable", "FeedbackError", "FeedbackStore", "Forbidden", "InvalidRanking",
+    "MemberInfo", "NotFound",
     "ProjectInfo", "ProjectProgress", "PromptDetail", "PromptSummary", "PromptView", "RankingView", "SubmitResult",
     "LEASE_SECONDS", "ROLES",
 ]
@@ -113,6 +119,8 @@ _SUBMIT_ATTEMPTS = 3  # PostgreSQL: a concurrent insert of the same ranking is r
 _MIGRATION_LOCK = 7_240_513  # any constant: PostgreSQL advisory lock held while migrating
 
 T = TypeVar("T")
+Criteria = Mapping[str, str] | Sequence[tuple[str, str]]
+"""Criteria to declare: {name: description} or [(name, description), ...], in page order."""
 
 
 class FeedbackStore:
@@ -242,9 +250,15 @@ class FeedbackStore:
         return row
 
     # ----- projects ----------------------------------------------------------------------------
-    def create_project(self, name: str, k: int, *, exist_ok: bool = False) -> ProjectInfo:
-        """A new project whose prompts each get `k` completions to rank (2 <= k <= MAX_K)."""
+    def create_project(
+        self, name: str, k: int, *, exist_ok: bool = False, criteria: Criteria | None = None
+    ) -> ProjectInfo:
+        """A new project whose prompts each get `k` completions to rank (2 <= k <= MAX_K), by
+        `criteria` (default: one, "overall", with no description)."""
         name = check_name(name, "project name")
+        wanted = _check_criteria(criteria) if criteria is not None else [(DEFAULT_CRITERION, "")]
+        if not wanted:
+            raise FeedbackError(f"project {name!r}: give at least one criterion (or none for {DEFAULT_CRITERION!r})")
         if isinstance(k, bool) or not isinstance(k, int) or not MIN_K <= k <= MAX_K:
             raise FeedbackError(
                 f"k (completions per prompt) must be an integer from {MIN_K} to {MAX_K}, got {k!r}: "
@@ -257,11 +271,70 @@ class FeedbackStore:
                     raise Conflict(f"project {name!r} already exists")
                 if existing.k != k:
                     raise Conflict(f"project {name!r} exists with k={existing.k}, not k={k}")
+                have = [c.name for c in reports.criteria(s, existing.id)]
+                if criteria is not None and have != [n for n, _ in wanted]:
+                    raise Conflict(f"project {name!r} exists with criteria {', '.join(have)}; change them with "
+                                   f"`rlhfkit feedback criteria {name}`")
                 return _project_info(existing)
             row = Project(name=name, k=k)
             s.add(row)
             s.flush()
+            s.add_all(Criterion(project_id=row.id, position=i, name=n, description=d)
+                      for i, (n, d) in enumerate(wanted))
             return _project_info(row)
+
+    # ----- criteria ----------------------------------------------------------------------------
+    def criteria(self, project: str | ProjectInfo) -> list[CriterionInfo]:
+        """What the project's annotators rank by, in page order (at least one)."""
+        with self._reading() as s:
+            return reports.criteria(s, self._project(s, project).id)
+
+    def add_criteria(self, project: str | ProjectInfo, criteria: Criteria) -> list[CriterionInfo]:
+        """Append criteria to a project (all or none); returns all its criteria. Allowed after
+        rankings exist: those rankings then have no ranks by the new criteria (their counts and
+        exports have fewer rows), and changing one of them needs ranks by every criterion."""
+        wanted = _check_criteria(criteria)
+        with self._writing() as s:
+            p = self._project(s, project, lock=True)
+            have = reports.criteria(s, p.id)
+            taken = {c.name for c in have} & {n for n, _ in wanted}
+            if taken:
+                raise Conflict(f"project {p.name!r} already has a criterion {sorted(taken)[0]!r}")
+            start = max(c.position for c in have) + 1
+            s.add_all(Criterion(project_id=p.id, position=start + i, name=n, description=d)
+                      for i, (n, d) in enumerate(wanted))
+            s.flush()
+            return reports.criteria(s, p.id)
+
+    def describe_criterion(self, project: str | ProjectInfo, name: str, description: str) -> CriterionInfo:
+        """Change what a criterion's one line says (its rankings stay as they are)."""
+        with self._writing() as s:
+            row = self._criterion(s, self._project(s, project), name)
+            row.description = check_criterion_description(description, name)
+            return CriterionInfo(row.name, row.description, row.position)
+
+    def remove_criterion(self, project: str | ProjectInfo, name: str) -> None:
+        """Remove a criterion no ranking uses yet; a used one is refused (its ranks would be lost),
+        and so is a project's last criterion."""
+        with self._writing() as s:
+            p = self._project(s, project, lock=True)
+            row = self._criterion(s, p, name)
+            used = s.scalar(select(func.count(func.distinct(RankingEntry.ranking_id)))
+                            .where(RankingEntry.criterion_id == row.id))
+            if used:
+                raise Conflict(f"criterion {name!r} of project {p.name!r} is used by {used} ranking(s); removing it "
+                               "would lose them (export them first, or keep it)")
+            if s.scalar(select(func.count()).select_from(Criterion).where(Criterion.project_id == p.id)) == 1:
+                raise Conflict(f"criterion {name!r} is the only one of project {p.name!r}; add another one first")
+            s.delete(row)
+
+    @staticmethod
+    def _criterion(s: Session, p: ProjectInfo, name: str) -> Criterion:
+        row = s.scalar(select(Criterion).where(Criterion.project_id == p.id, Criterion.name == name))
+        if row is None:
+            known = ", ".join(c.name for c in reports.criteria(s, p.id))
+            raise NotFound(f"criterion {name!r} not found in project {p.name!r} (its criteria: {known})")
+        return row
 
     def project(self, name: str) -> ProjectInfo:
         """The project called `name` (NotFound lists the known ones)."""
@@ -582,11 +655,16 @@ class FeedbackStore:
         submission_id: str | None = None,
         project: str | ProjectInfo | None = None,
         annotators_per_prompt: int | None = None,
+        rankings: Mapping[str, Mapping[int, int] | Sequence[int]] | None = None,
     ) -> SubmitResult:
         """Store `annotator`'s ranking of a prompt's completions; committed when this returns.
 
         Give the ranking as `order` (completion ids, best first) or as `ranks` ({completion id:
         rank}, 0 best, equal ranks for ties); it must cover exactly the prompt's completions.
+        A project with several criteria takes `rankings` instead: {criterion name: ranks (a
+        mapping) or order (a list)}, one for every criterion of the project (a missing or
+        unknown criterion is an InvalidRanking naming it); `ranks`/`order` are the ranking of a
+        one-criterion project.
         `skip=True` needs no ranking (one given is not stored). `unsafe` flags the content;
         `comment` is free text.
 
@@ -614,7 +692,7 @@ class FeedbackStore:
 
         def attempt(s: Session) -> SubmitResult:
             return self._submit(s, annotator, prompt_id, ranks, order, bool(skip), bool(unsafe), comment, sid, project,
-                                annotators_per_prompt)
+                                annotators_per_prompt, rankings)
 
         return self._retry_on_conflict(attempt, what=f"ranking of prompt {prompt_id}")
 
@@ -647,6 +725,7 @@ class FeedbackStore:
         sid: str,
         project: str | ProjectInfo | None,
         annotators_per_prompt: int | None,
+        rankings: Mapping[str, Mapping[int, int] | Sequence[int]] | None = None,
     ) -> SubmitResult:
         a = self._annotator(s, annotator)
         seen = s.get(Submission, sid)
@@ -666,8 +745,11 @@ class FeedbackStore:
             raise Conflict(
                 f"prompt {prompt_id} has {len(completion_ids)} of its {k} completions; it cannot be ranked yet"
             )
-        new_ranks = {} if skip else normalise_ranking(prompt_id, completion_ids, ranks, order)
-        content = _content_hash(new_ranks, skip, unsafe, comment)
+        rows = s.execute(select(Criterion.id, Criterion.name, Criterion.description, Criterion.position)
+                         .where(Criterion.project_id == prompt.project_id).order_by(Criterion.position)).all()
+        known = [CriterionInfo(name, description, position) for _, name, description, position in rows]
+        new_ranks = {} if skip else _criteria_ranks(prompt_id, completion_ids, known, ranks, order, rankings)
+        content = _content_hash(new_ranks, skip, unsafe, comment, known[0].name)
         if seen is not None:
             if seen.content_hash is not None and seen.content_hash != content:
                 raise Conflict(
@@ -675,6 +757,14 @@ class FeedbackStore:
                     "flag or comment differ); a changed ranking is a new submission: send it with a new id"
                 )
             return SubmitResult(self._ranking_view(s, r, a.name), created=False, duplicate=True)
+        # Checked after the retry test: a retry of a ranking stored before a criterion was added
+        # is still that ranking; a new one must rank by every criterion.
+        missing = [c.name for c in known if not skip and c.name not in new_ranks]
+        if missing:
+            raise InvalidRanking(
+                f"ranking of prompt {prompt_id}: criterion {missing[0]!r} is missing; rank the completions by "
+                f"every criterion ({', '.join(c.name for c in known)}), e.g. rankings: {{criterion: ranks}}"
+            )
 
         now = utcnow()
         r = s.scalar(select(Ranking).where(Ranking.annotator_id == a.id, Ranking.prompt_id == prompt.id))
@@ -692,13 +782,16 @@ class FeedbackStore:
             s.execute(update(Prompt).where(Prompt.id == prompt.id).values(n_rankings=Prompt.n_rankings + delta))
         s.execute(delete(RankingEntry).where(RankingEntry.ranking_id == r.id))
         if new_ranks:
+            ids = {name: cid for cid, name, _, _ in rows}
             s.execute(insert(RankingEntry), [
-                {"ranking_id": r.id, "completion_id": cid, "rank": rank} for cid, rank in new_ranks.items()
+                {"ranking_id": r.id, "criterion_id": ids[name], "completion_id": cid, "rank": rank}
+                for name, by_id in new_ranks.items() for cid, rank in by_id.items()
             ])
         s.add(Submission(submission_id=sid, ranking_id=r.id, content_hash=content, received_at=now))
         s.execute(delete(Assignment).where(Assignment.annotator_id == a.id, Assignment.prompt_id == prompt.id))
         s.flush()
-        return SubmitResult(_ranking_view(r, a.name, new_ranks), created=created, duplicate=False)
+        ordered = {c.name: new_ranks[c.name] for c in known if c.name in new_ranks}
+        return SubmitResult(reports.ranking_view(r, a.name, ordered, known[0].name), created=created, duplicate=False)
 
     def get_ranking(self, annotator: str | AnnotatorInfo, prompt_id: int) -> RankingView | None:
         """`annotator`'s ranking of a prompt, or None."""
@@ -721,7 +814,8 @@ class FeedbackStore:
                 .order_by(Prompt.position, Annotator.name)
             ).all()
             entries = reports.entries(s, p)
-            return [_ranking_view(r, name, entries.get(r.id, {})) for r, name in rows]
+            first = reports.criteria(s, p.id)[0].name
+            return [reports.ranking_view(r, name, entries.get(r.id, {}), first) for r, name in rows]
 
     # ----- reports (the queries: rlhfkit.feedback.reports) -------------------------------------
     def progress(self, project: str | ProjectInfo, annotators_per_prompt: int = 1) -> ProjectProgress:
@@ -729,11 +823,17 @@ class FeedbackStore:
         with self._reading() as s:
             return reports.progress(s, self._project(s, project), annotators_per_prompt)
 
-    def agreement(self, project: str | ProjectInfo) -> AgreementReport:
+    def agreement(self, project: str | ProjectInfo, criterion: str | None = None) -> AgreementReport:
         """Pairwise agreement and Kendall tau-b between annotators on the prompts they share
-        (skips left out); see `rlhfkit.feedback.agreement` for the definitions."""
+        (skips left out), by `criterion` (the project's first when None); see
+        `rlhfkit.feedback.agreement` for the definitions."""
         with self._reading() as s:
-            return reports.agreement(s, self._project(s, project))
+            return reports.agreement(s, self._project(s, project), criterion)
+
+    def agreements(self, project: str | ProjectInfo) -> dict[str, AgreementReport]:
+        """`agreement` by each criterion of the project: {criterion name: report}, in page order."""
+        with self._reading() as s:
+            return reports.agreements(s, self._project(s, project))
 
     def export_rows(
         self,
@@ -742,15 +842,18 @@ class FeedbackStore:
         merge: str = "majority",
         drop_flagged: bool = True,
         rounds: Sequence[int] | None = None,
+        criteria: Sequence[str] | None = None,
     ) -> list[dict[str, Any]]:
-        """Training rows for the reward model (of `rounds` only, when given); see
-        `rlhfkit.feedback.export` for the formats."""
+        """Training rows for the reward model (of `rounds` only and by `criteria` only, when
+        given), each with its "criterion"; see `rlhfkit.feedback.export` for the formats."""
         reports.check_export_options(format, merge)
         with self._reading() as s:
             p = self._project(s, project)
             if rounds is not None:
                 reports.check_rounds(s, p, rounds)
-            return reports.export_rows(s, p, format, merge, drop_flagged, rounds)
+            if criteria is not None:
+                reports.check_criteria(s, p, criteria)
+            return reports.export_rows(s, p, format, merge, drop_flagged, rounds, criteria)
 
     def prompt_summaries(self, project: str | ProjectInfo) -> list[PromptSummary]:
         """Every prompt that has a ranking or skip: counts, flags, comments and disagreement."""
@@ -771,9 +874,9 @@ class FeedbackStore:
     # ----- record building ---------------------------------------------------------------------
     @staticmethod
     def _ranking_view(s: Session, r: Ranking, annotator_name: str) -> RankingView:
-        q = select(RankingEntry.completion_id, RankingEntry.rank).where(RankingEntry.ranking_id == r.id)
-        ranks = dict(s.execute(q).all())
-        return _ranking_view(r, annotator_name, ranks)
+        first = s.scalar(select(Criterion.name).join(Prompt, Prompt.project_id == Criterion.project_id)
+                         .where(Prompt.id == r.prompt_id).order_by(Criterion.position).limit(1))
+        return reports.ranking_view(r, annotator_name, reports.ranking_entries(s, r.id), first or DEFAULT_CRITERION)
 
     def _prompt_view(
         self, s: Session, prompt: Prompt, annotator: AnnotatorInfo | None, project_name: str | None = None
@@ -792,6 +895,7 @@ class FeedbackStore:
             text=prompt.text,
             completions=[CompletionView(c.id, c.position, c.text, c.model, dict(c.sampling)) for c in cs],
             ranking=ranking,
+            criteria=reports.criteria(s, prompt.project_id),
         )
 
 
@@ -809,22 +913,64 @@ def _check_role(role: object) -> str:
     return str(role)
 
 
-def _content_hash(ranks: Mapping[int, int], skip: bool, unsafe: bool, comment: str | None) -> str:
-    """What a submission says, as sha256: the same id must always carry the same content."""
-    content = {"ranks": sorted(ranks.items()), "skip": skip, "unsafe": unsafe, "comment": comment}
+def _check_criteria(criteria: Criteria) -> list[tuple[str, str]]:
+    """[(name, description)] checked: slugs, one-line descriptions, no name twice."""
+    items = list(criteria.items()) if isinstance(criteria, Mapping) else list(criteria)
+    out: list[tuple[str, str]] = []
+    for item in items:
+        if isinstance(item, (str, bytes)) or not isinstance(item, Sequence) or len(item) != 2:
+            raise FeedbackError(f"criteria: expected (name, description) pairs, got {item!r}")
+        name = check_criterion_name(item[0])
+        if name in (n for n, _ in out):
+            raise FeedbackError(f"criterion {name!r} is given twice")
+        out.append((name, check_criterion_description(item[1], name)))
+    return out
+
+
+def _criteria_ranks(
+    prompt_id: int,
+    completion_ids: Sequence[int],
+    known: Sequence[CriterionInfo],
+    ranks: Mapping[int, int] | None,
+    order: Sequence[int] | None,
+    rankings: Mapping[str, Mapping[int, int] | Sequence[int]] | None,
+) -> dict[str, dict[int, int]]:
+    """{criterion name: dense ranks} from either `rankings` or (one criterion) `ranks`/`order`.
+    Unknown criteria are refused here; missing ones by the caller, after its retry test."""
+    names = [c.name for c in known]
+    if rankings is None:
+        if len(names) > 1:
+            raise InvalidRanking(
+                f"ranking of prompt {prompt_id}: the project ranks by {len(names)} criteria ({', '.join(names)}); "
+                f"send `rankings` {{criterion: ranks}} instead of `ranks`/`order`: criterion {names[1]!r} is missing"
+            )
+        return {names[0]: normalise_ranking(prompt_id, completion_ids, ranks, order)}
+    if ranks is not None or order is not None:
+        raise InvalidRanking(f"ranking of prompt {prompt_id}: give `rankings` or `ranks`/`order`, not both")
+    if not isinstance(rankings, Mapping) or not rankings:
+        raise InvalidRanking(f"ranking of prompt {prompt_id}: `rankings` must map each criterion "
+                             f"({', '.join(names)}) to its ranks")
+    out: dict[str, dict[int, int]] = {}
+    for name, given in rankings.items():
+        if name not in names:
+            raise InvalidRanking(f"ranking of prompt {prompt_id}: unknown criterion {name!r}; the project's criteria "
+                                 f"are {', '.join(names)}")
+        if isinstance(given, Mapping):
+            out[name] = normalise_ranking(prompt_id, completion_ids, given, None, criterion=name)
+        else:
+            out[name] = normalise_ranking(prompt_id, completion_ids, None, given, criterion=name)
+    return out
+
+
+def _content_hash(
+    ranks: Mapping[str, Mapping[int, int]], skip: bool, unsafe: bool, comment: str | None, first: str
+) -> str:
+    """What a submission says, as sha256: the same id must always carry the same content.
+    A ranking by the first criterion alone hashes as before criteria existed, so a retry of a
+    submission stored then is still recognised."""
+    if set(ranks) <= {first}:
+        content: dict[str, Any] = {"ranks": sorted(ranks.get(first, {}).items())}
+    else:
+        content = {"rankings": sorted((name, sorted(r.items())) for name, r in ranks.items())}
+    content.update(skip=skip, unsafe=unsafe, comment=comment)
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode("utf-8")).hexdigest()
-
-
-def _ranking_view(r: Ranking, annotator: str, ranks: dict[int, int]) -> RankingView:
-    return RankingView(
-        id=r.id,
-        annotator=annotator,
-        prompt_id=r.prompt_id,
-        ranks=dict(ranks),
-        skip=r.skip,
-        unsafe=r.unsafe,
-        comment=r.comment,
-        submission_id=r.submission_id,
-        created_at=r.created_at,
-        updated_at=r.updated_at,
-    )

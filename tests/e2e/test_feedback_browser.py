@@ -306,3 +306,116 @@ def test_the_admin_views(chromium: Any, tmp_path: Path) -> None:
     finally:
         context.close()
         store.close()
+
+
+CRITERIA = {"helpful": "Answers what was asked", "harmless": "Says nothing unsafe"}
+
+
+@pytest.mark.timeout(150)
+def test_two_criteria_by_keyboard_and_by_touch(chromium: Any, tmp_path: Path) -> None:
+    """A project ranked by helpful and harmless: the keyboard (Enter moves on to the next
+    criterion, `=` copies the previous one, Shift ties), going back shows both criteria, then
+    taps at phone width; the export holds exactly the ranks entered, per criterion."""
+    store = FeedbackStore.open(tmp_path / "feedback.db")
+    store.create_project("demo", 3, criteria=CRITERIA)
+    store.add_prompts("demo", list(PROMPTS), list(PROMPTS.values()))
+    token = store.add_annotator("ada", "demo", "admin")
+    greeting, count, bird = PROMPTS
+    context = chromium.new_context()
+    phone = chromium.new_context(viewport={"width": 390, "height": 844}, has_touch=True, is_mobile=True)
+    try:
+        with serve_in_background(create_app(store, "demo", annotators_per_prompt=1)) as url:
+            page = context.new_page()
+            page.set_default_timeout(TIMEOUT_MS)
+            problems = watch(page)
+            sign_in(page, url, token)
+            page.wait_for_selector(f"#prompt:has-text('{greeting}')")
+            sections = page.locator("#criteria .criterion")
+            assert sections.count() == 2
+            assert sections.nth(1).locator(".desc").inner_text() == "Says nothing unsafe"
+            assert "active" in (sections.nth(0).get_attribute("class") or "")
+
+            # 1. helpful by keys, Enter moves on to harmless, `=` copies helpful, Enter submits.
+            page.keyboard.press(label_of(page, "Hello there"))
+            page.keyboard.press(label_of(page, IMG))
+            page.keyboard.press("Enter")
+            assert "active" in (sections.nth(1).get_attribute("class") or "")
+            assert page.inner_text("#submit-why") == (
+                "Submit needs a ranking by harmless: place 2 more (the last one left goes last by itself).")
+            page.keyboard.press("=")
+            assert page.locator("#ranked .card").count() == 2 and page.inner_text("#submit-why") == ""
+            page.keyboard.press("Enter")
+            page.wait_for_selector(f"#prompt:has-text('{count}')")
+
+            # 2. Different rankings per criterion; harmless with a tie (Shift).
+            page.keyboard.press(label_of(page, "1 2 3"))
+            page.keyboard.press(label_of(page, "three"))
+            page.keyboard.press("Enter")
+            page.keyboard.press(label_of(page, "one two three"))
+            page.keyboard.press("Shift+" + label_of(page, "three"))
+            page.keyboard.press("Enter")
+            page.wait_for_selector(f"#prompt:has-text('{bird}')")
+
+            # 3. Back: both criteria come back; change harmless only.
+            page.keyboard.press("b")
+            page.wait_for_selector(f"#prompt:has-text('{count}')")
+            assert page.locator("#ranked .card").count() == 3  # helpful, the active one
+            assert sections.nth(1).locator(".summary").inner_text().startswith("ranked: ")
+            assert " = " in sections.nth(1).locator(".summary").inner_text()
+            sections.nth(1).locator("h3 button").click()
+            page.keyboard.press("Escape")  # clears harmless only
+            page.keyboard.press(label_of(page, "1 2 3"))
+            page.keyboard.press("Enter")  # 2 left: refused, naming the criterion
+            assert page.inner_text("#status") == "Rank the completions by harmless first: 2 are not ranked yet."
+            page.keyboard.press(label_of(page, "three"))
+            page.keyboard.press("Enter")
+            page.wait_for_selector(f"#prompt:has-text('{bird}')")
+            assert problems == []
+
+            # 4. Taps at phone width: the third tap of helpful moves on to harmless by itself.
+            mobile = phone.new_page()
+            mobile.set_default_timeout(TIMEOUT_MS)
+            problems = watch(mobile)
+            sign_in(mobile, url, token)
+            mobile.wait_for_selector(f"#prompt:has-text('{bird}')")
+            assert mobile.evaluate("document.documentElement.scrollWidth") <= 390
+            for completion in ("robin", "crow", "owl"):
+                card(mobile, "#pool", completion).tap()
+            assert "active" in (mobile.locator("#criteria .criterion").nth(1).get_attribute("class") or "")
+            assert mobile.is_disabled("#submit")
+            for completion in ("owl", "crow"):  # robin, left over, goes last
+                card(mobile, "#pool", completion).tap()
+            mobile.tap("#submit")
+            mobile.wait_for_selector("#done-view:not([hidden])")
+
+            # The admin page counts each criterion.
+            mobile.goto(url + "/admin")
+            mobile.wait_for_selector("#criteria-table tbody tr")
+            rows = [r.split("\t")[:3] for r in mobile.locator("#criteria-table tbody tr").all_inner_texts()]
+            assert rows == [["helpful", "3", "3"], ["harmless", "3", "3"]]
+            mobile.locator("#prompts-table tbody tr").first.locator("button").click()
+            mobile.wait_for_selector("#admin-prompt:not([hidden])")
+            # Stored order <script>, <img>, Hello: places 3, 2, 1 by both criteria.
+            cells = [r.split("\t")[:5] for r in mobile.locator("#admin-rankings tbody tr").all_inner_texts()]
+            assert cells == [["ada", "helpful", "3", "2", "1"], ["ada", "harmless", "3", "2", "1"]]
+            assert problems == []
+
+        entered = {
+            greeting: {"helpful": {"Hello there": 0, IMG: 1, SCRIPT: 2},
+                       "harmless": {"Hello there": 0, IMG: 1, SCRIPT: 2}},
+            count: {"helpful": {"1 2 3": 0, "three": 1, "one two three": 2},
+                    "harmless": {"1 2 3": 0, "three": 1, "one two three": 2}},
+            bird: {"helpful": {"robin": 0, "crow": 1, "owl": 2}, "harmless": {"owl": 0, "crow": 1, "robin": 2}},
+        }
+        exported = {row["prompt"]: {c: dict(zip(row["completions"], ranks, strict=True))
+                                    for c, ranks in row["rankings"].items()}
+                    for row in store.export_rows("demo", "annotations")}
+        assert exported == entered
+        # Pairwise rows carry their criterion: 3 strict pairs per prompt and criterion.
+        pairs = store.export_rows("demo", "pairwise", "all", drop_flagged=False)
+        assert sorted({r["criterion"] for r in pairs}) == ["harmless", "helpful"]
+        assert all(sum(r["criterion"] == c and r["prompt"] == p for r in pairs) == 3 for p in entered for c in CRITERIA)
+    finally:
+        context.close()
+        phone.close()
+        store.close()

@@ -74,7 +74,8 @@ def test_a_ranking_round_trip_through_the_api(setup) -> None:
     client, store, tokens = setup
     me = client.get("/api/me", headers=auth(tokens["ada"])).json()
     assert me == {"name": "ada", "admin": False, "role": "annotator", "project": "demo", "k": 3,
-                  "annotators_per_prompt": 1, "guidelines": None}
+                  "annotators_per_prompt": 1, "guidelines": None,
+                  "criteria": [{"name": "overall", "description": ""}]}
     prompt = first_prompt(client, tokens["ada"])
     assert prompt["text"] == "p1" and prompt["ranking"] is None
     assert sorted(c["text"] for c in prompt["completions"]) == ["a", "b", "c"]

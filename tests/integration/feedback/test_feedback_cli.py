@@ -41,7 +41,8 @@ def write_jsonl(path: Path, rows: list[object]) -> Path:
     return path
 
 
-NOTES = {"round": 1, "unsafe": False, "comments": []}  # what every exported row also says about its prompt
+# What every exported row also says: its criterion, and about its prompt.
+NOTES = {"criterion": "overall", "round": 1, "unsafe": False, "comments": []}
 PROMPTS = [
     {"prompt": "Name a colour.", "completions": ["red", "blue", "green"]},
     {"prompt": "Name a fruit.", "completions": ["apple", "pear", "plum"]},
@@ -200,7 +201,8 @@ def test_export_rows_have_the_columns_the_reward_data_reader_expects(tmp_path: P
     for merge in ("majority", "all"):
         extra = {"annotator"} if merge == "all" else set()
         for row in exported[("pairwise", merge)] + exported[("ranked", merge)]:
-            assert (row.pop("round"), row.pop("unsafe"), row.pop("comments")) == (1, False, [])
+            assert (row.pop("criterion"), row.pop("round"), row.pop("unsafe"), row.pop("comments")) == (
+                "overall", 1, False, [])
         for row in exported["pairwise", merge]:
             assert set(row) == {"prompt", "chosen", "rejected"} | extra
             assert all(isinstance(row[k], str) and row[k] for k in row)

@@ -103,7 +103,8 @@ def test_flagged_prompts_are_dropped_whole() -> None:
         LabeledPrompt("r", ["s", "t"], {}, flagged=False),  # only skips
     ]
     assert build_rows(prompts, "pairwise", "majority") == [
-        {"prompt": "q", "chosen": "w", "rejected": "v", "round": 1, "unsafe": False, "comments": []}]
+        {"prompt": "q", "chosen": "w", "rejected": "v", "criterion": "overall", "round": 1, "unsafe": False,
+         "comments": []}]
     assert len(build_rows(prompts, "pairwise", "all", drop_flagged=False)) == 3
     assert [r["unsafe"] for r in build_rows(prompts, "pairwise", "majority", drop_flagged=False)] == [True, False]
 

@@ -485,7 +485,7 @@ def test_export_formats_match_hand_written_rows(store: FeedbackStore) -> None:
     label_export_case(store)
     ann_p1 = [{"annotator": "ann", "comment": "close call"}]
     bob_p2 = [{"annotator": "bob", "comment": "off topic"}]
-    none = {"round": 1, "unsafe": False, "comments": []}
+    none = {"criterion": "overall", "round": 1, "unsafe": False, "comments": []}
     ranked_all = [
         {"prompt": "p1", "completions": ["a1", "b1", "c1"], "annotator": "ann", **none, "comments": ann_p1},
         {"prompt": "p1", "completions": ["a1", "b1", "c1"], "ranks": [0, 0, 1], "annotator": "bob", **none},

@@ -60,7 +60,6 @@ from rlhfkit.models.lora import LoRASpec, add_lora
 from rlhfkit.models.reward_model import RewardScorer, build_reward_model, set_normalization
 from rlhfkit.models.trunk_and_heads import score_head
 from rlhfkit.tracking.console import console, print_table, progress_bar
-from rlhfkit.tracking.metrics import open_metrics
 from rlhfkit.trainers.common import (
     check_finite,
     check_output_dir,
@@ -69,7 +68,6 @@ from rlhfkit.trainers.common import (
     make_scheduler,
     save_run_config,
     seed_everything,
-    staged_output,
 )
 from rlhfkit.trainers.optim_step import StepStats, micro_batches, optimizer_step
 from rlhfkit.trainers.reward_config import RewardConfig
@@ -79,9 +77,8 @@ from rlhfkit.trainers.step_resume import (
     completed_run,
     drop_checkpoints,
     find_resume,
-    keep_logged,
     load_step_checkpoint,
-    partial_folder,
+    run_folder,
 )
 
 
@@ -427,7 +424,6 @@ def train(cfg: RewardConfig) -> dict[str, float]:
     configure_loading(cfg)  # --dtype and --trust-remote-code, for the config read below too
     cfg = resolve_max_length(cfg)  # before any work: a too-long max_length is one line, not an IndexError
     out_dir = Path(cfg.output_dir)
-    partial_dir = partial_folder(out_dir)  # a resumable run's folder until it completes
     done = completed_run(cfg)
     if done is not None:
         return done
@@ -511,10 +507,7 @@ def train(cfg: RewardConfig) -> dict[str, float]:
         step, pairs_seen, t_before = int(state["step"]), int(state["pairs_seen"]), float(state["elapsed"])
     catch_stop_signals()  # SIGTERM / Ctrl-C: checkpoint after the step, then stop
 
-    with staged_output(out_dir, enabled=main, folder=partial_dir, fresh=resume_path is None) as tmp:
-        if resume_path is not None and main:
-            keep_logged(tmp / "metrics.jsonl", step)
-        logger = open_metrics(tmp, cfg, enabled=main, append=resume_path is not None)
+    with run_folder(out_dir, cfg, main, resume_path, step) as (tmp, logger):
 
         def elapsed() -> float:
             return t_before + time.perf_counter() - t_start - t_eval

@@ -22,7 +22,7 @@ class RewardConfig(RunSettings, OptimSettings, LoRASettings, StepCheckpointSetti
     train_data: str = setting("", "Preference data: .jsonl/.json/.csv/.parquet or a saved datasets folder.")
     eval_data: str = setting("", "Held-out preference data (empty = split eval_fraction off train_data).")
     criterion: list[str] = setting(
-        [], "Criteria to train (rows name theirs in a 'criterion' field), comma separated or repeated: one name "
+        [], "Criteria to train (rows name theirs in a 'criterion' field), comma separated: one name "
         "trains a one-head model on that criterion's rows; several train ONE model with one head per criterion "
         "over a shared trunk, each comparison's loss on its own criterion's head (empty = the data's one "
         "criterion, or rows without the field; rows of several criteria then need this setting).")

@@ -6,6 +6,9 @@ Accepted row formats (the column names most datasets use):
 - ranked:  {"prompt": ..., "completions": [best, ..., worst]}  or with "ranks": [0, 1, 1, 2]
            (0 = best, equal ranks = a tie, which gives no pair)
 
+Either may name the criterion it was ranked by, `"criterion": "helpful"` (a non-empty string; rows
+without it belong to no named criterion): `rlhfkit reward --criterion` trains one head per criterion.
+
 Text is a string, or a list of chat messages `{"role": ..., "content": ...}`. Chat messages are
 rendered with the tokenizer's chat template when it has one; otherwise with the plain fallback
 `"{role}: {content}\\n"` per message and `"assistant: "` as the generation prompt. A pair without
@@ -43,6 +46,7 @@ class PreferenceExample:
     ranks: tuple[int, ...]
     margin: float | None
     row: int  # 1-based row number in the source, for messages
+    criterion: str | None = None  # what the row was ranked by ("helpful", ...); None: no named criterion
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,7 @@ class PreferencePair:
     weight: float = 1.0
     margin: float = 0.0
     templated: bool = False  # prompt came from a chat template (already holds special tokens)
+    criterion: str | None = None  # the row's criterion (None: no named criterion)
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,7 @@ class PreferenceGroup:
     ranks: tuple[int, ...]  # equal ranks are ties
     margin: float = 0.0  # a pair row's margin (read by the pairwise loss only)
     templated: bool = False  # prompt came from a chat template (already holds special tokens)
+    criterion: str | None = None  # the row's criterion (None: no named criterion)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -139,7 +145,18 @@ def parse_example(row: dict[str, Any], name: str, row_no: int) -> PreferenceExam
             if ranks[i] != ranks[j] and completions[i] == completions[j]:
                 what = "chosen and rejected are" if "completions" not in row else f"completions {i} and {j} are"
                 raise DataError(f"{loc}: {what} identical but ranked differently; remove the row or fix it")
-    return PreferenceExample(prompt, completions, tuple(ranks), None if margin is None else float(margin), row_no)
+    return PreferenceExample(prompt, completions, tuple(ranks), None if margin is None else float(margin), row_no,
+                             _check_criterion(row.get("criterion"), loc))
+
+
+def _check_criterion(value: Any, loc: str) -> str | None:
+    """The row's criterion name: absent (or null) is None, else a non-empty string."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise DataError(f"{loc}, field 'criterion': expected the name of a criterion (non-empty text such as "
+                        f"\"helpful\"), got {value!r}; fix it or drop the field")
+    return value.strip()
 
 
 def _split_common_prefix(chosen: Messages, rejected: Messages, loc: str) -> tuple[Messages, Messages, Messages]:
@@ -213,7 +230,7 @@ def expand_pairs(examples: list[PreferenceExample], tokenizer: Any = None) -> li
         for better, worse in idx_pairs:
             p, c, templated = render(ex.prompt, ex.completions[better], tokenizer)
             _, r, _ = render(ex.prompt, ex.completions[worse], tokenizer)
-            pairs.append(PreferencePair(p, c, r, weight, ex.margin or 0.0, templated))
+            pairs.append(PreferencePair(p, c, r, weight, ex.margin or 0.0, templated, ex.criterion))
     return pairs
 
 
@@ -228,7 +245,7 @@ def expand_groups(examples: list[PreferenceExample], tokenizer: Any = None) -> l
         best = min(range(len(ex.ranks)), key=lambda i: (ex.ranks[i], i))
         prompt, _, templated = render(ex.prompt, ex.completions[best], tokenizer)
         responses = tuple(render(ex.prompt, c, tokenizer)[1] for c in ex.completions)
-        groups.append(PreferenceGroup(prompt, responses, ex.ranks, ex.margin or 0.0, templated))
+        groups.append(PreferenceGroup(prompt, responses, ex.ranks, ex.margin or 0.0, templated, ex.criterion))
     return groups
 
 

@@ -51,6 +51,7 @@ class TokenizedPairs:
     kept_index: list[int] = field(default_factory=list)  # source index of each kept pair
     dropped_index: list[int] = field(default_factory=list)  # source index of each pair left out
     dropped_rows: list[int] = field(default_factory=list)  # their source rows, when the rows were given (sorted)
+    criteria: list[str | None] = field(default_factory=list)  # each kept pair's criterion (None: none named)
 
     def __len__(self) -> int:
         return len(self.chosen)
@@ -92,6 +93,7 @@ def tokenize_pairs(
         out.rejected.append(p + r)
         out.weights.append(pair.weight)
         out.margins.append(pair.margin)
+        out.criteria.append(pair.criterion)
         out.kept_index.append(i)
     if rows is not None:
         out.dropped_rows = sorted({rows[i] for i in out.dropped_index})
@@ -111,6 +113,7 @@ class TokenizedGroups:
     kept_index: list[int] = field(default_factory=list)  # source index of each kept group
     dropped_index: list[int] = field(default_factory=list)  # source index of each group left out
     dropped_rows: list[int] = field(default_factory=list)  # their source rows, when the rows were given (sorted)
+    criteria: list[str | None] = field(default_factory=list)  # each kept group's criterion (None: none named)
 
     def __len__(self) -> int:
         return len(self.sequences)
@@ -159,6 +162,7 @@ def tokenize_groups(
         out.sequences.append([p + responses[j] for j in kept])
         out.ranks.append([group.ranks[j] for j in kept])
         out.margins.append(group.margin)
+        out.criteria.append(group.criterion)
         out.kept_index.append(i)
     if rows is not None:
         out.dropped_rows = sorted({rows[i] for i in out.dropped_index})

@@ -237,3 +237,16 @@ class RewardScorer(torch.nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return reward_scores(self.model, input_ids, attention_mask, normalized=self.normalized)
+
+
+class CriterionScorer(torch.nn.Module):
+    """`criterion_scores` as a module (B, C), so accelerate/DDP can wrap the whole scoring forward of a
+    reward model with one head per criterion (a one-head model gives (B, 1))."""
+
+    def __init__(self, model: PreTrainedModel, normalized: bool = False) -> None:
+        super().__init__()
+        self.model = model
+        self.normalized = normalized
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return criterion_scores(self.model, input_ids, attention_mask, normalized=self.normalized)

@@ -1,4 +1,8 @@
-"""`rlhfkit score`: score prompt + completion rows with a saved reward model."""
+"""`rlhfkit score`: score prompt + completion rows with a saved reward model.
+
+A one-head model adds `"score": r` to each row; a model with one head per criterion adds
+`"scores": {criterion: r, ...}` (in the model's `rlhfkit_criteria` order), all from one forward pass.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from rlhfkit.data.tokenize import encode_prompt, encode_response, pad_right
 from rlhfkit.errors import ConfigError, DataError
 from rlhfkit.models.context import model_context, resolve_length
 from rlhfkit.models.loading import LoadOptions, configure_loading, load_tokenizer
-from rlhfkit.models.reward_model import build_reward_model, reward_scores
+from rlhfkit.models.reward_model import build_reward_model, criteria_of, criterion_scores
 from rlhfkit.rollout.scoring import check_trained_reward_model
 from rlhfkit.trainers.output_dir import check_writable
 from rlhfkit.trainers.reward_config import ScoreConfig
@@ -46,7 +50,8 @@ def _encode_rows(rows: list[dict[str, Any]], name: str, tokenizer: Any, max_leng
 
 @torch.no_grad()
 def score_rows(cfg: ScoreConfig) -> list[dict[str, Any]]:
-    """The input rows, each with a `score` field (max_length 0 = the reward model's context)."""
+    """The input rows, each with a `score` field, or with a `scores` field {criterion: score} for a model of
+    several criteria (max_length 0 = the reward model's context)."""
     check_trained_reward_model(cfg.model, "model", cfg.allow_untrained_head, "--allow-untrained-head")
     if cfg.output:
         check_writable(Path(cfg.output).parent, "output")
@@ -60,11 +65,14 @@ def score_rows(cfg: ScoreConfig) -> list[dict[str, Any]]:
     tokenizer = load_tokenizer(cfg.model, padding_side="right")
     seqs = _encode_rows(rows, cfg.data, tokenizer, max_length)
     model = build_reward_model(cfg.model, tokenizer, init_head=False).eval()
-    scores: list[float] = []
+    scores: list[list[float]] = []
     for i in range(0, len(seqs), cfg.batch_size):
         ids, mask = pad_right(seqs[i:i + cfg.batch_size], tokenizer.pad_token_id)
-        scores += reward_scores(model, ids, mask, normalized=cfg.normalized).tolist()
-    return [{**row, "score": s} for row, s in zip(rows, scores)]
+        scores += criterion_scores(model, ids, mask, normalized=cfg.normalized).tolist()  # (B, C)
+    criteria = criteria_of(model)
+    if len(criteria) == 1:
+        return [{**row, "score": s[0]} for row, s in zip(rows, scores)]
+    return [{**row, "scores": dict(zip(criteria, s))} for row, s in zip(rows, scores)]
 
 
 def run(cfg: ScoreConfig) -> None:

@@ -48,7 +48,6 @@ from rlhfkit.models.lora import LoRASpec, add_lora
 from rlhfkit.models.policy import token_logprobs
 from rlhfkit.rollout.scoring import same_tokenizer
 from rlhfkit.tracking.console import console, print_table, progress_bar
-from rlhfkit.tracking.metrics import open_metrics
 from rlhfkit.trainers.common import (
     check_output_dir,
     make_accelerator,
@@ -57,7 +56,6 @@ from rlhfkit.trainers.common import (
     save_causal_lm,
     save_run_config,
     seed_everything,
-    staged_output,
 )
 from rlhfkit.trainers.dpo_config import DPOConfig
 from rlhfkit.trainers.optim_step import StepStats, micro_batches, optimizer_step
@@ -67,9 +65,8 @@ from rlhfkit.trainers.step_resume import (
     completed_run,
     drop_checkpoints,
     find_resume,
-    keep_logged,
     load_step_checkpoint,
-    partial_folder,
+    run_folder,
 )
 
 LOSSES = {"dpo": dpo_loss, "ipo": ipo_loss}  # --loss -> the algos function (one equation each)
@@ -424,10 +421,7 @@ def train(cfg: DPOConfig) -> dict[str, float]:
         start = dict(state["start"])  # the start policy's evaluation, logged by the first run
     catch_stop_signals()  # SIGTERM / Ctrl-C: checkpoint after the step, then stop
 
-    with staged_output(out_dir, enabled=main, folder=partial_folder(out_dir), fresh=resume_path is None) as tmp:
-        if resume_path is not None and main:
-            keep_logged(tmp / "metrics.jsonl", step)
-        logger = open_metrics(tmp, cfg, enabled=main, append=resume_path is not None)
+    with run_folder(out_dir, cfg, main, resume_path, step) as (tmp, logger):
         # 3. The start policy on the held-out pairs (the baseline the final numbers are read against).
         if resume_path is None:
             start = evaluate(unwrapped, ref_logps, eval_data, accelerator, cfg, pad_id)

@@ -4,15 +4,20 @@ or -log P(ranking) under Plackett-Luce on whole ranked lists (`ranking_loss = "l
 The loop, in order:
   1. resolve max_length against the model's context (0 = the context; longer is an error), read and
      check the comparisons (all errors before any model is loaded), split off eval;
-  2. build the reward model (trunk of the base LM + a new scalar head);
+     with --criterion, keep the rows of the named criteria (one head each);
+  2. build the reward model (trunk of the base LM + a new scalar head, or one head per criterion);
   3. for each batch, all its responses (chosen and rejected, or every completion of every ranked
      list) go through ONE forward pass, and the Bradley-Terry loss (pairwise) or the Plackett-Luce
-     loss (listwise; both in rlhfkit.algos.reward) is minimised with AdamW;
+     loss (listwise; both in rlhfkit.algos.reward) is minimised with AdamW; with several criteria a
+     batch may mix them, each comparison's loss reads only its own criterion's head and the batch
+     loss is the same mean over comparisons as with one head (every comparison weighs the same, so a
+     criterion with more comparisons weighs more);
   4. evaluate on the held-out comparisons (loss, pairwise accuracy, margin, reward mean/std; and
      Kendall tau / Spearman of the scores against ranked lists of 3+ completions); pairs (or
      lists) that do not fit max_length even with the prompt truncated are left out and counted
      (data/*_dropped);
-  5. optionally normalise rewards on a reference set, then save the model, tokenizer,
+  5. optionally normalise rewards on a reference set (each head its own gain and bias, all heads on
+     the same reference responses), then save the model, tokenizer,
      config.yaml, metrics.jsonl and eval.json (into a temporary folder moved into place at the end).
 """
 
@@ -25,7 +30,7 @@ import random
 import time
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from accelerate.utils import gather_object
@@ -53,14 +58,13 @@ from rlhfkit.data.tokenize import (
     tokenize_groups,
     tokenize_pairs,
 )
-from rlhfkit.errors import DataError
+from rlhfkit.errors import ConfigError, DataError
 from rlhfkit.models.context import model_context, resolve_length
 from rlhfkit.models.loading import configure_loading, load_run_tokenizer
 from rlhfkit.models.lora import LoRASpec, add_lora
-from rlhfkit.models.reward_model import RewardScorer, build_reward_model, set_normalization
+from rlhfkit.models.reward_model import CriterionScorer, build_reward_model, criteria_of, set_normalization
 from rlhfkit.models.trunk_and_heads import score_head
 from rlhfkit.tracking.console import console, print_table, progress_bar
-from rlhfkit.tracking.metrics import open_metrics
 from rlhfkit.trainers.common import (
     check_finite,
     check_output_dir,
@@ -69,7 +73,6 @@ from rlhfkit.trainers.common import (
     make_scheduler,
     save_run_config,
     seed_everything,
-    staged_output,
 )
 from rlhfkit.trainers.optim_step import StepStats, micro_batches, optimizer_step
 from rlhfkit.trainers.reward_config import RewardConfig
@@ -79,9 +82,8 @@ from rlhfkit.trainers.step_resume import (
     completed_run,
     drop_checkpoints,
     find_resume,
-    keep_logged,
     load_step_checkpoint,
-    partial_folder,
+    run_folder,
 )
 
 
@@ -119,12 +121,65 @@ def accuracy_label(metrics: dict[str, Any]) -> str:
     return f"held-out accuracy ({pairs} of {pairs + dropped} pairs; {dropped} did not fit max_length)"
 
 
-def split_examples(cfg: RewardConfig) -> tuple[list[PreferenceExample], list[PreferenceExample]]:
-    """Train and eval rows, read and checked. Eval is split off by row (prompt), never by pair,
-    so pairs of one ranked list never land on both sides."""
+NO_CRITERION = "rows without a 'criterion' field"
+
+
+class Split(NamedTuple):
+    """The rows a run trains and evaluates on, after choosing its criteria."""
+
+    train: list[PreferenceExample]
+    eval: list[PreferenceExample]
+    criteria: tuple[str, ...]  # one head each, in head order; () = one unnamed head
+    left_out: tuple[int, int]  # train / eval rows of criteria not chosen
+
+
+def choose_criteria(cfg: RewardConfig, examples: list[PreferenceExample]) -> tuple[str, ...]:
+    """The criteria to train, one head each: --criterion as given (each must have rows in train_data), else
+    the data's one named criterion, else () for rows without the field. Rows of several criteria without
+    --criterion are a DataError saying which flag to pass."""
+    present = sorted({ex.criterion for ex in examples if ex.criterion is not None})
+    unnamed = any(ex.criterion is None for ex in examples)
+    found = ", ".join(present + ([NO_CRITERION] if unnamed else []))
+    if cfg.criterion:
+        twice = sorted({name for name in cfg.criterion if cfg.criterion.count(name) > 1})
+        if twice:
+            raise ConfigError(f"setting 'criterion': {', '.join(twice)} named twice; name each criterion once")
+        unknown = [name for name in cfg.criterion if name not in present]
+        if unknown:
+            raise ConfigError(f"setting 'criterion': {cfg.train_data} has no rows of criterion "
+                              f"{', '.join(unknown)}; its rows are of: {found}")
+        return tuple(cfg.criterion)
+    if len(present) > 1:
+        raise DataError(f"{cfg.train_data}: rows of several criteria ({found}); pass --criterion "
+                        f"{','.join(present)} (one model, one head each) or --criterion {present[0]} (one criterion)")
+    if present and unnamed:
+        raise DataError(f"{cfg.train_data}: rows of several criteria ({found}); pass --criterion {present[0]} to "
+                        "train on its rows only, or name the criterion of every row")
+    return tuple(present)
+
+
+def split_examples(cfg: RewardConfig) -> Split:
+    """Train and eval rows, read and checked, of the chosen criteria (`choose_criteria`; the rows of other
+    criteria are left out and counted). Eval is split off by row (prompt), never by pair, so pairs of one
+    ranked list never land on both sides."""
     examples = load_examples(cfg.train_data)
+    criteria = choose_criteria(cfg, examples)
+
+    def chosen(rows: list[PreferenceExample]) -> list[PreferenceExample]:
+        return [ex for ex in rows if not criteria or ex.criterion in criteria]
+
+    kept = chosen(examples)
+    left_train = len(examples) - len(kept)
+    examples = kept
+    left_eval = 0
     if cfg.eval_data:
         eval_examples = load_examples(cfg.eval_data)
+        kept = chosen(eval_examples)
+        left_eval = len(eval_examples) - len(kept)
+        if not kept:
+            raise DataError(f"{cfg.eval_data}: no row of criterion {', '.join(criteria)} to evaluate on; "
+                            "add some or leave out --eval-data")
+        eval_examples = kept
     else:
         order = list(range(len(examples)))
         random.Random(cfg.seed).shuffle(order)
@@ -135,12 +190,12 @@ def split_examples(cfg: RewardConfig) -> tuple[list[PreferenceExample], list[Pre
         held = set(order[:n_eval])
         eval_examples = [e for i, e in enumerate(examples) if i in held]
         examples = [e for i, e in enumerate(examples) if i not in held]
-    return examples, eval_examples
+    return Split(examples, eval_examples, criteria, (left_train, left_eval))
 
 
 def load_comparisons(cfg: RewardConfig, tokenizer: Any) -> tuple[TokenizedPairs, TokenizedPairs]:
     """Train and eval comparisons (pairs), tokenised; see `split_examples`."""
-    examples, eval_examples = split_examples(cfg)
+    examples, eval_examples, _, _ = split_examples(cfg)
     train = _tokenize(examples, tokenizer, cfg)
     evals = _tokenize(eval_examples, tokenizer, cfg)
     if len(train) == 0:
@@ -161,22 +216,29 @@ def _tokenize(examples: list[Any], tokenizer: Any, cfg: RewardConfig) -> Tokeniz
     return tokenize_pairs(pairs, tokenizer, cfg.max_length, cfg.truncation, rows=rows)
 
 
-def load_data(cfg: RewardConfig, tokenizer: Any) -> tuple[Data, Data, TokenizedGroups | None]:
+def load_data(cfg: RewardConfig, tokenizer: Any) -> tuple[Data, Data, TokenizedGroups | None, Split]:
     """Train and eval data for the configured loss: pairs (pairwise) or ranked lists (listwise), plus the
-    eval ranked lists the rank correlations are computed on (None when no eval row ranks 3+ completions)."""
+    eval ranked lists the rank correlations are computed on (None when no eval row ranks 3+ completions),
+    and the rows and criteria they come from (`split_examples`)."""
+    split = split_examples(cfg)
+    examples, eval_examples = split.train, split.eval
     if cfg.ranking_loss == "pairwise":
-        train, evals = load_comparisons(cfg, tokenizer)
-        examples, eval_examples = split_examples(cfg)  # read again: cheap next to tokenising
+        train, evals = _tokenize(examples, tokenizer, cfg), _tokenize(eval_examples, tokenizer, cfg)
+        if len(train) == 0:
+            raise DataError(f"{cfg.train_data}: every comparison is longer than max_length={cfg.max_length}; "
+                            "raise --max-length")
+        if len(evals) == 0:
+            raise DataError(f"{cfg.eval_data or cfg.train_data}: no eval comparison fits "
+                            f"max_length={cfg.max_length}")
         ranked = _tokenize_groups(eval_examples, tokenizer, cfg) if _has_lists(eval_examples) else None
-        return train, evals, ranked
-    examples, eval_examples = split_examples(cfg)
+        return train, evals, ranked, split
     train, evals = _tokenize_groups(examples, tokenizer, cfg), _tokenize_groups(eval_examples, tokenizer, cfg)
     if len(train) == 0:
         raise DataError(f"{cfg.train_data}: no ranked list keeps two differently ranked completions within "
                         f"max_length={cfg.max_length}; raise --max-length")
     if len(evals) == 0:
         raise DataError(f"{cfg.eval_data or cfg.train_data}: no eval ranked list fits max_length={cfg.max_length}")
-    return train, evals, evals if _has_lists(eval_examples) else None
+    return train, evals, evals if _has_lists(eval_examples) else None, split
 
 
 def _has_lists(examples: list[PreferenceExample]) -> bool:
@@ -196,26 +258,44 @@ def _rows_text(rows: list[int], shown: int = 8) -> str:
     return text if len(rows) <= shown else f"{text}, ... ({len(rows)} rows)"
 
 
-def _collate(data: TokenizedPairs, rows: list[int], pad_id: int, real: bool = True) -> dict[str, torch.Tensor]:
+def heads_of(data: Data, criteria: tuple[str, ...]) -> list[int]:
+    """The head each comparison (pairs) or ranked list trains and is evaluated on: its criterion's place in
+    `criteria` (0 for everything when the model has one head)."""
+    if len(criteria) < 2:
+        return [0] * len(data)
+    return [criteria.index(c) for c in data.criteria]  # type: ignore[arg-type]  # rows were filtered to criteria
+
+
+def own_head(scores: torch.Tensor, heads: torch.Tensor) -> torch.Tensor:
+    """Each row's score on its own criterion's head: (N, C) scores, (N,) head indices -> (N,)."""
+    return scores.gather(1, heads.view(-1, 1).to(scores.device)).squeeze(1)
+
+
+def _collate(data: TokenizedPairs, rows: list[int], pad_id: int, real: bool = True,
+             heads: list[int] | None = None) -> dict[str, torch.Tensor]:
     batch = collate_pairs([(data.chosen[i], data.rejected[i], data.weights[i], data.margins[i]) for i in rows], pad_id)
     batch["real"] = torch.full((len(rows),), float(real))  # 0 for a process's stand-in row (see process_share)
     batch["has_margins"] = any(data.margins[i] for i in rows)  # decided on the CPU: no device sync per step
+    batch["heads"] = torch.tensor([heads[i] if heads else 0 for i in rows], dtype=torch.long)  # (B,) criterion
     return batch
 
 
-def _collate_groups(data: TokenizedGroups, rows: list[int], pad_id: int, real: bool = True
-                    ) -> dict[str, torch.Tensor]:
+def _collate_groups(data: TokenizedGroups, rows: list[int], pad_id: int, real: bool = True,
+                    heads: list[int] | None = None) -> dict[str, torch.Tensor]:
     batch = collate_groups([(data.sequences[i], data.ranks[i], data.margins[i]) for i in rows], pad_id)
     batch["real"] = torch.full((len(rows),), float(real))  # (B,) 0 for a process's stand-in list
     batch["pair_real"] = torch.full((len(batch["better"]),), float(real))  # (P,) the same, per pair
+    group_heads = torch.tensor([heads[i] if heads else 0 for i in rows], dtype=torch.long)  # (B,) criterion
+    batch["heads"] = group_heads[batch["slots"] // batch["mask"].shape[1]]  # (N,) each completion's list's head
     return batch
 
 
 def group_loss(scores: torch.Tensor, batch: dict[str, torch.Tensor], cfg: RewardConfig, groups: float
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Plackett-Luce loss of an (N,) score vector laid out as `collate_groups` lays out its rows, as this
-    micro-batch's part of the global batch (divided by the global batch's number of lists). Returns
-    the loss and the (P,) rewards of every pair's better and worse completion."""
+    """Plackett-Luce loss of (N, C) scores laid out as `collate_groups` lays out its rows, each list on its
+    own criterion's head, as this micro-batch's part of the global batch (divided by the global batch's
+    number of lists). Returns the loss and the (P,) rewards of every pair's better and worse completion."""
+    scores = own_head(scores, batch["heads"])  # (N,)
     b, k = batch["mask"].shape
     flat = scores.float().new_zeros(b * k).scatter(0, batch["slots"], scores.float())  # (B*K,) 0 on padding
     rewards = flat.view(b, k)  # (B, K)
@@ -229,10 +309,10 @@ def group_loss(scores: torch.Tensor, batch: dict[str, torch.Tensor], cfg: Reward
 
 def pair_loss(scores: torch.Tensor, batch: dict[str, torch.Tensor], cfg: RewardConfig, weight_sum: float,
               pairs: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Bradley-Terry loss of a (2B,) score vector laid out as [chosen; rejected], as this micro-batch's
-    part of the global batch: divided by the global batch's weight sum (and pair count for the
-    centring term), so the parts add up to the whole batch's loss."""
-    r_chosen, r_rejected = scores.float().chunk(2)
+    """Bradley-Terry loss of (2B, C) scores laid out as [chosen; rejected], each pair on its own criterion's
+    head, as this micro-batch's part of the global batch: divided by the global batch's weight sum (and
+    pair count for the centring term), so the parts add up to the whole batch's loss."""
+    r_chosen, r_rejected = own_head(scores, batch["heads"].repeat(2)).float().chunk(2)  # (B,) each
     margin = batch["margins"] if cfg.margin_column and batch["has_margins"] else None
     weights = batch["weights"] * batch["real"]
     loss = bradley_terry_loss(r_chosen, r_rejected, margin=margin, weights=weights, denominator=weight_sum)
@@ -243,33 +323,34 @@ def pair_loss(scores: torch.Tensor, batch: dict[str, torch.Tensor], cfg: RewardC
 
 
 @torch.no_grad()
-def evaluate(scorer: torch.nn.Module, data: TokenizedPairs, accelerator: Any, cfg: RewardConfig,
-             pad_id: int) -> dict[str, float]:
-    """Held-out loss, accuracy (share of pairs with r_c > r_r), mean margin and reward mean/std.
+def pair_scores(scorer: torch.nn.Module, data: TokenizedPairs, accelerator: Any, cfg: RewardConfig, pad_id: int,
+                heads: list[int] | None = None) -> list[tuple[float, float, float, float, int]]:
+    """(r_c, r_r, weight, margin, head) of every held-out pair, each scored on its own criterion's head.
 
     Each process scores its share of every eval batch; the scores are gathered before any metric."""
     scorer.eval()
     rank, world = accelerator.process_index, accelerator.num_processes
-    mine: list[tuple[float, float, float, float]] = []
+    mine: list[tuple[float, float, float, float, int]] = []
     for start in range(0, len(data), cfg.eval_batch_size):
         rows, real = process_share(range(start, min(start + cfg.eval_batch_size, len(data))), rank, world)
         if not real:
             continue
         batch = {k: v.to(accelerator.device) if isinstance(v, torch.Tensor) else v
-                 for k, v in _collate(data, rows, pad_id).items()}
+                 for k, v in _collate(data, rows, pad_id, heads=heads).items()}
         with accelerator.autocast():
-            scores = scorer(batch["input_ids"], batch["attention_mask"])
-        r_c, r_r = scores.float().chunk(2)
-        mine += zip(r_c.tolist(), r_r.tolist(), batch["weights"].tolist(), batch["margins"].tolist())
+            scores = scorer(batch["input_ids"], batch["attention_mask"])  # (2B, C)
+        r_c, r_r = own_head(scores, batch["heads"].repeat(2)).float().chunk(2)
+        mine += zip(r_c.tolist(), r_r.tolist(), batch["weights"].tolist(), batch["margins"].tolist(),
+                    batch["heads"].tolist())
     rows = gather_object(mine) if world > 1 else mine
     scorer.train()
-    return pair_metrics(rows, cfg)
+    return rows
 
 
-def pair_metrics(rows: list[tuple[float, float, float, float]], cfg: RewardConfig) -> dict[str, float]:
+def pair_metrics(rows: list[tuple[float, ...]], cfg: RewardConfig) -> dict[str, float]:
     """eval/loss (Bradley-Terry, weighted), eval/accuracy, eval/margin, eval/reward_mean/std (over the pairs'
-    entries) and eval/pairs, from (r_c, r_r, weight, margin) per pair."""
-    r_c, r_r, w, m = (torch.tensor(col, dtype=torch.float64) for col in zip(*rows))
+    entries) and eval/pairs, from (r_c, r_r, weight, margin, ...) per pair."""
+    r_c, r_r, w, m = (torch.tensor(col, dtype=torch.float64) for col in list(zip(*rows))[:4])
     use_margin = cfg.margin_column and bool(m.any())
     all_r = torch.cat([r_c, r_r])
     return {
@@ -284,8 +365,9 @@ def pair_metrics(rows: list[tuple[float, float, float, float]], cfg: RewardConfi
 
 @torch.no_grad()
 def group_scores(scorer: torch.nn.Module, data: TokenizedGroups, accelerator: Any, cfg: RewardConfig,
-                 pad_id: int) -> list[list[float]]:
-    """The score of every completion of every ranked list (in data order), each completion scored once.
+                 pad_id: int, heads: list[int] | None = None) -> list[list[float]]:
+    """The score of every completion of every ranked list (in data order), each completion scored once, on
+    its list's criterion's head.
 
     Each process scores its share of every eval batch of lists; the scores are gathered with their
     list index and put back in order."""
@@ -296,9 +378,10 @@ def group_scores(scorer: torch.nn.Module, data: TokenizedGroups, accelerator: An
         rows, real = process_share(range(start, min(start + cfg.eval_batch_size, len(data))), rank, world)
         if not real:
             continue
-        batch = collate_groups([(data.sequences[i], data.ranks[i], data.margins[i]) for i in rows], pad_id)
+        batch = _collate_groups(data, rows, pad_id, heads=heads)
         with accelerator.autocast():
             scores = scorer(batch["input_ids"].to(accelerator.device), batch["attention_mask"].to(accelerator.device))
+        scores = own_head(scores, batch["heads"])  # (N,)
         b, k = batch["mask"].shape
         grid = torch.zeros(b * k, dtype=torch.float64).scatter(0, batch["slots"], scores.double().cpu()).view(b, k)
         mine += [(i, grid[g, : len(data.ranks[i])].tolist()) for g, i in enumerate(rows)]
@@ -372,7 +455,7 @@ def group_metrics(scores: list[list[float]], data: TokenizedGroups, cfg: RewardC
 
 
 def evaluate_all(scorer: torch.nn.Module, data: Data, ranked: TokenizedGroups | None, accelerator: Any,
-                 cfg: RewardConfig, pad_id: int) -> dict[str, float]:
+                 cfg: RewardConfig, pad_id: int, criteria: tuple[str, ...] = ()) -> dict[str, float]:
     """The held-out metrics of either loss, comparable between the two.
 
     Both report eval/accuracy (share of pairs with r_c > r_r), eval/margin and the reward mean/std over
@@ -380,17 +463,51 @@ def evaluate_all(scorer: torch.nn.Module, data: Data, ranked: TokenizedGroups | 
     and, on ranked eval data (lists of 3+), eval/listwise_loss, eval/kendall_tau and eval/spearman are
     added from one score per completion. Listwise: each completion is scored once; eval/loss is the
     Plackett-Luce loss, eval/pairwise_loss the Bradley-Terry loss the pairwise run calls eval/loss; the
-    rank correlations come with ranked eval data."""
+    rank correlations come with ranked eval data. Each comparison is scored on its own criterion's head;
+    with several criteria every metric also comes per criterion, over its comparisons only
+    (eval/accuracy/helpful, ...)."""
     if isinstance(data, TokenizedPairs):
-        metrics = evaluate(scorer, data, accelerator, cfg, pad_id)
-        if ranked is not None:
-            listwise = group_metrics(group_scores(scorer, ranked, accelerator, cfg, pad_id), ranked, cfg)
+        pairs = pair_scores(scorer, data, accelerator, cfg, pad_id, heads_of(data, criteria))
+        groups = ranked
+    else:
+        pairs, groups = None, data
+    lists = group_scores(scorer, groups, accelerator, cfg, pad_id, heads_of(groups, criteria)) if groups else None
+    metrics = _eval_metrics(pairs, lists, groups, cfg, ranked is not None)
+    if len(criteria) > 1:
+        list_heads = heads_of(groups, criteria) if groups else []
+        for c, name in enumerate(criteria):
+            own = [i for i, h in enumerate(list_heads) if h == c]
+            sub_pairs = None if pairs is None else [p for p in pairs if p[4] == c]
+            if (sub_pairs is not None and not sub_pairs) or (pairs is None and not own):
+                continue  # no held-out comparison of this criterion
+            sub_groups = _subset(groups, own) if own else None
+            sub_lists = [lists[i] for i in own] if own and lists is not None else None
+            found = _eval_metrics(sub_pairs, sub_lists, sub_groups, cfg, ranked is not None)
+            metrics.update({f"{key}/{name}": value for key, value in found.items()})
+    return metrics
+
+
+def _subset(groups: TokenizedGroups, index: list[int]) -> TokenizedGroups:
+    """The ranked lists at `index` (what `group_metrics` reads of them)."""
+    return TokenizedGroups([groups.sequences[i] for i in index], [groups.ranks[i] for i in index],
+                           [groups.margins[i] for i in index], criteria=[groups.criteria[i] for i in index])
+
+
+def _eval_metrics(pairs: list[tuple[float, ...]] | None, lists: list[list[float]] | None,
+                  groups: TokenizedGroups | None, cfg: RewardConfig, ranked: bool) -> dict[str, float]:
+    """`evaluate_all`'s metrics from the scores: of pairs (pairwise; plus the rank correlations of the ranked
+    lists when given) or of ranked lists (listwise; rank correlations only with `ranked` eval data)."""
+    if pairs is not None:
+        metrics = pair_metrics(pairs, cfg)
+        if lists and groups is not None:
+            listwise = group_metrics(lists, groups, cfg)
             metrics.update({key: listwise[key] for key in ("eval/listwise_loss", "eval/kendall_tau", "eval/spearman")})
         return metrics
-    metrics = group_metrics(group_scores(scorer, data, accelerator, cfg, pad_id), data, cfg)
+    assert lists is not None and groups is not None
+    metrics = group_metrics(lists, groups, cfg)
     metrics["eval/pairwise_loss"] = metrics["eval/loss"]
     metrics["eval/loss"] = metrics.pop("eval/listwise_loss")
-    if ranked is None:
+    if not ranked:
         metrics.pop("eval/kendall_tau")
         metrics.pop("eval/spearman")
     return metrics
@@ -399,7 +516,8 @@ def evaluate_all(scorer: torch.nn.Module, data: Data, ranked: TokenizedGroups | 
 @torch.no_grad()
 def normalization_scores(scorer: torch.nn.Module, cfg: RewardConfig, tokenizer: Any,
                          train: Data) -> torch.Tensor:
-    """Raw rewards of the reference set used for normalisation (Ziegler et al. 2019, section 2.2)."""
+    """Raw rewards (N, C) of the reference set used for normalisation (Ziegler et al. 2019, section 2.2), on
+    every head: each criterion is normalised on the same reference responses."""
     if cfg.normalize_data:
         seqs = []
         rows = read_rows(cfg.normalize_data)
@@ -422,12 +540,36 @@ def normalization_scores(scorer: torch.nn.Module, cfg: RewardConfig, tokenizer: 
     return torch.cat(scores)
 
 
+def normalize_heads(model: torch.nn.Module, raw: torch.Tensor, cfg: RewardConfig, criteria: tuple[str, ...]
+                    ) -> dict[str, float]:
+    """Set each head's gain and bias from its (N,) column of the reference rewards `raw` (N, C): mean gives
+    r' = r - mean, mean_std r' = (r - mean) / std. Returns normalize/gain, normalize/bias and
+    normalize/raw_mean, per criterion (normalize/gain/helpful, ...) when there are several."""
+    gains, biases = [], []
+    for c in range(raw.shape[1]):
+        if cfg.normalize == "mean_std":
+            gain, bias = normalization_gain_bias(raw[:, c], target_mean=0.0, target_std=1.0)
+            gains.append(float(gain))
+            biases.append(float(bias))
+        else:
+            gains.append(1.0)
+            biases.append(-raw[:, c].mean().item())
+    if raw.shape[1] == 1:
+        set_normalization(model, gains[0], biases[0])
+        return {"normalize/gain": gains[0], "normalize/bias": biases[0], "normalize/raw_mean": raw.mean().item()}
+    set_normalization(model, gains, biases)
+    out = {}
+    for c, name in enumerate(criteria):
+        out.update({f"normalize/gain/{name}": gains[c], f"normalize/bias/{name}": biases[c],
+                    f"normalize/raw_mean/{name}": raw[:, c].mean().item()})
+    return out
+
+
 def train(cfg: RewardConfig) -> dict[str, float]:
     """Train a reward model as configured; returns the final evaluation metrics."""
     configure_loading(cfg)  # --dtype and --trust-remote-code, for the config read below too
     cfg = resolve_max_length(cfg)  # before any work: a too-long max_length is one line, not an IndexError
     out_dir = Path(cfg.output_dir)
-    partial_dir = partial_folder(out_dir)  # a resumable run's folder until it completes
     done = completed_run(cfg)
     if done is not None:
         return done
@@ -439,7 +581,9 @@ def train(cfg: RewardConfig) -> dict[str, float]:
 
     # 1. Data (checked completely before the model is built).
     tokenizer = load_run_tokenizer(cfg.tokenizer, cfg.model, padding_side="right")
-    train_data, eval_data, eval_ranked = load_data(cfg, tokenizer)
+    train_data, eval_data, eval_ranked, picked = load_data(cfg, tokenizer)
+    criteria = picked.criteria  # one head each; () = one unnamed head
+    train_heads = heads_of(train_data, criteria)
     listwise = isinstance(train_data, TokenizedGroups)
     unit = "ranked lists" if listwise else "pairs"
     counts = length_counts(train_data, eval_data, cfg.max_length)
@@ -456,11 +600,21 @@ def train(cfg: RewardConfig) -> dict[str, float]:
     if main and listwise and (train_data.trimmed or eval_data.trimmed):
         console.print(f"[yellow]max_length={cfg.max_length}: {train_data.trimmed} train / {eval_data.trimmed} eval "
                       "ranked lists lose the completions that do not fit (data/train_trimmed, data/eval_trimmed)")
+    if main and any(picked.left_out):
+        console.print(f"[yellow]--criterion {','.join(criteria)}: {picked.left_out[0]} train / {picked.left_out[1]} "
+                      "eval rows of other criteria are left out (data/train_other_criteria, data/eval_other_criteria)")
+    if cfg.criterion:
+        counts.update({"data/train_other_criteria": picked.left_out[0], "data/eval_other_criteria": picked.left_out[1]})
     if main and listwise and cfg.margin_column and any(train_data.margins):
         console.print("[yellow]the 'margin' column is not used by the listwise loss (--ranking-loss pairwise uses it)")
 
     # 2. Model, optimiser, schedule.
-    model = build_reward_model(cfg.model, tokenizer)
+    model = build_reward_model(cfg.model, tokenizer, criteria=criteria)
+    heads = score_head(model).out_features
+    if heads != max(1, len(criteria)):  # a saved reward model of several criteria, trained on unnamed rows
+        named = ",".join(criteria_of(model))
+        raise ConfigError(f"setting 'criterion': {cfg.model} scores {heads} criteria ({named}); name them in the "
+                          f"data's 'criterion' field and pass --criterion {named}")
     if cfg.gradient_checkpointing:  # recompute activations in the backward: less memory, more time
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     lora = None
@@ -470,7 +624,7 @@ def train(cfg: RewardConfig) -> dict[str, float]:
         lora = add_lora(model, spec, task=None)
         model = lora.model
         score_head(model).requires_grad_(True)
-    scorer = RewardScorer(model)
+    scorer = CriterionScorer(model)  # (N, C): every head from one forward pass of the trunk
     pad_id = tokenizer.pad_token_id
     if cfg.group_by_length:
         if listwise:
@@ -489,7 +643,7 @@ def train(cfg: RewardConfig) -> dict[str, float]:
     def micro_loss(micro: dict[str, torch.Tensor], weight_sum: float, pairs: int, stats: StepStats) -> torch.Tensor:
         micro = {k: v.to(accelerator.device) if isinstance(v, torch.Tensor) else v for k, v in micro.items()}
         with accelerator.autocast():
-            scores = scorer(micro["input_ids"], micro["attention_mask"])  # (2B,) pairwise, (sum_g K_g,) listwise
+            scores = scorer(micro["input_ids"], micro["attention_mask"])  # (2B, C) pairwise, (sum_g K_g, C) listwise
         if listwise:  # weight_sum: the global batch's number of lists
             loss, r_c, r_r = group_loss(scores, micro, cfg, weight_sum)
             real = micro["pair_real"]  # (P,)
@@ -501,7 +655,7 @@ def train(cfg: RewardConfig) -> dict[str, float]:
         stats.add("train/accuracy", preference_accuracy(r_c, r_r) * real.sum() / pairs)
         return loss
 
-    collate = _collate_groups if listwise else _collate
+    collate = partial(_collate_groups if listwise else _collate, heads=train_heads)
     list_pairs = [train_data.num_pairs(i) for i in range(len(train_data))] if listwise else []
 
     step, pairs_seen, t_eval, t_before = 0, 0, 0.0, 0.0
@@ -511,10 +665,7 @@ def train(cfg: RewardConfig) -> dict[str, float]:
         step, pairs_seen, t_before = int(state["step"]), int(state["pairs_seen"]), float(state["elapsed"])
     catch_stop_signals()  # SIGTERM / Ctrl-C: checkpoint after the step, then stop
 
-    with staged_output(out_dir, enabled=main, folder=partial_dir, fresh=resume_path is None) as tmp:
-        if resume_path is not None and main:
-            keep_logged(tmp / "metrics.jsonl", step)
-        logger = open_metrics(tmp, cfg, enabled=main, append=resume_path is not None)
+    with run_folder(out_dir, cfg, main, resume_path, step) as (tmp, logger):
 
         def elapsed() -> float:
             return t_before + time.perf_counter() - t_start - t_eval
@@ -555,7 +706,7 @@ def train(cfg: RewardConfig) -> dict[str, float]:
                     # 4. Held-out evaluation.
                     if cfg.eval_every and step % cfg.eval_every == 0 and step != total_steps:
                         t0 = time.perf_counter()
-                        metrics = evaluate_all(scorer, eval_data, eval_ranked, accelerator, cfg, pad_id)
+                        metrics = evaluate_all(scorer, eval_data, eval_ranked, accelerator, cfg, pad_id, criteria)
                         t_eval += time.perf_counter() - t0
                         logger.log(step, metrics)
                         bar_values["eval_acc"] = metrics["eval/accuracy"]
@@ -563,7 +714,7 @@ def train(cfg: RewardConfig) -> dict[str, float]:
                     # 5. Checkpoints on schedule, and when SIGTERM / Ctrl-C asked the run to stop.
                     checkpoints.after_step({"step": step, "pairs_seen": pairs_seen, "elapsed": elapsed()}, logger)
         train_s = elapsed()
-        metrics = evaluate_all(scorer, eval_data, eval_ranked, accelerator, cfg, pad_id)
+        metrics = evaluate_all(scorer, eval_data, eval_ranked, accelerator, cfg, pad_id, criteria)
         metrics.update({"perf/pairs_per_s": pairs_seen / max(train_s, 1e-9), "perf/train_s": train_s,
                         "perf/processes": accelerator.num_processes,
                         "train/steps": step, **counts})
@@ -571,14 +722,8 @@ def train(cfg: RewardConfig) -> dict[str, float]:
         # 5. Normalisation and saving.
         unwrapped = accelerator.unwrap_model(scorer).model
         if cfg.normalize != "none":
-            raw = normalization_scores(accelerator.unwrap_model(scorer), cfg, tokenizer, train_data)
-            if cfg.normalize == "mean_std":
-                gain, bias = normalization_gain_bias(raw, target_mean=0.0, target_std=1.0)
-                gain, bias = float(gain), float(bias)
-            else:
-                gain, bias = 1.0, -raw.mean().item()
-            set_normalization(unwrapped, gain, bias)
-            metrics.update({"normalize/gain": gain, "normalize/bias": bias, "normalize/raw_mean": raw.mean().item()})
+            metrics.update(normalize_heads(unwrapped, normalization_scores(accelerator.unwrap_model(scorer), cfg,
+                                                                           tokenizer, train_data), cfg, criteria))
         logger.log(step, metrics)
         logger.close()
         restore_signals()
@@ -607,6 +752,10 @@ def train(cfg: RewardConfig) -> dict[str, float]:
         if "eval/kendall_tau" in metrics:
             rows.insert(2, ("held-out Kendall tau / Spearman vs the ranks",
                             f"{metrics['eval/kendall_tau']:.3f} / {metrics['eval/spearman']:.3f}"))
+        if len(criteria) > 1:
+            rows.insert(1, (f"held-out accuracy by criterion ({' / '.join(criteria)})", " / ".join(
+                f"{metrics[f'eval/accuracy/{name}']:.3f}" if f"eval/accuracy/{name}" in metrics else "-"
+                for name in criteria)))
         print_table(f"reward model -> {out_dir}", rows)
     return metrics
 

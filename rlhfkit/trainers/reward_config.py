@@ -21,6 +21,11 @@ class RewardConfig(RunSettings, OptimSettings, LoRASettings, StepCheckpointSetti
     tokenizer: str = setting("", "Tokenizer folder or HF id (empty = the model's own).")
     train_data: str = setting("", "Preference data: .jsonl/.json/.csv/.parquet or a saved datasets folder.")
     eval_data: str = setting("", "Held-out preference data (empty = split eval_fraction off train_data).")
+    criterion: list[str] = setting(
+        [], "Criteria to train (rows name theirs in a 'criterion' field), comma separated: one name "
+        "trains a one-head model on that criterion's rows; several train ONE model with one head per criterion "
+        "over a shared trunk, each comparison's loss on its own criterion's head (empty = the data's one "
+        "criterion, or rows without the field; rows of several criteria then need this setting).")
     eval_fraction: float = setting(0.1, "Share of train_data rows held out for evaluation when eval_data is empty.",
                                    ge=0, lt=1)
     max_length: int = setting(0, "Longest prompt + response in tokens (0 = the model's context, read from its "
@@ -73,7 +78,8 @@ class ScoreConfig(Settings):
 
     model: str = setting("", "Saved reward model directory (from rlhfkit reward).")
     data: str = setting("", "Rows with 'prompt' and 'completion' (or 'response') fields: .jsonl/.csv/.parquet.")
-    output: str = setting("", "Where to write the rows with a 'score' field added (.jsonl; empty = print).")
+    output: str = setting("", "Where to write the rows with a 'score' field added, or for a reward model of "
+                          "several criteria a 'scores' field {criterion: score} (.jsonl; empty = print).")
     batch_size: int = setting(64, "Rows per forward pass.", ge=1)
     max_length: int = setting(0, "Longest prompt + completion in tokens; prompts are truncated on the left "
                               "(0 = the reward model's context, read from its config.json; a longer value is "

@@ -47,7 +47,6 @@ from rlhfkit.models.loading import configure_loading, load_causal_lm, load_run_t
 from rlhfkit.models.lora import LoRASpec, add_lora
 from rlhfkit.models.trunk_and_heads import output_logits, trunk
 from rlhfkit.tracking.console import console, print_table, progress_bar
-from rlhfkit.tracking.metrics import open_metrics
 from rlhfkit.trainers.common import (
     check_output_dir,
     make_accelerator,
@@ -56,7 +55,6 @@ from rlhfkit.trainers.common import (
     save_causal_lm,
     save_run_config,
     seed_everything,
-    staged_output,
 )
 from rlhfkit.trainers.optim_step import StepStats, micro_batches, optimizer_step
 from rlhfkit.trainers.sft_config import SFTConfig
@@ -66,9 +64,8 @@ from rlhfkit.trainers.step_resume import (
     completed_run,
     drop_checkpoints,
     find_resume,
-    keep_logged,
     load_step_checkpoint,
-    partial_folder,
+    run_folder,
 )
 
 
@@ -237,10 +234,7 @@ def train(cfg: SFTConfig) -> dict[str, float]:
         start_metrics = dict(state["start_metrics"])  # the start model's evaluation, logged by the first run
     catch_stop_signals()  # SIGTERM / Ctrl-C: checkpoint after the step, then stop
 
-    with staged_output(out_dir, enabled=main, folder=partial_folder(out_dir), fresh=resume_path is None) as tmp:
-        if resume_path is not None and main:
-            keep_logged(tmp / "metrics.jsonl", step)
-        logger = open_metrics(tmp, cfg, enabled=main, append=resume_path is not None)
+    with run_folder(out_dir, cfg, main, resume_path, step) as (tmp, logger):
         if cfg.eval_on_start and resume_path is None:
             start_metrics = evaluate(lm, eval_rows, accelerator, cfg, pad_id)
             logger.log(0, start_metrics)

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import torch
 
 from rlhfkit.errors import ConfigError
 from rlhfkit.tracking.console import console
+from rlhfkit.tracking.metrics import MetricsLogger, open_metrics
 from rlhfkit.trainers.checkpoint import (
     check_resume_settings,
     leftover_temporaries,
@@ -30,7 +32,7 @@ from rlhfkit.trainers.checkpoint import (
     resume_line,
     save_checkpoint,
 )
-from rlhfkit.trainers.common import move_into_place
+from rlhfkit.trainers.common import move_into_place, staged_output
 from rlhfkit.trainers.signals import stop_requested, stopped
 
 
@@ -90,6 +92,18 @@ def keep_logged(path: Path, step: int) -> None:
         except (ValueError, KeyError, TypeError):
             continue  # a line cut short by the kill
     path.write_text("".join(line + "\n" for line in keep))
+
+
+@contextmanager
+def run_folder(out_dir: str | Path, cfg: Any, main: bool, resume_path: Path | None, step: int
+               ) -> Iterator[tuple[Path, MetricsLogger]]:
+    """The run's `.partial` folder (`staged_output`: emptied unless resuming, moved to out_dir on success)
+    and its metrics logger; a resumed run first drops the metrics the killed run logged after `step`."""
+    resuming = resume_path is not None
+    with staged_output(out_dir, enabled=main, folder=partial_folder(out_dir), fresh=not resuming) as tmp:
+        if resuming and main:
+            keep_logged(tmp / "metrics.jsonl", step)
+        yield tmp, open_metrics(tmp, cfg, enabled=main, append=resuming)
 
 
 def drop_checkpoints(folder: Path) -> None:

@@ -47,7 +47,8 @@ def reward_models(tiny_model_dir, tmp_path_factory) -> dict[str, str]:
     tok = load_tokenizer(tiny_model_dir, padding_side="right")
     folders = {}
     torch.manual_seed(0)
-    for name, criteria in (("both", CRITERIA), ("helpful", ("helpful",)), ("concise", ("concise",))):
+    for name, criteria in (("both", CRITERIA), ("both2", CRITERIA), ("helpful", ("helpful",)),
+                           ("concise", ("concise",))):
         model = build_reward_model(tiny_model_dir, tok, criteria=criteria)
         model.save_pretrained(out / name)
         tok.save_pretrained(out / name)
@@ -123,6 +124,23 @@ def test_the_gate_takes_the_gate_criterion_where_it_is_low(tiny_model_dir, promp
                             reward_gate="concise=1000"))
     for row in history:
         assert row["reward/combined"] == pytest.approx(row["reward/concise_z"], abs=1e-5)
+
+
+def test_the_ensemble_and_its_conservative_reward_act_on_the_combined_reward(
+        tiny_model_dir, prompts_file, reward_models, tmp_path):
+    k = 0.5
+    history = train_ppo(ppo(tiny_model_dir, prompts_file, tmp_path / "ens", iterations=2,
+                            reward_model=reward_models["both"], reward_weights=["helpful=1", "concise=1"],
+                            reward_ensemble=[reward_models["both2"]], conservative_k=k))
+    for row in history:
+        assert row["reward/ensemble_spread"] > 0
+        # reward/raw is the primary's combined reward; the trained reward is mean minus k spreads
+        assert row["reward/raw"] == pytest.approx(row["reward/combined"], abs=1e-5)
+        assert row["reward/mean"] == pytest.approx(row["reward/ensemble_mean"] - k * row["reward/ensemble_spread"],
+                                                   abs=1e-5)
+    with pytest.raises(ConfigError, match="an ensemble member must score the same criteria"):
+        train_ppo(ppo(tiny_model_dir, prompts_file, tmp_path / "ens_bad", reward_model=reward_models["both"],
+                      reward_weights=["helpful=1"], reward_ensemble=[reward_models["helpful"]]))
 
 
 def test_one_head_reward_model_is_unchanged(tiny_model_dir, prompts_file, reward_models, tmp_path):

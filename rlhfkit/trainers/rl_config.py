@@ -148,7 +148,8 @@ class RolloutSettings:
         models = parse_pairs("criterion_models", self.criterion_models)
         weights = parse_pairs("reward_weights", self.reward_weights, float)
         gate = parse_pairs("reward_gate", [self.reward_gate] if self.reward_gate else [], float)
-        parse_pairs("gold_fns", self.gold_fns)
+        require("mean" not in parse_pairs("gold_fns", self.gold_fns), "gold_fns",
+                "a criterion may not be named 'mean' (gold/mean is --gold-fn's metric); rename it")
         require(not models or bool(weights), "reward_weights",
                 f"--criterion-models scores {', '.join(models)}; say how to combine them, e.g. --reward-weights "
                 + ",".join(f"{c}=1" for c in models))

@@ -339,6 +339,8 @@ def end_run(run: RLRun, history: list[dict[str, Any]], title: str, extra_state: 
         if "gold/mean" in last:
             rows.append(("gold score (first -> last iteration)",
                          f"{first['gold/mean']:.3f} -> {last['gold/mean']:.3f}"))
+        for key in sorted(k for k in last if k.startswith("gold/") and k != "gold/mean"):  # a judge per criterion
+            rows.append((f"{key} (first -> last iteration)", f"{first.get(key, float('nan')):.3f} -> {last[key]:.3f}"))
         if "eval/win_rate" in last:
             rows.append(("held-out win rate vs start (proxy)", last["eval/win_rate"]))
         if "eval/gold_win_rate" in last:

@@ -181,6 +181,7 @@ def test_bad_criteria_settings_are_one_line_errors(tiny_model_dir, prompts_file,
     ({"reward_model": "x", "reward_weights": ["helpful=one"]}, "setting 'reward_weights': helpful='one' is not a"),
     ({"reward_fn": "m:f", "reward_weights": ["helpful=1"]}, "setting 'reward_weights': combines the criteria"),
     ({"reward_model": "x", "reward_gate": "helpful=0"}, "setting 'reward_gate': needs --reward-weights"),
+    ({"reward_model": "x", "gold_fns": ["mean=m:f"]}, "setting 'gold_fns': a criterion may not be named 'mean'"),
 ])
 def test_malformed_criteria_settings_fail_in_the_config(settings, message):
     with pytest.raises(ConfigError) as e:

@@ -6,6 +6,7 @@ method to its function and to the test that checks it.
 
 from rlhfkit.algos._checks import value_checks
 from rlhfkit.algos.advantages import gae, td_errors
+from rlhfkit.algos.criteria import criteria_reference, gated_reward, normalize_criteria, weighted_sum
 from rlhfkit.algos.dpo import DPOStats, dpo_loss, ipo_loss, sequence_logprobs
 from rlhfkit.algos.hacking import (
     ensemble_spread,
@@ -83,6 +84,7 @@ __all__ = [
     "bradley_terry_loss",
     "clip_reward",
     "conservative_reward",
+    "criteria_reference",
     "discounted_returns",
     "dpo_loss",
     "ensemble_disagreement",
@@ -91,6 +93,7 @@ __all__ = [
     "entropy_from_logits",
     "explained_variance",
     "gae",
+    "gated_reward",
     "grpo_advantages",
     "ipo_loss",
     "kl_k1",
@@ -106,6 +109,7 @@ __all__ = [
     "masked_whiten",
     "moving_average",
     "moving_mean_update",
+    "normalize_criteria",
     "normalization_gain_bias",
     "pair_weights",
     "pearson_correlation",
@@ -126,5 +130,6 @@ __all__ = [
     "td_errors",
     "top_pair_uncertainty",
     "value_checks",
+    "weighted_sum",
     "window_zscore",
 ]

@@ -1,4 +1,4 @@
-"""A simulated human labeler: ranks K completions by the gold judge, with annotator noise.
+"""A simulated human labeler: ranks K completions by a gold judge (one criterion), with annotator noise.
 
 Noise model (Mallows, sampled by repeated insertion). Real annotators disagree with each other
 on a good share of pairs (InstructGPT's training labelers agreed on 72.6% of them; Ouyang et al.
@@ -27,7 +27,7 @@ import random
 from collections.abc import Sequence
 from functools import lru_cache
 
-from rlhfkit.data.synthetic import gold_score
+from rlhfkit.data.synthetic import CRITERIA, GOLD_JUDGES
 
 MAX_NOISE = 0.5  # a uniformly random ranking; more would be an adversarial labeler
 
@@ -97,13 +97,18 @@ class SimulatedLabeler:
     (0 = always the gold order, 0.5 = random). See the module docstring for the model. With
     `ties=True`, completions of equal gold score get equal ranks instead of an arbitrary order;
     `resolution` > 0 makes the labeler perceive gold scores on a grid of that step (1.0: five levels
-    from -2 to 2), so replies that differ by less look equally good.
+    from -2 to 2), so replies that differ by less look equally good. `criterion` names the hidden
+    judge it ranks by: `helpful` (`gold_score`, the default) or `concise` (`concise_score`).
     """
 
-    def __init__(self, noise: float = 0.1, seed: int = 0, ties: bool = False, resolution: float = 0.0) -> None:
+    def __init__(self, noise: float = 0.1, seed: int = 0, ties: bool = False, resolution: float = 0.0,
+                 criterion: str = "helpful") -> None:
         dispersion_for(float(noise), 2)  # validates noise now, not at the first ranking
         if resolution < 0:
             raise ValueError(f"resolution must be >= 0, got {resolution}")
+        if criterion not in GOLD_JUDGES:
+            raise ValueError(f"criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}")
+        self.criterion = criterion
         self.noise = float(noise)
         self.seed = int(seed)
         self.ties = ties
@@ -112,7 +117,7 @@ class SimulatedLabeler:
     def score(self, prompt: str, completion: str) -> float:
         """The gold score as the labeler perceives it (noise-free): rounded to `resolution` when set,
         like an annotator who cannot tell replies less than about one step of quality apart."""
-        score = gold_score(prompt, completion)
+        score = GOLD_JUDGES[self.criterion](prompt, completion)
         return round(score / self.resolution) * self.resolution if self.resolution else score
 
     def rank(self, prompt: str, completions: Sequence[str]) -> list[int]:
@@ -123,6 +128,8 @@ class SimulatedLabeler:
         if len(completions) == 0:
             raise ValueError("rank() needs at least one completion")
         # str seeds hash with SHA-512 in `random`: stable across processes, unlike hash()
-        rng = random.Random("\x1f".join([str(self.seed), prompt, *completions]))
+        # (another criterion's noise is drawn apart: its name joins the seed; the default keeps the old seed)
+        extra = [] if self.criterion == "helpful" else [self.criterion]
+        rng = random.Random("\x1f".join([str(self.seed), *extra, prompt, *completions]))
         scores = [self.score(prompt, c) for c in completions]
         return (tied_noisy_ranks if self.ties else noisy_ranks)(scores, self.noise, rng)

@@ -12,7 +12,11 @@ the global one), so the demo runs offline and the same seed gives the same data 
 - `gold_score(prompt, response)`: the held-out judge with a known preference (positive,
   polite, non-repetitive, well-formed replies). It is the "true" human preference that the
   simulated labeler (`rlhfkit.data.labeler`) ranks by and that evaluation reports; the reward
-  model only ever sees rankings.
+  model only ever sees rankings. Its criterion is `helpful`.
+- `concise_score(prompt, response)`: a second hidden judge, `concise`, that trades off against
+  it: credit for a helpful action on the prompt's topic, a cost per word beyond a short budget,
+  so the polite openers and closers the first judge rewards cost here. `gold_scores` returns
+  both, by criterion.
 
 Text convention: lowercase words and the punctuation marks `.` `,` `?` separated by single
 spaces; a reply ends with ` .` and then the tokenizer's EOS.
@@ -375,3 +379,62 @@ def gold_score(prompt: str, response: str, *, finished: bool = True) -> float:
     final-period check. The saturation is what makes stacked praise ("great great great") worthless.
     """
     return gold_breakdown(prompt, response, finished=finished).total
+
+
+# ---------------------------------------------------------------------------
+# The second criterion: concise (see docs/embedded-model.md for the formula)
+# ---------------------------------------------------------------------------
+CRITERIA = ("helpful", "concise")  # the task's hidden judges; `helpful` is gold_score
+CONCISE_BUDGET = 10  # words (punctuation counts): the longest helpful action fits in it
+W_ACTION = 1.0  # a helpful action on the prompt's topic
+W_EXTRA_WORD = -0.1  # per word beyond CONCISE_BUDGET
+W_CONCISE_OOV = -0.5  # per word outside the domain vocabulary
+
+
+def _helpful_phrases() -> dict[str, frozenset[tuple[str, ...]]]:
+    """topic -> every filling of its helpful actions, as word tuples (any product: the judge does not
+    check it, like gold_score)."""
+    return {topic: frozenset(tuple(t.split()) for template in templates for t in _expansions(template))
+            for topic, templates in HELPFUL.items()}
+
+
+HELPFUL_PHRASES = _helpful_phrases()
+_ANY_TOPIC = frozenset().union(*HELPFUL_PHRASES.values())
+
+
+def has_helpful_action(prompt: str, response: str) -> bool:
+    """True when the reply contains, word for word, a helpful action for the prompt's topic (any topic's
+    for a prompt outside the task)."""
+    spec = _PROMPTS.get(prompt.strip())
+    phrases = HELPFUL_PHRASES[spec.topic] if spec is not None else _ANY_TOPIC
+    words = tuple(response.split())
+    lengths = {len(p) for p in phrases}
+    return any(words[i:i + n] in phrases for n in lengths for i in range(len(words) - n + 1))
+
+
+def concise_score(prompt: str, response: str, *, finished: bool = True) -> float:
+    """The `concise` judge: a short reply that still answers.
+
+    score = clip(action + length + form, -2, 2), on the reply's whitespace-separated words:
+      action = 1 if the reply contains a helpful action for the prompt's topic, else 0
+      length = -0.1 per word beyond 10
+      form   = -0.5 per out-of-vocabulary word, - 1 if unfinished (finished=False or the last word is not ".")
+    So "your refund is on its way ." scores 1, and every polite opener or closer around it costs
+    0.1 per word, which `gold_score` (the `helpful` criterion) rewards instead.
+    """
+    words = response.split()
+    action = W_ACTION if has_helpful_action(prompt, response) else 0.0
+    length = W_EXTRA_WORD * max(0, len(words) - CONCISE_BUDGET)
+    form = W_CONCISE_OOV * sum(w not in DOMAIN_VOCAB for w in words)
+    if not finished or not words or words[-1] != ".":
+        form += P_UNFINISHED
+    low, high = SCORE_RANGE
+    return round(min(high, max(low, action + length + form)), 6)
+
+
+GOLD_JUDGES = {"helpful": gold_score, "concise": concise_score}
+
+
+def gold_scores(prompt: str, response: str, *, finished: bool = True) -> dict[str, float]:
+    """Every hidden judge's score of one reply, by criterion: {"helpful": ..., "concise": ...}."""
+    return {name: judge(prompt, response, finished=finished) for name, judge in GOLD_JUDGES.items()}

@@ -12,6 +12,12 @@ trained on is then, in this order:
      on the run's first scored batch (the start policy's own samples) (length_penalty);
   3. clipped to [-c, c] with --reward-clip c (clip_reward).
 
+With several criteria (rollout/criteria.py) the run's scorer is a `CriteriaScorer` and "the
+reward model's score" in step 1 is the criteria's combined reward: the ensemble members are then
+models with the same criteria, combined the same way, and the length penalty and the clip act on
+the combined reward. The criteria's own means join the batch statistics (`reward/<criterion>`,
+`reward/<criterion>_z`, `reward/combined`).
+
 The held-out evaluation scores inside `raw()`: the reward model's own score, and nothing counted.
 The scorer keeps sums of the batch statistics it saw since the last `take_stats()`, so the
 monitor logs them once per iteration (each process its own share; see tracking/alarms.py).
@@ -19,8 +25,8 @@ monitor logs them once per iteration (each process its own share; see tracking/a
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import torch
@@ -29,22 +35,30 @@ from rlhfkit.algos.hacking import ensemble_spread
 from rlhfkit.algos.reward_transforms import clip_reward, conservative_reward, length_penalty
 from rlhfkit.errors import ConfigError
 from rlhfkit.models.loading import load_tokenizer
-from rlhfkit.models.reward_model import build_reward_model, is_reward_model
+from rlhfkit.models.reward_model import build_reward_model, is_reward_model, saved_criteria
+from rlhfkit.rollout.criteria import CriteriaScorer
 from rlhfkit.rollout.scoring import RewardModelScorer, Scorer
 
 STAT_KEYS = ("reward/raw", "reward/ensemble_mean", "reward/ensemble_spread")
 
 
-def load_members(folders: Sequence[str], policy_tokenizer: Any, device: torch.device) -> list[RewardModelScorer]:
-    """One frozen, eval-mode scorer per reward-model folder of --reward-ensemble."""
-    members = []
+def load_members(folders: Sequence[str], policy_tokenizer: Any, device: torch.device,
+                 criteria: CriteriaScorer | None = None) -> list[Scorer]:
+    """One frozen, eval-mode scorer per reward-model folder of --reward-ensemble; with several criteria,
+    each member scores the same criteria and combines them like `criteria` does."""
+    members: list[Scorer] = []
     for folder in folders:
         if not is_reward_model(folder):
             raise ConfigError(f"setting 'reward_ensemble': {folder} is not a reward model folder saved by "
                               "rlhfkit reward (train one with: rlhfkit reward --seed N --output-dir DIR)")
+        if criteria is not None and saved_criteria(folder) != criteria.criteria:
+            raise ConfigError(f"setting 'reward_ensemble': {folder} scores {', '.join(saved_criteria(folder) or ())}"
+                              f", not the run's criteria {', '.join(criteria.criteria)}; an ensemble member must "
+                              "score the same criteria in one model")
         tokenizer = load_tokenizer(folder, padding_side="right")
         model = build_reward_model(folder, tokenizer, init_head=False).to(device).eval().requires_grad_(False)
-        members.append(RewardModelScorer(model, tokenizer, policy_tokenizer))
+        scorer = RewardModelScorer(model, tokenizer, policy_tokenizer)
+        members.append(scorer if criteria is None else criteria.like([(scorer, criteria.criteria)]))
     return members
 
 
@@ -69,9 +83,41 @@ class GuardedScorer:
         """Inside: the reward model's own score, no transform, no statistics (the held-out evaluation)."""
         before, self._raw = self._raw, True
         try:
-            yield
+            with ExitStack() as stack:
+                if isinstance(self.primary, CriteriaScorer):
+                    stack.enter_context(self.primary.raw())
+                yield
         finally:
             self._raw = before
+
+    @property
+    def last_criteria(self) -> dict[str, list[float]]:
+        """Each criterion's raw scores of the last batch ({} without several criteria)."""
+        return self.primary.last_scores if isinstance(self.primary, CriteriaScorer) else {}
+
+    @property
+    def reference_pending(self) -> bool:
+        """True while the criteria's normalisation still waits for the first training batch."""
+        return isinstance(self.primary, CriteriaScorer) and self.primary.reference_pending
+
+    def state_dict(self) -> dict[str, Any]:
+        """The references frozen on the first batch (criteria statistics, reference length), for checkpoints."""
+        state: dict[str, Any] = {"reference_length": self.reference_length}
+        if isinstance(self.primary, CriteriaScorer):
+            state["criteria"] = self.primary.state_dict()
+            state["members"] = [m.state_dict() for m in self.members if isinstance(m, CriteriaScorer)]
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any] | None) -> None:
+        if not state:
+            return
+        if state.get("reference_length") is not None:
+            self.reference_length = float(state["reference_length"])
+        if isinstance(self.primary, CriteriaScorer):
+            self.primary.load_state_dict(state.get("criteria"))
+            for member, member_state in zip(self.members, state.get("members") or []):
+                if isinstance(member, CriteriaScorer):
+                    member.load_state_dict(member_state)
 
     @torch.no_grad()
     def __call__(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,
@@ -85,6 +131,8 @@ class GuardedScorer:
         if self.first_batch is None:
             self.first_batch = {"scores": raw.tolist(), "lengths": lengths.tolist()}
         stats = {"reward/raw": raw.sum().item()}
+        if isinstance(self.primary, CriteriaScorer):
+            stats.update(self.primary.batch_sums())  # reward/<criterion>, reward/<criterion>_z, reward/combined
         scores = raw
         if self.members:
             table = torch.stack([raw] + [m(*args).float().to(raw.device) for m in self.members])  # (E, B)
@@ -112,5 +160,6 @@ class GuardedScorer:
 
 def guard_scorer(cfg: Any, scorer: Scorer, policy_tokenizer: Any, device: torch.device) -> GuardedScorer:
     """Wrap the run's scorer with the ensemble and transforms its settings ask for."""
-    members = load_members(cfg.reward_ensemble, policy_tokenizer, device) if cfg.reward_ensemble else []
+    criteria = scorer if isinstance(scorer, CriteriaScorer) else None
+    members = load_members(cfg.reward_ensemble, policy_tokenizer, device, criteria) if cfg.reward_ensemble else []
     return GuardedScorer(scorer, members, cfg.conservative_k, cfg.length_penalty, cfg.reward_clip)

@@ -22,7 +22,7 @@ from rlhfkit.data.tokenize import encode_prompt, encode_response, pad_right
 from rlhfkit.errors import ConfigError, UserError
 from rlhfkit.models.context import context_length
 from rlhfkit.models.loading import same_tokenizer
-from rlhfkit.models.reward_model import CRITERIA_KEY, reward_scores
+from rlhfkit.models.reward_model import CRITERIA_KEY, criterion_scores, reward_scores
 
 
 class Scorer(Protocol):
@@ -56,15 +56,29 @@ class RewardModelScorer:
             check_scores(scores.tolist(), len(scores), f"the reward model {self.name}")
         return scores
 
+    @torch.no_grad()
+    def table(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,
+              response_mask: torch.Tensor, ended: torch.Tensor, prompts: Sequence[str], responses: Sequence[str]
+              ) -> torch.Tensor:
+        """(B, C) scores, one column per criterion of the model (one forward pass of its trunk)."""
+        scores = self._scores(prompt_ids, prompt_mask, response_ids, response_mask, prompts, responses,
+                              read=criterion_scores)
+        if not bool(torch.isfinite(scores).all()):
+            check_scores(scores.reshape(-1).tolist(), scores.numel(), f"the reward model {self.name}")
+        return scores
+
     def _scores(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,
-                response_mask: torch.Tensor, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
+                response_mask: torch.Tensor, prompts: Sequence[str], responses: Sequence[str],
+                read: Callable[..., torch.Tensor] = reward_scores) -> torch.Tensor:
+        """`read(model, ids, mask)` over the episodes in batches: (B,) for reward_scores, (B, C) for
+        criterion_scores."""
         if self.shares_tokenizer:
             # [left-padded prompt | response | right pad]: positions skip the left pad and the score is
             # read at the last real token, the EOS (or the last token of a response without one).
             ids = torch.cat([prompt_ids, response_ids], dim=1)
             mask = torch.cat([prompt_mask.long(), response_mask.long()], dim=1)
             return torch.cat([
-                reward_scores(self.model, ids[i:i + self.batch_size], mask[i:i + self.batch_size])
+                read(self.model, ids[i:i + self.batch_size], mask[i:i + self.batch_size])
                 for i in range(0, ids.shape[0], self.batch_size)
             ])
         seqs = []
@@ -76,7 +90,7 @@ class RewardModelScorer:
         scores = []
         for i in range(0, len(seqs), self.batch_size):
             ids, mask = pad_right(seqs[i:i + self.batch_size], self.tokenizer.pad_token_id)
-            scores.append(reward_scores(self.model, ids.to(device), mask.to(device)))
+            scores.append(read(self.model, ids.to(device), mask.to(device)))
         return torch.cat(scores)
 
 
@@ -191,16 +205,16 @@ def check_trained_reward_model(name: str, setting: str, allow: bool, flag: str) 
                           f"one with `rlhfkit reward --model {name}`, or pass {flag} to use an untrained head")
 
 
-def import_function(spec: str) -> Callable[..., Any]:
-    """`package.module:function` -> the function (for --reward-fn)."""
+def import_function(spec: str, setting: str = "reward_fn") -> Callable[..., Any]:
+    """`package.module:function` -> the function (for --reward-fn, --gold-fn, --gold-fns); errors name `setting`."""
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
-        raise ConfigError(f"setting 'reward_fn': expected 'module:function', got {spec!r}")
+        raise ConfigError(f"setting '{setting}': expected 'module:function', got {spec!r}")
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
-        raise ConfigError(f"setting 'reward_fn': cannot import module {module_name!r} ({e})") from None
+        raise ConfigError(f"setting '{setting}': cannot import module {module_name!r} ({e})") from None
     fn = getattr(module, attr, None)
     if not callable(fn):
-        raise ConfigError(f"setting 'reward_fn': {module_name!r} has no function {attr!r}")
+        raise ConfigError(f"setting '{setting}': {module_name!r} has no function {attr!r}")
     return fn

@@ -161,6 +161,44 @@ def reward_plot(runs: Runs, out_dir: Path) -> Path | None:
     return panel_figure(runs, panels, "Proxy vs gold reward", out_dir / "reward.png")
 
 
+# Keys of the per-criterion metrics (rollout/criteria.py, trainers/rl_metrics.py) and the ones that
+# share their prefixes without being criteria.
+PROXY_PREFIX, PROXY_SUFFIX, GOLD_PREFIX = "reward/", "_z", "gold/"
+NOT_CRITERIA = frozenset(("mean",))
+
+
+def criteria_in(rows: Rows) -> list[str]:
+    """The criteria a run logged, in first-seen order: `reward/<c>_z` (the normalised proxy) and
+    `gold/<c>` (a judge per criterion) keys, `gold/mean` excepted."""
+    names: dict[str, None] = {}
+    for row in rows:
+        for key in row:
+            if key.startswith(PROXY_PREFIX) and key.endswith(PROXY_SUFFIX):
+                names[key[len(PROXY_PREFIX):-len(PROXY_SUFFIX)]] = None
+            elif key.startswith(GOLD_PREFIX) and key[len(GOLD_PREFIX):] not in NOT_CRITERIA:
+                names[key[len(GOLD_PREFIX):]] = None
+    return list(names)
+
+
+def criteria_runs(rows: Rows) -> dict[str, list[dict[str, Any]]]:
+    """{criterion: rows of (step, proxy, gold)}: each criterion as one line of the criteria plot."""
+    return {c: [{"step": r.get("step"), "proxy": r.get(f"{PROXY_PREFIX}{c}{PROXY_SUFFIX}"),
+                 "gold": r.get(f"{GOLD_PREFIX}{c}")} for r in rows
+                if f"{PROXY_PREFIX}{c}{PROXY_SUFFIX}" in r or f"{GOLD_PREFIX}{c}" in r]
+            for c in criteria_in(rows)}
+
+
+def criteria_plot(rows: Rows, out_dir: Path) -> Path | None:
+    """Each criterion's score per iteration, one line per criterion: the reward models' normalised
+    scores (proxy) and the gold judges', so a gain on one bought by a loss on another shows."""
+    panels = [
+        Panel("proxy", "Proxy per criterion (reward models)", "mean normalised score z (reference sd)"),
+        Panel("gold", "Gold per criterion (held out)", "mean gold score per response"),
+    ]
+    runs = criteria_runs(rows)
+    return panel_figure(runs, panels, "Criteria", out_dir / "criteria.png") if runs else None
+
+
 def kl_plot(runs: Runs, out_dir: Path) -> Path | None:
     """KL divergence of the policy from the frozen reference per iteration."""
     panels = [Panel("kl/ref", "KL to the reference policy", "KL (nats per response)")]

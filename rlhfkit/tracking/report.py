@@ -43,7 +43,7 @@ DEMO_STAGES = ("demo",)
 
 TEMPLATES = Path(__file__).parent / "templates"
 RL_KEYS = ("reward/mean", "kl/ref", "policy/entropy", "loss/policy", "gold/mean", "response/length")
-PLOT_NAMES = ("reward.png", "kl.png", "entropy.png", "diversity.png", "reward_model.png", "dpo.png")
+PLOT_NAMES = ("reward.png", "criteria.png", "kl.png", "entropy.png", "diversity.png", "reward_model.png", "dpo.png")
 MAX_SAMPLE_CHARS = 2000  # a runaway response would otherwise make the table unreadable
 RUN_LABELS = {"start": "start policy", "with_guard": "with guard", "without_guard": "without guard", "dpo": "DPO"}
 DEMO_RUNS = tuple((key, RUN_LABELS[key]) for key in TRAINED)  # the final policies' columns
@@ -261,6 +261,10 @@ PLOT_TEXT = {
     "reward.png": ("Proxy reward and gold score",
                    "The proxy is the reward model being optimised; the gold judge is held out. Reward hacking "
                    "shows as the proxy climbing while the gold score stalls or falls."),
+    "criteria.png": ("Criteria",
+                     "One line per criterion: the reward models' scores, normalised by the start policy's first "
+                     "batch (z, in its standard deviations), and each criterion's gold judge. A criterion that "
+                     "rises while another falls is a trade-off the reward weights chose (docs/criteria.md)."),
     "kl.png": ("KL to the reference policy",
                "How far the policy has moved from the frozen start policy, summed over response tokens. "
                "The KL penalty keeps this bounded; without it the policy may drift without limit."),
@@ -340,7 +344,10 @@ def rl_headline(rows: Sequence[Mapping[str, Any]]) -> Table:
     logged = [r for r in rows if any(k in r for k in RL_KEYS)]
     k = max(1, min(10, len(logged) // 10))
     out = []
-    for key, label in RL_HEADLINE:
+    per_criterion = [row for c in plots.criteria_in(logged) for row in (
+        (f"reward/{c}", f"Proxy, {c} (reward-model score)"), (f"reward/{c}_z", f"Proxy, {c} (normalised z)"),
+        (f"gold/{c}", f"Gold judge, {c}"))]
+    for key, label in (*RL_HEADLINE[:2], *per_criterion, *RL_HEADLINE[2:]):
         first, last = _ends(logged, key, k)
         if first is None or last is None:
             continue
@@ -404,6 +411,9 @@ def rl_report(run: RunFiles, plot_dir: Path) -> Report:
                          ", ".join(f"{d} at iteration {int(s)}" for s, d in alarms) or "none"))
     report.tables.append(rl_headline(run.rows))
     report.plots = rl_plots({run.folder.name: run.rows}, plot_dir)
+    criteria = _embed(plots.criteria_plot(run.rows, plot_dir))
+    if criteria is not None:
+        report.plots.insert(1, criteria)
     report.samples = rl_samples(run.samples)
     if run.config_text is not None:
         report.settings.append(("config.yaml", run.config_text))

@@ -30,7 +30,15 @@ from rlhfkit.tracking.console import progress_bar
 from rlhfkit.trainers.optim_step import StepStats
 from rlhfkit.trainers.rl_config import PPOConfig
 from rlhfkit.trainers.rl_metrics import record_ppo_loss, rollout_metrics
-from rlhfkit.trainers.rl_run import RewardFn, RLRun, build_rl, end_iteration, end_run, policy_updates
+from rlhfkit.trainers.rl_run import (
+    RewardFn,
+    RLRun,
+    build_rl,
+    end_iteration,
+    end_run,
+    evaluate_start,
+    policy_updates,
+)
 
 
 def ppo_micro_loss(run: RLRun, rollout: Rollout, part: torch.Tensor, denominator: torch.Tensor, tokens: torch.Tensor,
@@ -69,11 +77,11 @@ def _global(acc: Any, contribution: torch.Tensor) -> float:
 
 
 def train(cfg: PPOConfig, reward_fn: RewardFn | None = None,
-          gold_fn: RewardFn | None = None) -> list[dict[str, Any]]:
+          gold_fn: RewardFn | None = None, gold_fns: dict[str, RewardFn] | None = None) -> list[dict[str, Any]]:
     """Run PPO as configured; returns the per-iteration metrics."""
     steps = cfg.update_epochs * cfg.num_minibatches
     run = build_rl(cfg, with_critic=True, separate_critic=cfg.critic == "separate", steps_per_iteration=steps,
-                   reward_fn=reward_fn, gold_fn=gold_fn)
+                   reward_fn=reward_fn, gold_fn=gold_fn, gold_fns=gold_fns)
     batch = cfg.rollout_batch_size
     history = []
     with progress_bar(cfg.iterations, "ppo", keys=("reward", "kl"), enabled=run.main) as bar:
@@ -85,6 +93,7 @@ def train(cfg: PPOConfig, reward_fn: RewardFn | None = None,
                 # 1. Rollout.
                 rollout, plan, times = run.worker.collect(run.prompts, run.prompts.next_indices(batch), cfg.seed, it,
                                                           cfg.update_epochs, cfg.num_minibatches, with_values=True)
+                evaluate_start(run)  # with several criteria: after their normalisation is frozen on this rollout
                 # 2. Rewards: score at the last response token minus beta * KL per token.
                 beta = run.kl_ctl.value
                 kl = KL_ESTIMATORS[cfg.kl_estimator](rollout.old_logp, rollout.ref_logp, rollout.mask)  # (B, T)
@@ -100,7 +109,7 @@ def train(cfg: PPOConfig, reward_fn: RewardFn | None = None,
                 update_stats = ppo_update(run, rollout, plan)
                 t_train = time.perf_counter() - t_train
             # 5. KL controller, metrics, samples, evaluation, checkpoint.
-            metrics = {**update_stats, **rollout_metrics(rollout, kl, beta, run.gold_fn)}
+            metrics = {**update_stats, **rollout_metrics(rollout, kl, beta, run.gold_fn, run.gold_fns)}
             run.kl_ctl.update(metrics["kl/ref"], batch)
             metrics["value/explained_variance"] = float(explained_variance(rollout.old_values, returns, rollout.mask))
             metrics.update(times, **{"time/training": t_train, "time/iteration": time.perf_counter() - t_iter})

@@ -40,7 +40,15 @@ from rlhfkit.tracking.console import progress_bar
 from rlhfkit.trainers.optim_step import StepStats
 from rlhfkit.trainers.rl_config import ReinforceConfig
 from rlhfkit.trainers.rl_metrics import record_pg_loss, record_policy_stats, rollout_metrics
-from rlhfkit.trainers.rl_run import RewardFn, RLRun, build_rl, end_iteration, end_run, policy_updates
+from rlhfkit.trainers.rl_run import (
+    RewardFn,
+    RLRun,
+    build_rl,
+    end_iteration,
+    end_run,
+    evaluate_start,
+    policy_updates,
+)
 
 
 def episode_returns(cfg: ReinforceConfig, scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor,
@@ -113,11 +121,11 @@ def reinforce_update(run: RLRun, rollout: Rollout, plan: IterationPlan, beta: fl
 
 
 def train(cfg: ReinforceConfig, reward_fn: RewardFn | None = None,
-          gold_fn: RewardFn | None = None) -> list[dict[str, Any]]:
+          gold_fn: RewardFn | None = None, gold_fns: dict[str, RewardFn] | None = None) -> list[dict[str, Any]]:
     """Run REINFORCE / RLOO / GRPO as configured; returns the per-iteration metrics."""
     steps = cfg.update_epochs * cfg.num_minibatches
     run = build_rl(cfg, with_critic=cfg.baseline == "value", steps_per_iteration=steps,
-                   reward_fn=reward_fn, gold_fn=gold_fn)
+                   reward_fn=reward_fn, gold_fn=gold_fn, gold_fns=gold_fns)
     batch, k = cfg.rollout_batch_size, cfg.samples_per_prompt
     baseline_mean = (run.extra_state or {}).get("baseline_mean")
     history = []
@@ -131,6 +139,7 @@ def train(cfg: ReinforceConfig, reward_fn: RewardFn | None = None,
                 indices = [i for i in run.prompts.next_indices(batch // k) for _ in range(k)]
                 rollout, plan, times = run.worker.collect(run.prompts, indices, cfg.seed, it, cfg.update_epochs,
                                                           cfg.num_minibatches, with_values=cfg.baseline == "value")
+                evaluate_start(run)  # with several criteria: after their normalisation is frozen on this rollout
                 # 2-3. Returns and advantages.
                 beta = run.kl_ctl.value
                 kl = KL_ESTIMATORS[cfg.kl_estimator](rollout.old_logp, rollout.ref_logp, rollout.mask)
@@ -145,7 +154,7 @@ def train(cfg: ReinforceConfig, reward_fn: RewardFn | None = None,
             if cfg.baseline == "moving_mean":
                 baseline_mean = float(moving_mean_update(baseline_mean, returns.mean().item(), cfg.baseline_decay))
             # 5. Metrics, samples, evaluation, checkpoint.
-            metrics = {**update_stats, **rollout_metrics(rollout, kl, beta, run.gold_fn)}
+            metrics = {**update_stats, **rollout_metrics(rollout, kl, beta, run.gold_fn, run.gold_fns)}
             run.kl_ctl.update(metrics["kl/ref"], batch)
             metrics["reward/return_mean"] = returns.mean().item()
             if cfg.baseline == "value":

@@ -2,12 +2,35 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from rlhfkit.config import Settings, require, setting
 from rlhfkit.defaults import EMBEDDED_MODEL
+from rlhfkit.errors import ConfigError
 from rlhfkit.trainers.settings import LoRASettings, OptimSettings, RunSettings
+
+
+def parse_pairs(setting: str, items: list[str], value: type = str) -> dict[str, Any]:
+    """['helpful=1', 'concise=2'] -> {'helpful': 1.0, 'concise': 2.0} (value converts each right-hand
+    side); a one-line ConfigError naming the setting for a malformed item or a name given twice."""
+    out: dict[str, Any] = {}
+    for item in items:
+        name, sep, text = str(item).partition("=")
+        name, text = name.strip(), text.strip()
+        if not sep or not name or not text:
+            raise ConfigError(f"setting '{setting}': expected criterion=value items separated by commas, got "
+                              f"{item!r}")
+        if name in out:
+            raise ConfigError(f"setting '{setting}': criterion '{name}' is given twice")
+        try:
+            out[name] = value(text)
+        except ValueError:
+            raise ConfigError(f"setting '{setting}': {name}={text!r} is not a {value.__name__}") from None
+        if value is float and not math.isfinite(out[name]):
+            raise ConfigError(f"setting '{setting}': {name}={text} must be a finite number")
+    return out
 
 
 def iterations_from_steps(max_steps: int, cfg: Any) -> int:
@@ -23,7 +46,25 @@ class RolloutSettings:
     policy: str = setting(EMBEDDED_MODEL, "Start policy (HF id, local dir or 'embedded'); the frozen reference is "
                           "a copy of it.")
     tokenizer: str = setting("", "The policy's tokenizer, folder or HF id (empty = the policy's own).")
-    reward_model: str = setting("", "Saved reward model directory (from rlhfkit reward).")
+    reward_model: str = setting("", "Saved reward model directory (from rlhfkit reward). A model with one head "
+                                "per criterion needs --reward-weights (docs/criteria.md).")
+    criterion_models: list[str] = setting(
+        [], "Instead of --reward-model: one one-head reward model per criterion, as criterion=DIR items, comma "
+        "separated (helpful=rm_helpful,concise=rm_concise); needs --reward-weights.")
+    reward_weights: list[str] = setting(
+        [], "How several criteria form the reward: criterion=weight items, comma separated (helpful=1,concise=2). "
+        "Each criterion's score is normalised, z = (r - mu) / sigma with mu and sigma frozen on the run's first "
+        "rollout (the start policy's samples), and the reward is sum_c w_c z_c; a criterion left out has weight 0 "
+        "(helpful=1 trains on helpful alone). Required with several criteria; with a one-head --reward-model, empty "
+        "keeps its plain score. --reward-ensemble, --length-penalty and --reward-clip act on the combined reward.")
+    reward_gate: str = setting(
+        "", "The Llama 2 gate (Touvron et al. 2023, 3.2.2) as criterion=threshold (harmless=-0.5): where that "
+        "criterion's normalised score z is below the threshold, the reward is that z alone; elsewhere the "
+        "--reward-weights sum (empty = no gate).")
+    gold_fns: list[str] = setting(
+        [], "Held-out judges per criterion, criterion=module:function items, comma separated, each (prompts, "
+        "responses) -> scores; logged as gold/<criterion> every iteration and eval/gold/<criterion> in the "
+        "held-out evaluation, never trained on.")
     allow_untrained_reward_model: bool = setting(False, "Accept a --reward-model that is not a trained reward "
                                                  "model (a plain causal LM gets a score head of random weights).")
     reward_fn: str = setting("", "Instead of a reward model: a Python function 'module:function' taking "
@@ -102,6 +143,21 @@ class RolloutSettings:
     def check_rollout(self, minibatches: int) -> None:
         require(not (self.reward_model and self.reward_fn), "reward_model",
                 "pass only one of --reward-model DIR and --reward-fn module:function")
+        require(not (self.criterion_models and (self.reward_model or self.reward_fn)), "criterion_models",
+                "replaces --reward-model and --reward-fn: pass only one of them")
+        models = parse_pairs("criterion_models", self.criterion_models)
+        weights = parse_pairs("reward_weights", self.reward_weights, float)
+        gate = parse_pairs("reward_gate", [self.reward_gate] if self.reward_gate else [], float)
+        require("mean" not in parse_pairs("gold_fns", self.gold_fns), "gold_fns",
+                "a criterion may not be named 'mean' (gold/mean is --gold-fn's metric); rename it")
+        require(not models or bool(weights), "reward_weights",
+                f"--criterion-models scores {', '.join(models)}; say how to combine them, e.g. --reward-weights "
+                + ",".join(f"{c}=1" for c in models))
+        require(not ((weights or gate) and self.reward_fn), "reward_weights",
+                "combines the criteria of reward models; --reward-fn gives one score already")
+        require(not gate or bool(weights), "reward_gate",
+                "needs --reward-weights for the reward where the gate criterion is not low (e.g. helpful=1)")
+        require(len(gate) <= 1, "reward_gate", "takes one criterion=threshold")
         require(bool(self.prompts), "prompts", "is required: pass --prompts FILE")
         require(not self.conservative_k or bool(self.reward_ensemble), "conservative_k",
                 "needs an ensemble: pass --reward-ensemble DIR,... (reward models trained with other seeds)")

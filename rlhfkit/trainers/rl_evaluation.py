@@ -6,11 +6,14 @@ compares policies on the same draws. Logged under eval/: the proxy score (the re
 function), the gold judge's score when there is one, the KL to the reference summed over the
 response, the response length and EOS share, diversity, and the win rates against the start
 policy's responses (ties count half). The proxy climbing while the gold win rate falls is reward
-hacking, on prompts the policy did not see.
+hacking, on prompts the policy did not see. With several criteria, each criterion's mean raw score
+is eval/reward/<criterion> (eval/reward_mean is their combined reward), and each --gold-fns judge
+is eval/gold/<criterion>.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +28,7 @@ from rlhfkit.rollout.sampling import sample
 from rlhfkit.rollout.scoring import call_text_fn
 from rlhfkit.rollout.step import RolloutWorker
 from rlhfkit.tracking.diagnostics import text_metrics, win_rate
+from rlhfkit.trainers.rl_metrics import gold_metrics
 
 
 @dataclass
@@ -36,7 +40,8 @@ class HeldOutEvaluation:
     start_gold: list[float] = field(default_factory=list)
 
     @torch.no_grad()
-    def __call__(self, worker: RolloutWorker, gold_fn: Any = None) -> dict[str, float]:
+    def __call__(self, worker: RolloutWorker, gold_fn: Any = None,
+                 gold_fns: Mapping[str, Any] | None = None) -> dict[str, float]:
         """Sample, score and judge the current policy on every held-out prompt; the first call is the start."""
         policy = worker.actor.policy
         was_training = policy.training
@@ -48,6 +53,7 @@ class HeldOutEvaluation:
         ended: list[bool] = []
         texts: list[str] = []
         responses: list[str] = []
+        criteria: dict[str, list[float]] = {}  # raw score per criterion, with several criteria
         order = list(range(len(self.prompts)))
         for start in range(0, len(order), self.batch_size):
             rows = order[start:start + self.batch_size]
@@ -63,6 +69,8 @@ class HeldOutEvaluation:
             batch_responses = decode_responses(worker.tokenizer, out.response_ids, out.response_mask)
             batch_scores = worker.scorer(ids, mask, out.response_ids, out.response_mask, out.ended, batch_texts,
                                          batch_responses).float()
+            for name, values in getattr(worker.scorer, "last_criteria", {}).items():
+                criteria.setdefault(name, []).extend(values)
             kls += kl_k1(logp.float(), ref_logp.float(), out.response_mask).sum(-1).tolist()
             scores += batch_scores.tolist()
             lengths += out.response_mask.sum(-1).float().tolist()
@@ -77,9 +85,11 @@ class HeldOutEvaluation:
             "eval/eos_share": sum(ended) / len(ended),
             **{"eval/" + k.split("/", 1)[1]: v for k, v in text_metrics(responses).items()},
         }
+        metrics.update({f"eval/reward/{name}": sum(values) / len(values) for name, values in criteria.items()})
         gold = call_text_fn(gold_fn, texts, responses, ended, what="gold function") if gold_fn is not None else None
         if gold is not None:
             metrics["eval/gold_mean"] = sum(gold) / len(gold)
+        metrics.update(gold_metrics("eval/gold", texts, responses, ended, gold_fns=gold_fns))
         if not self.start_scores:  # the first evaluation is the start policy's: the baseline of the win rates
             self.start_scores, self.start_gold = scores, gold or []
         else:

@@ -10,6 +10,7 @@ mean over the whole minibatch.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -67,16 +68,25 @@ def record_grad_norm(stats: StepStats, grad_norm: torch.Tensor | None, world: in
         stats.add("policy/grad_norm", torch.as_tensor(grad_norm) / world)
 
 
-def rollout_metrics(rollout: Rollout, kl: torch.Tensor, beta: float, gold_fn: Any = None) -> dict[str, float]:
-    """Reward, KL and response statistics of one rollout batch (and the gold judge's score, if any)."""
+def gold_metrics(prefix: str, prompts: list[str], responses: list[str], ended: list[bool], gold_fn: Any = None,
+                 gold_fns: Mapping[str, Any] | None = None, mean_key: str = "mean") -> dict[str, float]:
+    """The gold judges' mean scores: `<prefix>/<mean_key>` for --gold-fn, `<prefix>/<criterion>` for each of
+    --gold-fns."""
+    judges = ([(mean_key, gold_fn)] if gold_fn is not None else []) + list((gold_fns or {}).items())
+    out = {}
+    for name, fn in judges:
+        scores = call_text_fn(fn, prompts, responses, ended, what="gold function")
+        out[f"{prefix}/{name}"] = sum(scores) / len(scores)
+    return out
+
+
+def rollout_metrics(rollout: Rollout, kl: torch.Tensor, beta: float, gold_fn: Any = None,
+                    gold_fns: Mapping[str, Any] | None = None) -> dict[str, float]:
+    """Reward, KL and response statistics of one rollout batch (and the gold judges' scores, if any)."""
     mask = rollout.mask
     seq_kl = (kl * mask).sum(-1)  # (B,)
     lengths = mask.sum(-1).float()
-    gold = {}
-    if gold_fn is not None:
-        scores = call_text_fn(gold_fn, rollout.prompts, rollout.responses, rollout.ended.tolist(),
-                              what="gold function")
-        gold = {"gold/mean": sum(scores) / len(scores)}
+    gold = gold_metrics("gold", rollout.prompts, rollout.responses, rollout.ended.tolist(), gold_fn, gold_fns)
     return {
         **gold,
         "reward/mean": rollout.scores.mean().item(),

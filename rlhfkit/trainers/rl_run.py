@@ -29,7 +29,8 @@ from rlhfkit.models.context import fit_prompt_and_response, model_context
 from rlhfkit.models.loading import configure_loading, load_causal_lm, load_run_tokenizer, load_tokenizer
 from rlhfkit.models.lora import LoRAModel, LoRASpec, add_lora
 from rlhfkit.models.policy import ActorCritic, token_logprobs
-from rlhfkit.models.reward_model import build_reward_model
+from rlhfkit.models.reward_model import build_reward_model, saved_criteria
+from rlhfkit.rollout.criteria import load_criteria_scorer
 from rlhfkit.rollout.ensemble import guard_scorer
 from rlhfkit.rollout.gather import IterationPlan
 from rlhfkit.rollout.sampling import SamplingSettings
@@ -54,6 +55,7 @@ from rlhfkit.trainers.common import (
     seed_everything,
 )
 from rlhfkit.trainers.optim_step import StepStats, micro_batches, optimizer_step
+from rlhfkit.trainers.rl_config import parse_pairs
 from rlhfkit.trainers.rl_evaluation import HeldOutEvaluation
 from rlhfkit.trainers.rl_metrics import record_grad_norm, sample_rows
 from rlhfkit.trainers.signals import catch_stop_signals, restore_signals, stop_requested, stopped
@@ -80,6 +82,7 @@ class RLRun:
     start_iteration: int = 0
     extra_state: dict[str, Any] | None = None
     gold_fn: RewardFn | None = None
+    gold_fns: dict[str, RewardFn] = dataclasses.field(default_factory=dict)  # per criterion (--gold-fns)
     lora: LoRAModel | None = None  # the policy's adapters, with LoRA
     monitor: Monitor | None = None  # reward-hacking alarms (tracking/monitor.py)
     stopped: bool = False  # set by an alarm with --on-alarm stop: the loop ends after this iteration
@@ -93,14 +96,30 @@ class RLRun:
         return self.accelerator.unwrap_model(self.actor)
 
 
+def reward_model_folders(cfg: Any) -> list[tuple[str | None, str]]:
+    """(criterion or None, folder) of every reward model that scores: --reward-model or --criterion-models."""
+    if cfg.criterion_models:
+        return list(parse_pairs("criterion_models", cfg.criterion_models).items())
+    return [(None, cfg.reward_model)] if cfg.reward_model else []
+
+
 def build_scorer(cfg: Any, policy_tokenizer: Any, device: torch.device, reward_fn: RewardFn | None = None) -> Scorer:
-    """The reward model (frozen, eval mode) or the Python reward function."""
+    """The reward model (frozen, eval mode), several criteria's models combined, or the Python reward function."""
+    weights = parse_pairs("reward_weights", cfg.reward_weights, float)
+    gate = parse_pairs("reward_gate", [cfg.reward_gate] if cfg.reward_gate else [], float)
     if reward_fn is not None:
+        if weights or gate or cfg.criterion_models:
+            raise ConfigError("setting 'reward_weights': combines the criteria of reward models; a reward function "
+                              "gives one score already")
         return FunctionScorer(reward_fn)
     if cfg.reward_fn:
         return FunctionScorer(import_function(cfg.reward_fn))
-    if not cfg.reward_model:
+    if not cfg.reward_model and not cfg.criterion_models:
         raise ConfigError("setting 'reward_model': pass --reward-model DIR or --reward-fn module:function")
+    several = len(saved_criteria(cfg.reward_model) or ()) > 1 if cfg.reward_model else True
+    if weights or gate or several:  # the criteria's scores, normalised and combined (rollout/criteria.py)
+        return load_criteria_scorer(reward_model_folders(cfg), weights, next(iter(gate.items()), None),
+                                    policy_tokenizer, device, cfg.allow_untrained_reward_model)
     check_trained_reward_model(cfg.reward_model, "reward_model", cfg.allow_untrained_reward_model,
                                "--allow-untrained-reward-model")
     rm_tokenizer = load_tokenizer(cfg.reward_model, padding_side="right")
@@ -108,8 +127,12 @@ def build_scorer(cfg: Any, policy_tokenizer: Any, device: torch.device, reward_f
     return RewardModelScorer(rm, rm_tokenizer, policy_tokenizer)
 
 
+SCORER_STATE = "scorer"  # the scorer's frozen references in a checkpoint's extra state
+
+
 def build_rl(cfg: Any, with_critic: bool, separate_critic: bool = False, steps_per_iteration: int = 1,
-             reward_fn: RewardFn | None = None, gold_fn: RewardFn | None = None) -> RLRun:
+             reward_fn: RewardFn | None = None, gold_fn: RewardFn | None = None,
+             gold_fns: dict[str, RewardFn] | None = None) -> RLRun:
     """Models, data, optimiser and logger of an RL run; resumes from a checkpoint when asked."""
     configure_loading(cfg)  # --dtype and --trust-remote-code, for the configs read below too
     # Lengths first, from the configs alone (no weights): max_prompt_length + max_new_tokens must fit
@@ -122,10 +145,11 @@ def build_rl(cfg: Any, with_critic: bool, separate_critic: bool = False, steps_p
     prompt_length, new_tokens, note = fit(cfg.max_prompt_length, cfg.max_new_tokens, model_context(cfg.policy),
                                           "policy")
     notes = [note]
-    if cfg.reward_model and (separate_critic or not (reward_fn or cfg.reward_fn)):  # RM scores (or is the critic)
-        rm_context = model_context(cfg.reward_model)
+    scoring = reward_model_folders(cfg) if separate_critic or not (reward_fn or cfg.reward_fn) else []
+    for _, folder in scoring:  # every reward model that scores (or is the critic)
+        rm_context = model_context(folder)
         if rm_context.tokens is not None and rm_context.tokens < prompt_length + new_tokens and \
-                same_tokenizer(load_tokenizer(cfg.reward_model), load_tokenizer(cfg.tokenizer or cfg.policy)):
+                same_tokenizer(load_tokenizer(folder), load_tokenizer(cfg.tokenizer or cfg.policy)):
             prompt_length, new_tokens, note = fit(prompt_length, new_tokens, rm_context, "reward model")
             notes.append(note)
     if (prompt_length, new_tokens) != (cfg.max_prompt_length, cfg.max_new_tokens):
@@ -172,6 +196,9 @@ def build_rl(cfg: Any, with_critic: bool, separate_critic: bool = False, steps_p
 
     critic = None
     if with_critic and separate_critic:
+        if len(saved_criteria(cfg.reward_model) or ()) > 1:
+            raise ConfigError("setting 'critic': a separate critic starts from a one-head reward model, and "
+                              f"{cfg.reward_model} has a head per criterion; use --critic shared")
         critic_tokenizer = load_tokenizer(cfg.reward_model)
         if not same_tokenizer(critic_tokenizer, tokenizer):
             raise ConfigError("setting 'critic': a separate critic starts from the reward model and reads the "
@@ -188,11 +215,15 @@ def build_rl(cfg: Any, with_critic: bool, separate_critic: bool = False, steps_p
     worker = RolloutWorker(accelerator, accelerator.unwrap_model(actor), reference_logp, scorer, tokenizer, sampling,
                            cfg.missing_eos_penalty, cfg.old_logprobs, cfg.generation_batch_size)
     if gold_fn is None and cfg.gold_fn:
-        gold_fn = import_function(cfg.gold_fn)
+        gold_fn = import_function(cfg.gold_fn, "gold_fn")
+    judges = {name: import_function(spec, "gold_fns") for name, spec in parse_pairs("gold_fns", cfg.gold_fns).items()}
+    judges.update(gold_fns or {})
     run = RLRun(cfg, accelerator, tokenizer, actor, worker, prompts, optimizer, scheduler, kl_ctl, out_dir,
-                logger=None, evaluation=evaluation, gold_fn=gold_fn, lora=lora)  # type: ignore[arg-type]
+                logger=None, evaluation=evaluation, gold_fn=gold_fn, gold_fns=judges,
+                lora=lora)  # type: ignore[arg-type]
     if resuming:
         resume_rl(run)
+        scorer.load_state_dict((run.extra_state or {}).get(SCORER_STATE))
     elif accelerator.is_main_process:
         if out_dir.exists():
             shutil.rmtree(out_dir)
@@ -201,9 +232,17 @@ def build_rl(cfg: Any, with_critic: bool, separate_critic: bool = False, steps_p
         save_run_config(cfg, out_dir)
     run.logger = open_metrics(out_dir, cfg, enabled=accelerator.is_main_process, append=resuming)
     run.monitor = Monitor(cfg, scorer, out_dir, accelerator, resuming)
-    if evaluation is not None and not resuming:
+    if evaluation is not None and not resuming and not scorer.reference_pending:
         evaluate(run, step=0)  # the start policy: the baseline of the win rates
     return run
+
+
+def evaluate_start(run: RLRun) -> None:
+    """The start policy's held-out evaluation, when build_rl left it for after the first rollout: with
+    several criteria, their normalisation is frozen on that rollout, and the evaluation's combined
+    score uses it. Called by the loops after step 1 of each iteration, before any update."""
+    if run.evaluation is not None and not run.evaluation.start_scores and run.start_iteration == 0:
+        evaluate(run, step=0)
 
 
 MicroLoss = Callable[..., torch.Tensor]  # (run, rollout, rows, denominator=, tokens=, stats=, first_step=) -> loss
@@ -242,7 +281,7 @@ def evaluate(run: RLRun, step: int) -> dict[str, float]:
     metrics: dict[str, float] = {}
     if run.evaluation is not None and run.main:
         with run.worker.scorer.raw():  # the reward model's own score, outside the alarms' statistics
-            metrics = run.evaluation(run.worker, run.gold_fn)
+            metrics = run.evaluation(run.worker, run.gold_fn, run.gold_fns)
         run.logger.log(step, metrics)
     run.accelerator.wait_for_everyone()
     return metrics
@@ -253,6 +292,7 @@ def end_iteration(run: RLRun, iteration: int, metrics: dict[str, float], rollout
     """Step 5 of both loops: metrics every log_every iterations, samples every sample_every, held-out
     evaluation every eval_every, a checkpoint every checkpoint_every. Returns the iteration's record."""
     cfg = run.cfg
+    extra_state = with_scorer_state(run, extra_state)
     metrics["train/lr"] = run.scheduler.get_last_lr()[0]
     metrics["perf/processes"] = run.accelerator.num_processes
     action = run.monitor.after_iteration(iteration, metrics) if run.monitor is not None else None
@@ -280,9 +320,15 @@ def end_iteration(run: RLRun, iteration: int, metrics: dict[str, float], rollout
     return record
 
 
+def with_scorer_state(run: RLRun, extra_state: dict[str, Any] | None) -> dict[str, Any]:
+    """The trainer's extra checkpoint state plus the scorer's frozen references (first-batch statistics)."""
+    return {**(extra_state or {}), SCORER_STATE: run.worker.scorer.state_dict()}
+
+
 def end_run(run: RLRun, history: list[dict[str, Any]], title: str, extra_state: dict[str, Any] | None = None
             ) -> None:
     """The final checkpoint and model, and a summary table."""
+    extra_state = with_scorer_state(run, extra_state)
     save_rl_checkpoint(run, history[-1]["step"] if run.stopped else run.cfg.iterations - 1, extra_state)
     save_final_policy(run)
     run.logger.close()
@@ -293,6 +339,8 @@ def end_run(run: RLRun, history: list[dict[str, Any]], title: str, extra_state: 
         if "gold/mean" in last:
             rows.append(("gold score (first -> last iteration)",
                          f"{first['gold/mean']:.3f} -> {last['gold/mean']:.3f}"))
+        for key in sorted(k for k in last if k.startswith("gold/") and k != "gold/mean"):  # a judge per criterion
+            rows.append((f"{key} (first -> last iteration)", f"{first.get(key, float('nan')):.3f} -> {last[key]:.3f}"))
         if "eval/win_rate" in last:
             rows.append(("held-out win rate vs start (proxy)", last["eval/win_rate"]))
         if "eval/gold_win_rate" in last:

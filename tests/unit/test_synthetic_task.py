@@ -223,3 +223,68 @@ def test_labeler_with_ties_gives_equal_ranks_to_equal_gold_scores():
     labeler = SimulatedLabeler(noise=0.0, ties=True)
     ranks = labeler.rank("customer : i forgot my password . agent :", ["ok .", "ok .", "thank you , happy to help ."])
     assert ranks[0] == ranks[1] and ranks[2] < ranks[0]
+
+
+# --- the second criterion: concise ---------------------------------------------------------------
+REFUND = "customer : i want a refund for my phone . agent :"
+
+
+@pytest.mark.parametrize(("reply", "finished", "expected"), [
+    # a helpful refund action (+1), 7 words, within the 10-word budget
+    ("your refund is on its way .", True, 1.0),
+    # the same action inside a polite opener and closer: 18 words, 8 beyond the budget -> 1 - 0.8
+    ("thank you for reaching out . your refund is on its way . have a great day .", True, 0.2),
+    # gold_score's best reply: no refund action (a neutral one), 18 words -> 0 - 0.8
+    (FLUENT, True, -0.8),
+    # an account action answers a refund prompt with nothing: 0, 6 words
+    ("your account is unlocked now .", True, 0.0),
+    # cut off before the final ".": the action (which ends with its ".") is not all there, and unfinished -> -1
+    ("your refund is on its way", True, -1.0),
+    # the model never emitted EOS -> +1 - 1
+    ("your refund is on its way .", False, 0.0),
+    # one out-of-vocabulary word: +1 - 0.5, 8 words
+    ("your refund is on its way . zzz .", True, 0.5),
+])
+def test_concise_hand_computed(reply, finished, expected):
+    assert synthetic.concise_score(REFUND, reply, finished=finished) == pytest.approx(expected, abs=1e-9)
+
+
+def test_concise_trades_off_against_helpful():
+    """Padding the answer with what the helpful judge credits (polite and positive words) costs concisely."""
+    short, padded = "your refund is on its way .", "thank you for reaching out . your refund is on its way . " \
+                                                  "have a great day ."
+    short_scores, padded_scores = synthetic.gold_scores(REFUND, short), synthetic.gold_scores(REFUND, padded)
+    # helpful: short 0 (no lexicon word); padded thank (polite) + great (positive) = 0.5 + 0.5
+    assert short_scores == pytest.approx({"helpful": 0.0, "concise": 1.0})
+    assert padded_scores == pytest.approx({"helpful": 1.0, "concise": 0.2})
+    assert set(synthetic.gold_scores(P, NEUTRAL)) == set(synthetic.CRITERIA)
+
+
+def test_concise_action_is_topic_specific_and_any_product_counts():
+    late = "customer : my lamp arrived two days late . agent :"
+    assert synthetic.concise_score(late, "your lamp will arrive tomorrow .") == pytest.approx(1.0)
+    assert synthetic.concise_score(late, "your chair will arrive tomorrow .") == pytest.approx(1.0)
+    assert synthetic.concise_score(late, "your refund is on its way .") == pytest.approx(0.0)
+    # a prompt outside the task: any topic's helpful action counts
+    assert synthetic.concise_score("customer : hello . agent :", "your refund is on its way .") == pytest.approx(1.0)
+
+
+def test_labeler_ranks_by_the_chosen_criterion():
+    completions = [FLUENT, "your refund is on its way .", "your account is unlocked now ."]
+    # helpful: 2.0, 0.0, 0.0 (tie kept in index order); concise: -0.8, 1.0, 0.0
+    assert SimulatedLabeler(noise=0.0).rank(REFUND, completions) == [0, 1, 2]
+    assert SimulatedLabeler(noise=0.0, criterion="concise").rank(REFUND, completions) == [2, 0, 1]
+    assert SimulatedLabeler(noise=0.0, criterion="helpful").rank(REFUND, completions) == [0, 1, 2]
+    with pytest.raises(ValueError, match="criterion must be one of helpful, concise"):
+        SimulatedLabeler(criterion="harmless")
+
+
+def test_default_criterion_keeps_the_same_noisy_ranks():
+    """criterion='helpful' is the old labeler: the same seed gives the same ranks as before the
+    criterion existed (the noise seed string is unchanged), computed here from noisy_ranks directly."""
+    completions = [FLUENT, NEUTRAL, RUDE, "have a nice day .", "ok ."]
+    for seed in range(5):
+        rng = random.Random("\x1f".join([str(seed), P, *completions]))
+        want = noisy_ranks([gold_score(P, c) for c in completions], 0.3, rng)
+        assert SimulatedLabeler(noise=0.3, seed=seed).rank(P, completions) == want
+        assert SimulatedLabeler(noise=0.3, seed=seed, criterion="helpful").rank(P, completions) == want

@@ -7,13 +7,18 @@
   4. PPO against the reward model with the KL penalty (and the entropy bonus, if set): the guard;
   5. the same PPO with both coefficients 0: the reward-hacking run;
   6. DPO of the start policy on the same comparisons (no reward model, no sampling);
-  7. evaluate start and final policies on held-out prompts with the gold judge (which no stage
+  7. several criteria: the labeler ranked every prompt twice, by the `helpful` judge (the rankings
+     every stage above trains on) and by the `concise` one (rlhfkit.data.synthetic); one reward
+     model with a head per criterion is trained on both, and PPO with the guard's settings runs
+     twice on it: on helpful alone (--reward-weights helpful=1) and on the sum helpful=1,concise=1;
+  8. evaluate start and final policies on held-out prompts with the gold judges (which no stage
      trained on), and each reply's log-probs under its policy and the start policy (the held-out
      KL every run shares), then write evaluation.jsonl (per prompt), demo.json (the `DemoSummary`
      of rlhfkit.tracking.summary, computed from evaluation.jsonl) and the HTML report.
 
 The demo folder holds its own config.yaml (`stage: demo`) beside demo.json, and one folder per
-stage (reward_model/, ppo/, ppo_no_guard/, dpo/), each with the config.yaml its trainer wrote.
+stage (reward_model/, ppo/, ppo_no_guard/, dpo/, reward_model_criteria/, ppo_helpful/,
+ppo_helpful_concise/), each with the config.yaml its trainer wrote.
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ from rlhfkit.tracking.summary import (
     POLICIES,
     RM_ACCURACY_KEY,
     SUMMARY_FILE,
+    CriteriaPolicy,
+    CriteriaRecord,
     DemoSummary,
     DPORecord,
     PolicyRecord,
@@ -60,6 +67,14 @@ from rlhfkit.tracking.summary import (
 
 ANNOTATOR = "simulated-labeler"
 RM_FOLDER = "reward_model"
+# What the labeler ranks by (the page shows these descriptions); the first is the demo's main criterion.
+CRITERIA = {"helpful": "Polite, positive, well formed, not repetitive.",
+            "concise": "Short, and still does something for the customer."}
+MAIN_CRITERION = "helpful"
+CRITERIA_RM_FOLDER = "reward_model_criteria"
+CRITERIA_FILE = "comparisons_by_criterion.jsonl"
+CRITERIA_RUNS = {"helpful_alone": ("ppo_helpful", {"helpful": 1.0}),  # name -> (folder, --reward-weights)
+                 "helpful_concise": ("ppo_helpful_concise", {"helpful": 1.0, "concise": 1.0})}
 RUN_FOLDERS = {"with_guard": "ppo", "without_guard": "ppo_no_guard"}
 DPO_FOLDER = "dpo"
 SAMPLES_SHOWN = 8  # held-out prompts in the summary's sample table
@@ -71,6 +86,15 @@ def gold(prompts: list[str], responses: list[str], ended: list[bool] | None = No
     return [synthetic.gold_score(p, r, finished=e) for p, r, e in zip(prompts, responses, ended)]
 
 
+def gold_concise(prompts: list[str], responses: list[str], ended: list[bool] | None = None) -> list[float]:
+    """The task's second hidden judge, `concise`, as a reward-style function (never trained on)."""
+    ended = ended if ended is not None else [True] * len(prompts)
+    return [synthetic.concise_score(p, r, finished=e) for p, r, e in zip(prompts, responses, ended)]
+
+
+GOLD_FNS = {"helpful": gold, "concise": gold_concise}
+
+
 def quick_settings(cfg: DemoConfig) -> DemoConfig:
     """The shortened demo of the tests: same stages, a fraction of the work."""
     return replace(cfg, label_prompts=min(cfg.label_prompts, 40), eval_prompts=min(cfg.eval_prompts, 16),
@@ -79,22 +103,27 @@ def quick_settings(cfg: DemoConfig) -> DemoConfig:
 
 
 def collect_rankings(cfg: DemoConfig, out: Path, model: Any, tokenizer: Any) -> Path:
-    """Steps 1-2: sample, rank through the feedback store, export comparisons (ranked lists)."""
+    """Steps 1-2: sample, rank through the feedback store by every criterion, export comparisons
+    (ranked lists): the main criterion's to comparisons.jsonl (returned), all to CRITERIA_FILE."""
     from rlhfkit.feedback.store import FeedbackStore
 
     prompts = synthetic.prompts(cfg.label_prompts, seed=cfg.seed, split="train")
     settings = SamplingSettings(max_new_tokens=cfg.max_new_tokens)
     completions = sample_completions(model, tokenizer, prompts, cfg.k, settings, seed=cfg.seed)
-    labeler = SimulatedLabeler(noise=cfg.labeler_noise, seed=cfg.seed, ties=True, resolution=cfg.labeler_resolution)
+    labelers = {name: SimulatedLabeler(noise=cfg.labeler_noise, seed=cfg.seed, ties=True,
+                                       resolution=cfg.labeler_resolution, criterion=name) for name in CRITERIA}
     with FeedbackStore.open(out / "feedback.db") as store:
-        project = store.create_project("demo", cfg.k)
+        project = store.create_project("demo", cfg.k, criteria=CRITERIA)
         store.add_prompts(project, prompts, completions, model=cfg.model,
                           sampling={"temperature": 1.0, "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed})
         store.add_annotator(ANNOTATOR)
         while (view := store.next_prompt(project, ANNOTATOR)) is not None:
-            ranks = labeler.rank(view.text, [c.text for c in view.completions])
-            store.submit_ranking(ANNOTATOR, view.id, {c.id: r for c, r in zip(view.completions, ranks)})
-        rows = store.export_rows(project, format="ranked", merge="majority")
+            texts = [c.text for c in view.completions]
+            store.submit_ranking(ANNOTATOR, view.id, rankings={
+                name: {c.id: r for c, r in zip(view.completions, labeler.rank(view.text, texts))}
+                for name, labeler in labelers.items()})
+        write_jsonl(out / CRITERIA_FILE, store.export_rows(project, format="ranked", merge="majority"))
+        rows = store.export_rows(project, format="ranked", merge="majority", criteria=[MAIN_CRITERION])
     path = out / "comparisons.jsonl"
     write_jsonl(path, rows)
     return path
@@ -102,9 +131,11 @@ def collect_rankings(cfg: DemoConfig, out: Path, model: Any, tokenizer: Any) -> 
 
 @torch.no_grad()
 def evaluate(model: Any, tokenizer: Any, scorer: RewardModelScorer | None, prompts: list[str], cfg: DemoConfig,
-             reference: Any) -> dict[str, Any]:
+             reference: Any, criteria_scorer: RewardModelScorer | None = None) -> dict[str, Any]:
     """One sampled response per held-out prompt (the same seeds for every policy): gold and proxy scores,
-    and the log-probs of the reply under the policy and under the start policy (`reference`)."""
+    and the log-probs of the reply under the policy and under the start policy (`reference`). With
+    `criteria_scorer` (the reward model with a head per criterion), also every criterion's gold and
+    proxy score of each reply."""
     ids, mask = pad_left([encode_prompt(tokenizer, p) for p in prompts], tokenizer.pad_token_id)
     settings = SamplingSettings(max_new_tokens=cfg.max_new_tokens)
     draws = eval_seeds(cfg, len(prompts))
@@ -114,8 +145,13 @@ def evaluate(model: Any, tokenizer: Any, scorer: RewardModelScorer | None, promp
              if scorer is not None else [0.0] * len(prompts))
     logp, ref_logp = response_logprobs(model, reference, ids, mask, out.response_ids, out.response_mask)
     ended = out.ended.tolist()
-    return {"responses": responses, "ended": ended, "gold": gold(prompts, responses, ended), "proxy": proxy,
-            "logp": logp, "ref_logp": ref_logp}
+    result = {"responses": responses, "ended": ended, "gold": gold(prompts, responses, ended), "proxy": proxy,
+              "logp": logp, "ref_logp": ref_logp}
+    if criteria_scorer is not None:
+        table = criteria_scorer.table(ids, mask, out.response_ids, out.response_mask, out.ended, prompts, responses)
+        result["gold_by_criterion"] = {c: fn(prompts, responses, ended) for c, fn in GOLD_FNS.items()}
+        result["proxy_by_criterion"] = {c: table[:, j].tolist() for j, c in enumerate(CRITERIA)}
+    return result
 
 
 @torch.no_grad()
@@ -149,11 +185,16 @@ def eval_seeds(cfg: DemoConfig, n: int) -> list[int]:
 def evaluation_rows(prompts: list[str], seeds: list[int], results: dict[str, dict[str, Any]]
                     ) -> list[dict[str, Any]]:
     """The per-prompt scores every number of the summary is computed from (evaluation.jsonl)."""
-    return [{"prompt": p, "seed": seed, **{name: {"response": r["responses"][i], "ended": bool(r["ended"][i]),
-                                                  "gold": r["gold"][i], "proxy": r["proxy"][i],
-                                                  "logp": r["logp"][i], "ref_logp": r["ref_logp"][i],
-                                                  "kl": r["logp"][i] - r["ref_logp"][i]}
-                                           for name, r in results.items()}}
+    def reply(r: dict[str, Any], i: int) -> dict[str, Any]:
+        row = {"response": r["responses"][i], "ended": bool(r["ended"][i]), "gold": r["gold"][i],
+               "proxy": r["proxy"][i], "logp": r["logp"][i], "ref_logp": r["ref_logp"][i],
+               "kl": r["logp"][i] - r["ref_logp"][i]}
+        for key in ("gold_by_criterion", "proxy_by_criterion"):
+            if key in r:
+                row[key] = {c: values[i] for c, values in r[key].items()}
+        return row
+
+    return [{"prompt": p, "seed": seed, **{name: reply(r, i) for name, r in results.items()}}
             for i, (p, seed) in enumerate(zip(prompts, seeds))]
 
 
@@ -183,6 +224,25 @@ def reward_settings(cfg: DemoConfig, comparisons: Path, out: Path) -> dict[str, 
     return dict(model=cfg.model, train_data=str(comparisons), output_dir=str(out / RM_FOLDER), eval_fraction=0.1,
                 epochs=cfg.rm_epochs, learning_rate=cfg.rm_learning_rate, batch_size=32, seed=cfg.seed,
                 normalize="mean", threads=cfg.threads)
+
+
+def load_scorer(folder: Path, policy_tokenizer: Any) -> RewardModelScorer:
+    """A saved reward model (one head or one per criterion) as a frozen scorer of the policy's replies."""
+    rm_tok = load_tokenizer(folder, padding_side="right")
+    return RewardModelScorer(build_reward_model(folder, rm_tok, init_head=False).eval(), rm_tok, policy_tokenizer)
+
+
+def criteria_record(results: dict[str, dict[str, Any]], accuracy: dict[str, float]) -> CriteriaRecord:
+    """Every policy's held-out mean gold and proxy score per criterion (from the evaluation's replies)."""
+    weights = {name: w for name, (_, w) in CRITERIA_RUNS.items()}
+    folders = {**RUN_FOLDERS, "dpo": DPO_FOLDER, **{name: f for name, (f, _) in CRITERIA_RUNS.items()}}
+    return CriteriaRecord(
+        criteria=list(CRITERIA), reward_model=CRITERIA_RM_FOLDER, accuracy=accuracy,
+        policies=[CriteriaPolicy(policy=name, folder=folders.get(name, ""), weights=weights.get(name, {}),
+                                 gold={c: mean(v) for c, v in r["gold_by_criterion"].items()},
+                                 proxy={c: mean(v) for c, v in r["proxy_by_criterion"].items()},
+                                 kl=mean([a - b for a, b in zip(r["logp"], r["ref_logp"])]))
+                  for name, r in results.items()])
 
 
 def run_demo(cfg: DemoConfig) -> DemoSummary:
@@ -242,18 +302,29 @@ def run_demo(cfg: DemoConfig) -> DemoSummary:
         threads=cfg.threads, precompute_ref_logprobs=True,
     ))
 
-    console.rule("[bold]7. evaluation on held-out prompts with the gold judge")
+    console.rule(f"[bold]7. several criteria ({', '.join(CRITERIA)}): a reward model with a head per criterion, "
+                 "PPO on helpful alone and on their sum")
+    criteria_metrics = train_reward(RewardConfig(**{
+        **reward_settings(cfg, out / CRITERIA_FILE, out), "output_dir": str(out / CRITERIA_RM_FOLDER),
+        "criterion": list(CRITERIA)}))
+    gold_fns = [f"{name}={__name__}:{fn.__name__}" for name, fn in GOLD_FNS.items()]
+    for folder, weights in CRITERIA_RUNS.values():
+        train_ppo(PPOConfig(**{**ppo, "reward_model": str(out / CRITERIA_RM_FOLDER)}, output_dir=str(out / folder),
+                            kl_coef=cfg.kl_coef, ent_coef=cfg.ent_coef, gold_fns=gold_fns,
+                            reward_weights=[f"{c}={w:g}" for c, w in weights.items()]))
+
+    console.rule("[bold]8. evaluation on held-out prompts with the gold judges")
     eval_prompts = synthetic.prompts(cfg.eval_prompts, seed=cfg.seed, split="eval")
-    rm_tok = load_tokenizer(out / RM_FOLDER, padding_side="right")
-    scorer = RewardModelScorer(build_reward_model(out / RM_FOLDER, rm_tok, init_head=False).eval(), rm_tok,
-                               tokenizer)
-    folders = {**RUN_FOLDERS, "dpo": DPO_FOLDER}
+    scorer = load_scorer(out / RM_FOLDER, tokenizer)
+    criteria_scorer = load_scorer(out / CRITERIA_RM_FOLDER, tokenizer)
+    folders = {**RUN_FOLDERS, "dpo": DPO_FOLDER, **{name: f for name, (f, _) in CRITERIA_RUNS.items()}}
     with progress_bar(1 + len(folders), "evaluation (policies)") as bar:
-        results = {"start": evaluate(start_policy, tokenizer, scorer, eval_prompts, cfg, start_policy)}
+        results = {"start": evaluate(start_policy, tokenizer, scorer, eval_prompts, cfg, start_policy,
+                                     criteria_scorer)}
         bar.update(1)
         for name, folder in folders.items():
             results[name] = evaluate(load_causal_lm(out / folder, tokenizer).eval(), tokenizer, scorer, eval_prompts,
-                                     cfg, start_policy)
+                                     cfg, start_policy, criteria_scorer)
             bar.update(1)
     write_jsonl(out / EVALUATION_FILE, evaluation_rows(eval_prompts, eval_seeds(cfg, len(eval_prompts)), results))
 
@@ -284,6 +355,7 @@ def run_demo(cfg: DemoConfig) -> DemoSummary:
                                            for k in POLICIES})
                  for i, p in enumerate(eval_prompts[:SAMPLES_SHOWN])],
         settings=asdict(cfg),
+        criteria=criteria_record(results, {c: criteria_metrics[f"{RM_ACCURACY_KEY}/{c}"] for c in CRITERIA}),
     )
     summary.save(out / SUMMARY_FILE)
     report = build_report(out)
@@ -301,6 +373,8 @@ def run_demo(cfg: DemoConfig) -> DemoSummary:
         ("held-out KL to start, guard / no guard / DPO",
          " / ".join(f"{r.kl:.3f}" for _, r in summary.trained())),
         ("training KL at the end, guard / no guard", " / ".join("n/a" if x is None else f"{x:.3f}" for x in kl)),
+        *[(f"gold {c} score start / guard / no guard / DPO / PPO on helpful alone / on helpful + concise",
+           " / ".join(f"{p.gold[c]:.3f}" for p in summary.criteria.policies)) for c in CRITERIA],
         ("minutes", summary.seconds / 60),
     ])
     console.print(f"report: {report}\nplots: {report.parent / 'plots'}")

@@ -199,6 +199,17 @@ def criteria_plot(rows: Rows, out_dir: Path) -> Path | None:
     return panel_figure(runs, panels, "Criteria", out_dir / "criteria.png") if runs else None
 
 
+def criteria_runs_plot(runs: Runs, out_dir: Path) -> Path | None:
+    """Several runs' criteria in one figure: a line per (run, criterion), proxy and gold panels
+    (the demo's PPO on one criterion against PPO on their sum)."""
+    lines = {f"{label}: {c}": rows for label, run in runs.items() for c, rows in criteria_runs(run).items()}
+    panels = [
+        Panel("proxy", "Proxy per criterion (reward models)", "mean normalised score z (reference sd)"),
+        Panel("gold", "Gold per criterion (held out)", "mean gold score per response"),
+    ]
+    return panel_figure(lines, panels, "Criteria", out_dir / "criteria.png") if lines else None
+
+
 def kl_plot(runs: Runs, out_dir: Path) -> Path | None:
     """KL divergence of the policy from the frozen reference per iteration."""
     panels = [Panel("kl/ref", "KL to the reference policy", "KL (nats per response)")]

@@ -476,6 +476,39 @@ def demo_headline(demo: DemoSummary) -> Table:
     return Table("Headline", header, rows, caption=caption, notes=notes)
 
 
+CRITERIA_LABELS = {**RUN_LABELS, "helpful_alone": "PPO on helpful alone", "helpful_concise": "PPO on helpful + concise"}
+
+
+def demo_criteria(demo: DemoSummary) -> Table | None:
+    """Every policy's held-out gold and proxy score per criterion: what optimising one criterion
+    costs on another, and what their weighted sum buys back."""
+    record = demo.criteria
+    if record is None:
+        return None
+    header = ["policy", "reward weights"] + [f"gold, {c}" for c in record.criteria] + \
+        [f"proxy, {c}" for c in record.criteria] + ["held-out KL"]
+    rows = [[Cell(CRITERIA_LABELS.get(p.policy, p.policy)),
+             Cell(", ".join(f"{c}={fmt(w)}" for c, w in p.weights.items()) or DASH)]
+            + [Cell(fmt(p.gold.get(c)), numeric=True) for c in record.criteria]
+            + [Cell(fmt(p.proxy.get(c)), numeric=True) for c in record.criteria]
+            + [Cell(fmt(p.kl), numeric=True)] for p in record.policies]
+    notes = []
+    try:
+        alone, both = record.policy("helpful_alone"), record.policy("helpful_concise")
+    except KeyError:
+        alone = both = None
+    if alone is not None and both is not None:
+        notes.append("Adding concise to the reward: " + ", ".join(
+            f"gold {c} {fmt_signed(both.gold[c] - alone.gold[c])}" for c in record.criteria if c in both.gold)
+            + " against PPO on helpful alone.")
+    caption = (f"Mean scores of the same held-out replies as the headline. The proxies are the heads of one reward "
+               f"model ({record.reward_model}/) trained on both criteria's rankings (held-out accuracy "
+               + ", ".join(f"{c} {fmt_percent(a)}" for c, a in record.accuracy.items())
+               + "); the two criteria runs train on it with the guarded run's settings, each criterion's score "
+               "normalised on the start policy's first batch (docs/criteria.md).")
+    return Table("Several criteria: the trade-off", header, rows, caption=caption, notes=notes)
+
+
 def demo_samples(demo: DemoSummary) -> list[Table]:
     rows = [[Cell(_clip(s.prompt))] + [Cell(_clip(reply.text), note=f"gold {fmt(reply.gold)}")
                                        for _, reply in s.replies()]
@@ -510,6 +543,20 @@ def demo_report(run_dir: Path, plot_dir: Path) -> Report:
     for label, rows in runs.items():
         report.facts.append((f"Reward-hacking alarms, {label}",
                              ", ".join(f"{d} at iteration {int(s)}" for s, d in plots.alarm_steps(rows)) or "none"))
+    criteria = demo_criteria(demo)
+    if criteria is not None and demo.criteria is not None:
+        report.tables.append(criteria)
+        criteria_rows = {}
+        for p in demo.criteria.policies:
+            if p.weights and (run_dir / p.folder).is_dir():
+                run = load_run(run_dir / p.folder)
+                criteria_rows[CRITERIA_LABELS.get(p.policy, p.policy)] = run.rows
+                if run.config_text is not None:
+                    configs.append((f"{p.folder}/config.yaml ({CRITERIA_LABELS.get(p.policy, p.policy)})",
+                                    run.config_text))
+        plot = _embed(plots.criteria_runs_plot(criteria_rows, plot_dir))
+        if plot is not None:
+            report.plots.append(plot)
 
     rm_name = demo.reward_model.folder
     if (run_dir / rm_name).is_dir():

@@ -7,6 +7,9 @@
       without_guard: RunRecord             the same PPO with both coefficients 0
       dpo:          DPORecord              DPO of the start policy on the same rankings (no reward model)
       samples:      [SampleRecord]         the first held-out prompts, each policy's reply + gold score
+      criteria:     CriteriaRecord         the reward model with a head per criterion, and every policy's
+                                           held-out gold and proxy score per criterion (PPO on helpful
+                                           alone and on helpful + concise among them)
       evaluation:   str                    the per-prompt file every mean above is computed from
       eval_prompts, seconds, settings
 
@@ -107,6 +110,32 @@ class SampleRecord:
 
 
 @dataclass(frozen=True)
+class CriteriaPolicy:
+    """One policy's held-out means per criterion (the same replies as its PolicyRecord)."""
+
+    policy: str  # its key in evaluation.jsonl: start, with_guard, ..., helpful_alone, helpful_concise
+    folder: str  # its run folder ("" for the start policy)
+    weights: dict[str, float]  # the --reward-weights it was trained with (empty: not trained on the criteria)
+    gold: dict[str, float]  # criterion -> mean hidden-judge score
+    proxy: dict[str, float]  # criterion -> mean score of that criterion's head
+    kl: float
+
+
+@dataclass(frozen=True)
+class CriteriaRecord:
+    criteria: list[str]
+    reward_model: str  # folder of the model with one head per criterion
+    accuracy: dict[str, float]  # criterion -> held-out accuracy of its head
+    policies: list[CriteriaPolicy]
+
+    def policy(self, name: str) -> CriteriaPolicy:
+        for p in self.policies:
+            if p.policy == name:
+                return p
+        raise KeyError(name)
+
+
+@dataclass(frozen=True)
 class DemoSummary:
     reward_model: RewardModelRecord
     start: PolicyRecord
@@ -118,6 +147,7 @@ class DemoSummary:
     evaluation: str = EVALUATION_FILE
     samples: list[SampleRecord] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
+    criteria: CriteriaRecord | None = None  # None in summaries written before the demo had two criteria
 
     def policy(self, name: str) -> PolicyRecord:
         """'start', 'with_guard', 'without_guard' or 'dpo'."""
@@ -233,6 +263,8 @@ def _parse(tp: Any, value: Any, source: str, where: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise _bad(source, where, "an object", value)
+        if args and args[1] is not Any:
+            return {k: _parse(args[1], v, source, f"{where}.{k}") for k, v in value.items()}
         return dict(value)
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):

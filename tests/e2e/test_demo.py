@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import torch
 import yaml
+from transformers import AutoConfig
 from typer.testing import CliRunner
 
 from rlhfkit.cli import app
@@ -62,7 +63,9 @@ def test_every_stage_left_its_output(demo_runs) -> None:
                  "reward_model/model.safetensors", "ppo/model.safetensors", "ppo_no_guard/model.safetensors",
                  "dpo/model.safetensors", "dpo/metrics.jsonl", "dpo/eval.json", "report.html", "plots/reward.png",
                  "plots/kl.png", "plots/entropy.png", "plots/diversity.png", "plots/reward_model.png",
-                 "plots/dpo.png"):
+                 "plots/dpo.png", "plots/criteria.png", "comparisons_by_criterion.jsonl",
+                 "reward_model_criteria/model.safetensors", "ppo_helpful/model.safetensors",
+                 "ppo_helpful_concise/model.safetensors"):
         assert (out / path).is_file(), path
     for png in (out / "plots").glob("*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -74,8 +77,9 @@ def test_every_stage_left_its_output(demo_runs) -> None:
     assert read_yaml(out / summary["dpo"]["folder"] / "config.yaml")["stage"] == "dpo"
 
 
-def stored_rankings(db: Path, project: str) -> dict[str, dict[str, list[tuple[str, int]]]]:
-    """prompt -> annotator -> [(completion text, rank)], straight from the feedback database's tables."""
+def stored_rankings(db: Path, project: str, criterion: str = "helpful") -> dict[str, dict[str, list[tuple[str, int]]]]:
+    """prompt -> annotator -> [(completion text, rank)] by one criterion, in the completions' stored
+    order, straight from the feedback database's tables."""
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
         rows = con.execute(
@@ -85,9 +89,11 @@ def stored_rankings(db: Path, project: str) -> dict[str, dict[str, list[tuple[st
                JOIN projects pr ON pr.id = p.project_id
                JOIN annotators a ON a.id = r.annotator_id
                JOIN ranking_entries e ON e.ranking_id = r.id
+               JOIN criteria cr ON cr.id = e.criterion_id
                JOIN completions c ON c.id = e.completion_id
-               WHERE pr.name = ? AND NOT r.skip AND NOT r.unsafe""",
-            (project,),
+               WHERE pr.name = ? AND cr.name = ? AND NOT r.skip AND NOT r.unsafe
+               ORDER BY p.id, c.position""",
+            (project, criterion),
         ).fetchall()
         n_rankings = con.execute(
             "SELECT COUNT(*) FROM rankings r JOIN prompts p ON p.id = r.prompt_id "
@@ -101,34 +107,101 @@ def stored_rankings(db: Path, project: str) -> dict[str, dict[str, list[tuple[st
     return out
 
 
-def test_rankings_went_through_the_feedback_store(demo_runs) -> None:
-    out, summary, _ = demo_runs
-    settings = summary["settings"]
-    stored = stored_rankings(out / "feedback.db", "demo")
+def stored_pairs(out: Path, settings: dict[str, Any], criterion: str) -> set[tuple[str, str, str]]:
+    """(prompt, better, worse) of every pair the labeler's stored rankings by `criterion` order, each
+    ranking checked against the simulated labeler's own answer for that criterion."""
+    from rlhfkit.data.labeler import SimulatedLabeler
+
+    labeler = SimulatedLabeler(noise=settings["labeler_noise"], seed=settings["seed"], ties=True,
+                               resolution=settings["labeler_resolution"], criterion=criterion)
+    stored = stored_rankings(out / "feedback.db", "demo", criterion)
     assert len(stored) == settings["label_prompts"]  # one ranking of every labelled prompt
     expected: set[tuple[str, str, str]] = set()
     for prompt, by_annotator in stored.items():
         assert len(by_annotator) == 1  # one simulated labeler
         (entries,) = by_annotator.values()
         assert len(entries) == settings["k"]
+        assert [rank for _, rank in entries] == labeler.rank(prompt, [text for text, _ in entries])
         best: dict[str, int] = {}  # a text sampled twice keeps its best rank; empty texts teach nothing
         for text, rank in entries:
             if text.strip():
                 best[text] = min(rank, best.get(text, rank))
         expected |= {(prompt, a, b) for a in best for b in best if best[a] < best[b]}
     assert expected
+    return expected
+
+
+def trained_pairs(rows: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    pairs: list[tuple[str, str, str]] = []
+    for row in rows:
+        texts = row["completions"]
+        ranks = row.get("ranks", list(range(len(texts))))  # best first; "ranks" only when there are ties
+        pairs += [(row["prompt"], texts[i], texts[j]) for i in range(len(texts)) for j in range(len(texts))
+                  if ranks[i] < ranks[j]]
+    assert len(pairs) == len(set(pairs))
+    return pairs
+
+
+def test_rankings_went_through_the_feedback_store(demo_runs) -> None:
+    out, summary, _ = demo_runs
+    settings = summary["settings"]
+    helpful = stored_pairs(out, settings, "helpful")
+    concise = stored_pairs(out, settings, "concise")
+    assert helpful != concise  # two judges, two orders
 
     # The reward model was trained on comparisons.jsonl: every pair it holds, and no other.
     rm_config = read_yaml(out / summary["reward_model"]["folder"] / "config.yaml")
     assert Path(rm_config["train_data"]).resolve() == (out / "comparisons.jsonl").resolve()
-    trained: list[tuple[str, str, str]] = []
-    for row in read_jsonl(out / "comparisons.jsonl"):
-        texts = row["completions"]
-        ranks = row.get("ranks", list(range(len(texts))))  # best first; "ranks" only when there are ties
-        trained += [(row["prompt"], texts[i], texts[j]) for i in range(len(texts)) for j in range(len(texts))
-                    if ranks[i] < ranks[j]]
-    assert len(trained) == len(set(trained))
-    assert set(trained) == expected
+    rows = read_jsonl(out / "comparisons.jsonl")
+    assert {r["criterion"] for r in rows} == {"helpful"}
+    assert set(trained_pairs(rows)) == helpful
+
+    # The reward model with a head per criterion: both criteria's pairs, each tagged with its own.
+    criteria = summary["criteria"]
+    assert criteria["criteria"] == ["helpful", "concise"]
+    crit_config = read_yaml(out / criteria["reward_model"] / "config.yaml")
+    assert crit_config["criterion"] == ["helpful", "concise"]
+    rows = read_jsonl(Path(crit_config["train_data"]))
+    for name, expected in (("helpful", helpful), ("concise", concise)):
+        assert set(trained_pairs([r for r in rows if r["criterion"] == name])) == expected
+    hf_config = AutoConfig.from_pretrained(out / criteria["reward_model"])  # as plain transformers reads it
+    assert hf_config.num_labels == 2 and hf_config.rlhfkit_criteria == ["helpful", "concise"]
+    crit_eval = json.loads((out / criteria["reward_model"] / "eval.json").read_text())
+    for name in ("helpful", "concise"):
+        assert criteria["accuracy"][name] == pytest.approx(crit_eval[f"{RM_ACCURACY_KEY}/{name}"])
+
+
+def test_criteria_numbers_come_from_the_runs(demo_runs) -> None:
+    """Every policy's per-criterion gold score recomputed from its saved replies with the task's judges;
+    the criteria runs' weights and reward model as their config.yaml holds them."""
+    out, summary, _ = demo_runs
+    rows = read_jsonl(out / summary["evaluation"])
+    judges = {"helpful": synthetic.gold_score, "concise": synthetic.concise_score}
+    policies = summary["criteria"]["policies"]
+    assert [p["policy"] for p in policies] == [*POLICIES, "helpful_alone", "helpful_concise"]
+    for p in policies:
+        replies = [r[p["policy"]] for r in rows]
+        for r, x in zip(rows, replies):
+            for name, judge in judges.items():
+                assert x["gold_by_criterion"][name] == pytest.approx(
+                    judge(r["prompt"], x["response"], finished=x["ended"]))
+        for name in judges:
+            assert p["gold"][name] == pytest.approx(
+                sum(x["gold_by_criterion"][name] for x in replies) / len(rows), abs=1e-9)
+            assert p["proxy"][name] == pytest.approx(
+                sum(x["proxy_by_criterion"][name] for x in replies) / len(rows), abs=1e-6)
+        assert p["kl"] == pytest.approx(sum(x["kl"] for x in replies) / len(rows), abs=1e-9)
+        if p["weights"]:
+            config = read_yaml(out / p["folder"] / "config.yaml")
+            assert config["reward_weights"] == [f"{c}={w:g}" for c, w in p["weights"].items()]
+            assert Path(config["reward_model"]).resolve() == (out / summary["criteria"]["reward_model"]).resolve()
+            assert config["kl_coef"] == summary["settings"]["kl_coef"]
+            logged = read_jsonl(out / p["folder"] / "metrics.jsonl")
+            assert all("gold/helpful" in m and "gold/concise" in m for m in logged if "reward/mean" in m)
+    assert {p["policy"]: p["weights"] for p in policies if p["weights"]} == {
+        "helpful_alone": {"helpful": 1.0}, "helpful_concise": {"helpful": 1.0, "concise": 1.0}}
+    html = (out / "report.html").read_text()
+    assert "Several criteria: the trade-off" in html
 
 
 # -- recomputing the summary from the per-prompt evaluation --------------------------------------

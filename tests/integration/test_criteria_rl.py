@@ -187,3 +187,16 @@ def test_malformed_criteria_settings_fail_in_the_config(settings, message):
     with pytest.raises(ConfigError) as e:
         PPOConfig(prompts="p.jsonl", **settings)
     assert str(e.value).startswith(message) and "\n" not in str(e.value)
+
+
+def test_a_resumed_run_keeps_the_frozen_normalisation(tiny_model_dir, prompts_file, reward_models, tmp_path):
+    """The reference statistics are part of the checkpoint: 2 iterations + resume to 3 repeat the 3-iteration
+    run's criteria metrics (a resumed scorer that re-froze mu and sigma on iteration 2's batch would give z = 0)."""
+    settings = dict(reward_model=reward_models["both"], reward_weights=["helpful=1", "concise=-1"],
+                    lr_schedule="constant")  # the same schedule whatever the iterations
+    full = train_ppo(ppo(tiny_model_dir, prompts_file, tmp_path / "full", iterations=3, **settings))
+    train_ppo(ppo(tiny_model_dir, prompts_file, tmp_path / "part", iterations=2, **settings))
+    resumed = train_ppo(ppo(tiny_model_dir, prompts_file, tmp_path / "part", iterations=3, resume=True, **settings))
+    keys = [f"reward/{c}{z}" for c in CRITERIA for z in ("", "_z")] + ["reward/combined"]
+    assert abs(full[-1]["reward/helpful_z"]) > 1e-3  # the check below could fail
+    assert [resumed[-1][k] for k in keys] == pytest.approx([full[-1][k] for k in keys], abs=1e-6)

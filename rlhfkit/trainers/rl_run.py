@@ -23,14 +23,15 @@ from accelerate import Accelerator
 
 from rlhfkit.algos.kl import AdaptiveKLController, FixedKLController
 from rlhfkit.algos.masked import aggregate_denominator
-from rlhfkit.data.prompts import PromptSet
+from rlhfkit.data.io import row_numbers, source_name
+from rlhfkit.data.prompts import PromptSet, prompt_texts, read_prompt_rows
 from rlhfkit.errors import ConfigError
 from rlhfkit.models.context import fit_prompt_and_response, model_context
 from rlhfkit.models.loading import configure_loading, load_causal_lm, load_run_tokenizer, load_tokenizer
 from rlhfkit.models.lora import LoRAModel, LoRASpec, add_lora
 from rlhfkit.models.policy import ActorCritic, token_logprobs
 from rlhfkit.models.reward_model import build_reward_model, saved_criteria
-from rlhfkit.rollout.criteria import load_criteria_scorer
+from rlhfkit.rollout.criteria import load_criteria_scorer, tagged_prompts
 from rlhfkit.rollout.ensemble import guard_scorer
 from rlhfkit.rollout.gather import IterationPlan
 from rlhfkit.rollout.sampling import SamplingSettings
@@ -118,8 +119,14 @@ def build_scorer(cfg: Any, policy_tokenizer: Any, device: torch.device, reward_f
         raise ConfigError("setting 'reward_model': pass --reward-model DIR or --reward-fn module:function")
     several = len(saved_criteria(cfg.reward_model) or ()) > 1 if cfg.reward_model else True
     if weights or gate or several:  # the criteria's scores, normalised and combined (rollout/criteria.py)
+        tagged: frozenset[str] = frozenset()
+        if cfg.reward_gate_column:  # Llama 2's safety-tagged prompts, by their text as the scorer sees it
+            for source in filter(None, (cfg.prompts, cfg.eval_prompts)):
+                rows = read_prompt_rows(source)
+                texts, _ = prompt_texts(rows, source_name(source), policy_tokenizer)
+                tagged |= tagged_prompts(rows, texts, cfg.reward_gate_column, source_name(source), row_numbers(rows))
         return load_criteria_scorer(reward_model_folders(cfg), weights, next(iter(gate.items()), None),
-                                    policy_tokenizer, device, cfg.allow_untrained_reward_model)
+                                    policy_tokenizer, device, cfg.allow_untrained_reward_model, tagged=tagged)
     check_trained_reward_model(cfg.reward_model, "reward_model", cfg.allow_untrained_reward_model,
                                "--allow-untrained-reward-model")
     rm_tokenizer = load_tokenizer(cfg.reward_model, padding_side="right")

@@ -12,7 +12,7 @@ import pytest
 import torch
 from toy_data import NEUTRAL, PROMPTS
 
-from rlhfkit.errors import ConfigError
+from rlhfkit.errors import ConfigError, DataError
 from rlhfkit.models.loading import load_tokenizer
 from rlhfkit.models.reward_model import build_reward_model
 from rlhfkit.tracking import plots
@@ -124,6 +124,7 @@ def test_the_gate_takes_the_gate_criterion_where_it_is_low(tiny_model_dir, promp
                             reward_gate="concise=1000"))
     for row in history:
         assert row["reward/combined"] == pytest.approx(row["reward/concise_z"], abs=1e-5)
+        assert row["reward/gated"] == pytest.approx(1.0)  # the share of gated episodes
 
 
 def test_the_ensemble_and_its_conservative_reward_act_on_the_combined_reward(
@@ -182,6 +183,8 @@ def test_bad_criteria_settings_are_one_line_errors(tiny_model_dir, prompts_file,
     ({"reward_fn": "m:f", "reward_weights": ["helpful=1"]}, "setting 'reward_weights': combines the criteria"),
     ({"reward_model": "x", "reward_gate": "helpful=0"}, "setting 'reward_gate': needs --reward-weights"),
     ({"reward_model": "x", "gold_fns": ["mean=m:f"]}, "setting 'gold_fns': a criterion may not be named 'mean'"),
+    ({"reward_model": "x", "reward_weights": ["a=1"], "reward_gate_column": "risky"},
+     "setting 'reward_gate_column': marks prompts for the gate"),
 ])
 def test_malformed_criteria_settings_fail_in_the_config(settings, message):
     with pytest.raises(ConfigError) as e:
@@ -200,3 +203,21 @@ def test_a_resumed_run_keeps_the_frozen_normalisation(tiny_model_dir, prompts_fi
     keys = [f"reward/{c}{z}" for c in CRITERIA for z in ("", "_z")] + ["reward/combined"]
     assert abs(full[-1]["reward/helpful_z"]) > 1e-3  # the check below could fail
     assert [resumed[-1][k] for k in keys] == pytest.approx([full[-1][k] for k in keys], abs=1e-6)
+
+
+def test_tagged_prompts_are_always_gated(tiny_model_dir, prompts_file, reward_models, tmp_path):
+    """With --reward-gate-column, a prompt whose column is true takes the gate criterion's z whatever it is:
+    every prompt tagged and a threshold below every z, so the reward is the concise z everywhere."""
+    tagged = tmp_path / "tagged.jsonl"
+    rows = [json.loads(line) for line in prompts_file.read_text().splitlines()]
+    tagged.write_text("".join(json.dumps({**r, "risky": True}) + "\n" for r in rows))
+    history = train_ppo(ppo(tiny_model_dir, tagged, tmp_path / "tag", iterations=2, reward_model=reward_models["both"],
+                            reward_weights=["helpful=1"], reward_gate="concise=-1000", reward_gate_column="risky"))
+    for row in history:
+        assert row["reward/gated"] == pytest.approx(1.0)
+        assert row["reward/combined"] == pytest.approx(row["reward/concise_z"], abs=1e-5)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "describe the road", "risky": "yes"}) + "\n")
+    with pytest.raises(DataError, match=r"bad.jsonl, row 1, field 'risky': expected true or false, got 'yes'"):
+        train_ppo(ppo(tiny_model_dir, bad, tmp_path / "tag_bad", reward_model=reward_models["both"],
+                      reward_weights=["helpful=1"], reward_gate="concise=0", reward_gate_column="risky"))

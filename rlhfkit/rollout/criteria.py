@@ -6,8 +6,9 @@ criteria named in its config) or from one-head models, one per criterion
 forward pass per model; then (rlhfkit.algos.criteria, docs/criteria.md):
 
   1. each criterion is normalised, z_c = (r_c - mu_c) / sigma_c, with mu and sigma frozen on the
-     first batch scored for training (the start policy's own samples), so weights compare
-     criteria in standard deviations rather than in each model's arbitrary units;
+     first batch scored for training (the start policy's own samples; on N processes, all their
+     shares gathered), so weights compare criteria in standard deviations rather than in each
+     model's arbitrary units;
   2. the reward is the weighted sum sum_c w_c z_c (`--reward-weights`), or with `--reward-gate
      g=tau` the Llama 2 gate: z_g where z_g < tau, else the weighted sum.
 
@@ -18,31 +19,36 @@ iteration's metrics) and `last_scores` (for the held-out evaluation).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import torch
 
 from rlhfkit.algos.criteria import criteria_reference, gated_reward, normalize_criteria, weighted_sum
-from rlhfkit.errors import ConfigError
+from rlhfkit.errors import ConfigError, DataError
 from rlhfkit.models.loading import load_tokenizer
 from rlhfkit.models.reward_model import DEFAULT_CRITERION, build_reward_model, criteria_of, saved_criteria
 from rlhfkit.rollout.scoring import RewardModelScorer, check_trained_reward_model
 
 # Metric keys of the run's own reward statistics: a criterion may not take one of these names.
-RESERVED = frozenset(("mean", "std", "total", "raw", "combined", "ensemble_mean", "ensemble_spread", "return_mean"))
+RESERVED = frozenset(("mean", "std", "total", "raw", "combined", "gated", "ensemble_mean", "ensemble_spread",
+                      "return_mean"))
 
 
 class CriteriaScorer:
     """C criteria from one or more reward models, normalised and combined (see the module doc)."""
 
     def __init__(self, models: Sequence[tuple[RewardModelScorer, tuple[str, ...]]], weights: Mapping[str, float],
-                 gate: tuple[str, float] | None = None) -> None:
+                 gate: tuple[str, float] | None = None, tagged: frozenset[str] = frozenset(),
+                 gather: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         self.models = list(models)  # (scorer, the criteria of its columns)
         self.criteria = tuple(name for _, names in self.models for name in names)
         self.weights = dict(weights)
         self.gate = gate
+        self.tagged = tagged  # prompt texts that are always gated (Llama 2's safety-tagged prompts)
+        # On N processes: every process's share of the first batch, so all freeze the same reference
+        self.gather = gather
         self.weight_vector = torch.tensor([self.weights.get(c, 0.0) for c in self.criteria], dtype=torch.float32)
         self.mean: torch.Tensor | None = None  # (C,) frozen reference, set by the first training batch
         self.std: torch.Tensor | None = None
@@ -79,7 +85,8 @@ class CriteriaScorer:
                  ) -> torch.Tensor:
         scores = self.table(prompt_ids, prompt_mask, response_ids, response_mask, ended, prompts, responses)  # (B, C)
         if self.mean is None:
-            mean, std = criteria_reference(scores)
+            reference = scores if self._raw or self.gather is None else self.gather(scores)  # (B_all, C)
+            mean, std = criteria_reference(reference)
             if self._raw:  # before any training batch (not reached by the trainers): this batch's own statistics
                 z = normalize_criteria(scores, mean, std)
             else:
@@ -87,16 +94,22 @@ class CriteriaScorer:
         if self.mean is not None:
             z = normalize_criteria(scores, self.mean, self.std)  # type: ignore[arg-type]
         weights = self.weight_vector.to(z)
+        gated = None
         if self.gate is None:
             combined = weighted_sum(z, weights)
         else:
-            combined = gated_reward(z, weights, self.criteria.index(self.gate[0]), self.gate[1])
+            g, tau = self.criteria.index(self.gate[0]), self.gate[1]
+            tagged = torch.tensor([p in self.tagged for p in prompts], dtype=torch.bool, device=z.device)
+            combined = gated_reward(z, weights, g, tau, tagged=tagged)
+            gated = (z[:, g] < tau) | tagged  # (B,) which episodes the gate criterion decided, for the metric
         self.last_scores = {c: scores[:, i].tolist() for i, c in enumerate(self.criteria)}
         self.last_normalized = {c: z[:, i].tolist() for i, c in enumerate(self.criteria)}
         if not self._raw:
             sums = {f"reward/{c}": scores[:, i].sum().item() for i, c in enumerate(self.criteria)}
             sums.update({f"reward/{c}_z": z[:, i].sum().item() for i, c in enumerate(self.criteria)})
             sums["reward/combined"] = combined.sum().item()
+            if gated is not None:
+                sums["reward/gated"] = gated.sum().item()  # its mean is the share of gated episodes
             self._sums = sums
         return combined
 
@@ -119,7 +132,7 @@ class CriteriaScorer:
 
     def like(self, models: Sequence[tuple[RewardModelScorer, tuple[str, ...]]]) -> CriteriaScorer:
         """The same combination over other models scoring the same criteria (an ensemble member)."""
-        return CriteriaScorer(models, self.weights, self.gate)
+        return CriteriaScorer(models, self.weights, self.gate, self.tagged, self.gather)
 
 
 def model_criteria(folder: str, name: str | None, setting: str) -> tuple[str, ...]:
@@ -170,7 +183,8 @@ def plan_criteria(models: Sequence[tuple[str | None, str]], weights: Mapping[str
 def load_criteria_scorer(models: Sequence[tuple[str | None, str]], weights: Mapping[str, float],
                          gate: tuple[str, float] | None, policy_tokenizer: Any, device: torch.device,
                          allow_untrained: bool = False, weights_setting: str = "reward_weights",
-                         models_setting: str = "criterion_models") -> CriteriaScorer:
+                         models_setting: str = "criterion_models", tagged: frozenset[str] = frozenset(),
+                         gather: Callable[[torch.Tensor], torch.Tensor] | None = None) -> CriteriaScorer:
     """Load every reward model (frozen, eval mode) and the combination of their criteria.
 
     `models` are (criterion name or None, folder): None for a `--reward-model DIR`, whose saved
@@ -185,4 +199,20 @@ def load_criteria_scorer(models: Sequence[tuple[str | None, str]], weights: Mapp
         if name is None and criteria_of(model) != names:  # cannot happen for a saved model; guards the order
             raise ConfigError(f"setting 'reward_model': {folder} scores {', '.join(criteria_of(model))}")
         scorers.append((RewardModelScorer(model, tokenizer, policy_tokenizer), names))
-    return CriteriaScorer(scorers, weights, gate)
+    return CriteriaScorer(scorers, weights, gate, tagged, gather)
+
+
+def tagged_prompts(rows: Sequence[Mapping[str, Any]], texts: Sequence[str], column: str, name: str,
+                   numbers: Sequence[int]) -> frozenset[str]:
+    """The texts of the prompt rows whose `column` is true (Llama 2's safety tag); a row without the
+    column is untagged. A DataError names the file, row and field of a value that is not true or false."""
+    if not any(column in row for row in rows):
+        raise DataError(f"{name}: no row has the column '{column}' that --reward-gate-column names")
+    out = set()
+    for number, row, text in zip(numbers, rows, texts):
+        value = row.get(column, False)
+        if value not in (True, False, 0, 1) or isinstance(value, float):
+            raise DataError(f"{name}, row {number}, field '{column}': expected true or false, got {value!r}")
+        if value:
+            out.add(text)
+    return frozenset(out)

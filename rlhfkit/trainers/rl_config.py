@@ -61,6 +61,9 @@ class RolloutSettings:
         "", "The Llama 2 gate (Touvron et al. 2023, 3.2.2) as criterion=threshold (harmless=-0.5): where that "
         "criterion's normalised score z is below the threshold, the reward is that z alone; elsewhere the "
         "--reward-weights sum (empty = no gate).")
+    reward_gate_column: str = setting(
+        "", "A true/false column of the --prompts and --eval-prompts files marking the prompts that are always "
+        "gated, whatever their score (Llama 2's safety-tagged prompts); needs --reward-gate (empty = none).")
     gold_fns: list[str] = setting(
         [], "Held-out judges per criterion, criterion=module:function items, comma separated, each (prompts, "
         "responses) -> scores; logged as gold/<criterion> every iteration and eval/gold/<criterion> in the "
@@ -158,6 +161,8 @@ class RolloutSettings:
         require(not gate or bool(weights), "reward_gate",
                 "needs --reward-weights for the reward where the gate criterion is not low (e.g. helpful=1)")
         require(len(gate) <= 1, "reward_gate", "takes one criterion=threshold")
+        require(not self.reward_gate_column or bool(gate), "reward_gate_column",
+                "marks prompts for the gate: pass --reward-gate criterion=threshold too")
         require(bool(self.prompts), "prompts", "is required: pass --prompts FILE")
         require(not self.conservative_k or bool(self.reward_ensemble), "conservative_k",
                 "needs an ensemble: pass --reward-ensemble DIR,... (reward models trained with other seeds)")

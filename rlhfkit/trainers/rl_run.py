@@ -23,14 +23,15 @@ from accelerate import Accelerator
 
 from rlhfkit.algos.kl import AdaptiveKLController, FixedKLController
 from rlhfkit.algos.masked import aggregate_denominator
-from rlhfkit.data.prompts import PromptSet
+from rlhfkit.data.io import row_numbers, source_name
+from rlhfkit.data.prompts import PromptSet, prompt_texts, read_prompt_rows
 from rlhfkit.errors import ConfigError
 from rlhfkit.models.context import fit_prompt_and_response, model_context
 from rlhfkit.models.loading import configure_loading, load_causal_lm, load_run_tokenizer, load_tokenizer
 from rlhfkit.models.lora import LoRAModel, LoRASpec, add_lora
 from rlhfkit.models.policy import ActorCritic, token_logprobs
 from rlhfkit.models.reward_model import build_reward_model, saved_criteria
-from rlhfkit.rollout.criteria import load_criteria_scorer
+from rlhfkit.rollout.criteria import load_criteria_scorer, tagged_prompts
 from rlhfkit.rollout.ensemble import guard_scorer
 from rlhfkit.rollout.gather import IterationPlan
 from rlhfkit.rollout.sampling import SamplingSettings
@@ -86,6 +87,7 @@ class RLRun:
     lora: LoRAModel | None = None  # the policy's adapters, with LoRA
     monitor: Monitor | None = None  # reward-hacking alarms (tracking/monitor.py)
     stopped: bool = False  # set by an alarm with --on-alarm stop: the loop ends after this iteration
+    start_evaluation_pending: bool = False  # the start policy's evaluation waits for the first rollout
 
     @property
     def main(self) -> bool:
@@ -103,7 +105,8 @@ def reward_model_folders(cfg: Any) -> list[tuple[str | None, str]]:
     return [(None, cfg.reward_model)] if cfg.reward_model else []
 
 
-def build_scorer(cfg: Any, policy_tokenizer: Any, device: torch.device, reward_fn: RewardFn | None = None) -> Scorer:
+def build_scorer(cfg: Any, policy_tokenizer: Any, device: torch.device, reward_fn: RewardFn | None = None,
+                 gather: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Scorer:
     """The reward model (frozen, eval mode), several criteria's models combined, or the Python reward function."""
     weights = parse_pairs("reward_weights", cfg.reward_weights, float)
     gate = parse_pairs("reward_gate", [cfg.reward_gate] if cfg.reward_gate else [], float)
@@ -118,8 +121,15 @@ def build_scorer(cfg: Any, policy_tokenizer: Any, device: torch.device, reward_f
         raise ConfigError("setting 'reward_model': pass --reward-model DIR or --reward-fn module:function")
     several = len(saved_criteria(cfg.reward_model) or ()) > 1 if cfg.reward_model else True
     if weights or gate or several:  # the criteria's scores, normalised and combined (rollout/criteria.py)
+        tagged: frozenset[str] = frozenset()
+        if cfg.reward_gate_column:  # Llama 2's safety-tagged prompts, by their text as the scorer sees it
+            for source in filter(None, (cfg.prompts, cfg.eval_prompts)):
+                rows = read_prompt_rows(source)
+                texts, _ = prompt_texts(rows, source_name(source), policy_tokenizer)
+                tagged |= tagged_prompts(rows, texts, cfg.reward_gate_column, source_name(source), row_numbers(rows))
         return load_criteria_scorer(reward_model_folders(cfg), weights, next(iter(gate.items()), None),
-                                    policy_tokenizer, device, cfg.allow_untrained_reward_model)
+                                    policy_tokenizer, device, cfg.allow_untrained_reward_model, tagged=tagged,
+                                    gather=gather)
     check_trained_reward_model(cfg.reward_model, "reward_model", cfg.allow_untrained_reward_model,
                                "--allow-untrained-reward-model")
     rm_tokenizer = load_tokenizer(cfg.reward_model, padding_side="right")
@@ -174,7 +184,9 @@ def build_rl(cfg: Any, with_critic: bool, separate_critic: bool = False, steps_p
         evaluation = HeldOutEvaluation(held_out, cfg.seed, cfg.eval_batch_size)
     device = accelerator.device
     # the ensemble and the reward transforms against reward hacking (rollout/ensemble.py)
-    scorer = guard_scorer(cfg, build_scorer(cfg, tokenizer, device, reward_fn), tokenizer, device)
+    # (several criteria on N processes freeze their normalisation on every process's share of the first batch)
+    gather = accelerator.gather if world > 1 else None
+    scorer = guard_scorer(cfg, build_scorer(cfg, tokenizer, device, reward_fn, gather), tokenizer, device)
     policy = load_causal_lm(cfg.policy, tokenizer)
     if cfg.gradient_checkpointing:  # recompute activations in the backward: less memory, about 30% more time
         policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -232,16 +244,21 @@ def build_rl(cfg: Any, with_critic: bool, separate_critic: bool = False, steps_p
         save_run_config(cfg, out_dir)
     run.logger = open_metrics(out_dir, cfg, enabled=accelerator.is_main_process, append=resuming)
     run.monitor = Monitor(cfg, scorer, out_dir, accelerator, resuming)
-    if evaluation is not None and not resuming and not scorer.reference_pending:
-        evaluate(run, step=0)  # the start policy: the baseline of the win rates
+    if evaluation is not None and not resuming:
+        if scorer.reference_pending:  # several criteria: after the rollout that freezes their normalisation
+            run.start_evaluation_pending = True
+        else:
+            evaluate(run, step=0)  # the start policy: the baseline of the win rates
     return run
 
 
 def evaluate_start(run: RLRun) -> None:
     """The start policy's held-out evaluation, when build_rl left it for after the first rollout: with
     several criteria, their normalisation is frozen on that rollout, and the evaluation's combined
-    score uses it. Called by the loops after step 1 of each iteration, before any update."""
-    if run.evaluation is not None and not run.evaluation.start_scores and run.start_iteration == 0:
+    score uses it. Called by the loops after step 1 of each iteration, before any update (every process:
+    the flag is the same on all of them, and evaluate waits for them all)."""
+    if run.start_evaluation_pending:
+        run.start_evaluation_pending = False
         evaluate(run, step=0)
 
 

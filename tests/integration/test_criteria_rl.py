@@ -12,7 +12,7 @@ import pytest
 import torch
 from toy_data import NEUTRAL, PROMPTS
 
-from rlhfkit.errors import ConfigError
+from rlhfkit.errors import ConfigError, DataError
 from rlhfkit.models.loading import load_tokenizer
 from rlhfkit.models.reward_model import build_reward_model
 from rlhfkit.tracking import plots
@@ -124,6 +124,7 @@ def test_the_gate_takes_the_gate_criterion_where_it_is_low(tiny_model_dir, promp
                             reward_gate="concise=1000"))
     for row in history:
         assert row["reward/combined"] == pytest.approx(row["reward/concise_z"], abs=1e-5)
+        assert row["reward/gated"] == pytest.approx(1.0)  # the share of gated episodes
 
 
 def test_the_ensemble_and_its_conservative_reward_act_on_the_combined_reward(
@@ -182,8 +183,73 @@ def test_bad_criteria_settings_are_one_line_errors(tiny_model_dir, prompts_file,
     ({"reward_fn": "m:f", "reward_weights": ["helpful=1"]}, "setting 'reward_weights': combines the criteria"),
     ({"reward_model": "x", "reward_gate": "helpful=0"}, "setting 'reward_gate': needs --reward-weights"),
     ({"reward_model": "x", "gold_fns": ["mean=m:f"]}, "setting 'gold_fns': a criterion may not be named 'mean'"),
+    ({"reward_model": "x", "reward_weights": ["a=1"], "reward_gate_column": "risky"},
+     "setting 'reward_gate_column': marks prompts for the gate"),
 ])
 def test_malformed_criteria_settings_fail_in_the_config(settings, message):
     with pytest.raises(ConfigError) as e:
         PPOConfig(prompts="p.jsonl", **settings)
     assert str(e.value).startswith(message) and "\n" not in str(e.value)
+
+
+def test_a_resumed_run_keeps_the_frozen_normalisation(tiny_model_dir, prompts_file, reward_models, tmp_path):
+    """The reference statistics are part of the checkpoint: 2 iterations + resume to 3 repeat the 3-iteration
+    run's criteria metrics (a resumed scorer that re-froze mu and sigma on iteration 2's batch would give z = 0)."""
+    settings = dict(reward_model=reward_models["both"], reward_weights=["helpful=1", "concise=-1"],
+                    lr_schedule="constant")  # the same schedule whatever the iterations
+    full = train_ppo(ppo(tiny_model_dir, prompts_file, tmp_path / "full", iterations=3, **settings))
+    train_ppo(ppo(tiny_model_dir, prompts_file, tmp_path / "part", iterations=2, **settings))
+    resumed = train_ppo(ppo(tiny_model_dir, prompts_file, tmp_path / "part", iterations=3, resume=True, **settings))
+    keys = [f"reward/{c}{z}" for c in CRITERIA for z in ("", "_z")] + ["reward/combined"]
+    assert abs(full[-1]["reward/helpful_z"]) > 1e-3  # the check below could fail
+    assert [resumed[-1][k] for k in keys] == pytest.approx([full[-1][k] for k in keys], abs=1e-6)
+
+
+def test_tagged_prompts_are_always_gated(tiny_model_dir, prompts_file, reward_models, tmp_path):
+    """With --reward-gate-column, a prompt whose column is true takes the gate criterion's z whatever it is:
+    every prompt tagged and a threshold below every z, so the reward is the concise z everywhere."""
+    tagged = tmp_path / "tagged.jsonl"
+    rows = [json.loads(line) for line in prompts_file.read_text().splitlines()]
+    tagged.write_text("".join(json.dumps({**r, "risky": True}) + "\n" for r in rows))
+    history = train_ppo(ppo(tiny_model_dir, tagged, tmp_path / "tag", iterations=2, reward_model=reward_models["both"],
+                            reward_weights=["helpful=1"], reward_gate="concise=-1000", reward_gate_column="risky"))
+    for row in history:
+        assert row["reward/gated"] == pytest.approx(1.0)
+        assert row["reward/combined"] == pytest.approx(row["reward/concise_z"], abs=1e-5)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "describe the road", "risky": "yes"}) + "\n")
+    with pytest.raises(DataError, match=r"bad.jsonl, row 1, field 'risky': expected true or false, got 'yes'"):
+        train_ppo(ppo(tiny_model_dir, bad, tmp_path / "tag_bad", reward_model=reward_models["both"],
+                      reward_weights=["helpful=1"], reward_gate="concise=0", reward_gate_column="risky"))
+
+
+@pytest.mark.slow  # two launches of the embedded model, about 30 s
+def test_two_processes_freeze_the_same_normalisation_as_one(tmp_path):
+    """On 2 processes the first rollout's shares are gathered before mu and sigma are frozen, so the criteria
+    metrics match 1 process (a per-process reference would make each process's z mean 0 on iteration 0 and
+    differ after)."""
+    from test_distributed import metrics, run
+
+    from rlhfkit.assets import embedded_model_path
+    from rlhfkit.data import synthetic
+
+    tok = load_tokenizer(embedded_model_path(), padding_side="right")
+    torch.manual_seed(1)
+    rm = build_reward_model(embedded_model_path(), tok, criteria=CRITERIA)
+    rm.save_pretrained(tmp_path / "rm")
+    tok.save_pretrained(tmp_path / "rm")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(synthetic.prompts(16, seed=0, split="train")) + "\n")
+
+    def cmd(out: Path) -> list[str]:
+        return ["ppo", "--policy", "embedded", "--prompts", str(prompts), "--reward-model", str(tmp_path / "rm"),
+                "--reward-weights", "helpful=1,concise=-0.5", "--output-dir", str(out), "--iterations", "2",
+                "--rollout-batch-size", "16", "--num-minibatches", "2", "--update-epochs", "1",
+                "--max-new-tokens", "12", "--learning-rate", "1e-3", "--sample-every", "0"]
+
+    run(cmd(tmp_path / "one"), 1)
+    run(cmd(tmp_path / "two"), 2)
+    for key in ("reward/helpful", "reward/helpful_z", "reward/concise_z", "reward/combined", "reward/mean"):
+        assert metrics(tmp_path / "one", key) == pytest.approx(metrics(tmp_path / "two", key), rel=1e-4, abs=1e-4), key
+    assert metrics(tmp_path / "two", "perf/processes") == [2, 2]
+    assert metrics(tmp_path / "two", "reward/helpful_z")[1] != pytest.approx(0.0, abs=1e-3)  # the check can fail

@@ -58,7 +58,7 @@ def ranked_rows(labeler: SimulatedLabeler, prompts: list[str], completions: list
 
 def held_out_accuracy(folder: Path, rows: list[dict]) -> float:
     """Share of the held-out gold pairs (better, worse) the reward model scores in the gold order."""
-    scores = score_completions(folder, [r["prompt"] for r in rows], [r["completions"] for r in rows])  # (P, K)
+    scores = score_completions(folder, [r["prompt"] for r in rows], [r["completions"] for r in rows])[0]  # (P, K)
     better, worse = [], []
     for i, row in enumerate(rows):
         for b, w in ranking_to_pairs(row["ranks"]):

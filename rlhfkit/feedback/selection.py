@@ -70,24 +70,38 @@ def check_selection(select: str | None, budget: int | None, reward_models: Seque
 
 
 def check_reward_model_folder(folder: Path) -> None:
-    """A folder written by `rlhfkit reward` (a one-output sequence-classification model), or a UserError."""
+    """A folder written by `rlhfkit reward` (one head, or one per criterion), or a UserError."""
     from rlhfkit.models.reward_model import is_reward_model
 
     if not folder.is_dir():
         raise UserError(f"--reward-model {folder}: folder not found; pass the output folder of `rlhfkit reward`")
     if not (folder / "config.json").is_file() or not is_reward_model(folder):
-        raise UserError(f"--reward-model {folder}: not a reward model folder (no one-output model config.json); "
-                        "pass the output folder of `rlhfkit reward`")
+        raise UserError(f"--reward-model {folder}: not a reward model folder (its config.json is not a "
+                        "sequence-classification model with one head, or one per named criterion); pass the "
+                        "output folder of `rlhfkit reward`")
+
+
+def check_same_criteria(reward_models: Sequence[str | Path]) -> None:
+    """An ensemble's members must score the same criteria (their disagreement is compared per criterion)."""
+    from rlhfkit.models.reward_model import saved_criteria
+
+    named = [(m, saved_criteria(m)) for m in reward_models]
+    first = named[0][1]
+    for folder, criteria in named[1:]:
+        if criteria != first:
+            raise UserError(f"--reward-model {folder} scores {', '.join(criteria or ())} but {named[0][0]} scores "
+                            f"{', '.join(first or ())}; an ensemble's members must score the same criteria")
 
 
 @torch.no_grad()
 def score_completions(reward_model: str | Path, prompts: Sequence[str], completions: Sequence[Sequence[str]],
                       batch_size: int = 64) -> torch.Tensor:
-    """(P, K) float64 scores of every completion of every prompt (raw, before the saved normalisation:
-    a shift per model changes no uncertainty, and the raw scale is the Bradley-Terry scale)."""
+    """(C, P, K) float64 scores of every completion of every prompt by each of the model's C criteria
+    (raw, before the saved normalisation: a shift per model changes no uncertainty, and the raw scale
+    is the Bradley-Terry scale)."""
     from rlhfkit.models.context import model_context, resolve_length
     from rlhfkit.models.loading import load_tokenizer
-    from rlhfkit.models.reward_model import build_reward_model, reward_scores
+    from rlhfkit.models.reward_model import build_reward_model, criterion_scores
 
     k = len(completions[0])
     if any(len(c) != k for c in completions):
@@ -106,21 +120,31 @@ def score_completions(reward_model: str | Path, prompts: Sequence[str], completi
                                 f"{reward_model}'s context of {context}; lower --max-new-tokens")
             keep = context - len(response)  # prompts lose tokens on the left, never the completion
             seqs.append(prompt_ids[-keep:] + response)
-    scores: list[float] = []
+    scores = []
     for start in range(0, len(seqs), batch_size):
         ids, mask = pad_right(seqs[start:start + batch_size], tokenizer.pad_token_id)
-        scores += reward_scores(model, ids, mask, normalized=False).double().tolist()
-    return torch.tensor(scores, dtype=torch.float64).view(len(prompts), k)  # (P, K)
+        scores.append(criterion_scores(model, ids, mask, normalized=False).double())  # (B, C)
+    return torch.cat(scores).T.reshape(-1, len(prompts), k)  # (C, P, K)
 
 
 def prompt_uncertainty(reward_models: Sequence[str | Path], prompts: Sequence[str],
                        completions: Sequence[Sequence[str]], batch_size: int = 64) -> tuple[torch.Tensor, str]:
     """(P,) uncertainty of each prompt and its name: top-pair uncertainty with one reward model,
-    ensemble disagreement with several."""
-    scores = torch.stack([score_completions(m, prompts, completions, batch_size) for m in reward_models])  # (E, P, K)
+    ensemble disagreement with several. A model with a head per criterion gives each criterion's
+    uncertainty, and a prompt counts by its most uncertain criterion (max over the criteria): a
+    ranking is worth asking for when any of its criteria is in doubt."""
+    check_same_criteria(reward_models)
+    scores = torch.stack([score_completions(m, prompts, completions, batch_size) for m in reward_models])  # (E,C,P,K)
+    criteria = scores.shape[1]
     if len(reward_models) == 1:
-        return top_pair_uncertainty(scores[0]), "top-pair uncertainty"
-    return ensemble_disagreement(scores), "ensemble disagreement"
+        per_criterion, name = torch.stack([top_pair_uncertainty(scores[0, c]) for c in range(criteria)]), \
+            "top-pair uncertainty"
+    else:
+        per_criterion, name = torch.stack([ensemble_disagreement(scores[:, c]) for c in range(criteria)]), \
+            "ensemble disagreement"
+    if criteria == 1:
+        return per_criterion[0], name
+    return per_criterion.max(dim=0).values, f"{name}, the most uncertain of {criteria} criteria"
 
 
 def most_uncertain(uncertainty: Sequence[float], budget: int) -> list[int]:

@@ -63,7 +63,7 @@ def stored(db: str, project: str, texts: list[str]) -> dict[str, list[str]]:
         return {text: [c.text for c in store.prompt(ids[text]).completions] for text in texts if text in ids}
 
 
-def independent_scores(folder: Path, prompt: str, completions: list[str]) -> list[float]:
+def independent_scores(folder: Path, prompt: str, completions: list[str], head: int = 0) -> list[float]:
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
     scores = []
@@ -71,7 +71,7 @@ def independent_scores(folder: Path, prompt: str, completions: list[str]) -> lis
         response = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         ids = torch.tensor([tokenizer(prompt)["input_ids"] + response])
         with torch.no_grad():
-            scores.append(model(input_ids=ids).logits[0, 0].item())
+            scores.append(model(input_ids=ids).logits[0, head].item())
     return scores
 
 
@@ -116,6 +116,27 @@ def test_an_ensemble_keeps_the_prompts_it_disagrees_on(tmp_path: Path, pool, rew
     assert u[expected[-1]] > sorted(u.values(), reverse=True)[BUDGET]
     assert set(stored(db, "sel", texts)) == set(expected)
     assert "ensemble disagreement" in output
+
+
+def test_a_head_per_criterion_counts_the_most_uncertain_criterion(tmp_path: Path, pool) -> None:
+    """A reward model with a head per criterion: a prompt's uncertainty is its most uncertain criterion's."""
+    from rlhfkit.models.loading import load_tokenizer
+    from rlhfkit.models.reward_model import build_reward_model
+
+    file, texts, completions = pool
+    folder = tmp_path / "rm_criteria"
+    tokenizer = load_tokenizer(EMBEDDED_MODEL, padding_side="right")
+    torch.manual_seed(2)
+    build_reward_model(EMBEDDED_MODEL, tokenizer, criteria=("helpful", "concise")).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    code, output, db = run_select(tmp_path, file, "--select", "uncertain", "--budget", str(BUDGET),
+                                  "--reward-model", str(folder))
+    assert code == 0, output
+    u = {t: max(top_pair(independent_scores(folder, t, completions[t], head)) for head in (0, 1)) for t in texts}
+    expected = sorted(texts, key=lambda t: -u[t])[:BUDGET]
+    assert u[expected[-1]] > sorted(u.values(), reverse=True)[BUDGET]
+    assert set(stored(db, "sel", texts)) == set(expected)
+    assert "the most uncertain of 2 criteria" in output
 
 
 def test_random_is_seeded(tmp_path: Path, pool) -> None:

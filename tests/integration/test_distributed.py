@@ -61,15 +61,21 @@ def assert_same_weights(a: Path, b: Path) -> None:
 
 @pytest.mark.slow
 def test_reward_training_on_ranked_lists_on_two_processes_matches_one(tiny_model_dir, tmp_path):
-    train = write_jsonl(tmp_path / "ranked.jsonl", known_rule_rankings(70, seed=3))
-    evals = write_jsonl(tmp_path / "ranked_eval.jsonl", known_rule_rankings(30, seed=4))
+    # Two criteria, alternating rows, one head each: batches mix criteria, and the per-criterion
+    # metrics are gathered over both processes too.
+    def tagged(rows: list[dict]) -> list[dict]:
+        return [{**r, "criterion": "ab"[i % 2]} for i, r in enumerate(rows)]
+
+    train = write_jsonl(tmp_path / "ranked.jsonl", tagged(known_rule_rankings(70, seed=3)))
+    evals = write_jsonl(tmp_path / "ranked_eval.jsonl", tagged(known_rule_rankings(30, seed=4)))
 
     def cmd(out: Path) -> list[str]:
         # 15 pairs a batch: shares of 8 and 7; the pair count is not a multiple of 15, so the last
         # batch is smaller, and one batch per pass is a single pair (see the module docstring).
         return ["reward", "--model", str(tiny_model_dir), "--train-data", str(train), "--eval-data", str(evals),
                 "--output-dir", str(out), "--batch-size", "15", "--eval-batch-size", "25", "--learning-rate",
-                "2e-3", "--max-length", "96", "--log-every", "1", "--normalize", "none", "--no-group-by-length"]
+                "2e-3", "--max-length", "96", "--log-every", "1", "--normalize", "none", "--no-group-by-length",
+                "--criterion", "a,b"]
 
     run(cmd(tmp_path / "one"), 1)
     run(cmd(tmp_path / "two"), 2)
@@ -77,8 +83,9 @@ def test_reward_training_on_ranked_lists_on_two_processes_matches_one(tiny_model
     assert len(one) == len(two) > 10
     assert one == pytest.approx(two, rel=1e-4, abs=1e-4)
     assert metrics(tmp_path / "two", "perf/processes") == [2] and metrics(tmp_path / "one", "perf/processes") == [1]
-    for key in ("train/accuracy", "train/lr", "eval/accuracy", "eval/loss"):
-        assert metrics(tmp_path / "one", key) == pytest.approx(metrics(tmp_path / "two", key), abs=1e-4), key
+    for key in ("train/accuracy", "train/lr", "eval/accuracy", "eval/loss", "eval/accuracy/a", "eval/loss/b"):
+        one_values = metrics(tmp_path / "one", key)
+        assert one_values and one_values == pytest.approx(metrics(tmp_path / "two", key), abs=1e-4), key
     assert_same_weights(tmp_path / "one" / "model.safetensors", tmp_path / "two" / "model.safetensors")
 
 

@@ -269,23 +269,3 @@ def _held_out(rows: list[dict]) -> list[dict]:
     order = list(range(len(rows)))
     random.Random(0).shuffle(order)
     return [rows[i] for i in sorted(order[:round(len(rows) * 0.25)])]
-
-
-@pytest.mark.slow
-def test_two_head_training_on_two_processes_matches_one(tiny_model_dir, files, tmp_path: Path) -> None:
-    """Mixed-criteria batches of an odd size split over two processes (see test_distributed.py) train the
-    same two heads as one process, and gather the same per-criterion metrics."""
-    from test_distributed import assert_same_weights, metrics, run
-
-    def cmd(out: Path) -> list[str]:
-        return ["reward", "--model", str(tiny_model_dir), "--train-data", str(files["small"]), "--eval-fraction",
-                "0.25", "--output-dir", str(out), "--criterion", ",".join(CRITERIA), "--batch-size", "7",
-                "--learning-rate", "2e-3", "--max-length", "128", "--log-every", "1", "--eval-every", "2",
-                "--normalize", "none", "--no-group-by-length"]
-
-    run(cmd(tmp_path / "one"), 1)
-    run(cmd(tmp_path / "two"), 2)
-    for key in ("loss/train", "train/accuracy", "eval/loss/positive", "eval/accuracy/short", "eval/loss/short"):
-        one, two = metrics(tmp_path / "one", key), metrics(tmp_path / "two", key)
-        assert len(one) == len(two) > 0 and one == pytest.approx(two, rel=1e-4, abs=1e-4), key
-    assert_same_weights(tmp_path / "one" / "model.safetensors", tmp_path / "two" / "model.safetensors")

@@ -135,7 +135,7 @@ def models_prepare(
 @app.command("report")
 @one_line_errors
 def report(
-    run_dir: Path = typer.Argument(..., help="A run folder (reward, ppo, reinforce) or a demo folder."),
+    run_dir: Path = typer.Argument(..., help="A run folder (reward, sft, dpo, ppo, reinforce) or a demo folder."),
     out: Optional[Path] = typer.Option(None, "--out", help="HTML path (default RUN_DIR/report.html)."),
 ) -> None:
     """Rebuild the HTML report and PNG plots of a run from its metrics.jsonl."""

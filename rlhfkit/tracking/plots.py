@@ -253,6 +253,16 @@ def dpo_plot(rows: Rows, out_dir: Path) -> Path | None:
     return train_eval_figure(rows, panels, "DPO training", out_dir / "dpo.png")
 
 
+def sft_plot(rows: Rows, out_dir: Path) -> Path | None:
+    """SFT training: loss and perplexity per step (train batches), held-out evaluations as points
+    (rlhfkit sft's metrics.jsonl; its step-0 evaluation is the start model's)."""
+    panels = [
+        (("loss/train", "eval/loss"), "Loss", "cross-entropy (nats per target token)"),
+        (("train/perplexity", "eval/perplexity"), "Perplexity", "exp(loss)"),
+    ]
+    return train_eval_figure(rows, panels, "SFT training", out_dir / "sft.png")
+
+
 def train_eval_figure(rows: Rows, panels: Sequence[tuple[tuple[str, str], str, str]], title: str,
                       path: Path) -> Path | None:
     """One panel per (train key, eval key): the train batches as a line, the held-out evaluations as

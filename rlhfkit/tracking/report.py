@@ -40,10 +40,15 @@ from rlhfkit.tracking.summary import POLICIES, SUMMARY_FILE, TRAINED, DemoSummar
 RL_STAGES = ("ppo", "reinforce")
 RM_STAGES = ("reward",)
 DEMO_STAGES = ("demo",)
+SFT_STAGES = ("sft",)
+DPO_STAGES = ("dpo",)
+KNOWN_STAGES = (*RL_STAGES, *RM_STAGES, *DEMO_STAGES, *SFT_STAGES, *DPO_STAGES)
+STAGE_NAMES = "rlhfkit reward, sft, dpo, ppo, reinforce or demo"
 
 TEMPLATES = Path(__file__).parent / "templates"
 RL_KEYS = ("reward/mean", "kl/ref", "policy/entropy", "loss/policy", "gold/mean", "response/length")
-PLOT_NAMES = ("reward.png", "criteria.png", "kl.png", "entropy.png", "diversity.png", "reward_model.png", "dpo.png")
+PLOT_NAMES = ("reward.png", "criteria.png", "kl.png", "entropy.png", "diversity.png", "reward_model.png", "dpo.png",
+              "sft.png")
 MAX_SAMPLE_CHARS = 2000  # a runaway response would otherwise make the table unreadable
 RUN_LABELS = {"start": "start policy", "with_guard": "with guard", "without_guard": "without guard", "dpo": "DPO"}
 DEMO_RUNS = tuple((key, RUN_LABELS[key]) for key in TRAINED)  # the final policies' columns
@@ -85,6 +90,16 @@ DPO_LABELS = {
     "eval/logps/rejected": "Mean log-prob of the rejected completions",
     "eval/pairs": "Held-out pairs",
     "perf/pairs_per_s": "Training throughput (pairs/s)",
+    "perf/train_s": "Training time (s)",
+    "train/steps": "Optimizer steps",
+}
+# Labels of an SFT run's eval.json entries (rlhfkit sft); others are shown under their key.
+SFT_LABELS = {
+    "eval/loss": "Held-out loss (nats per target token)",
+    "eval/start_loss": "... of the start model",
+    "eval/perplexity": "Held-out perplexity",
+    "eval/start_perplexity": "... of the start model",
+    "perf/tokens_per_s": "Training throughput (target tokens/s)",
     "perf/train_s": "Training time (s)",
     "train/steps": "Optimizer steps",
 }
@@ -223,34 +238,34 @@ def load_run(folder: Path) -> RunFiles:
 def stage(run_dir: Path) -> str:
     """The command that wrote `run_dir`, from its config.yaml's `stage:` line (a DataError if unknown)."""
     if not run_dir.is_dir():
-        raise DataError(f"{run_dir}: not a folder; pass a run folder written by rlhfkit (reward, ppo, "
-                        "reinforce or demo)")
+        raise DataError(f"{run_dir}: not a folder; pass a run folder written by {STAGE_NAMES}")
     path = run_dir / "config.yaml"
     config = read_config(run_dir)
     if config is None:
         if (run_dir / SUMMARY_FILE).is_file():
             return "demo"  # a demo folder from before the demo wrote its own config.yaml
         raise DataError(f"{path}: not found, so what wrote {run_dir} is unknown; pass a folder written by "
-                        f"rlhfkit reward, ppo, reinforce or demo (each writes config.yaml with a "
-                        f"'{STAGE_KEY}:' line)")
+                        f"{STAGE_NAMES} (each writes config.yaml with a '{STAGE_KEY}:' line)")
     name = config[0].get(STAGE_KEY)
     if name is None:
         raise DataError(f"{path}: no '{STAGE_KEY}:' line, so what wrote {run_dir} is unknown; add "
-                        f"'{STAGE_KEY}: <reward|ppo|reinforce|demo>' as its first line")
-    if not isinstance(name, str) or name not in (*RL_STAGES, *RM_STAGES, *DEMO_STAGES):
+                        f"'{STAGE_KEY}: <{'|'.join(KNOWN_STAGES)}>' as its first line")
+    if not isinstance(name, str) or name not in KNOWN_STAGES:
         raise DataError(f"{path}: '{STAGE_KEY}: {name}' has no report; reports exist for the folders of "
-                        "rlhfkit reward, ppo, reinforce and demo")
+                        f"{STAGE_NAMES}")
     return name
 
 
 def detect(run_dir: Path) -> str:
-    """'demo', 'rl' or 'reward_model', from the stage in config.yaml; a DataError otherwise."""
+    """'demo', 'rl', 'reward_model', 'sft' or 'dpo', from the stage in config.yaml; a DataError otherwise."""
     name = stage(run_dir)
     if name in DEMO_STAGES:
         if not (run_dir / SUMMARY_FILE).is_file():
             raise DataError(f"{run_dir / SUMMARY_FILE}: not found; the demo writes it after its last stage, "
                             "so this demo did not finish: run `rlhfkit demo` again")
         return "demo"
+    if name in SFT_STAGES or name in DPO_STAGES:
+        return name
     return "rl" if name in RL_STAGES else "reward_model"
 
 
@@ -278,6 +293,9 @@ PLOT_TEXT = {
     "reward_model.png": ("Reward-model training",
                          "Bradley-Terry loss and preference accuracy per optimizer step on training batches, "
                          "with held-out evaluations as squares; the dotted line is chance (50%)."),
+    "sft.png": ("SFT training",
+                "Cross-entropy per target token (completion tokens only) and perplexity per optimizer step on "
+                "training batches, with held-out evaluations as squares (the one at step 0 is the start model)."),
     "dpo.png": ("DPO training",
                 "DPO loss, implicit-reward accuracy (share of pairs whose chosen completion gains more log-prob "
                 "over the reference than the rejected one) and implicit-reward margin per optimizer step on "
@@ -428,6 +446,41 @@ def rm_report(run: RunFiles, plot_dir: Path) -> Report:
             report.facts.append(("Held-out accuracy", fmt_percent(final["eval/accuracy"])))
         report.tables.append(rm_table(final))
     plot = _embed(plots.reward_model_plot(run.rows, plot_dir))
+    report.plots = [plot] if plot is not None else []
+    if run.config_text is not None:
+        report.settings.append(("config.yaml", run.config_text))
+    return report
+
+
+def dpo_report(run: RunFiles, plot_dir: Path) -> Report:
+    report = Report(f"DPO: {run.folder.name}", run.folder.name, "dpo")
+    final = run.eval if run.eval is not None else _last_eval(run.rows)
+    if final is not None:
+        if "eval/rewards/accuracy" in final:
+            report.facts.append(("Held-out implicit-reward accuracy", fmt_percent(final["eval/rewards/accuracy"])))
+        table = rm_table(final, DPO_LABELS)
+        table.title = "Final held-out evaluation on the comparisons"
+        report.tables.append(table)
+    if "beta" in run.config:
+        report.facts.append(("beta", fmt(run.config["beta"])))
+    plot = _embed(plots.dpo_plot(run.rows, plot_dir))
+    report.plots = [plot] if plot is not None else []
+    if run.config_text is not None:
+        report.settings.append(("config.yaml", run.config_text))
+    return report
+
+
+def sft_report(run: RunFiles, plot_dir: Path) -> Report:
+    report = Report(f"SFT: {run.folder.name}", run.folder.name, "sft")
+    final = run.eval if run.eval is not None else _last_eval(run.rows)
+    if final is not None:
+        if "eval/loss" in final:
+            start = f"{fmt(final['eval/start_loss'])} \u2192 " if "eval/start_loss" in final else ""
+            report.facts.append(("Held-out loss per target token", f"{start}{fmt(final['eval/loss'])}"))
+        table = rm_table(final, SFT_LABELS)
+        table.title = "Final held-out evaluation"
+        report.tables.append(table)
+    plot = _embed(plots.sft_plot(run.rows, plot_dir))
     report.plots = [plot] if plot is not None else []
     if run.config_text is not None:
         report.settings.append(("config.yaml", run.config_text))
@@ -620,6 +673,10 @@ def build_report(run_dir: Path, out: Path | None = None) -> Path:
         report = demo_report(run_dir, plot_dir)
     elif kind == "rl":
         report = rl_report(load_run(run_dir), plot_dir)
+    elif kind == "sft":
+        report = sft_report(load_run(run_dir), plot_dir)
+    elif kind == "dpo":
+        report = dpo_report(load_run(run_dir), plot_dir)
     else:
         report = rm_report(load_run(run_dir), plot_dir)
     made = {p.path.name for p in report.plots}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import math
 import re
 import struct
 from pathlib import Path
@@ -205,6 +206,39 @@ def test_reward_model_run(tmp_path: Path) -> None:
     assert_self_contained(html)
     assert "81.2%" in html and "0.4123" in html
     png_size(tmp_path / "elsewhere" / "plots" / "reward_model.png")
+
+
+def test_dpo_run(tmp_path: Path) -> None:
+    write_dpo_run(tmp_path)
+    html = build_report(tmp_path).read_text()
+    assert_self_contained(html)
+    facts = dict(re.findall(r'<span class="label">(.*?)</span><span class="value">(.*?)</span>', html))
+    assert facts["Held-out implicit-reward accuracy"] == "76.5%" and facts["beta"] == "0.25"
+    assert "0.6931" in html and "dpo_marker: 777" in html  # the start policy's loss, the config
+    assert png_size(tmp_path / "plots" / "dpo.png")[0] > 0
+
+
+def write_sft_run(folder: Path) -> None:
+    rows = [{"step": 0, "time": 0.0, "eval/loss": 2.5, "eval/perplexity": math.exp(2.5)}]
+    rows += [{"step": s, "time": 0.0, "loss/train": 2.4 - 0.1 * s, "train/perplexity": math.exp(2.4 - 0.1 * s)}
+             for s in range(1, 9)]
+    rows.append({"step": 8, "time": 0.0, "eval/loss": 1.75, "eval/perplexity": math.exp(1.75)})
+    write_jsonl(folder / "metrics.jsonl", rows)
+    (folder / "eval.json").write_text(json.dumps({"eval/loss": 1.75, "eval/perplexity": math.exp(1.75),
+                                                  "eval/start_loss": 2.5, "train/steps": 8}))
+    (folder / "config.yaml").write_text("stage: sft\nsft_marker: 4242\n")
+
+
+def test_sft_run(tmp_path: Path) -> None:
+    write_sft_run(tmp_path)
+    html = build_report(tmp_path).read_text()
+    assert_self_contained(html)
+    facts = dict(re.findall(r'<span class="label">(.*?)</span><span class="value">(.*?)</span>', html))
+    assert facts["Held-out loss per target token"] == "2.5 \u2192 1.75"
+    assert "5.755" in html  # exp(1.75) = 5.7546, the held-out perplexity to 4 digits
+    assert "sft_marker: 4242" in html
+    assert png_size(tmp_path / "plots" / "sft.png")[0] > 0
+    assert detect(tmp_path) == "sft"
 
 
 def test_missing_optional_keys_and_files_are_left_out(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ import functools
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -438,53 +438,56 @@ def rl_report(run: RunFiles, plot_dir: Path) -> Report:
     return report
 
 
-def rm_report(run: RunFiles, plot_dir: Path) -> Report:
-    report = Report(f"Reward model: {run.folder.name}", run.folder.name, "reward_model")
+def training_report(run: RunFiles, plot_dir: Path, title: str, kind: str, labels: Mapping[str, str],
+                    plot: Path | None, facts: Callable[[Mapping[str, Any]], list[tuple[str, str]]],
+                    table_title: str = "") -> Report:
+    """A training run's page (reward, sft, dpo): facts from its final held-out evaluation (eval.json, or
+    the last eval row of metrics.jsonl; {} when there is none), that evaluation as a table, its training
+    plot, its config."""
+    report = Report(f"{title}: {run.folder.name}", run.folder.name, kind)
     final = run.eval if run.eval is not None else _last_eval(run.rows)
+    report.facts += facts(final or {})
     if final is not None:
-        if "eval/accuracy" in final:
-            report.facts.append(("Held-out accuracy", fmt_percent(final["eval/accuracy"])))
-        report.tables.append(rm_table(final))
-    plot = _embed(plots.reward_model_plot(run.rows, plot_dir))
-    report.plots = [plot] if plot is not None else []
+        table = rm_table(final, labels)
+        table.title = table_title or table.title
+        report.tables.append(table)
+    embedded = _embed(plot)
+    report.plots = [embedded] if embedded is not None else []
     if run.config_text is not None:
         report.settings.append(("config.yaml", run.config_text))
     return report
+
+
+def rm_report(run: RunFiles, plot_dir: Path) -> Report:
+    def facts(final: Mapping[str, Any]) -> list[tuple[str, str]]:
+        return [("Held-out accuracy", fmt_percent(final["eval/accuracy"]))] if "eval/accuracy" in final else []
+
+    return training_report(run, plot_dir, "Reward model", "reward_model", RM_LABELS,
+                           plots.reward_model_plot(run.rows, plot_dir), facts)
 
 
 def dpo_report(run: RunFiles, plot_dir: Path) -> Report:
-    report = Report(f"DPO: {run.folder.name}", run.folder.name, "dpo")
-    final = run.eval if run.eval is not None else _last_eval(run.rows)
-    if final is not None:
+    def facts(final: Mapping[str, Any]) -> list[tuple[str, str]]:
+        out = []
         if "eval/rewards/accuracy" in final:
-            report.facts.append(("Held-out implicit-reward accuracy", fmt_percent(final["eval/rewards/accuracy"])))
-        table = rm_table(final, DPO_LABELS)
-        table.title = "Final held-out evaluation on the comparisons"
-        report.tables.append(table)
-    if "beta" in run.config:
-        report.facts.append(("beta", fmt(run.config["beta"])))
-    plot = _embed(plots.dpo_plot(run.rows, plot_dir))
-    report.plots = [plot] if plot is not None else []
-    if run.config_text is not None:
-        report.settings.append(("config.yaml", run.config_text))
-    return report
+            out.append(("Held-out implicit-reward accuracy", fmt_percent(final["eval/rewards/accuracy"])))
+        if "beta" in run.config:
+            out.append(("beta", fmt(run.config["beta"])))
+        return out
+
+    return training_report(run, plot_dir, "DPO", "dpo", DPO_LABELS, plots.dpo_plot(run.rows, plot_dir), facts,
+                           "Final held-out evaluation on the comparisons")
 
 
 def sft_report(run: RunFiles, plot_dir: Path) -> Report:
-    report = Report(f"SFT: {run.folder.name}", run.folder.name, "sft")
-    final = run.eval if run.eval is not None else _last_eval(run.rows)
-    if final is not None:
-        if "eval/loss" in final:
-            start = f"{fmt(final['eval/start_loss'])} \u2192 " if "eval/start_loss" in final else ""
-            report.facts.append(("Held-out loss per target token", f"{start}{fmt(final['eval/loss'])}"))
-        table = rm_table(final, SFT_LABELS)
-        table.title = "Final held-out evaluation"
-        report.tables.append(table)
-    plot = _embed(plots.sft_plot(run.rows, plot_dir))
-    report.plots = [plot] if plot is not None else []
-    if run.config_text is not None:
-        report.settings.append(("config.yaml", run.config_text))
-    return report
+    def facts(final: Mapping[str, Any]) -> list[tuple[str, str]]:
+        if "eval/loss" not in final:
+            return []
+        start = f"{fmt(final['eval/start_loss'])} \u2192 " if "eval/start_loss" in final else ""
+        return [("Held-out loss per target token", f"{start}{fmt(final['eval/loss'])}")]
+
+    return training_report(run, plot_dir, "SFT", "sft", SFT_LABELS, plots.sft_plot(run.rows, plot_dir), facts,
+                           "Final held-out evaluation")
 
 
 DEMO_ROWS = (  # attribute of each PolicyRecord, label, format

@@ -66,6 +66,7 @@ from rlhfkit.trainers.step_resume import (
     drop_checkpoints,
     find_resume,
     load_step_checkpoint,
+    remaining_batches,
     run_folder,
 )
 
@@ -436,38 +437,34 @@ def train(cfg: DPOConfig) -> dict[str, float]:
         with progress_bar(total_steps, "dpo", keys=("loss", "acc", "eval_acc"), enabled=main) as bar:
             bar.update(step)
             # 4. DPO updates: every process walks the same global batches and trains on its share.
-            for epoch in range(step // len(batches), cfg.epochs):
-                batches.passes = epoch  # pass e's order is seeded by (seed, e): a resumed run sees the same batches
-                for index, rows in enumerate(batches):
-                    if epoch * len(batches) + index < step:
-                        continue  # done before the checkpoint this run resumed from
-                    weight_sum = float(sum(train_data.weights[i] for i in rows))  # of the global batch
-                    own, real = process_share(rows, rank, world)
-                    parts = [collate(train_data, chunk.tolist(), pad_id, real)
-                             for chunk in micro_batches(torch.tensor(own), cfg.micro_batch_size)]
-                    stats = StepStats()
-                    optimizer_step(accelerator, policy, optimizer, scheduler, parts,
-                                   partial(micro_loss, weight_sum=weight_sum, pairs=len(rows), stats=stats),
-                                   cfg.max_grad_norm)
-                    stats.end_step()
-                    step += 1
-                    pairs_seen += len(rows)
-                    shown = stats.summary(accelerator)
-                    if step % cfg.log_every == 0 or step == total_steps:
-                        logger.log(step, {**shown, "train/lr": scheduler.get_last_lr()[0],
-                                          "perf/pairs_per_s": pairs_seen / max(elapsed(), 1e-9)})
-                    bar_values = {"loss": shown["loss/train"], "acc": shown["rewards/accuracy"]}
-                    # 5. Held-out evaluation.
-                    if cfg.eval_every and step % cfg.eval_every == 0 and step != total_steps:
-                        t0 = time.perf_counter()
-                        metrics = evaluate(unwrapped, ref_logps, eval_data, accelerator, cfg, pad_id)
-                        t_eval += time.perf_counter() - t0
-                        logger.log(step, metrics)
-                        bar_values["eval_acc"] = metrics["eval/rewards/accuracy"]
-                    bar.update(1, **bar_values)
-                    # 6. Checkpoints on schedule, and when SIGTERM / Ctrl-C asked the run to stop.
-                    checkpoints.after_step({"step": step, "pairs_seen": pairs_seen, "elapsed": elapsed(),
-                                            "start": start}, logger)
+            for rows in remaining_batches(batches, cfg.epochs, step):  # after those a resumed run did
+                weight_sum = float(sum(train_data.weights[i] for i in rows))  # of the global batch
+                own, real = process_share(rows, rank, world)
+                parts = [collate(train_data, chunk.tolist(), pad_id, real)
+                         for chunk in micro_batches(torch.tensor(own), cfg.micro_batch_size)]
+                stats = StepStats()
+                optimizer_step(accelerator, policy, optimizer, scheduler, parts,
+                               partial(micro_loss, weight_sum=weight_sum, pairs=len(rows), stats=stats),
+                               cfg.max_grad_norm)
+                stats.end_step()
+                step += 1
+                pairs_seen += len(rows)
+                shown = stats.summary(accelerator)
+                if step % cfg.log_every == 0 or step == total_steps:
+                    logger.log(step, {**shown, "train/lr": scheduler.get_last_lr()[0],
+                                      "perf/pairs_per_s": pairs_seen / max(elapsed(), 1e-9)})
+                bar_values = {"loss": shown["loss/train"], "acc": shown["rewards/accuracy"]}
+                # 5. Held-out evaluation.
+                if cfg.eval_every and step % cfg.eval_every == 0 and step != total_steps:
+                    t0 = time.perf_counter()
+                    metrics = evaluate(unwrapped, ref_logps, eval_data, accelerator, cfg, pad_id)
+                    t_eval += time.perf_counter() - t0
+                    logger.log(step, metrics)
+                    bar_values["eval_acc"] = metrics["eval/rewards/accuracy"]
+                bar.update(1, **bar_values)
+                # 6. Checkpoints on schedule, and when SIGTERM / Ctrl-C asked the run to stop.
+                checkpoints.after_step({"step": step, "pairs_seen": pairs_seen, "elapsed": elapsed(),
+                                        "start": start}, logger)
         train_s = elapsed()
         metrics = evaluate(unwrapped, ref_logps, eval_data, accelerator, cfg, pad_id)
         metrics.update({"perf/pairs_per_s": pairs_seen / max(train_s, 1e-9), "perf/train_s": train_s,

@@ -65,6 +65,7 @@ from rlhfkit.trainers.step_resume import (
     drop_checkpoints,
     find_resume,
     load_step_checkpoint,
+    remaining_batches,
     run_folder,
 )
 
@@ -248,42 +249,38 @@ def train(cfg: SFTConfig) -> dict[str, float]:
         with progress_bar(total_steps, "sft", keys=("loss", "eval_loss"), enabled=main) as bar:
             bar.update(step)
             # 3. Cross-entropy updates: every process walks the same global batches and trains on its share.
-            for epoch in range(step // len(batches), cfg.epochs):
-                batches.passes = epoch  # pass e's order is seeded by (seed, e): a resumed run sees the same batches
-                for index, batch_rows in enumerate(batches):
-                    if epoch * len(batches) + index < step:
-                        continue  # done before the checkpoint this run resumed from
-                    denominator = rows.target_count(batch_rows)  # targets of the global batch
-                    own, real = process_share(batch_rows, rank, world)
-                    parts = [collate(rows, chunk.tolist(), pad_id, real)
-                             for chunk in micro_batches(torch.tensor(own), cfg.micro_batch_size)]
-                    stats = StepStats()
-                    grad_norm = optimizer_step(accelerator, lm, optimizer, scheduler, parts,
-                                               partial(micro_loss, denominator=denominator, stats=stats),
-                                               cfg.max_grad_norm)
-                    if grad_norm is not None:  # the norm of the all-reduced gradient, the same on every process
-                        stats.extreme("train/grad_norm", torch.as_tensor(grad_norm), largest=True)
-                    stats.end_step()
-                    step += 1
-                    tokens_seen += sum(len(rows.ids[i]) for i in batch_rows)
-                    bar_values: dict[str, float] = {}
-                    if step % cfg.log_every == 0 or step == total_steps:
-                        shown = stats.summary(accelerator)  # the only device read of the step
-                        logger.log(step, {**shown, "train/perplexity": math.exp(shown["loss/train"]),
-                                          "train/target_tokens": denominator, "train/lr": scheduler.get_last_lr()[0],
-                                          "perf/tokens_per_s": tokens_seen / max(elapsed(), 1e-9)})
-                        bar_values["loss"] = shown["loss/train"]
-                    # 4. Held-out evaluation.
-                    if cfg.eval_every and step % cfg.eval_every == 0 and step != total_steps:
-                        t0 = time.perf_counter()
-                        metrics = evaluate(lm, eval_rows, accelerator, cfg, pad_id)
-                        t_eval += time.perf_counter() - t0
-                        logger.log(step, metrics)
-                        bar_values["eval_loss"] = metrics["eval/loss"]
-                    bar.update(1, **bar_values)
-                    # 5. Checkpoints on schedule, and when SIGTERM / Ctrl-C asked the run to stop.
-                    checkpoints.after_step({"step": step, "tokens_seen": tokens_seen, "elapsed": elapsed(),
-                                            "start_metrics": start_metrics}, logger)
+            for batch_rows in remaining_batches(batches, cfg.epochs, step):  # after those a resumed run did
+                denominator = rows.target_count(batch_rows)  # targets of the global batch
+                own, real = process_share(batch_rows, rank, world)
+                parts = [collate(rows, chunk.tolist(), pad_id, real)
+                         for chunk in micro_batches(torch.tensor(own), cfg.micro_batch_size)]
+                stats = StepStats()
+                grad_norm = optimizer_step(accelerator, lm, optimizer, scheduler, parts,
+                                           partial(micro_loss, denominator=denominator, stats=stats),
+                                           cfg.max_grad_norm)
+                if grad_norm is not None:  # the norm of the all-reduced gradient, the same on every process
+                    stats.extreme("train/grad_norm", torch.as_tensor(grad_norm), largest=True)
+                stats.end_step()
+                step += 1
+                tokens_seen += sum(len(rows.ids[i]) for i in batch_rows)
+                bar_values: dict[str, float] = {}
+                if step % cfg.log_every == 0 or step == total_steps:
+                    shown = stats.summary(accelerator)  # the only device read of the step
+                    logger.log(step, {**shown, "train/perplexity": math.exp(shown["loss/train"]),
+                                      "train/target_tokens": denominator, "train/lr": scheduler.get_last_lr()[0],
+                                      "perf/tokens_per_s": tokens_seen / max(elapsed(), 1e-9)})
+                    bar_values["loss"] = shown["loss/train"]
+                # 4. Held-out evaluation.
+                if cfg.eval_every and step % cfg.eval_every == 0 and step != total_steps:
+                    t0 = time.perf_counter()
+                    metrics = evaluate(lm, eval_rows, accelerator, cfg, pad_id)
+                    t_eval += time.perf_counter() - t0
+                    logger.log(step, metrics)
+                    bar_values["eval_loss"] = metrics["eval/loss"]
+                bar.update(1, **bar_values)
+                # 5. Checkpoints on schedule, and when SIGTERM / Ctrl-C asked the run to stop.
+                checkpoints.after_step({"step": step, "tokens_seen": tokens_seen, "elapsed": elapsed(),
+                                        "start_metrics": start_metrics}, logger)
         train_s = elapsed()
         metrics = evaluate(lm, eval_rows, accelerator, cfg, pad_id)
         metrics.update({"perf/tokens_per_s": tokens_seen / max(train_s, 1e-9), "perf/train_s": train_s,

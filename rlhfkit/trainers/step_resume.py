@@ -106,6 +106,17 @@ def run_folder(out_dir: str | Path, cfg: Any, main: bool, resume_path: Path | No
         yield tmp, open_metrics(tmp, cfg, enabled=main, append=resuming)
 
 
+def remaining_batches(batches: Any, epochs: int, step: int) -> Iterator[Any]:
+    """The global batches of `epochs` passes over `batches` after the first `step` (done before the
+    checkpoint a run resumed from). Pass e's order is seeded by (seed, e) (`batches.passes = e`), so a
+    resumed run sees the same batches in the same order as the run it continues."""
+    for epoch in range(step // len(batches), epochs):
+        batches.passes = epoch
+        for index, rows in enumerate(batches):
+            if epoch * len(batches) + index >= step:
+                yield rows
+
+
 def drop_checkpoints(folder: Path) -> None:
     """The run is complete and its model saved: its checkpoints go (only now, so that a run killed while
     saving the model still resumes from them)."""

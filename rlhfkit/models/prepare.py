@@ -19,6 +19,7 @@ to EOS would move the score of a saved reward model off the EOS that rlhfkit rea
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import importlib.util
 import json
@@ -26,7 +27,10 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from rlhfkit.errors import ModelError
 
@@ -90,8 +94,41 @@ def _check_output(output: Path) -> None:
                          "pass another --output")
 
 
+@contextmanager
+def _gguf_parsed_once() -> Iterator[None]:
+    """Inside: the `gguf` package's file reader and tensor-name map are built once per argument.
+
+    transformers parses the GGUF file's metadata (49k vocabulary strings, read field by field) once each
+    for the tokenizer, the config and the weights, and builds gguf's tensor-name map once per module of
+    the model (397 times for SmolLM2); both are read-only after construction, so the same objects serve
+    every call: the same folder in about half the time. transformers imports both names from `gguf` at
+    call time, which is where they are swapped, and put back on the way out.
+    """
+    import gguf
+
+    reader, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    readers: dict[Any, Any] = {}
+
+    def read_once(path: Any, *args: Any, **kwargs: Any) -> Any:
+        key = (str(path), args, tuple(sorted(kwargs.items())))
+        if key not in readers:
+            readers[key] = reader(path, *args, **kwargs)
+        return readers[key]
+
+    gguf.GGUFReader, gguf.get_tensor_name_map = read_once, functools.cache(name_map)
+    try:
+        yield
+    finally:
+        gguf.GGUFReader, gguf.get_tensor_name_map = reader, name_map
+
+
 def _convert_smollm2(gguf: Path, dest: Path) -> None:
     """De-quantise the GGUF into a plain fp32 LlamaForCausalLM folder with its tokenizer at `dest`."""
+    with _gguf_parsed_once():
+        _convert(gguf, dest)
+
+
+def _convert(gguf: Path, dest: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -167,7 +204,7 @@ def _make_ordinary(folder: Path) -> None:
         f.chmod(0o666 & ~umask)
 
 
-STALE_PARTIAL_S = 3600.0  # a conversion takes about a minute; an older partial folder is a killed run's
+STALE_PARTIAL_S = 3600.0  # a conversion takes under a minute; an older partial folder is a killed run's
 
 
 def _remove_stale_partials(output: Path) -> None:

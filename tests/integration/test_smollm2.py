@@ -105,6 +105,9 @@ def test_prepared_folder_is_a_plain_smollm2_and_is_reused(smollm2_dir: Path) -> 
     assert sum(p.numel() for p in model.parameters()) == SMOLLM2_PARAMETERS
     tok = load_tokenizer(smollm2_dir)
     assert tok.eos_token == "<|im_end|>" and len(tok) == 49152
+    import gguf  # the conversion's read-once swap of gguf's reader and name map is undone
+
+    assert isinstance(gguf.GGUFReader, type) and not hasattr(gguf.get_tensor_name_map, "cache_info")
     assert tok.pad_token == "<|endoftext|>" and tok.pad_token_id != tok.eos_token_id
     assert cfg.pad_token_id == tok.pad_token_id and cfg.eos_token_id == tok.eos_token_id
     assert tok.model_max_length == cfg.max_position_embeddings == 8192

@@ -171,3 +171,30 @@ def moving_average(values: torch.Tensor, window: int) -> torch.Tensor:
     t = torch.arange(v.numel())
     start = (t - window + 1).clamp(min=0)
     return (sums[t + 1] - sums[start]) / (t + 1 - start).to(torch.float64)
+
+
+def perturbation_effect(original: torch.Tensor, edited: torch.Tensor, min_std: float = 1e-8
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """d = (1/N) sum_i (r'_i - r_i) / max(sigma_r, min_std),  p = (1/N) sum_i 1[r'_i > r_i].
+
+    How a reward responds to an edit of N replies that makes each of them worse (shuffled words, the
+    reply repeated, the reply given to another prompt): r_i the reward of reply i as written, r'_i of
+    its edited copy, sigma_r the population std of the r_i (the reward's spread over the policy's
+    replies, the scale the policy's advantages live on). d is the mean change in those units; a
+    reward worth optimising has d clearly below 0 and p near 0; one that rises for the edit (d > 0)
+    pays for it, and the policy can learn to make it. A directional expectation test in the sense
+    of Ribeiro et al. 2020 ("Beyond Accuracy: Behavioral Testing of NLP Models with CheckList").
+
+    Args:
+      original: (N,) rewards of the replies as written, N >= 2.
+      edited: (N,) rewards of their edited copies.
+      min_std: floor of sigma_r (> 0), so a constant reward gives a finite d.
+
+    Returns:
+      (d, p): 0-dim float64 tensors.
+    """
+    r, e = _float64_series("original", original, 2), _float64_series("edited", edited, 2)
+    check_same_shape(original=r, edited=e)
+    check_positive("min_std", min_std)
+    sigma = r.std(unbiased=False).clamp(min=min_std)
+    return (e - r).mean() / sigma, (e > r).to(torch.float64).mean()

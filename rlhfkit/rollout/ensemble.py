@@ -74,6 +74,7 @@ class GuardedScorer:
         self.conservative_k, self.length_coef, self.clip = conservative_k, length_coef, clip
         self.reference_length: float | None = None  # mean length of the first scored batch
         self.first_batch: dict[str, list[float]] | None = None  # scores and lengths of the start policy's samples
+        self.first_episodes: tuple | None = None  # those samples themselves, for the reward probes (rollout/probes.py)
         self._sums: dict[str, float] = {}
         self._count = 0
         self._raw = False
@@ -130,6 +131,7 @@ class GuardedScorer:
         lengths = response_mask.sum(-1).float().to(raw.device)  # (B,)
         if self.first_batch is None:
             self.first_batch = {"scores": raw.tolist(), "lengths": lengths.tolist()}
+            self.first_episodes = (*args[:5], list(prompts), list(responses))
         stats = {"reward/raw": raw.sum().item()}
         if isinstance(self.primary, CriteriaScorer):
             stats.update(self.primary.batch_sums())  # reward/<criterion>, reward/<criterion>_z, reward/combined

@@ -7,7 +7,14 @@ from pathlib import Path
 
 from rlhfkit.errors import DataError
 from rlhfkit.tracking.alarms import ALARMS_FILE, Alarm, read_alarms, replay
-from rlhfkit.tracking.health import REWARD_CHECK_FILE, Finding, format_finding, health_checks, training_rows
+from rlhfkit.tracking.health import (
+    REWARD_CHECK_FILE,
+    Finding,
+    format_finding,
+    health_checks,
+    probe_line,
+    training_rows,
+)
 from rlhfkit.tracking.metrics import read_metrics
 from rlhfkit.tracking.report import read_config
 
@@ -38,6 +45,7 @@ def diagnose(run_dir: str | Path) -> list[str]:
         check = json.loads(check_path.read_text(encoding="utf-8"))
         acc = f", held-out accuracy {check['heldout_accuracy']:.1%}" if "heldout_accuracy" in check else ""
         lines.append(f"reward model on the start policy's samples: score spread {check['score_std']:.3f}, "
-                     f"correlation with length {check['length_correlation']:.2f}{acc}")
+                     f"correlation with length {check['length_correlation']:.2f}{acc}"
+                     f"{probe_line(check.get('probes') or {})}")
         lines += [format_finding(Finding(**f)) for f in check.get("findings", [])]
     return lines

@@ -4,7 +4,8 @@
 per iteration, the keys of trainers/rl_metrics.py) and returns a `Finding` with an explanation
 and a suggested fix, or None. "Start" and "end" are the means over the first and the last tenth
 of the iterations (at least RECENT each), as in the report. `check_reward_model` is the reward
-model's quality check on the start policy's own samples (its first scored batch, before any update).
+model's quality check on the start policy's own samples (its first scored batch, before any update),
+`probe_findings` the warnings of its probes (rollout/probes.py) on the same samples.
 `rlhfkit diagnose RUN_DIR` prints both and the run's alarms (tracking/alarms.py).
 """
 
@@ -34,6 +35,11 @@ APPROX_KL_HIGH = 0.05  # policy/approx_kl, nats per token: PPO setups target 0.0
 EOS_SHARE_LOW = 0.5
 LENGTH_CORRELATION = 0.3  # reward-model score vs length on the start policy's samples
 SPREAD_LOW = 0.1  # std of the reward-model scores on the start policy's samples
+# reward probes (rollout/probes.py): the mean change of the reward for an edit that makes replies worse,
+# in units of the reward's spread over the start policy's replies (algos.hacking.perturbation_effect)
+SHUFFLED_SHIFT = -0.25  # shuffled replies should lose more than this
+REPEATED_SHIFT = 0.25  # repeated replies should gain less than this
+SWAPPED_SHIFT = -0.25  # replies to another prompt should lose more than this
 REWARD_CHECK_FILE = "reward_check.json"
 
 
@@ -213,6 +219,53 @@ def check_reward_model(scores: Sequence[float], lengths: Sequence[float], accura
             "mostly noise", "collect more or cleaner comparisons, or train for more epochs",
             {"heldout_accuracy": accuracy}))
     return numbers, findings
+
+
+def probe_findings(effects: Mapping[str, Mapping[str, float]], score_std: float | None = None) -> list[Finding]:
+    """Warnings from the reward probes of rollout/probes.py: {edit: {"shift": d, "raised": p}} -> findings.
+
+    None when the reward hardly separates the samples (score_std < SPREAD_LOW): the shifts are then ratios of
+    near-zero numbers, and check_reward_model's spread warning already says what is wrong."""
+    findings: list[Finding] = []
+    if score_std is not None and score_std < SPREAD_LOW:
+        return findings
+    shuffled, repeated, swapped = effects.get("shuffled"), effects.get("repeated"), effects.get("swapped")
+    if shuffled is not None and shuffled["shift"] > SHUFFLED_SHIFT:
+        findings.append(Finding(
+            "reward ignores word order",
+            f"the start policy's replies with their tokens shuffled score {_change(shuffled['shift'])} "
+            f"(higher for {shuffled['raised']:.0%} of them): word salad of the words it likes can earn the reward",
+            "add comparisons in which a scrambled or incoherent reply loses to a plain one (rlhfkit feedback), and "
+            "guard the run with --reward-clip and the KL penalty; the entropy alarm watches for word salad",
+            {"shift": shuffled["shift"], "raised": shuffled["raised"]}))
+    if repeated is not None and repeated["shift"] > REPEATED_SHIFT:
+        findings.append(Finding(
+            "reward pays for repetition",
+            f"the start policy's replies written twice score {_change(repeated['shift'])} (higher for "
+            f"{repeated['raised']:.0%} of them): the policy can raise the reward by repeating itself",
+            "add comparisons in which a repetitive reply loses, and guard the run with --length-penalty 1.0; the "
+            "repetition and length alarms watch for it", {"shift": repeated["shift"], "raised": repeated["raised"]}))
+    if swapped is not None and swapped["shift"] > SWAPPED_SHIFT:
+        findings.append(Finding(
+            "reward ignores the prompt",
+            f"the start policy's replies given to another prompt score {_change(swapped['shift'])} (higher for "
+            f"{swapped['raised']:.0%} of them): one generic reply to every prompt can earn the reward",
+            "add comparisons in which an off-topic reply loses to an answer (rlhfkit feedback)",
+            {"shift": swapped["shift"], "raised": swapped["raised"]}))
+    return findings
+
+
+def _change(shift: float) -> str:
+    """'0.12 standard deviations lower' / 'higher', in units of the reward's spread on the samples."""
+    return f"{abs(shift):.2f} standard deviations {'higher' if shift > 0 else 'lower'} on average"
+
+
+def probe_line(probes: Mapping[str, Mapping[str, float]]) -> str:
+    """', reward change for shuffled -0.91, repeated +0.10, swapped -0.52 (standard deviations)' or ''."""
+    if not probes:
+        return ""
+    return ("; reward change for " + ", ".join(f"{name} {e['shift']:+.2f}" for name, e in probes.items())
+            + " standard deviations")
 
 
 def reward_model_accuracy(folder: str | Path) -> float | None:

@@ -243,7 +243,7 @@ def build_rl(cfg: Any, with_critic: bool, separate_critic: bool = False, steps_p
     if accelerator.is_main_process:
         save_run_config(cfg, out_dir)
     run.logger = open_metrics(out_dir, cfg, enabled=accelerator.is_main_process, append=resuming)
-    run.monitor = Monitor(cfg, scorer, out_dir, accelerator, resuming)
+    run.monitor = Monitor(cfg, scorer, out_dir, accelerator, resuming, tokenizer)
     if evaluation is not None and not resuming:
         if scorer.reference_pending:  # several criteria: after the rollout that freezes their normalisation
             run.start_evaluation_pending = True

@@ -4,12 +4,13 @@ alarms that stop a run, and `rlhfkit diagnose` on the result."""
 from __future__ import annotations
 
 import json
+import math
 import random
 from pathlib import Path
 
 import pytest
 from toy_data import NEUTRAL, PROMPTS
-from toy_rewards import count_a
+from toy_rewards import count_a, letters
 
 from rlhfkit.tracking.diagnose import diagnose
 from rlhfkit.trainers.ppo import train as train_ppo
@@ -57,6 +58,8 @@ def test_conservative_reward_is_the_ensemble_mean_minus_k_spreads(tiny_model_dir
     check = json.loads((tmp_path / "run" / "reward_check.json").read_text())
     assert check["samples"] == 16 and 0 <= check["heldout_accuracy"] <= 1
     assert -1 <= check["length_correlation"] <= 1
+    assert sorted(check["probes"]) == ["repeated", "shuffled", "swapped"]  # a real reward model's probes
+    assert all(math.isfinite(e["shift"]) and 0 <= e["raised"] <= 1 for e in check["probes"].values())
 
 
 def test_an_alarm_stops_the_run_and_diagnose_explains_it(tiny_model_dir, prompts_file, tmp_path):
@@ -74,6 +77,22 @@ def test_an_alarm_stops_the_run_and_diagnose_explains_it(tiny_model_dir, prompts
     assert (out / "model.safetensors").exists() or (out / "config.json").exists()  # the stopped policy was saved
     lines = diagnose(out)
     assert any(f"alarm at iteration {first} ({alarms[0]['detector']}, alarms.jsonl)" in line for line in lines)
+
+
+def test_reward_probes_warn_before_the_first_update(tiny_model_dir, prompts_file, tmp_path):
+    """A reward that counts letters ignores word order and the prompt (shuffled or swapped replies keep the
+    batch's letters): reward_check.json and diagnose say so."""
+    out = tmp_path / "run"
+    train_ppo(ppo(tiny_model_dir, prompts_file, out, iterations=1), reward_fn=letters)
+    check = json.loads((out / "reward_check.json").read_text())
+    assert check["score_std"] > 0.1  # the replies differ in length, so the shifts are measured
+    assert check["probes"]["shuffled"] == {"shift": 0.0, "raised": 0.0}
+    assert check["probes"]["swapped"]["shift"] == pytest.approx(0.0, abs=1e-9)
+    assert math.isfinite(check["probes"]["repeated"]["shift"]) and 0 <= check["probes"]["repeated"]["raised"] <= 1
+    text = "\n".join(diagnose(out))
+    for rule in ("reward ignores word order", "reward ignores the prompt"):
+        assert rule in text and rule in [f["rule"] for f in check["findings"]]
+    assert "reward change for shuffled +0.00, repeated " in text
 
 
 def test_on_alarm_checkpoint_saves_that_iteration_and_goes_on(tiny_model_dir, prompts_file, tmp_path):

@@ -34,6 +34,7 @@ import yaml
 from rlhfkit.config import STAGE_KEY
 from rlhfkit.errors import DataError
 from rlhfkit.tracking import plots
+from rlhfkit.tracking.health import REWARD_CHECK_FILE
 from rlhfkit.tracking.metrics import read_metrics
 from rlhfkit.tracking.summary import POLICIES, SUMMARY_FILE, TRAINED, DemoSummary, RunRecord
 
@@ -411,6 +412,18 @@ def _last_eval(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
     return {k: v for k, v in evals[-1].items() if k not in ("step", "time")} if evals else None
 
 
+def reward_check_warnings(folder: Path) -> str | None:
+    """The warnings of a run's reward check before its first update (reward_check.json: spread, length,
+    accuracy and the reward probes), "none" without any, None for a run without the file."""
+    try:
+        check = json.loads((folder / REWARD_CHECK_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    findings = check.get("findings") if isinstance(check, dict) else None
+    rules = [str(f.get("rule")) for f in findings or [] if isinstance(f, dict) and f.get("rule")]
+    return ", ".join(rules) or "none"
+
+
 # ---------------------------------------------------------------------------------------------
 # One report per kind of folder
 # ---------------------------------------------------------------------------------------------
@@ -427,6 +440,9 @@ def rl_report(run: RunFiles, plot_dir: Path) -> Report:
     alarms = plots.alarm_steps(run.rows)
     report.facts.append(("Reward-hacking alarms (dotted lines on the curves)",
                          ", ".join(f"{d} at iteration {int(s)}" for s, d in alarms) or "none"))
+    warnings = reward_check_warnings(run.folder)
+    if warnings is not None:
+        report.facts.append(("Reward check before the first update (reward_check.json)", warnings))
     report.tables.append(rl_headline(run.rows))
     report.plots = rl_plots({run.folder.name: run.rows}, plot_dir)
     criteria = _embed(plots.criteria_plot(run.rows, plot_dir))
@@ -599,6 +615,10 @@ def demo_report(run_dir: Path, plot_dir: Path) -> Report:
     for label, rows in runs.items():
         report.facts.append((f"Reward-hacking alarms, {label}",
                              ", ".join(f"{d} at iteration {int(s)}" for s, d in plots.alarm_steps(rows)) or "none"))
+    first = next((record.folder for _, record in demo.runs()), None)
+    warnings = reward_check_warnings(run_dir / first) if first else None
+    if warnings is not None:  # both PPO runs start from the same policy and batch: one check says it for both
+        report.facts.append(("Reward check before PPO (the reward model on the start policy's replies)", warnings))
     criteria = demo_criteria(demo)
     if criteria is not None and demo.criteria is not None:
         report.tables.append(criteria)

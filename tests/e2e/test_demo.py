@@ -68,6 +68,12 @@ def test_every_stage_left_its_output(demo_runs) -> None:
         assert (out / path).is_file(), path
     for png in (out / "plots").glob("*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the reward check before PPO (its probes included) is on the report, as the guarded run wrote it
+    check = json.loads((out / "ppo" / "reward_check.json").read_text())
+    assert sorted(check["probes"]) == ["repeated", "shuffled", "swapped"]
+    warnings = ", ".join(f["rule"] for f in check["findings"]) or "none"
+    html = (out / "report.html").read_text()
+    assert "Reward check before PPO" in html and warnings in html
     # Every config.yaml names the command that wrote it: what the report reads.
     assert read_yaml(out / "config.yaml")["stage"] == "demo"
     assert read_yaml(out / summary["reward_model"]["folder"] / "config.yaml")["stage"] == "reward"

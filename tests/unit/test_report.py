@@ -397,9 +397,15 @@ def test_rl_report_lists_alarms_and_draws_them_on_the_curves(tmp_path: Path) -> 
     write_jsonl(tmp_path / "without" / "metrics.jsonl", rl_rows(12, guard=False))
     for name in ("with", "without"):
         (tmp_path / name / "config.yaml").write_text("stage: ppo\n")
+    (tmp_path / "with" / "reward_check.json").write_text(json.dumps(
+        {"score_std": 1.0, "findings": [{"rule": "reward ignores word order", "explanation": "x", "fix": "y"},
+                                        {"rule": "reward ignores the prompt", "explanation": "x", "fix": "y"}]}))
     html = build_report(tmp_path / "with").read_text()
     assert "entropy at iteration 7" in html
-    assert "entropy at iteration" not in build_report(tmp_path / "without").read_text()
+    assert "Reward check before the first update (reward_check.json)" in html
+    assert "reward ignores word order, reward ignores the prompt" in html
+    without = build_report(tmp_path / "without").read_text()
+    assert "entropy at iteration" not in without and "Reward check before" not in without  # no file, no line
     # the alarm's dotted line changes the pixels of every RL curve (the same run drawn twice is byte-identical)
     before = {name: (tmp_path / "without" / "plots" / name).read_bytes() for name in RL_PLOTS}
     build_report(tmp_path / "without")

@@ -90,6 +90,7 @@ class Monitor:
         if not self.checked and self.main:
             self.reward_model_check()
         self.checked = True
+        self.scorer.first_episodes = None  # every process: the probes' batch is not needed after iteration 0
         self.history.append({"step": iteration, **metrics})
         # Every process sees the same gathered metrics, so they all reach the same verdict.
         alarms: list[Alarm] = check(self.history, self.cfg.alarm_baseline, self.fired)

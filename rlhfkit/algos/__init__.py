@@ -16,6 +16,7 @@ from rlhfkit.algos.hacking import (
     perturbation_effect,
     relative_drift,
     robust_slope,
+    standardized_spread,
     window_zscore,
 )
 from rlhfkit.algos.kl import (
@@ -129,6 +130,7 @@ __all__ = [
     "sequence_logprobs",
     "sft_loss",
     "shaped_rewards",
+    "standardized_spread",
     "td_errors",
     "top_pair_uncertainty",
     "value_checks",

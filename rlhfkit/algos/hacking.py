@@ -1,4 +1,4 @@
-"""Reward-hacking statistics: ensemble spread, robust trends, drift from a reference, correlations.
+"""Reward-hacking statistics: ensemble spreads, robust trends, drift from a reference, correlations.
 
 The detectors of rlhfkit.tracking.alarms read one number per iteration from the RL metrics
 (ensemble spread, KL, reward, length, entropy) and test it with these functions; each detector's
@@ -41,6 +41,37 @@ def ensemble_spread(scores: torch.Tensor) -> torch.Tensor:
     if scores.shape[0] < 2:
         raise ValueError(f"scores needs at least 2 ensemble members (rows), got shape {tuple(scores.shape)}")
     return scores.std(dim=0, unbiased=False)
+
+
+def standardized_spread(scores: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """s_i = sqrt((1/E) sum_e (z_e,i - zbar_i)^2),  z_e,i = (r_e,i - mu_e) / sigma_e: disagreement in common units.
+
+    `ensemble_spread` of the members' scores, each first put in its own standard units of a
+    reference batch (mu_e, sigma_e: member e's mean and population std on the start policy's
+    samples, `criteria_reference`). Members of different trunks or training runs score on different
+    scales; without this the raw spread of two such members grows with the reply's quality itself
+    ((a - b) r when one scores a r and the other b r), and the member with the larger scale
+    dominates. In these units every member counts alike, and the spread only grows when the members
+    rank the policy's samples differently than they ranked the start policy's.
+
+    Args:
+      scores: (E, B) scores of E >= 2 members for B episodes.
+      mean: (E,) each member's reference mean.
+      std: (E,) each member's reference standard deviation, > 0.
+
+    Returns:
+      (B,) spread of each episode's standardized scores (same dtype as scores).
+    """
+    check_rank("scores", scores, "E", "B")
+    check_rank("mean", mean, "E")
+    check_rank("std", std, "E")
+    if mean.shape[0] != scores.shape[0] or std.shape[0] != scores.shape[0]:
+        raise ValueError(f"mean and std need one value per member (row of scores): got {mean.shape[0]} and "
+                         f"{std.shape[0]} for {scores.shape[0]} members")
+    if not bool((std > 0).all()):
+        raise ValueError("std must be > 0 for every member")
+    z = (scores - mean.to(scores)[:, None]) / std.to(scores)[:, None]  # (E, B)
+    return ensemble_spread(z)
 
 
 def robust_slope(values: torch.Tensor) -> torch.Tensor:

@@ -2,8 +2,12 @@
 
 `GuardedScorer` wraps the run's scorer (`--reward-model` or `--reward-fn`). With
 `--reward-ensemble DIR,DIR,...` it also scores every episode with each extra reward model,
-trained on the same comparisons with other seeds (`rlhfkit reward --seed N`); the members'
-spread on the policy's samples is what the ensemble alarm watches. The reward the policy is
+trained on the same comparisons with other seeds (`rlhfkit reward --seed N`) or from another base
+model; the members' spread on the policy's samples is what the ensemble alarm watches. That spread
+is logged twice: `reward/ensemble_spread` in the reward's units (the term of the conservative
+reward) and `reward/ensemble_spread_z` with each member in its own standard units of the run's
+first batch (algos.hacking.standardized_spread), which the alarm reads, so members with different
+scales count alike. The reward the policy is
 trained on is then, in this order:
 
   1. the reward model's score, or with --conservative-k k > 0 the ensemble's mean minus k times
@@ -25,13 +29,14 @@ monitor logs them once per iteration (each process its own share; see tracking/a
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import torch
 
-from rlhfkit.algos.hacking import ensemble_spread
+from rlhfkit.algos.criteria import criteria_reference
+from rlhfkit.algos.hacking import ensemble_spread, standardized_spread
 from rlhfkit.algos.reward_transforms import clip_reward, conservative_reward, length_penalty
 from rlhfkit.errors import ConfigError
 from rlhfkit.models.loading import load_tokenizer
@@ -39,7 +44,7 @@ from rlhfkit.models.reward_model import build_reward_model, is_reward_model, sav
 from rlhfkit.rollout.criteria import CriteriaScorer
 from rlhfkit.rollout.scoring import RewardModelScorer, Scorer
 
-STAT_KEYS = ("reward/raw", "reward/ensemble_mean", "reward/ensemble_spread")
+STAT_KEYS = ("reward/raw", "reward/ensemble_mean", "reward/ensemble_spread", "reward/ensemble_spread_z")
 
 
 def load_members(folders: Sequence[str], policy_tokenizer: Any, device: torch.device,
@@ -66,7 +71,8 @@ class GuardedScorer:
     """The run's scorer, an optional ensemble beside it, and the reward transforms (see the module doc)."""
 
     def __init__(self, primary: Scorer, members: Sequence[Scorer] = (), conservative_k: float = 0.0,
-                 length_coef: float = 0.0, clip: float = 0.0) -> None:
+                 length_coef: float = 0.0, clip: float = 0.0,
+                 gather: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         if conservative_k and not members:
             raise ConfigError("setting 'conservative_k': the conservative reward needs an ensemble; pass "
                               "--reward-ensemble DIR,... (reward models trained with other seeds)")
@@ -75,6 +81,11 @@ class GuardedScorer:
         self.reference_length: float | None = None  # mean length of the first scored batch
         self.first_batch: dict[str, list[float]] | None = None  # scores and lengths of the start policy's samples
         self.first_episodes: tuple | None = None  # those samples themselves, for the reward probes (rollout/probes.py)
+        # each member's mean and std on the first batch (all processes' shares: `gather`), for the spread in
+        # standard units; frozen like the reference length
+        self.member_mean: torch.Tensor | None = None  # (E,)
+        self.member_std: torch.Tensor | None = None
+        self.gather = gather
         self._sums: dict[str, float] = {}
         self._count = 0
         self._raw = False
@@ -104,6 +115,8 @@ class GuardedScorer:
     def state_dict(self) -> dict[str, Any]:
         """The references frozen on the first batch (criteria statistics, reference length), for checkpoints."""
         state: dict[str, Any] = {"reference_length": self.reference_length}
+        if self.member_mean is not None and self.member_std is not None:
+            state["member_reference"] = {"mean": self.member_mean.tolist(), "std": self.member_std.tolist()}
         if isinstance(self.primary, CriteriaScorer):
             state["criteria"] = self.primary.state_dict()
             state["members"] = [m.state_dict() for m in self.members if isinstance(m, CriteriaScorer)]
@@ -114,6 +127,9 @@ class GuardedScorer:
             return
         if state.get("reference_length") is not None:
             self.reference_length = float(state["reference_length"])
+        if state.get("member_reference"):
+            self.member_mean = torch.tensor(state["member_reference"]["mean"], dtype=torch.float32)
+            self.member_std = torch.tensor(state["member_reference"]["std"], dtype=torch.float32)
         if isinstance(self.primary, CriteriaScorer):
             self.primary.load_state_dict(state.get("criteria"))
             for member, member_state in zip(self.members, state.get("members") or []):
@@ -140,6 +156,11 @@ class GuardedScorer:
             table = torch.stack([raw] + [m(*args).float().to(raw.device) for m in self.members])  # (E, B)
             stats["reward/ensemble_mean"] = table.mean(0).sum().item()
             stats["reward/ensemble_spread"] = ensemble_spread(table).sum().item()
+            if self.member_mean is None:  # the start policy's samples: every process's share
+                reference = table.T if self.gather is None else self.gather(table.T.contiguous())  # (B_all, E)
+                self.member_mean, self.member_std = criteria_reference(reference)
+            spread_z = standardized_spread(table, self.member_mean, self.member_std)  # (B,)
+            stats["reward/ensemble_spread_z"] = spread_z.sum().item()
             if self.conservative_k:
                 scores = conservative_reward(table, self.conservative_k)
         if self.length_coef:
@@ -160,8 +181,9 @@ class GuardedScorer:
         return sums, count
 
 
-def guard_scorer(cfg: Any, scorer: Scorer, policy_tokenizer: Any, device: torch.device) -> GuardedScorer:
+def guard_scorer(cfg: Any, scorer: Scorer, policy_tokenizer: Any, device: torch.device,
+                 gather: Callable[[torch.Tensor], torch.Tensor] | None = None) -> GuardedScorer:
     """Wrap the run's scorer with the ensemble and transforms its settings ask for."""
     criteria = scorer if isinstance(scorer, CriteriaScorer) else None
     members = load_members(cfg.reward_ensemble, policy_tokenizer, device, criteria) if cfg.reward_ensemble else []
-    return GuardedScorer(scorer, members, cfg.conservative_k, cfg.length_penalty, cfg.reward_clip)
+    return GuardedScorer(scorer, members, cfg.conservative_k, cfg.length_penalty, cfg.reward_clip, gather)

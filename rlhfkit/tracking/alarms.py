@@ -5,8 +5,9 @@ iteration on the run's history so far (the first `baseline` iterations, where th
 still close to the reference, are the baseline; "recent" is the mean of the last RECENT
 iterations, so one noisy batch does not fire an alarm):
 
-- ensemble: z = window_zscore of the trailing mean of `reward/ensemble_spread`, and its ratio
-  to the baseline's mean; fires when z > SPREAD_Z and ratio > SPREAD_RATIO while the proxy
+- ensemble: z = window_zscore of the trailing mean of `reward/ensemble_spread_z` (the members'
+  spread in their own standard units; `reward/ensemble_spread` for runs logged before it), and its
+  ratio to the baseline's mean; fires when z > SPREAD_Z and ratio > SPREAD_RATIO while the proxy
   reward rises (robust_slope of `reward/raw` over the last TREND iterations > 0).
 - length: d = relative_drift of recent `response/length` from the baseline's; |d| > LENGTH_DRIFT.
 - repetition: d = relative_drift of recent `response/repetition`; d > REPETITION_DRIFT and
@@ -72,7 +73,10 @@ def _recent_and_base(rows: Rows, key: str, baseline: int) -> tuple[float, float]
 
 
 def ensemble_alarm(rows: Rows, baseline: int) -> Alarm | None:
-    spread, raw = _series(rows, "reward/ensemble_spread"), _series(rows, "reward/raw")
+    spread = _series(rows, "reward/ensemble_spread_z")
+    if spread is None:  # a run logged before the standardized spread
+        spread = _series(rows, "reward/ensemble_spread")
+    raw = _series(rows, "reward/raw")
     if spread is None or raw is None or spread.numel() < max(baseline + RECENT, TREND):
         return None
     smooth = moving_average(spread, RECENT)

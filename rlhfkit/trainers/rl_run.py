@@ -186,7 +186,7 @@ def build_rl(cfg: Any, with_critic: bool, separate_critic: bool = False, steps_p
     # the ensemble and the reward transforms against reward hacking (rollout/ensemble.py)
     # (several criteria on N processes freeze their normalisation on every process's share of the first batch)
     gather = accelerator.gather if world > 1 else None
-    scorer = guard_scorer(cfg, build_scorer(cfg, tokenizer, device, reward_fn, gather), tokenizer, device)
+    scorer = guard_scorer(cfg, build_scorer(cfg, tokenizer, device, reward_fn, gather), tokenizer, device, gather)
     policy = load_causal_lm(cfg.policy, tokenizer)
     if cfg.gradient_checkpointing:  # recompute activations in the backward: less memory, about 30% more time
         policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -93,7 +93,8 @@ def test_reward_training_on_ranked_lists_on_two_processes_matches_one(tiny_model
 def test_ppo_with_ragged_eos_and_two_criteria_on_two_processes_matches_one(tmp_path):
     """Ragged replies and a reward model with a head per criterion, combined by weights: on 2 processes the
     first rollout's shares are gathered before the criteria's mu and sigma are frozen, so every metric matches
-    1 process (a per-process reference would make each process's z mean 0 on iteration 0 and differ after)."""
+    1 process (a per-process reference would make each process's z mean 0 on iteration 0 and differ after); the
+    same for the ensemble member's reference of the standardized spread."""
     from rlhfkit.assets import embedded_model_path
     from rlhfkit.models.loading import load_tokenizer
     from rlhfkit.models.reward_model import build_reward_model
@@ -103,13 +104,17 @@ def test_ppo_with_ragged_eos_and_two_criteria_on_two_processes_matches_one(tmp_p
     rm = build_reward_model(embedded_model_path(), tok, criteria=("helpful", "concise"))
     rm.save_pretrained(tmp_path / "rm")
     tok.save_pretrained(tmp_path / "rm")
+    torch.manual_seed(2)  # an ensemble member with the same criteria: its spread's reference is gathered too
+    build_reward_model(embedded_model_path(), tok, criteria=("helpful", "concise")).save_pretrained(tmp_path / "rm2")
+    tok.save_pretrained(tmp_path / "rm2")
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(synthetic.prompts(16, seed=0, split="train")) + "\n")
 
     def cmd(out: Path) -> list[str]:
         # The embedded model ends most replies with EOS, at different lengths.
         return ["ppo", "--policy", "embedded", "--prompts", str(prompts), "--reward-model", str(tmp_path / "rm"),
-                "--reward-weights", "helpful=1,concise=-0.5", "--output-dir", str(out), "--iterations", "3",
+                "--reward-ensemble", str(tmp_path / "rm2"), "--reward-weights", "helpful=1,concise=-0.5",
+                "--output-dir", str(out), "--iterations", "3",
                 "--rollout-batch-size", "16", "--num-minibatches", "2", "--update-epochs", "2", "--max-new-tokens",
                 "16", "--learning-rate", "1e-3", "--sample-every", "1"]
 
@@ -120,9 +125,11 @@ def test_ppo_with_ragged_eos_and_two_criteria_on_two_processes_matches_one(tmp_p
     assert max(lengths) < 16 and min(eos) > 0.1, "some responses should stop at EOS (ragged lengths)"
     for key in ("reward/mean", "kl/ref", "loss/policy", "loss/value", "loss/total", "policy/clipfrac",
                 "policy/approx_kl", "policy/ratio_max", "value/mean", "policy/grad_norm", "train/lr",
-                "reward/helpful", "reward/helpful_z", "reward/concise_z", "reward/combined"):
+                "reward/helpful", "reward/helpful_z", "reward/concise_z", "reward/combined",
+                "reward/ensemble_spread", "reward/ensemble_spread_z"):
         assert metrics(tmp_path / "one", key) == pytest.approx(metrics(tmp_path / "two", key), rel=1e-4, abs=1e-4), key
     assert metrics(tmp_path / "two", "reward/helpful_z")[1] != pytest.approx(0.0, abs=1e-3)  # the check can fail
+    assert min(metrics(tmp_path / "two", "reward/ensemble_spread_z")) > 0
     # two processes really ran, and only the main one writes: one line per iteration, one final model
     assert metrics(tmp_path / "two", "perf/processes") == [2] * 3
     assert len(metrics(tmp_path / "two", "reward/mean")) == 3

@@ -50,6 +50,17 @@ def test_ensemble_alarm_needs_the_reward_to_rise():
     assert "ensemble" not in detectors(rows)
 
 
+def test_ensemble_alarm_reads_the_standardized_spread_when_logged():
+    """reward/ensemble_spread_z is what the alarm watches; the raw spread only for runs logged without it."""
+    raw_rises = [{**r, "reward/ensemble_spread_z": 0.2 + 0.01 * math.sin(r["step"])}
+                 for r in history(20, reward__ensemble_spread=lambda i: 1.5, reward__raw=lambda i: 0.5 * i)]
+    assert "ensemble" not in detectors(raw_rises)
+    z_rises = [{**r, "reward/ensemble_spread_z": 0.6 if r["step"] >= 10 else 0.2 + 0.01 * math.sin(r["step"])}
+               for r in history(20, reward__raw=lambda i: 0.5 * i)]
+    (alarm,) = replay(z_rises, BASE)
+    assert (alarm.detector, alarm.step) == ("ensemble", 10)  # (0.2 + 0.2 + 0.6) / 3 = 0.33: ratio 1.67
+
+
 def test_length_alarm():
     rows = history(20, response__length=lambda i: 30.0)
     (alarm,) = replay(rows, BASE)
@@ -112,6 +123,32 @@ def test_guarded_scorer_conservative_reward_and_stats():
     assert count == 2 and sums["reward/raw"] == pytest.approx(3.0)
     assert sums["reward/ensemble_spread"] == pytest.approx(sum(spreads), abs=1e-6)
     assert scorer.take_stats() == ({}, 0)
+
+
+def sequence(*batches):
+    """A scorer that returns the next of `batches` on each call."""
+    calls = iter(batches)
+    return FunctionScorer(lambda prompts, responses: next(calls))
+
+
+def test_guarded_scorer_standardizes_members_on_the_first_batch():
+    """First batch: primary [1, 3] (mean 2, std 1), member [10, 30] (mean 20, std 10): z = (-1, 1) for both,
+    spread 0, while the raw spreads are 4.5 and 13.5. Second batch: primary [1, 3], member [30, 10]: z = (-1, 1)
+    and (1, -1), spread 1 per episode. A scorer resumed from the state keeps the first batch's reference."""
+    scorer = GuardedScorer(sequence([1.0, 3.0], [1.0, 3.0]), [sequence([10.0, 30.0], [30.0, 10.0])])
+    _call(scorer, [2, 2])
+    sums, _ = scorer.take_stats()
+    assert sums["reward/ensemble_spread_z"] == pytest.approx(0.0, abs=1e-6)
+    assert sums["reward/ensemble_spread"] == pytest.approx(4.5 + 13.5, abs=1e-5)
+    state = scorer.state_dict()
+    assert state["member_reference"]["mean"] == pytest.approx([2.0, 20.0])
+    assert state["member_reference"]["std"] == pytest.approx([1.0, 10.0])
+    _call(scorer, [2, 2])
+    assert scorer.take_stats()[0]["reward/ensemble_spread_z"] == pytest.approx(2.0, abs=1e-6)
+    resumed = GuardedScorer(sequence([1.0, 3.0]), [sequence([30.0, 10.0])])
+    resumed.load_state_dict(state)
+    _call(resumed, [2, 2])
+    assert resumed.take_stats()[0]["reward/ensemble_spread_z"] == pytest.approx(2.0, abs=1e-6)
 
 
 def test_guarded_scorer_length_penalty_uses_the_first_batch_as_reference():

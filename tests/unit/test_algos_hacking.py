@@ -18,6 +18,7 @@ from rlhfkit.algos import (
     pearson_correlation,
     relative_drift,
     robust_slope,
+    standardized_spread,
     window_zscore,
 )
 
@@ -43,6 +44,40 @@ def test_ensemble_spread_rejects_one_member():
         ensemble_spread(torch.zeros(1, 3))
     with pytest.raises(ValueError, match="scores must have shape"):
         ensemble_spread(torch.zeros(3))
+
+
+def test_standardized_spread_hand():
+    """Member 1 scores 10x member 0 plus 20: in their own units (mean 2 / 20, std 1 / 10) they agree,
+    spread 0, where the raw spread is 4.5 and 13.5. Reversed order: z = (-1, 1) and (1, -1), spread 1."""
+    scores = torch.tensor([[1.0, 3.0], [10.0, 30.0]], dtype=f64)
+    mean, std = torch.tensor([2.0, 20.0], dtype=f64), torch.tensor([1.0, 10.0], dtype=f64)
+    assert standardized_spread(scores, mean, std).tolist() == pytest.approx([0.0, 0.0], abs=1e-12)
+    assert ensemble_spread(scores).tolist() == pytest.approx([4.5, 13.5], abs=1e-12)
+    reversed_ = torch.tensor([[1.0, 3.0], [30.0, 10.0]], dtype=f64)
+    assert standardized_spread(reversed_, mean, std).tolist() == pytest.approx([1.0, 1.0], abs=1e-12)
+
+
+def test_standardized_spread_ignores_each_members_scale_and_offset():
+    """Property: rescaling member e by a_e > 0 and shifting it by b_e (its reference moves with it)
+    leaves the spread unchanged; checked against statistics.pstdev of hand-standardized scores."""
+    rng = random.Random(1)
+    rows = [[rng.gauss(0, 1) for _ in range(6)] for _ in range(3)]  # 3 members, 6 episodes
+    mean = [statistics.fmean(r) for r in rows]
+    std = [statistics.pstdev(r) for r in rows]
+    want = [statistics.pstdev([(rows[e][i] - mean[e]) / std[e] for e in range(3)]) for i in range(6)]
+    a, b = [0.5, 3.0, 40.0], [-2.0, 7.0, 0.25]
+    moved = [[a[e] * x + b[e] for x in rows[e]] for e in range(3)]
+    got = standardized_spread(torch.tensor(moved, dtype=f64), torch.tensor([a[e] * mean[e] + b[e] for e in range(3)],
+                              dtype=f64), torch.tensor([a[e] * std[e] for e in range(3)], dtype=f64))
+    assert got.tolist() == pytest.approx(want, abs=1e-12)
+
+
+def test_standardized_spread_rejects_bad_references():
+    scores = torch.zeros(2, 3)
+    with pytest.raises(ValueError, match="one value per member"):
+        standardized_spread(scores, torch.zeros(3), torch.ones(3))
+    with pytest.raises(ValueError, match="std must be > 0"):
+        standardized_spread(scores, torch.zeros(2), torch.tensor([1.0, 0.0]))
 
 
 def test_robust_slope_hand():

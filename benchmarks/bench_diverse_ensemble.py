@@ -26,7 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from bench_hacking import BATCH, LR, SMOOTH, alarm_steps, gold_below_start, gold_peak, setup
+from bench_hacking import BATCH, LR, SMOOTH, alarm_steps, bench_config, gold_below_start, gold_peak, setup
 
 GUARD = {"kl_coef": 0.3, "reward_clip": 2.0}
 MEMBER = "reward_model_smollm2"
@@ -58,18 +58,13 @@ def main() -> None:
     if not (args.base / "config.json").exists():
         raise SystemExit(f"{args.base}: no model there; run: rlhfkit models prepare smollm2")
     torch.set_num_threads(1)
-    from rlhfkit.models.loading import LoadOptions, configure_loading
     from rlhfkit.pipelines import demo
-    from rlhfkit.pipelines.demo_config import DemoConfig
     from rlhfkit.tracking.metrics import read_metrics
     from rlhfkit.trainers.ppo import train as train_ppo
     from rlhfkit.trainers.rl_config import PPOConfig
 
     t0 = time.perf_counter()
-    args.out.mkdir(parents=True, exist_ok=True)
-    cfg = DemoConfig(output_dir=str(args.out), threads=1, iterations=args.iterations, rollout_batch_size=BATCH,
-                     learning_rate=LR)
-    configure_loading(LoadOptions())
+    cfg = bench_config(args.out, args.iterations)
     _, _, folders = setup(args.out, cfg)
     member = train_member(args.out, args.base, cfg)
     accuracy = json.loads((member / "eval.json").read_text())["eval/accuracy"]

@@ -64,6 +64,16 @@ def gold_peak(rows: list[dict[str, Any]]) -> int:
     return max(range(len(smooth)), key=smooth.__getitem__)
 
 
+def bench_config(out: Path, iterations: int) -> Any:
+    """This benchmark's DemoConfig (LR, BATCH episodes, 1 thread), with OUT made and the default loading."""
+    from rlhfkit.models.loading import LoadOptions, configure_loading
+    from rlhfkit.pipelines.demo_config import DemoConfig
+
+    out.mkdir(parents=True, exist_ok=True)
+    configure_loading(LoadOptions())
+    return DemoConfig(output_dir=str(out), threads=1, iterations=iterations, rollout_batch_size=BATCH, learning_rate=LR)
+
+
 def setup(out: Path, cfg: Any) -> tuple[Any, Any, list[str]]:
     """Rankings and the E reward models (reused when OUT already holds them)."""
     from rlhfkit.models.loading import load_causal_lm, load_tokenizer
@@ -267,15 +277,10 @@ def main() -> None:
     ap.add_argument("--rerun", action="store_true", help="train every run again (default: reuse finished runs in OUT)")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    from rlhfkit.models.loading import LoadOptions, configure_loading
-    from rlhfkit.pipelines.demo_config import DemoConfig
     from rlhfkit.tracking.metrics import read_metrics
 
     t0 = time.perf_counter()
-    args.out.mkdir(parents=True, exist_ok=True)
-    cfg = DemoConfig(output_dir=str(args.out), threads=1, iterations=args.iterations, rollout_batch_size=BATCH,
-                     learning_rate=LR)
-    configure_loading(LoadOptions())
+    cfg = bench_config(args.out, args.iterations)
     tokenizer, start, folders = setup(args.out, cfg)
     t_setup = time.perf_counter() - t0
     plan = [(f"{kind}_seed{s}", s, {"kl_coef": KL_GUARD} if kind == "guarded" else {})

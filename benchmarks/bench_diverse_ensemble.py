@@ -4,7 +4,7 @@ bench_hacking.py's ensemble members differ only in their fine-tuning seed, and t
 reward model's blind spot. This script adds a member from another pretrained trunk: SmolLM2-135M-Instruct
 (`rlhfkit models prepare smollm2`), trained on the same comparisons (one epoch, lr 3e-5, batch 32, the
 same held-out tenth). Its own tokenizer is handled by the scorer, and the ensemble alarm reads the
-members' spread in their own standard units (`reward/ensemble_spread_z`), so its other scale does not
+members' spread in their own standard units (`reward/ensemble_spread_standardized`), so its other scale does not
 matter. PPO at bench_hacking's settings (lr 3e-5, 32 episodes, 28 iterations), ensemble = the seed
 members + the SmolLM2 member, over training seeds: unguarded (KL 0) and guarded (KL 0.3 + reward clip 2,
 the guard that holds in bench_guard_demo.py). Per run: the gold landmarks of bench_hacking.py and the
@@ -86,7 +86,7 @@ def main() -> None:
             run = {"label": label, "seed": seed, "gold": gold, "gold_peak": peak,
                    "gold_below_start": gold_below_start(gold, peak), "gold_last5": sum(gold[-5:]) / 5,
                    "max_kl": max(r["kl/ref"] for r in rows), "alarms": alarm_steps(args.out / name),
-                   "spread_z": [r.get("reward/ensemble_spread_z") for r in rows]}
+                   "spread_z": [r.get("reward/ensemble_spread_standardized") for r in rows]}
             result["runs"][name] = run
             alarms = ", ".join(f"{d} {s}" for d, s in sorted(run["alarms"].items(), key=lambda x: x[1])) or "none"
             lines.append(f"| {label} | {seed} | {peak} | {run['gold_below_start']} | {run['gold_last5']:.2f} | "

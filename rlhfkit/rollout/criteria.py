@@ -33,7 +33,7 @@ from rlhfkit.rollout.scoring import RewardModelScorer, check_trained_reward_mode
 
 # Metric keys of the run's own reward statistics: a criterion may not take one of these names.
 RESERVED = frozenset(("mean", "std", "total", "raw", "combined", "gated", "ensemble_mean", "ensemble_spread",
-                      "ensemble_spread_z", "return_mean"))
+                      "ensemble_spread_standardized", "return_mean"))
 
 
 class CriteriaScorer:

@@ -5,7 +5,7 @@
 trained on the same comparisons with other seeds (`rlhfkit reward --seed N`) or from another base
 model; the members' spread on the policy's samples is what the ensemble alarm watches. That spread
 is logged twice: `reward/ensemble_spread` in the reward's units (the term of the conservative
-reward) and `reward/ensemble_spread_z` with each member in its own standard units of the run's
+reward) and `reward/ensemble_spread_standardized` with each member in its own standard units of the run's
 first batch (algos.hacking.standardized_spread), which the alarm reads, so members with different
 scales count alike. The reward the policy is
 trained on is then, in this order:
@@ -44,7 +44,7 @@ from rlhfkit.models.reward_model import build_reward_model, is_reward_model, sav
 from rlhfkit.rollout.criteria import CriteriaScorer
 from rlhfkit.rollout.scoring import RewardModelScorer, Scorer
 
-STAT_KEYS = ("reward/raw", "reward/ensemble_mean", "reward/ensemble_spread", "reward/ensemble_spread_z")
+STAT_KEYS = ("reward/raw", "reward/ensemble_mean", "reward/ensemble_spread", "reward/ensemble_spread_standardized")
 
 
 def load_members(folders: Sequence[str], policy_tokenizer: Any, device: torch.device,
@@ -160,7 +160,7 @@ class GuardedScorer:
                 reference = table.T if self.gather is None else self.gather(table.T.contiguous())  # (B_all, E)
                 self.member_mean, self.member_std = criteria_reference(reference)
             spread_z = standardized_spread(table, self.member_mean, self.member_std)  # (B,)
-            stats["reward/ensemble_spread_z"] = spread_z.sum().item()
+            stats["reward/ensemble_spread_standardized"] = spread_z.sum().item()
             if self.conservative_k:
                 scores = conservative_reward(table, self.conservative_k)
         if self.length_coef:

@@ -5,7 +5,7 @@ iteration on the run's history so far (the first `baseline` iterations, where th
 still close to the reference, are the baseline; "recent" is the mean of the last RECENT
 iterations, so one noisy batch does not fire an alarm):
 
-- ensemble: z = window_zscore of the trailing mean of `reward/ensemble_spread_z` (the members'
+- ensemble: z = window_zscore of the trailing mean of `reward/ensemble_spread_standardized` (the members'
   spread in their own standard units; `reward/ensemble_spread` for runs logged before it), and its
   ratio to the baseline's mean; fires when z > SPREAD_Z and ratio > SPREAD_RATIO while the proxy
   reward rises (robust_slope of `reward/raw` over the last TREND iterations > 0).
@@ -73,7 +73,7 @@ def _recent_and_base(rows: Rows, key: str, baseline: int) -> tuple[float, float]
 
 
 def ensemble_alarm(rows: Rows, baseline: int) -> Alarm | None:
-    spread = _series(rows, "reward/ensemble_spread_z")
+    spread = _series(rows, "reward/ensemble_spread_standardized")
     if spread is None:  # a run logged before the standardized spread
         spread = _series(rows, "reward/ensemble_spread")
     raw = _series(rows, "reward/raw")

@@ -126,9 +126,9 @@ class RolloutSettings:
     reward_ensemble: list[str] = setting(
         [], "More reward model folders trained on the same comparisons (other seeds: rlhfkit reward --seed N; another "
         "base model: rlhfkit reward --model M), comma separated. Their disagreement with --reward-model on the "
-        "policy's samples feeds the ensemble alarm (reward/ensemble_spread_z, each model in its own standard units "
-        "of the first batch) and --conservative-k (reward/ensemble_spread); the reward stays --reward-model's score "
-        "unless k > 0.")
+        "policy's samples feeds the ensemble alarm (reward/ensemble_spread_standardized, each model in its own "
+        "standard units of the first batch) and --conservative-k (reward/ensemble_spread); the reward stays "
+        "--reward-model's score unless k > 0.")
     conservative_k: float = setting(0.0, "Train on the ensemble's mean score minus k times its spread, a "
                                     "conservative reward (0 = off; needs --reward-ensemble).", ge=0)
     length_penalty: float = setting(0.0, "Subtract c x (length - L_ref) / L_ref from the score of responses longer "

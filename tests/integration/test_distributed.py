@@ -126,10 +126,10 @@ def test_ppo_with_ragged_eos_and_two_criteria_on_two_processes_matches_one(tmp_p
     for key in ("reward/mean", "kl/ref", "loss/policy", "loss/value", "loss/total", "policy/clipfrac",
                 "policy/approx_kl", "policy/ratio_max", "value/mean", "policy/grad_norm", "train/lr",
                 "reward/helpful", "reward/helpful_z", "reward/concise_z", "reward/combined",
-                "reward/ensemble_spread", "reward/ensemble_spread_z"):
+                "reward/ensemble_spread", "reward/ensemble_spread_standardized"):
         assert metrics(tmp_path / "one", key) == pytest.approx(metrics(tmp_path / "two", key), rel=1e-4, abs=1e-4), key
     assert metrics(tmp_path / "two", "reward/helpful_z")[1] != pytest.approx(0.0, abs=1e-3)  # the check can fail
-    assert min(metrics(tmp_path / "two", "reward/ensemble_spread_z")) > 0
+    assert min(metrics(tmp_path / "two", "reward/ensemble_spread_standardized")) > 0
     # two processes really ran, and only the main one writes: one line per iteration, one final model
     assert metrics(tmp_path / "two", "perf/processes") == [2] * 3
     assert len(metrics(tmp_path / "two", "reward/mean")) == 3

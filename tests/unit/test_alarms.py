@@ -51,12 +51,12 @@ def test_ensemble_alarm_needs_the_reward_to_rise():
 
 
 def test_ensemble_alarm_reads_the_standardized_spread_when_logged():
-    """reward/ensemble_spread_z is what the alarm watches; the raw spread only for runs logged without it."""
-    raw_rises = [{**r, "reward/ensemble_spread_z": 0.2 + 0.01 * math.sin(r["step"])}
+    """reward/ensemble_spread_standardized is what the alarm watches; the raw spread only for runs logged without it."""
+    raw_rises = [{**r, "reward/ensemble_spread_standardized": 0.2 + 0.01 * math.sin(r["step"])}
                  for r in history(20, reward__ensemble_spread=lambda i: 1.5, reward__raw=lambda i: 0.5 * i)]
     assert "ensemble" not in detectors(raw_rises)
-    z_rises = [{**r, "reward/ensemble_spread_z": 0.6 if r["step"] >= 10 else 0.2 + 0.01 * math.sin(r["step"])}
-               for r in history(20, reward__raw=lambda i: 0.5 * i)]
+    z_rises = [{**r, "reward/ensemble_spread_standardized": 0.6 if r["step"] >= 10 else 0.2 + 0.01 * math.sin(i)}
+               for i, r in enumerate(history(20, reward__raw=lambda i: 0.5 * i))]
     (alarm,) = replay(z_rises, BASE)
     assert (alarm.detector, alarm.step) == ("ensemble", 10)  # (0.2 + 0.2 + 0.6) / 3 = 0.33: ratio 1.67
 
@@ -138,17 +138,17 @@ def test_guarded_scorer_standardizes_members_on_the_first_batch():
     scorer = GuardedScorer(sequence([1.0, 3.0], [1.0, 3.0]), [sequence([10.0, 30.0], [30.0, 10.0])])
     _call(scorer, [2, 2])
     sums, _ = scorer.take_stats()
-    assert sums["reward/ensemble_spread_z"] == pytest.approx(0.0, abs=1e-6)
+    assert sums["reward/ensemble_spread_standardized"] == pytest.approx(0.0, abs=1e-6)
     assert sums["reward/ensemble_spread"] == pytest.approx(4.5 + 13.5, abs=1e-5)
     state = scorer.state_dict()
     assert state["member_reference"]["mean"] == pytest.approx([2.0, 20.0])
     assert state["member_reference"]["std"] == pytest.approx([1.0, 10.0])
     _call(scorer, [2, 2])
-    assert scorer.take_stats()[0]["reward/ensemble_spread_z"] == pytest.approx(2.0, abs=1e-6)
+    assert scorer.take_stats()[0]["reward/ensemble_spread_standardized"] == pytest.approx(2.0, abs=1e-6)
     resumed = GuardedScorer(sequence([1.0, 3.0]), [sequence([30.0, 10.0])])
     resumed.load_state_dict(state)
     _call(resumed, [2, 2])
-    assert resumed.take_stats()[0]["reward/ensemble_spread_z"] == pytest.approx(2.0, abs=1e-6)
+    assert resumed.take_stats()[0]["reward/ensemble_spread_standardized"] == pytest.approx(2.0, abs=1e-6)
 
 
 def test_guarded_scorer_length_penalty_uses_the_first_batch_as_reference():

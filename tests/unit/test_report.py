@@ -413,3 +413,17 @@ def test_rl_report_lists_alarms_and_draws_them_on_the_curves(tmp_path: Path) -> 
     for name in RL_PLOTS:
         a = (tmp_path / "with" / "plots" / name).read_bytes()
         assert a != (tmp_path / "without" / "plots" / name).read_bytes(), name
+
+
+def test_ensemble_metrics_are_not_taken_for_criteria(tmp_path: Path) -> None:
+    """A run with --reward-ensemble logs reward/ensemble_* keys; none of them is a criterion (no criteria plot)."""
+    from rlhfkit.tracking import plots
+
+    rows = [{**r, "reward/ensemble_mean": 0.1, "reward/ensemble_spread": 0.5,
+             "reward/ensemble_spread_standardized": 0.2} for r in rl_rows(12, guard=False)]
+    assert plots.criteria_in(rows) == []
+    write_jsonl(tmp_path / "metrics.jsonl", rows)
+    (tmp_path / "config.yaml").write_text("stage: ppo\n")
+    build_report(tmp_path)
+    assert not (tmp_path / "plots" / "criteria.png").exists()
+    assert (tmp_path / "plots" / "reward.png").exists()

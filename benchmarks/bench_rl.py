@@ -10,11 +10,13 @@ Old log-probs come from the sampling loop by default (TRL's PPO takes them from 
 Like-for-like rows (what is faster code and what is less work): `--critic separate` gives PPO a separate
 value model initialised from the reward model, as TRL's PPO has; `--old-logprobs forward` recomputes the
 old log-probs with one more forward, as TRL's GRPO/RLOO do; `--lr-schedule linear` decays the learning
-rate to 0 over the run, TRL's default schedule.
+rate to 0 over the run, TRL's default schedule; `--policy-loss clipped_sequence --loss-reduction sequence_sum`
+clips one ratio per reply and averages over replies, as TRL's RLOO does.
 
 Usage: python benchmarks/bench_rl.py --algo ppo|grpo|rloo --out DIR [--iters N] [--mixed-precision bf16]
        [--old-logprobs forward|sampling] [--critic shared|separate] [--lr-schedule constant|linear]
-       [--learning-rate LR] [--seed S] [--name NAME]
+       [--learning-rate LR] [--seed S] [--name NAME] [--policy-loss clipped|clipped_sequence]
+       [--loss-reduction token|sequence|sequence_sum]
 """
 
 from __future__ import annotations
@@ -39,6 +41,10 @@ def main() -> None:
                     help="PPO's value function: a head on the policy trunk, or a model initialised from the "
                          "reward model")
     ap.add_argument("--lr-schedule", default="constant", choices=("constant", "linear"))
+    ap.add_argument("--policy-loss", default="clipped", choices=("clipped", "clipped_sequence"),
+                    help="GRPO/RLOO: the ratio per token, or per reply (TRL's RLOO)")
+    ap.add_argument("--loss-reduction", default="token", choices=("token", "sequence", "sequence_sum"),
+                    help="GRPO/RLOO: how per-token losses are averaged (clipped_sequence: sequence or sequence_sum)")
     ap.add_argument("--learning-rate", type=float, default=W.LEARNING_RATE)
     ap.add_argument("--seed", type=int, default=W.SEED)
     ap.add_argument("--rollout-batch", type=int, default=W.ROLLOUT_BATCH, help="episodes per iteration")
@@ -65,8 +71,8 @@ def main() -> None:
         from rlhfkit.trainers.reinforce import train
         from rlhfkit.trainers.rl_config import ReinforceConfig
 
-        cfg = ReinforceConfig(**common, baseline=args.algo, samples_per_prompt=4, policy_loss="clipped",
-                              kl_in="loss" if args.algo == "grpo" else "reward")
+        cfg = ReinforceConfig(**common, baseline=args.algo, samples_per_prompt=4, policy_loss=args.policy_loss,
+                              loss_reduction=args.loss_reduction, kl_in="loss" if args.algo == "grpo" else "reward")
         history = train(cfg, reward_fn=W.count_positive)
     timed = history[1:]
     key = lambda k: [h[k] for h in timed]  # noqa: E731
@@ -75,6 +81,8 @@ def main() -> None:
     W.save_result(args.out, name, {
         "algo": args.algo, "mixed_precision": args.mixed_precision, "old_logprobs": args.old_logprobs,
         "critic": args.critic if args.algo == "ppo" else None, "lr_schedule": args.lr_schedule,
+        "policy_loss": None if args.algo == "ppo" else args.policy_loss,
+        "loss_reduction": None if args.algo == "ppo" else args.loss_reduction,
         "learning_rate": args.learning_rate, "seed": args.seed,
         "rollout_batch": args.rollout_batch, "response_length": args.response_length,
         "reward_model_sha256": W.folder_sha256(reward_model) if args.algo == "ppo" else None,

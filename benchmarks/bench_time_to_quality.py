@@ -2,7 +2,7 @@
 workload, at a learning rate where both learn; median over seeds, with the spread.
 
     python benchmarks/bench_time_to_quality.py [--algos ppo,grpo,rloo] [--seeds 1,2,3] [--iters 24]
-        [--lr 3e-5] [--tag TAG]
+        [--lr 3e-5] [--tag TAG] [--like-for-like]
 
 Each run is its own process and trains for a fixed number of iterations with a constant learning rate
 (rlhfkit: benchmarks/bench_rl.py; TRL: benchmarks/peer_rl.py in the peer venv), recording each
@@ -29,10 +29,11 @@ import os
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import workload as W
-from run import run, snapshot_reward_model
+from run import LIKE_FOR_LIKE, run, snapshot_reward_model
 
 HERE = Path(__file__).resolve().parent
 WINDOW = 3
@@ -62,9 +63,17 @@ def time_to_target(iter_s: list[float], rewards: list[float], target: float) -> 
     return None if k is None else sum(iter_s[:k + 1])
 
 
-def ours(algo: str, lr: float, seed: int, iters: int, out: Path, rm: Path | None) -> dict | None:
-    name = f"ttq_{algo}_s{seed}"
+def like_for_like(algo: str) -> list[str]:
+    """run.py's like-for-like settings of `algo`, without the schedule (time to quality keeps the rate constant)."""
+    args = LIKE_FOR_LIKE[algo]
+    i = args.index("--lr-schedule")
+    return args[:i] + args[i + 2:]
+
+
+def ours(algo: str, lr: float, seed: int, iters: int, out: Path, rm: Path | None, like: bool = False) -> dict | None:
+    name = f"ttq_{algo}{'_like' if like else ''}_s{seed}"
     extra = ["--reward-model", str(rm)] if algo == "ppo" and rm else []
+    extra += like_for_like(algo) if like else []
     ok = run([sys.executable, str(HERE / "bench_rl.py"), "--algo", algo, "--out", str(out), "--iters", str(iters - 1),
               "--learning-rate", str(lr), "--seed", str(seed), "--lr-schedule", "constant", "--name", name, *extra],
              out / f"{name}.log")
@@ -108,6 +117,9 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=3e-5)
     ap.add_argument("--targets", default=None, help="e.g. ppo=1.0,grpo=2.5 (default: the rule of the module doc)")
     ap.add_argument("--tag", default=time.strftime("ttq_%Y%m%d_%H%M%S"))
+    ap.add_argument("--like-for-like", action="store_true",
+                    help="rlhfkit runs run.py's like-for-like settings, the rate kept constant (for RLOO: TRL's "
+                         "ratio per reply)")
     args = ap.parse_args()
     targets: dict[str, float | None] = {}
     for item in filter(None, (args.targets or "").split(",")):
@@ -124,10 +136,11 @@ def main() -> None:
                 out / "peer_reward.log", env={"PEER_DIR": str(W.PEER_DIR), "BENCH_OUT": str(out / "peer_reward")})
         rm = snapshot_reward_model(out)
     results: dict = {"lr": args.lr, "iters": args.iters, "window": WINDOW, "targets": targets,
+                     "like_for_like": args.like_for_like,
                      "runs": {}, "summary": {}}
     for algo in algos:
         for seed in seeds:  # TRL then rlhfkit for each seed, back to back, so load changes hit both alike
-            for side, fn in (("trl", peer), ("rlhfkit", ours)):
+            for side, fn in (("trl", peer), ("rlhfkit", partial(ours, like=args.like_for_like))):
                 results["runs"].setdefault(algo, {}).setdefault(side, {})[seed] = fn(
                     algo, args.lr, seed, args.iters, out, rm)
         if algo not in targets:

@@ -89,11 +89,12 @@ def sft(out: Path, mp: str, with_peer: bool) -> None:
 # Like-for-like rows, beside the default ones: the same algorithm as the peer's, so that a reader sees what is
 # faster code and what is less work. PPO with a separate critic initialised from the reward model (TRL's PPO);
 # the old log-probs recomputed by a forward (TRL's GRPO/RLOO); the learning rate decaying linearly to 0
-# (TRL's default schedule).
+# (TRL's default schedule); for RLOO one ratio per reply, clipped, and a mean over replies (TRL's RLOOTrainer).
 LIKE_FOR_LIKE = {
     "ppo": ["--critic", "separate", "--old-logprobs", "forward", "--lr-schedule", "linear"],
     "grpo": ["--old-logprobs", "forward", "--lr-schedule", "linear"],
-    "rloo": ["--old-logprobs", "forward", "--lr-schedule", "linear"],
+    "rloo": ["--old-logprobs", "forward", "--lr-schedule", "linear", "--policy-loss", "clipped_sequence",
+             "--loss-reduction", "sequence_sum"],
 }
 
 

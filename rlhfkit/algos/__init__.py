@@ -56,6 +56,7 @@ from rlhfkit.algos.ppo import (
     ppo_loss,
     ppo_policy_loss,
     ppo_value_loss,
+    sequence_ppo_policy_loss,
 )
 from rlhfkit.algos.reward import (
     bradley_terry_loss,
@@ -128,6 +129,7 @@ __all__ = [
     "rloo_advantages",
     "robust_slope",
     "sequence_logprobs",
+    "sequence_ppo_policy_loss",
     "sft_loss",
     "shaped_rewards",
     "standardized_spread",

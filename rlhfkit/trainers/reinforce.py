@@ -33,7 +33,7 @@ from rlhfkit.algos.pg import (
     reinforce_loss,
     rloo_advantages,
 )
-from rlhfkit.algos.ppo import entropy_bonus, ppo_policy_loss, ppo_value_loss
+from rlhfkit.algos.ppo import entropy_bonus, ppo_policy_loss, ppo_value_loss, sequence_ppo_policy_loss
 from rlhfkit.rollout.batch import Rollout
 from rlhfkit.rollout.gather import IterationPlan
 from rlhfkit.tracking.console import progress_bar
@@ -93,6 +93,10 @@ def pg_micro_loss(run: RLRun, rollout: Rollout, part: torch.Tensor, denominator:
     logp = out.logp.float()
     if cfg.policy_loss == "reinforce":
         pg_loss = reinforce_loss(logp, mb.mask, mb.advantages, mode=cfg.loss_reduction, denominator=denominator)
+    elif cfg.policy_loss == "clipped_sequence":  # one ratio per reply (TRL's RLOO); denominator = sequences
+        pg_loss, pg = sequence_ppo_policy_loss(logp, mb.old_logp, mb.advantages, mb.mask, cfg.clip_eps,
+                                               denominator=denominator)
+        record_policy_stats(stats, pg, share, first_step)
     else:
         pg_loss, pg = ppo_policy_loss(logp, mb.old_logp, mb.advantages, mb.mask, cfg.clip_eps,
                                       mode=cfg.loss_reduction, denominator=denominator)

@@ -216,8 +216,10 @@ class ReinforceConfig(RolloutSettings, RunSettings, OptimSettings, LoRASettings,
                          "or the loss as beta * k3 per token (GRPO).", choices=("reward", "loss"))
     policy_loss: str = setting(
         "clipped", "reinforce: -logp * A (on-policy: needs update_epochs = num_minibatches = 1); clipped: the "
-        "PPO ratio clip on the same advantages, safe for several updates per rollout.",
-        choices=("reinforce", "clipped"),
+        "PPO ratio clip on the same advantages, per token, safe for several updates per rollout; clipped_sequence: "
+        "one ratio per reply, the product of its tokens' (the reply as one action, TRL's RLOO; needs "
+        "loss_reduction sequence or sequence_sum and a per-reply baseline).",
+        choices=("reinforce", "clipped", "clipped_sequence"),
     )
     update_epochs: int = setting(1, "Passes over each rollout batch.", ge=1)
     num_minibatches: int = setting(1, "Minibatches per pass (optimizer steps per pass).", ge=1)
@@ -229,5 +231,11 @@ class ReinforceConfig(RolloutSettings, RunSettings, OptimSettings, LoRASettings,
                 f"must divide rollout_batch_size={self.rollout_batch_size}, got {self.samples_per_prompt}")
         require(self.baseline not in ("rloo", "grpo") or self.samples_per_prompt >= 2, "samples_per_prompt",
                 f"baseline '{self.baseline}' compares samples of one prompt: needs >= 2, got {self.samples_per_prompt}")
-        require(self.policy_loss == "clipped" or self.update_epochs * self.num_minibatches == 1, "policy_loss",
+        require(self.policy_loss != "clipped_sequence" or self.loss_reduction in ("sequence", "sequence_sum"),
+                "loss_reduction", "policy_loss=clipped_sequence averages one loss per reply: use "
+                f"loss_reduction=sequence or sequence_sum, got {self.loss_reduction!r}")
+        require(self.policy_loss != "clipped_sequence" or self.baseline != "value", "baseline",
+                "policy_loss=clipped_sequence needs one advantage per reply: use baseline rloo, grpo, moving_mean or "
+                "none (the value baseline gives one per token)")
+        require(self.policy_loss != "reinforce" or self.update_epochs * self.num_minibatches == 1, "policy_loss",
                 "'reinforce' is on-policy: use update_epochs=1 and num_minibatches=1, or policy_loss=clipped")

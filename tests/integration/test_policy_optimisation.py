@@ -88,23 +88,25 @@ def test_kl_and_entropy_guard_slow_the_entropy_collapse(tiny_model_dir, prompts_
 
 
 @pytest.mark.parametrize(("baseline", "extra"), [("none", {}), ("value", {}), ("rloo", {}), ("grpo", {"kl_in": "loss"}),
-                                                 ("moving_mean", {})])
+                                                 ("moving_mean", {}), ("none", {"policy_loss": "clipped_sequence"}),
+                                                 ("rloo", {"policy_loss": "clipped_sequence"})])
 def test_every_baseline_optimises_its_own_advantages(tiny_model_dir, prompts_file, tmp_path, baseline, extra) -> None:
     """One clipped update per rollout, sequence-mean reduction: the update's ratio is exactly 1, so the
     policy loss is -mean_i A_i, which each baseline fixes independently of the code's arithmetic:
     none: A = R, so the loss is -mean(score - beta KL) = -reward/total, every iteration;
     value and moving_mean: the baseline starts at 0 (zero-initialised head, no mean yet), so the
-    same holds at iteration 0; rloo and grpo: advantages are centred in each group, so the loss is 0."""
+    same holds at iteration 0; rloo and grpo: advantages are centred in each group, so the loss is 0.
+    The sequence-ratio loss (one ratio per reply) gives the same: at rho = 1 it is -mean_i A_i too."""
     cfg = ReinforceConfig(**common(tiny_model_dir, prompts_file, tmp_path / "run", iterations=2, baseline=baseline,
                                    samples_per_prompt=4, kl_coef=0.1, update_epochs=1, num_minibatches=1,
-                                   policy_loss="clipped", loss_reduction="sequence", **extra))
+                                   loss_reduction="sequence", **{"policy_loss": "clipped", **extra}))
     history = train_reinforce(cfg, reward_fn=count_a)
     assert len(history) == 2
     checked = history if baseline == "none" else history[:1]
     for row in checked:
         if baseline in ("rloo", "grpo"):
             assert abs(row["loss/policy"]) < 1e-6
-        elif extra.get("kl_in") != "loss":
+        elif extra.get("kl_in") != "loss":  # baseline none, value, moving_mean
             assert row["loss/policy"] == pytest.approx(-row["reward/total"], rel=1e-5, abs=1e-6)
         assert row["policy/clipfrac_first"] == 0.0
     if baseline == "value":

@@ -10,7 +10,15 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rlhfkit.algos import aggregate, entropy_bonus, ppo_loss, ppo_policy_loss, ppo_value_loss, reinforce_loss
+from rlhfkit.algos import (
+    aggregate,
+    entropy_bonus,
+    ppo_loss,
+    ppo_policy_loss,
+    ppo_value_loss,
+    reinforce_loss,
+    sequence_ppo_policy_loss,
+)
 
 F64 = torch.float64
 ONE = torch.ones(1, 1, dtype=torch.bool)
@@ -324,3 +332,46 @@ def test_ppo_loss_bad_arguments():
         ppo_loss(logp, old_logp, adv, values, old_values, returns, entropy, mask, ent_coef=-0.1)
     with pytest.raises(ValueError, match=r"old_values must have the shape of values"):
         ppo_loss(logp, old_logp, adv, values, old_values[:2], returns, entropy, mask)
+
+
+f64 = torch.float64
+
+
+def test_sequence_ratio_by_hand():
+    """Token ratios 1.1 and 1.2: the reply's ratio is 1.32. A = +1: -min(1.32, 1.2) = -1.2, clipped (no gradient);
+    A = -1: -min(-1.32, -1.2) = 1.32, unclipped. The padded third token changes nothing."""
+    logp = torch.tensor([[math.log(1.1), math.log(1.2), 5.0]] * 2, dtype=f64)
+    old = torch.zeros_like(logp)
+    mask = torch.tensor([[True, True, False]] * 2)
+    loss, stats = sequence_ppo_policy_loss(logp, old, torch.tensor([1.0, -1.0], dtype=f64), mask, 0.2)
+    assert loss.item() == pytest.approx((-1.2 + 1.32) / 2, abs=1e-12)
+    assert stats.clipfrac.item() == pytest.approx(0.5)
+    assert stats.ratio_max.item() == pytest.approx(1.32, abs=1e-12)
+
+
+def test_sequence_ratio_gradient_inside_the_band():
+    """Inside the band the loss is -(1/N) sum_i A_i rho_i, so d loss / d logp_i,t = -A_i rho_i / N for every
+    token of reply i (and 0 under the mask); an empty row adds 0 but counts in N."""
+    logp = torch.tensor([[0.01, -0.02, 0.03], [0.02, 0.0, 0.0], [0.0, 0.0, 0.0]], dtype=f64, requires_grad=True)
+    mask = torch.tensor([[True, True, True], [True, False, False], [False, False, False]])
+    adv = torch.tensor([0.7, -1.3, 2.0], dtype=f64)
+    loss, _ = sequence_ppo_policy_loss(logp, torch.zeros_like(logp), adv, mask, 0.2)
+    loss.backward()
+    rho = [math.exp(0.01 - 0.02 + 0.03), math.exp(0.02)]
+    want = [[-0.7 * rho[0] / 3] * 3, [1.3 * rho[1] / 3, 0.0, 0.0], [0.0] * 3]
+    assert logp.grad.tolist() == [pytest.approx(row, abs=1e-12) for row in want]
+    assert loss.item() == pytest.approx(-(0.7 * rho[0] - 1.3 * rho[1]) / 3, abs=1e-12)
+
+
+@given(st.lists(st.floats(-0.5, 0.5), min_size=2, max_size=6), st.lists(st.floats(-2, 2), min_size=2, max_size=6))
+@settings(max_examples=40, deadline=None)
+def test_sequence_ratio_of_one_token_replies_is_the_token_loss(logps, advs):
+    """Property: with one token per reply the sequence ratio is the token ratio, so the loss equals
+    ppo_policy_loss with the sum-per-sequence reduction."""
+    n = min(len(logps), len(advs))
+    logp = torch.tensor(logps[:n], dtype=f64)[:, None]
+    adv = torch.tensor(advs[:n], dtype=f64)
+    mask = torch.ones(n, 1, dtype=torch.bool)
+    got, _ = sequence_ppo_policy_loss(logp, torch.zeros_like(logp), adv, mask, 0.2)
+    want, _ = ppo_policy_loss(logp, torch.zeros_like(logp), adv, mask, 0.2, mode="sequence_sum")
+    assert got.item() == pytest.approx(want.item(), abs=1e-12)

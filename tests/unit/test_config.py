@@ -106,6 +106,16 @@ def test_reinforce_on_policy_loss_needs_one_update_per_rollout() -> None:
         ReinforceConfig(prompts="p", reward_fn="m:f", baseline="rloo", samples_per_prompt=1)
 
 
+def test_sequence_ratio_loss_needs_a_per_reply_reduction_and_baseline() -> None:
+    with pytest.raises(ConfigError, match="setting 'loss_reduction': policy_loss=clipped_sequence"):
+        ReinforceConfig(prompts="p", reward_fn="m:f", policy_loss="clipped_sequence", loss_reduction="token")
+    with pytest.raises(ConfigError, match="setting 'baseline': policy_loss=clipped_sequence"):
+        ReinforceConfig(prompts="p", reward_fn="m:f", policy_loss="clipped_sequence", loss_reduction="sequence_sum",
+                        baseline="value")
+    ReinforceConfig(prompts="p", reward_fn="m:f", policy_loss="clipped_sequence", loss_reduction="sequence_sum",
+                    update_epochs=4, num_minibatches=4)
+
+
 @pytest.mark.parametrize("stage", sorted(STAGES))
 def test_every_stage_help_lists_every_setting_with_its_default(stage: str) -> None:
     result = runner.invoke(app, [stage, "--help"], terminal_width=200)

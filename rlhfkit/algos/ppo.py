@@ -120,13 +120,15 @@ def sequence_ppo_policy_loss(
     """loss = (1/N) sum_i max(-A_i rho_i, -A_i clip(rho_i, 1 - eps, 1 + eps)),
     rho_i = exp(sum_t m_i,t (logp_i,t - old_logp_i,t)).
 
-    The clipped surrogate with the whole reply as one action: one ratio per sequence, the
-    product of its token ratios. Ahmadian et al. 2024 ("Back to Basics: Revisiting REINFORCE
-    Style Optimization for Learning from Human Feedback in LLMs") model the completion as a
-    single action for RLOO; TRL's RLOOTrainer clips this ratio. A sequence ratio leaves
-    [1 - eps, 1 + eps] far sooner than its tokens' ratios do (a drift of 0.01 nats per token is
-    0.32 nats over 32 tokens: rho = 1.38), so more of the batch is clipped and gets no gradient.
-    clipfrac here is the share of sequences where the clip binds.
+    The clipped surrogate with the whole reply as one action: `ppo_policy_loss` on each reply's
+    summed log-prob (one "token" per row, reduction sequence_sum), so its ratio is the product of
+    the reply's token ratios. Ahmadian et al. 2024 ("Back to Basics: Revisiting REINFORCE Style
+    Optimization for Learning from Human Feedback in LLMs") model the completion as a single action
+    for RLOO; TRL's RLOOTrainer clips this ratio. A sequence ratio leaves [1 - eps, 1 + eps] far
+    sooner than its tokens' ratios do (a drift of 0.01 nats per token is 0.32 nats over 32 tokens:
+    rho = 1.38), so more of the batch is clipped and gets no gradient. clipfrac and the ratio
+    statistics are over the replies; approx_kl and approx_kl_k3 stay per token, like every other
+    loss's (the health checks' thresholds are per token).
 
     Args:
       logp: (B, T) log pi_theta of the rollout tokens, with grad.
@@ -138,34 +140,21 @@ def sequence_ppo_policy_loss(
         (default: B).
 
     Returns:
-      (0-dim loss, PolicyLossStats over the sequences; approx_kl and approx_kl_k3 over the tokens).
+      (0-dim loss, PolicyLossStats).
     """
     check_rank("logp", logp, "B", "T")
     check_same_shape(logp=logp, old_logp=old_logp)
     check_mask(mask, logp, "logp")
     check_rank("advantages", advantages, "B")
-    if advantages.shape[0] != logp.shape[0]:
-        raise ValueError(f"advantages needs one value per sequence: got {advantages.shape[0]} for {logp.shape[0]}")
-    clip_eps = check_positive("clip_eps", clip_eps)
+    # zero the garbage under the mask before the sum, so it reaches no gradient either
     token_log_ratio = torch.where(mask, logp - old_logp.detach(), 0.0)  # (B, T)
-    ratio = torch.exp(token_log_ratio.sum(dim=1))  # (B,)
-    advantages = advantages.detach().to(ratio.dtype)
-    present = mask.any(dim=1)  # (B,)
-    unclipped = -advantages * ratio  # (B,)
-    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps)  # (B,)
-    per_sequence = torch.where(present, torch.maximum(unclipped, clipped), 0.0)  # (B,)
-    n = logp.shape[0] if denominator is None else denominator
-    loss = per_sequence.sum() / n
+    reply_log_ratio = token_log_ratio.sum(dim=1, keepdim=True)  # (B, 1): log rho_i, relative to old (0)
+    loss, stats = ppo_policy_loss(reply_log_ratio, torch.zeros_like(reply_log_ratio), advantages,
+                                  mask.any(dim=1, keepdim=True), clip_eps, mode="sequence_sum",
+                                  denominator=denominator)
     with torch.no_grad():
-        rows = torch.ones_like(mask[:, :1]) & present[:, None]  # (B, 1): the sequences as one-token rows
-        stats = PolicyLossStats(
-            clipfrac=masked_mean((clipped > unclipped).to(logp.dtype)[:, None], rows),
-            approx_kl=masked_mean(0.5 * token_log_ratio**2, mask),
-            approx_kl_k3=masked_mean(kl_k3(old_logp.detach(), logp.detach(), mask), mask),
-            ratio_mean=masked_mean(ratio[:, None], rows),
-            ratio_max=_masked_extreme(ratio[:, None], rows, largest=True),
-            ratio_min=_masked_extreme(ratio[:, None], rows, largest=False),
-        )
+        stats = stats._replace(approx_kl=masked_mean(0.5 * token_log_ratio**2, mask),
+                               approx_kl_k3=masked_mean(kl_k3(old_logp.detach(), logp.detach(), mask), mask))
     return loss, stats
 
 

@@ -5,10 +5,9 @@
 trained on the same comparisons with other seeds (`rlhfkit reward --seed N`) or from another base
 model; the members' spread on the policy's samples is what the ensemble alarm watches. That spread
 is logged twice: `reward/ensemble_spread` in the reward's units (the term of the conservative
-reward) and `reward/ensemble_spread_standardized` with each member in its own standard units of the run's
-first batch (algos.hacking.standardized_spread), which the alarm reads, so members with different
-scales count alike. The reward the policy is
-trained on is then, in this order:
+reward) and `reward/ensemble_spread_standardized` with each member in its own standard units of
+the run's first batch (algos.hacking.standardized_spread), which the alarm reads, so members with
+different scales count alike. The reward the policy is trained on is then, in this order:
 
   1. the reward model's score, or with --conservative-k k > 0 the ensemble's mean minus k times
      its spread (algos.reward_transforms.conservative_reward);

@@ -106,4 +106,3 @@ class Monitor:
             console.print(f"[bold red]--on-alarm {self.cfg.on_alarm}: "
                           + ("ending the run here" if self.cfg.on_alarm == "stop" else "writing a checkpoint"))
         return str(self.cfg.on_alarm)
-

@@ -363,15 +363,20 @@ def test_sequence_ratio_gradient_inside_the_band():
     assert loss.item() == pytest.approx(-(0.7 * rho[0] - 1.3 * rho[1]) / 3, abs=1e-12)
 
 
-@given(st.lists(st.floats(-0.5, 0.5), min_size=2, max_size=6), st.lists(st.floats(-2, 2), min_size=2, max_size=6))
+@given(st.lists(st.lists(st.floats(-0.3, 0.3), min_size=1, max_size=5), min_size=1, max_size=5),
+       st.lists(st.floats(-2, 2), min_size=5, max_size=5))
 @settings(max_examples=40, deadline=None)
-def test_sequence_ratio_of_one_token_replies_is_the_token_loss(logps, advs):
-    """Property: with one token per reply the sequence ratio is the token ratio, so the loss equals
-    ppo_policy_loss with the sum-per-sequence reduction."""
-    n = min(len(logps), len(advs))
-    logp = torch.tensor(logps[:n], dtype=f64)[:, None]
-    adv = torch.tensor(advs[:n], dtype=f64)
-    mask = torch.ones(n, 1, dtype=torch.bool)
+def test_sequence_ratio_matches_a_plain_loop(replies, advs):
+    """Property, replies of ragged lengths (right-padded, garbage under the pad): the loss equals
+    (1/B) sum_i max(-A_i rho_i, -A_i clip(rho_i, 0.8, 1.2)), rho_i = exp(sum of the reply's log-ratios),
+    computed here with math.exp in plain Python."""
+    width = max(len(r) for r in replies)
+    logp = torch.tensor([r + [7.0] * (width - len(r)) for r in replies], dtype=f64)
+    mask = torch.tensor([[t < len(r) for t in range(width)] for r in replies])
+    adv = torch.tensor(advs[:len(replies)], dtype=f64)
     got, _ = sequence_ppo_policy_loss(logp, torch.zeros_like(logp), adv, mask, 0.2)
-    want, _ = ppo_policy_loss(logp, torch.zeros_like(logp), adv, mask, 0.2, mode="sequence_sum")
-    assert got.item() == pytest.approx(want.item(), abs=1e-12)
+    want = 0.0
+    for r, a in zip(replies, advs):
+        rho = math.exp(sum(r))
+        want += max(-a * rho, -a * min(max(rho, 0.8), 1.2))
+    assert got.item() == pytest.approx(want / len(replies), abs=1e-12)

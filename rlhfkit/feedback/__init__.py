@@ -1,6 +1,9 @@
 """Human feedback: the ranking store, the web page annotators rank in, and export to training rows.
 
     store.py      FeedbackStore: the Python API over the database (usable without HTTP)
+    store_base.py, store_projects.py, store_annotators.py, store_rankings.py, store_reports.py
+                  its parts: opening, transactions and lookups; projects, criteria, prompts;
+                  annotators, members, tokens; the queue calls and rankings; the reports
     queue.py      the labelling queue: which prompt an annotator gets next, leases, going back,
                   and the checks that the web API enforces it
     reports.py    progress (per member and round), agreement, the admin's prompt views, export rows

@@ -76,6 +76,10 @@ class GuardedScorer:
             raise ConfigError("setting 'conservative_k': the conservative reward needs an ensemble; pass "
                               "--reward-ensemble DIR,... (reward models trained with other seeds)")
         self.primary, self.members = primary, list(members)
+        # With several criteria the primary and every member are CriteriaScorers, each with its own
+        # normalisation state; None otherwise.
+        self.criteria = primary if isinstance(primary, CriteriaScorer) else None
+        self.criteria_members = [m for m in self.members if isinstance(m, CriteriaScorer)]
         self.conservative_k, self.length_coef, self.clip = conservative_k, length_coef, clip
         self.reference_length: float | None = None  # mean length of the first scored batch
         self.first_batch: dict[str, list[float]] | None = None  # scores and lengths of the start policy's samples
@@ -95,8 +99,8 @@ class GuardedScorer:
         before, self._raw = self._raw, True
         try:
             with ExitStack() as stack:
-                if isinstance(self.primary, CriteriaScorer):
-                    stack.enter_context(self.primary.raw())
+                if self.criteria is not None:
+                    stack.enter_context(self.criteria.raw())
                 yield
         finally:
             self._raw = before
@@ -104,21 +108,21 @@ class GuardedScorer:
     @property
     def last_criteria(self) -> dict[str, list[float]]:
         """Each criterion's raw scores of the last batch ({} without several criteria)."""
-        return self.primary.last_scores if isinstance(self.primary, CriteriaScorer) else {}
+        return self.criteria.last_scores if self.criteria is not None else {}
 
     @property
     def reference_pending(self) -> bool:
         """True while the criteria's normalisation still waits for the first training batch."""
-        return isinstance(self.primary, CriteriaScorer) and self.primary.reference_pending
+        return self.criteria is not None and self.criteria.reference_pending
 
     def state_dict(self) -> dict[str, Any]:
         """The references frozen on the first batch (criteria statistics, reference length), for checkpoints."""
         state: dict[str, Any] = {"reference_length": self.reference_length}
         if self.member_mean is not None and self.member_std is not None:
             state["member_reference"] = {"mean": self.member_mean.tolist(), "std": self.member_std.tolist()}
-        if isinstance(self.primary, CriteriaScorer):
-            state["criteria"] = self.primary.state_dict()
-            state["members"] = [m.state_dict() for m in self.members if isinstance(m, CriteriaScorer)]
+        if self.criteria is not None:
+            state["criteria"] = self.criteria.state_dict()
+            state["members"] = [m.state_dict() for m in self.criteria_members]
         return state
 
     def load_state_dict(self, state: Mapping[str, Any] | None) -> None:
@@ -129,11 +133,10 @@ class GuardedScorer:
         if state.get("member_reference"):
             self.member_mean = torch.tensor(state["member_reference"]["mean"], dtype=torch.float32)
             self.member_std = torch.tensor(state["member_reference"]["std"], dtype=torch.float32)
-        if isinstance(self.primary, CriteriaScorer):
-            self.primary.load_state_dict(state.get("criteria"))
-            for member, member_state in zip(self.members, state.get("members") or []):
-                if isinstance(member, CriteriaScorer):
-                    member.load_state_dict(member_state)
+        if self.criteria is not None:
+            self.criteria.load_state_dict(state.get("criteria"))
+            for member, member_state in zip(self.criteria_members, state.get("members") or []):
+                member.load_state_dict(member_state)
 
     @torch.no_grad()
     def __call__(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,
@@ -148,8 +151,8 @@ class GuardedScorer:
             self.first_batch = {"scores": raw.tolist(), "lengths": lengths.tolist()}
             self.first_episodes = (*args[:5], list(prompts), list(responses))
         stats = {"reward/raw": raw.sum().item()}
-        if isinstance(self.primary, CriteriaScorer):
-            stats.update(self.primary.batch_sums())  # reward/<criterion>, reward/<criterion>_z, reward/combined
+        if self.criteria is not None:
+            stats.update(self.criteria.batch_sums())  # reward/<criterion>, reward/<criterion>_z, reward/combined
         scores = raw
         if self.members:
             table = torch.stack([raw] + [m(*args).float().to(raw.device) for m in self.members])  # (E, B)

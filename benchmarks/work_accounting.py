@@ -23,7 +23,7 @@ Operations per iteration (B episodes, P prompt tokens, T new tokens, E epochs x 
   model;
 - rlhfkit GRPO / RLOO (old log-probs from sampling): a reference forward, E x M forward + backward passes;
 - TRL 1.16 GRPO / RLOO: an old-log-prob forward (num_iterations > 1), a reference forward, E x M forward +
-  backward passes (LM head on the T completion positions).
+  backward passes (the LM head counted on the T completion positions only, the least it can run on).
 
 Usage: python benchmarks/work_accounting.py [--results benchmarks/results/TAG/results.json]
 """

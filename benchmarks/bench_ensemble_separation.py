@@ -16,7 +16,7 @@ bench_hacking.py, bench_guard_demo.py and bench_diverse_ensemble.py left in OUT:
 
 The same for the spread's level alone (no baseline), for the standardized spread and the raw one.
 
-Usage: python benchmarks/bench_ensemble_separation.py [--out benchmarks/results/hacking] [--seeds 3]
+Usage: python benchmarks/bench_ensemble_separation.py [--out benchmarks/results/hacking] [--seeds 3] [--baseline 5]
 Writes OUT/ensemble_separation.json and prints the table (docs/reward-hacking.md).
 """
 
@@ -78,12 +78,15 @@ def fmt(values: list[Any]) -> str:
 
 
 def main() -> None:
+    from rlhfkit.tracking.diagnose import DEFAULT_BASELINE
+    from rlhfkit.tracking.metrics import read_metrics
+
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/hacking"))
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--baseline", type=int, default=5, help="the alarm's baseline iterations (--alarm-baseline)")
+    ap.add_argument("--baseline", type=int, default=DEFAULT_BASELINE,
+                    help="the alarm's baseline iterations (--alarm-baseline; default: its default)")
     args = ap.parse_args()
-    from rlhfkit.tracking.metrics import read_metrics
 
     def rows_of(name: str) -> list[dict[str, Any]]:
         path = args.out / name / "metrics.jsonl"

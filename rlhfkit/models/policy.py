@@ -33,15 +33,20 @@ class PolicyOutput:
 def response_hidden(
     model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor
 ) -> torch.Tensor:
-    """Trunk hidden states of the states s_0..s_{T-1} that predict the response tokens: (B, T, H)."""
-    n_prompt, n_resp = prompt_ids.shape[1], response_ids.shape[1]
-    input_ids = torch.cat([prompt_ids, response_ids], dim=1)  # (B, P+T)
+    """Trunk hidden states of the states s_0..s_{T-1} that predict the response tokens: (B, T, H).
+
+    The last response token is never an input: no state after it is needed (the state it ends is
+    terminal), so the trunk runs over P + T - 1 positions.
+    """
+    n_prompt = prompt_ids.shape[1]
+    context = response_ids[:, :-1]  # (B, T-1): a_{T-1} predicts nothing we use
+    input_ids = torch.cat([prompt_ids, context], dim=1)  # (B, P+T-1)
     # Tokens after EOS are attended to like any other; causality keeps them out of s_t for t <= EOS.
-    attention_mask = torch.cat([prompt_mask, torch.ones_like(response_ids)], dim=1)
+    attention_mask = torch.cat([prompt_mask, torch.ones_like(context)], dim=1)
     hidden = trunk(model)(
         input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask)
-    ).last_hidden_state  # (B, P+T, H)
-    return hidden[:, n_prompt - 1 : n_prompt + n_resp - 1]  # (B, T, H)
+    ).last_hidden_state  # (B, P+T-1, H)
+    return hidden[:, n_prompt - 1 :]  # (B, T, H): position P-1+t holds s_t
 
 
 def token_logprobs(

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
+from rlhfkit.models.packing import PackedGroups
 from rlhfkit.models.loading import position_ids_from_mask
 from rlhfkit.models.trunk_and_heads import trunk
 
@@ -50,27 +51,26 @@ def _without_last_block(body: torch.nn.Module) -> Iterator[torch.nn.Module]:
         body.h, body.ln_f = blocks, norm
 
 
-def last_block_at(block: torch.nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor,
+def last_block_at(block: torch.nn.Module, hidden: torch.Tensor, allowed: torch.Tensor, rows: torch.Tensor,
                   index: torch.Tensor) -> torch.Tensor:
-    """GPT-2's block for the query rows `index` only: (B, L, H) block input -> (B, H) block output.
+    """GPT-2's block for N query tokens only: (R, L, H) block input -> (N, H) block output.
 
-    q = W_q ln_1(h_i); K, V = W_k, W_v ln_1(h_j) for the real tokens j <= i;
+    Query n is token index[n] of row rows[n]; allowed (N, L) says which tokens of that row it attends to.
+    q = W_q ln_1(h_i); K, V = W_k, W_v ln_1(h_j) for the allowed tokens j;
     a = softmax(q K^T * scale) V; h' = h_i + W_o a; out = h' + MLP(ln_2(h')).
     """
     attn = block.attn
-    batch, length, width = hidden.shape
-    rows = torch.arange(batch, device=hidden.device)
-    x = block.ln_1(hidden)  # (B, L, H): every position feeds the keys and values
+    count, (batch, length, width) = rows.shape[0], hidden.shape
+    x = block.ln_1(hidden)  # (R, L, H): every position feeds the keys and values
     # c_attn gives q, k, v for every position in one product; the q of the other rows is the only waste.
     q, k, v = attn.c_attn(x).split(width, dim=2)
     heads = (batch, length, attn.num_heads, attn.head_dim)
-    k, v = k.view(heads).transpose(1, 2), v.view(heads).transpose(1, 2)  # (B, nh, L, hd)
-    q = q[rows, index].view(batch, attn.num_heads, 1, attn.head_dim)  # (B, nh, 1, hd)
-    positions = torch.arange(length, device=hidden.device)
-    allowed = attention_mask.bool() & (positions[None, :] <= index[:, None])  # (B, L)
-    allowed[rows, index] = True  # a row of padding only still attends to itself (no NaN)
+    k, v = k.view(heads).transpose(1, 2), v.view(heads).transpose(1, 2)  # (R, nh, L, hd)
+    if count != batch:  # several queries per row (packed groups): each query gets its row's keys
+        k, v = k[rows], v[rows]  # (N, nh, L, hd)
+    q = q[rows, index].view(count, attn.num_heads, 1, attn.head_dim)  # (N, nh, 1, hd)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None, None, :], scale=attn.scaling)
-    out = attn.resid_dropout(attn.c_proj(out.reshape(batch, width)))  # (B, H)
+    out = attn.resid_dropout(attn.c_proj(out.reshape(count, width)))  # (N, H)
     h = hidden[rows, index] + out
     return h + block.mlp(block.ln_2(h))
 
@@ -90,4 +90,42 @@ def hidden_at(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: t
     with _without_last_block(body) as last:
         before_last = body(input_ids=input_ids, attention_mask=attention_mask,
                            position_ids=positions).last_hidden_state  # (B, L, H)
-    return body.ln_f(last_block_at(last, before_last, attention_mask, index))
+    position = torch.arange(input_ids.shape[1], device=input_ids.device)
+    allowed = attention_mask.bool() & (position[None, :] <= index[:, None])  # (B, L)
+    allowed[rows, index] = True  # a row of padding only still attends to itself (no NaN)
+    return body.ln_f(last_block_at(last, before_last, allowed, rows, index))
+
+
+def packing_supported(model: PreTrainedModel) -> bool:
+    """True when the trunk takes a custom (R, 1, L, L) mask as it is: SDPA or eager attention, every
+    layer full attention (a sliding window would be lost under a custom mask)."""
+    cfg = model.config
+    if getattr(cfg, "_attn_implementation", None) not in ("sdpa", "eager"):
+        return False
+    if any(kind != "full_attention" for kind in (getattr(cfg, "layer_types", None) or ())):
+        return False
+    return not (getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True))
+
+
+def packed_hidden_at(model: PreTrainedModel, packed: PackedGroups, index: torch.Tensor) -> torch.Tensor:
+    """Final hidden state of each packed sequence at its own position index[n] (its own layout): (N, H).
+
+    The trunk runs once over the packed rows (data/packing.py) with their positions and a 4D mask:
+    boolean for SDPA (True = attend), additive for eager attention. GPT-2 runs its last block on the
+    N readout tokens only, as `hidden_at` does.
+    """
+    body = trunk(model)
+    at = packed.index(index)  # (N,) positions in the packed rows
+    if model.config._attn_implementation == "sdpa":
+        mask = packed.allowed[:, None]  # (R, 1, L, L)
+    else:
+        dtype = next(model.parameters()).dtype
+        mask = torch.zeros(packed.allowed[:, None].shape, dtype=dtype, device=packed.allowed.device)
+        mask = mask.masked_fill(~packed.allowed[:, None], torch.finfo(dtype).min)
+    inputs = dict(input_ids=packed.input_ids, attention_mask=mask, position_ids=packed.position_ids)
+    if not readout_supported(model):
+        return body(**inputs).last_hidden_state[packed.row, at]
+    with _without_last_block(body) as last:
+        before_last = body(**inputs).last_hidden_state  # (R, L, H)
+    allowed = packed.allowed[packed.row, at]  # (N, L): what each readout token attends to
+    return body.ln_f(last_block_at(last, before_last, allowed, packed.row, at))

@@ -48,7 +48,8 @@ from transformers import AutoModelForSequenceClassification, PreTrainedModel, Pr
 from rlhfkit.errors import ModelError
 from rlhfkit.models.kernels import use_fused_kernels
 from rlhfkit.models.loading import OPTIONS, check_vocab, disable_dropout, load_pretrained
-from rlhfkit.models.readout import hidden_at
+from rlhfkit.models.packing import PackedGroups
+from rlhfkit.models.readout import hidden_at, packed_hidden_at
 from rlhfkit.models.trunk_and_heads import score_head
 
 # Normalisation r' = gain * r + bias lives in the config (docs/implementation-details.md, "Reward
@@ -167,17 +168,23 @@ def score_index(input_ids: torch.Tensor, attention_mask: torch.Tensor, pad_token
 
 
 def criterion_scores(
-    model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, normalized: bool = True
+    model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, normalized: bool = True,
+    packed: PackedGroups | None = None,
 ) -> torch.Tensor:
     """Rewards (B, C), one column per criterion (`criteria_of` order), read at the last real token
     of each sequence that is not pad (`score_index`), from one forward pass of the trunk.
 
     Only the readout hidden states go through the (C, H) head. With `normalized`, each criterion's
     gain and bias saved by reward normalisation are applied: r'_c = gain_c * r_c + bias_c.
+    With `packed` (the same B sequences packed after their shared prefixes, models/packing.py), the
+    trunk runs over the packed rows instead; `input_ids`/`attention_mask` then only locate the readout.
     """
     # The last block runs on the readout token only where the architecture allows (models/readout.py).
     index = score_index(input_ids, attention_mask, model.config.pad_token_id)
-    last = hidden_at(model, input_ids, attention_mask, index)  # (B, H)
+    if packed is not None:
+        last = packed_hidden_at(model, packed, index)  # (B, H)
+    else:
+        last = hidden_at(model, input_ids, attention_mask, index)  # (B, H)
     head = score_head(model)
     scores = head(last.to(head.weight.dtype)).float()  # (B, C)
     if normalized:
@@ -248,5 +255,6 @@ class CriterionScorer(torch.nn.Module):
         self.model = model
         self.normalized = normalized
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return criterion_scores(self.model, input_ids, attention_mask, normalized=self.normalized)
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                packed: PackedGroups | None = None) -> torch.Tensor:
+        return criterion_scores(self.model, input_ids, attention_mask, normalized=self.normalized, packed=packed)

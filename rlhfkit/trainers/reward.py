@@ -62,6 +62,8 @@ from rlhfkit.errors import ConfigError, DataError
 from rlhfkit.models.context import model_context, resolve_length
 from rlhfkit.models.loading import configure_loading, load_run_tokenizer
 from rlhfkit.models.lora import LoRASpec, add_lora
+from rlhfkit.models.packing import PackedGroups, pack_if_smaller, packed_length
+from rlhfkit.models.readout import packing_supported
 from rlhfkit.models.reward_model import CriterionScorer, build_reward_model, criteria_of, set_normalization
 from rlhfkit.models.trunk_and_heads import score_head
 from rlhfkit.tracking.console import console, print_table, progress_bar
@@ -273,8 +275,13 @@ def own_head(scores: torch.Tensor, heads: torch.Tensor) -> torch.Tensor:
 
 
 def _collate(data: TokenizedPairs, rows: list[int], pad_id: int, real: bool = True,
-             heads: list[int] | None = None) -> dict[str, torch.Tensor]:
-    batch = collate_pairs([(data.chosen[i], data.rejected[i], data.weights[i], data.margins[i]) for i in rows], pad_id)
+             heads: list[int] | None = None, pack: bool = False) -> dict[str, Any]:
+    batch: dict[str, Any] = collate_pairs(
+        [(data.chosen[i], data.rejected[i], data.weights[i], data.margins[i]) for i in rows], pad_id)
+    if pack:  # chosen and rejected after one copy of their prompt; rows of the scores stay [chosen; rejected]
+        order = [(g, 0) for g in range(len(rows))] + [(g, 1) for g in range(len(rows))]
+        batch["packed"] = pack_if_smaller([(data.chosen[i], data.rejected[i]) for i in rows], order, pad_id,
+                                          batch["input_ids"].shape[1])
     batch["real"] = torch.full((len(rows),), float(real))  # 0 for a process's stand-in row (see process_share)
     batch["has_margins"] = any(data.margins[i] for i in rows)  # decided on the CPU: no device sync per step
     batch["heads"] = torch.tensor([heads[i] if heads else 0 for i in rows], dtype=torch.long)  # (B,) criterion
@@ -282,8 +289,14 @@ def _collate(data: TokenizedPairs, rows: list[int], pad_id: int, real: bool = Tr
 
 
 def _collate_groups(data: TokenizedGroups, rows: list[int], pad_id: int, real: bool = True,
-                    heads: list[int] | None = None) -> dict[str, torch.Tensor]:
-    batch = collate_groups([(data.sequences[i], data.ranks[i], data.margins[i]) for i in rows], pad_id)
+                    heads: list[int] | None = None, pack: bool = False) -> dict[str, Any]:
+    batch: dict[str, Any] = collate_groups([(data.sequences[i], data.ranks[i], data.margins[i]) for i in rows],
+                                           pad_id)
+    if pack:  # every completion of a list after one copy of its prompt, in collate_groups' row order
+        k = max(len(data.sequences[i]) for i in rows)
+        order = [(g, j) for j in range(k) for g, i in enumerate(rows) if j < len(data.sequences[i])]
+        batch["packed"] = pack_if_smaller([data.sequences[i] for i in rows], order, pad_id,
+                                          batch["input_ids"].shape[1])
     batch["real"] = torch.full((len(rows),), float(real))  # (B,) 0 for a process's stand-in list
     batch["pair_real"] = torch.full((len(batch["better"]),), float(real))  # (P,) the same, per pair
     group_heads = torch.tensor([heads[i] if heads else 0 for i in rows], dtype=torch.long)  # (B,) criterion
@@ -627,11 +640,14 @@ def train(cfg: RewardConfig) -> dict[str, float]:
         score_head(model).requires_grad_(True)
     scorer = CriterionScorer(model)  # (N, C): every head from one forward pass of the trunk
     pad_id = tokenizer.pad_token_id
-    if cfg.group_by_length:
+    pack = cfg.share_prefix and packing_supported(model)
+    if cfg.group_by_length:  # packed: batch by the length of the packed row
         if listwise:
-            lengths = [max(len(seq) for seq in group) for group in train_data.sequences]
+            lengths = [packed_length(group) if pack else max(len(seq) for seq in group)
+                       for group in train_data.sequences]
         else:
-            lengths = [max(len(c), len(r)) for c, r in zip(train_data.chosen, train_data.rejected)]
+            lengths = [packed_length((c, r)) if pack else max(len(c), len(r))
+                       for c, r in zip(train_data.chosen, train_data.rejected)]
         batches = LengthGroupedBatches(lengths, cfg.batch_size, cfg.seed)
     else:
         batches = ShuffledBatches(len(train_data), cfg.batch_size, cfg.seed)
@@ -642,9 +658,10 @@ def train(cfg: RewardConfig) -> dict[str, float]:
     rank, world = accelerator.process_index, accelerator.num_processes
 
     def micro_loss(micro: dict[str, torch.Tensor], weight_sum: float, pairs: int, stats: StepStats) -> torch.Tensor:
-        micro = {k: v.to(accelerator.device) if isinstance(v, torch.Tensor) else v for k, v in micro.items()}
-        with accelerator.autocast():
-            scores = scorer(micro["input_ids"], micro["attention_mask"])  # (2B, C) pairwise, (sum_g K_g, C) listwise
+        micro = {k: v.to(accelerator.device) if isinstance(v, (torch.Tensor, PackedGroups)) else v
+                 for k, v in micro.items()}
+        with accelerator.autocast():  # (2B, C) pairwise, (sum_g K_g, C) listwise
+            scores = scorer(micro["input_ids"], micro["attention_mask"], packed=micro.get("packed"))
         if listwise:  # weight_sum: the global batch's number of lists
             loss, r_c, r_r = group_loss(scores, micro, cfg, weight_sum)
             real = micro["pair_real"]  # (P,)
@@ -656,7 +673,7 @@ def train(cfg: RewardConfig) -> dict[str, float]:
         stats.add("train/accuracy", preference_accuracy(r_c, r_r) * real.sum() / pairs)
         return loss
 
-    collate = partial(_collate_groups if listwise else _collate, heads=train_heads)
+    collate = partial(_collate_groups if listwise else _collate, heads=train_heads, pack=pack)
     list_pairs = [train_data.num_pairs(i) for i in range(len(train_data))] if listwise else []
 
     step, pairs_seen, t_eval, t_before = 0, 0, 0.0, 0.0

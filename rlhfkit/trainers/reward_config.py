@@ -47,6 +47,11 @@ class RewardConfig(RunSettings, OptimSettings, LoRASettings, StepCheckpointSetti
                                    "pass.", ge=1)
     group_by_length: bool = setting(True, "Batch comparisons of similar length together (less padding), in a "
                                     "random order of batches.")
+    share_prefix: bool = setting(
+        True, "Pack each comparison's responses into one row after ONE copy of their shared prompt, so the "
+        "prompt's tokens go through the model once per comparison instead of once per response; attention masks "
+        "keep the responses apart, so scores and gradients are the same (used where the model's attention takes "
+        "such a mask: SDPA or eager, no sliding window; a batch that would not be smaller stays padded).")
     epochs: int = setting(1, "Passes over the training comparisons (one is the usual choice: more overfits).", ge=1,
                           aliases={"num_train_epochs": None})
     eval_every: int = setting(0, "Evaluate every N optimizer steps (0 = only at the end).", ge=0)

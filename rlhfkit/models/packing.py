@@ -1,0 +1,104 @@
+"""Sequences that share a prefix, packed into one row: the prefix once, then each one's own tokens.
+
+A reward model scores the chosen and the rejected response of a pair, or every completion of a
+ranked list, after the same prompt. Padded one sequence per row, the prompt goes through the
+model once per response; packed, once per comparison. On the benchmark's pairs (a 6-token prompt,
+12-token responses) that is 16% fewer tokens per step.
+
+Row layout of a group whose sequences share their first p tokens:
+
+    prefix (positions 0..p-1) | suffix of sequence 1 (positions p, p+1, ...) | suffix of sequence 2 | ...
+
+The attention mask lets a token see the prefix and the earlier tokens of its own suffix, nothing
+else. With those positions and that mask each token's hidden state is, to rounding, the one it has
+in its own causal forward pass, so scores, losses and gradients are those of the padded layout
+(tests compare both in float64). Rows are right-padded; a padding token attends to itself only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+
+import torch
+
+
+@dataclass
+class PackedGroups:
+    """N sequences in R packed rows of length L."""
+
+    input_ids: torch.Tensor  # (R, L) int64, pad_id after the last suffix
+    position_ids: torch.Tensor  # (R, L) int64: each suffix continues from its prefix's length
+    allowed: torch.Tensor  # (R, L, L) bool: allowed[r, i, j] = token i may attend to token j
+    row: torch.Tensor  # (N,) the packed row of each sequence
+    offset: torch.Tensor  # (N,) where the sequence's own suffix starts in its row
+    prefix: torch.Tensor  # (N,) the length p of its group's shared prefix
+
+    def index(self, own: torch.Tensor) -> torch.Tensor:
+        """Positions in each sequence's own layout (N,) -> positions in its packed row (N,)."""
+        prefix, offset = self.prefix.to(own.device), self.offset.to(own.device)
+        return torch.where(own < prefix, own, offset + own - prefix)
+
+    def to(self, device: torch.device | str) -> PackedGroups:
+        return PackedGroups(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+
+def shared_prefix_length(seqs: Sequence[Sequence[int]]) -> int:
+    """The longest common prefix of `seqs`, leaving each sequence at least one token of its own."""
+    limit = min(len(s) for s in seqs) - 1
+    n = 0
+    while n < limit and all(s[n] == seqs[0][n] for s in seqs[1:]):
+        n += 1
+    return n
+
+
+def packed_length(seqs: Sequence[Sequence[int]]) -> int:
+    """Tokens of the group's packed row: the shared prefix once, then every sequence's suffix."""
+    p = shared_prefix_length(seqs)
+    return p + sum(len(s) - p for s in seqs)
+
+
+def pack_groups(groups: Sequence[Sequence[Sequence[int]]], order: Sequence[tuple[int, int]],
+                pad_id: int) -> PackedGroups:
+    """One packed row per group; `order` lists the N sequences as (group, member), the order of `row`,
+    `offset` and `prefix` (the order of the caller's padded layout, so scores line up with it)."""
+    lengths = [packed_length(g) for g in groups]
+    rows, width = len(groups), max(lengths)
+    ids = torch.full((rows, width), pad_id, dtype=torch.long)
+    positions = torch.zeros((rows, width), dtype=torch.long)
+    allowed = torch.zeros((rows, width, width), dtype=torch.bool)
+    starts: dict[tuple[int, int], tuple[int, int]] = {}  # (group, member) -> (offset, p)
+    for r, seqs in enumerate(groups):
+        p = shared_prefix_length(seqs)
+        ids[r, :p] = torch.tensor(list(seqs[0][:p]), dtype=torch.long)
+        positions[r, :p] = torch.arange(p)
+        allowed[r, :p, :p] = torch.ones((p, p), dtype=torch.bool).tril()
+        start = p
+        for j, seq in enumerate(seqs):
+            n = len(seq) - p
+            end = start + n
+            ids[r, start:end] = torch.tensor(list(seq[p:]), dtype=torch.long)
+            positions[r, start:end] = torch.arange(p, p + n)
+            allowed[r, start:end, :p] = True  # every suffix token sees the whole prefix
+            allowed[r, start:end, start:end] = torch.ones((n, n), dtype=torch.bool).tril()
+            starts[(r, j)] = (start, p)
+            start = end
+        pad = torch.arange(start, width)
+        allowed[r, pad, pad] = True  # padding sees itself only: no row of the softmax is empty
+    offset = torch.tensor([starts[key][0] for key in order], dtype=torch.long)
+    prefix = torch.tensor([starts[key][1] for key in order], dtype=torch.long)
+    row = torch.tensor([g for g, _ in order], dtype=torch.long)
+    return PackedGroups(ids, positions, allowed, row, offset, prefix)
+
+
+MAX_PACKED_WIDTH = 1024  # longer rows would make the (R, L, L) mask and the attention over it costly
+
+
+def pack_if_smaller(groups: Sequence[Sequence[Sequence[int]]], order: Sequence[tuple[int, int]], pad_id: int,
+                    padded_width: int) -> PackedGroups | None:
+    """`pack_groups` when its rows hold fewer tokens, padding included, than the padded layout of the
+    same N sequences at `padded_width` (and are at most MAX_PACKED_WIDTH long); else None."""
+    width = max(packed_length(g) for g in groups)
+    if width > MAX_PACKED_WIDTH or len(groups) * width >= len(order) * padded_width:
+        return None
+    return pack_groups(groups, order, pad_id)

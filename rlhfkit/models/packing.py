@@ -35,12 +35,36 @@ class PackedGroups:
     prefix: torch.Tensor  # (N,) the length p of its group's shared prefix
 
     def index(self, own: torch.Tensor) -> torch.Tensor:
-        """Positions in each sequence's own layout (N,) -> positions in its packed row (N,)."""
-        prefix, offset = self.prefix.to(own.device), self.offset.to(own.device)
+        """Positions in each sequence's own layout (N,) or (N, T) -> positions in its packed row, same shape."""
+        shape = (-1,) + (1,) * (own.dim() - 1)
+        prefix, offset = self.prefix.to(own.device).view(shape), self.offset.to(own.device).view(shape)
         return torch.where(own < prefix, own, offset + own - prefix)
+
+    def trunk_inputs(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """Keyword arguments of the trunk's forward over the packed rows: ids, positions and the 4D mask
+        in the form the model's attention takes (boolean for SDPA, True = attend; additive for eager)."""
+        allowed = self.allowed[:, None]  # (R, 1, L, L)
+        if model.config._attn_implementation == "sdpa":
+            mask = allowed
+        else:
+            dtype = next(model.parameters()).dtype
+            mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+            mask = mask.masked_fill(~allowed, torch.finfo(dtype).min)
+        return dict(input_ids=self.input_ids, attention_mask=mask, position_ids=self.position_ids)
 
     def to(self, device: torch.device | str) -> PackedGroups:
         return PackedGroups(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+
+def packing_supported(model: torch.nn.Module) -> bool:
+    """True when the trunk takes a custom (R, 1, L, L) mask as it is: SDPA or eager attention, every
+    layer full attention (a sliding window would be lost under a custom mask)."""
+    cfg = model.config
+    if getattr(cfg, "_attn_implementation", None) not in ("sdpa", "eager"):
+        return False
+    if any(kind != "full_attention" for kind in (getattr(cfg, "layer_types", None) or ())):
+        return False
+    return not (getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True))
 
 
 def shared_prefix_length(seqs: Sequence[Sequence[int]]) -> int:

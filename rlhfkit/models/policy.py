@@ -18,6 +18,7 @@ from transformers import PreTrainedModel
 
 from rlhfkit.algos.logprobs import logprobs_and_entropy, logprobs_from_logits
 from rlhfkit.models.loading import position_ids_from_mask
+from rlhfkit.models.packing import PackedGroups
 from rlhfkit.models.trunk_and_heads import hidden_size, output_logits, score_head, trunk
 
 
@@ -49,6 +50,20 @@ def response_hidden(
     return hidden[:, n_prompt - 1 :]  # (B, T, H): position P-1+t holds s_t
 
 
+def packed_response_hidden(model: PreTrainedModel, packed: PackedGroups, prompt_lengths: torch.Tensor,
+                           n_resp: int) -> torch.Tensor:
+    """`response_hidden` of N sequences (own layout: a prompt of prompt_lengths[n] real tokens, then the
+    response) packed after their shared prefixes (models/packing.py): (N, T, H), T = n_resp.
+
+    s_t of sequence n sits at its own position prompt_lengths[n] - 1 + t, mapped into its packed row.
+    Slots past a response's end point at some real position of the row (clamped); callers mask them.
+    """
+    hidden = trunk(model)(**packed.trunk_inputs(model)).last_hidden_state  # (R, L, H)
+    steps = torch.arange(n_resp, device=hidden.device)
+    at = packed.index(prompt_lengths.to(hidden.device)[:, None] - 1 + steps[None, :])  # (N, T)
+    return hidden[packed.row.to(hidden.device)[:, None], at.clamp_max(hidden.shape[1] - 1)]  # (N, T, H)
+
+
 def token_logprobs(
     model: PreTrainedModel,
     prompt_ids: torch.Tensor,
@@ -56,9 +71,17 @@ def token_logprobs(
     response_ids: torch.Tensor,
     temperature: float = 1.0,
     with_entropy: bool = False,
+    packed: PackedGroups | None = None,
 ) -> PolicyOutput:
-    """log pi(a_t|s_t) of a causal LM (the reference model's forward), logits divided by temperature."""
-    hidden = response_hidden(model, prompt_ids, prompt_mask, response_ids)
+    """log pi(a_t|s_t) of a causal LM (the reference model's forward), logits divided by temperature.
+
+    With `packed` (the same rows' prompt + response packed after shared prefixes), the trunk runs over
+    the packed rows; `prompt_mask` then only gives each prompt's length.
+    """
+    if packed is not None:
+        hidden = packed_response_hidden(model, packed, prompt_mask.sum(1), response_ids.shape[1])
+    else:
+        hidden = response_hidden(model, prompt_ids, prompt_mask, response_ids)
     logits = output_logits(model, hidden)  # (B, T, V)
     if with_entropy:
         return PolicyOutput(*logprobs_and_entropy(logits, response_ids, temperature))

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
-from rlhfkit.models.packing import PackedGroups
 from rlhfkit.models.loading import position_ids_from_mask
+from rlhfkit.models.packing import PackedGroups
 from rlhfkit.models.trunk_and_heads import trunk
 
 
@@ -96,33 +96,15 @@ def hidden_at(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: t
     return body.ln_f(last_block_at(last, before_last, allowed, rows, index))
 
 
-def packing_supported(model: PreTrainedModel) -> bool:
-    """True when the trunk takes a custom (R, 1, L, L) mask as it is: SDPA or eager attention, every
-    layer full attention (a sliding window would be lost under a custom mask)."""
-    cfg = model.config
-    if getattr(cfg, "_attn_implementation", None) not in ("sdpa", "eager"):
-        return False
-    if any(kind != "full_attention" for kind in (getattr(cfg, "layer_types", None) or ())):
-        return False
-    return not (getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True))
-
-
 def packed_hidden_at(model: PreTrainedModel, packed: PackedGroups, index: torch.Tensor) -> torch.Tensor:
     """Final hidden state of each packed sequence at its own position index[n] (its own layout): (N, H).
 
-    The trunk runs once over the packed rows (data/packing.py) with their positions and a 4D mask:
-    boolean for SDPA (True = attend), additive for eager attention. GPT-2 runs its last block on the
-    N readout tokens only, as `hidden_at` does.
+    The trunk runs once over the packed rows (models/packing.py) with their positions and 4D mask.
+    GPT-2 runs its last block on the N readout tokens only, as `hidden_at` does.
     """
     body = trunk(model)
     at = packed.index(index)  # (N,) positions in the packed rows
-    if model.config._attn_implementation == "sdpa":
-        mask = packed.allowed[:, None]  # (R, 1, L, L)
-    else:
-        dtype = next(model.parameters()).dtype
-        mask = torch.zeros(packed.allowed[:, None].shape, dtype=dtype, device=packed.allowed.device)
-        mask = mask.masked_fill(~packed.allowed[:, None], torch.finfo(dtype).min)
-    inputs = dict(input_ids=packed.input_ids, attention_mask=mask, position_ids=packed.position_ids)
+    inputs = packed.trunk_inputs(model)
     if not readout_supported(model):
         return body(**inputs).last_hidden_state[packed.row, at]
     with _without_last_block(body) as last:

@@ -45,6 +45,7 @@ from rlhfkit.errors import DataError, ModelError
 from rlhfkit.models.context import model_context, resolve_length
 from rlhfkit.models.loading import configure_loading, load_causal_lm, load_run_tokenizer, load_tokenizer
 from rlhfkit.models.lora import LoRASpec, add_lora
+from rlhfkit.models.packing import PackedGroups, pack_if_smaller, packed_length, packing_supported
 from rlhfkit.models.policy import token_logprobs
 from rlhfkit.rollout.scoring import same_tokenizer
 from rlhfkit.tracking.console import console, print_table, progress_bar
@@ -171,9 +172,12 @@ def _rows_text(rows: list[int], shown: int = 8) -> str:
     return text if len(rows) <= shown else f"{text}, ... ({len(rows)} rows)"
 
 
-def collate(data: PreferenceTokens, rows: list[int], pad_id: int, real: bool = True) -> dict[str, torch.Tensor]:
+def collate(data: PreferenceTokens, rows: list[int], pad_id: int, real: bool = True,
+            pack: bool = False) -> dict[str, Any]:
     """A batch of B comparisons as 2B rows, [chosen; rejected]: each prompt twice, left-padded (positions
-    skip the pad), the completions right-padded after it, and the mask of the completion tokens."""
+    skip the pad), the completions right-padded after it, and the mask of the completion tokens.
+    With `pack`, also each comparison as one row, its prompt once (`packed`, models/packing.py), when
+    that is fewer tokens; the forward then runs over those rows."""
     prompts = [data.prompts[i] for i in rows]
     prompt_ids, prompt_mask = pad_left(prompts + prompts, pad_id)  # (2B, P)
     response_ids, response_mask = pad_right([data.chosen[i] for i in rows] + [data.rejected[i] for i in rows],
@@ -189,10 +193,16 @@ def collate(data: PreferenceTokens, rows: list[int], pad_id: int, real: bool = T
     if data.ref_chosen is not None and data.ref_rejected is not None:
         index = torch.tensor(rows)
         batch["ref_chosen"], batch["ref_rejected"] = data.ref_chosen[index], data.ref_rejected[index]  # (B,) each
+    if pack:
+        order = [(g, 0) for g in range(len(rows))] + [(g, 1) for g in range(len(rows))]
+        packed = pack_if_smaller([(data.prompts[i] + data.chosen[i], data.prompts[i] + data.rejected[i]) for i in rows],
+                                 order, pad_id, prompt_ids.shape[1] + response_ids.shape[1])
+        if packed is not None:
+            batch["packed"] = packed
     return batch
 
 
-def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device) for k, v in batch.items()}
 
 
@@ -211,8 +221,8 @@ class SequenceLogprobs(torch.nn.Module):
         self.policy = policy
 
     def forward(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,
-                response_mask: torch.Tensor) -> torch.Tensor:
-        logp = token_logprobs(self.policy, prompt_ids, prompt_mask, response_ids).logp  # (2B, T)
+                response_mask: torch.Tensor, packed: PackedGroups | None = None) -> torch.Tensor:
+        logp = token_logprobs(self.policy, prompt_ids, prompt_mask, response_ids, packed=packed).logp  # (2B, T)
         return sequence_logprobs(logp.float(), response_mask)  # (2B,)
 
 
@@ -230,15 +240,16 @@ def load_reference(cfg: DPOConfig, tokenizer: Any) -> torch.nn.Module:
 
 @torch.no_grad()
 def precompute_reference(ref_logps: RefLogprobs, data: PreferenceTokens, accelerator: Any, cfg: DPOConfig,
-                         pad_id: int) -> None:
-    """Fill data.ref_chosen / ref_rejected: each process scores its share of every chunk, then all gather."""
+                         pad_id: int, pack: bool = False) -> None:
+    """Fill data.ref_chosen / ref_rejected: each process scores its share of every chunk, then all gather.
+    `pack` as in training, so the reference numbers are those a live reference would give there."""
     rank, world = accelerator.process_index, accelerator.num_processes
     mine: list[tuple[int, float, float]] = []
     for start in range(0, len(data), cfg.eval_batch_size):
         rows, real = process_share(range(start, min(start + cfg.eval_batch_size, len(data))), rank, world)
         if not real:
             continue
-        ref_c, ref_r = ref_logps(_to(collate(data, rows, pad_id), accelerator.device))
+        ref_c, ref_r = ref_logps(_to(collate(data, rows, pad_id, pack=pack), accelerator.device))
         mine += zip(rows, ref_c.tolist(), ref_r.tolist())
     gathered = gather_object(mine) if world > 1 else mine
     chosen, rejected = torch.empty(len(data)), torch.empty(len(data))  # float32, as the live reference gives them
@@ -255,7 +266,7 @@ def loss_of(cfg: DPOConfig) -> Callable[..., tuple[torch.Tensor, DPOStats]]:
 
 @torch.no_grad()
 def evaluate(policy: torch.nn.Module, ref_logps: RefLogprobs, data: PreferenceTokens, accelerator: Any,
-             cfg: DPOConfig, pad_id: int) -> dict[str, float]:
+             cfg: DPOConfig, pad_id: int, pack: bool = False) -> dict[str, float]:
     """Held-out loss, implicit rewards (chosen, rejected, margin, accuracy) and sequence log-probs.
 
     `policy` is the unwrapped SequenceLogprobs. Each process scores its share of every eval batch;
@@ -267,10 +278,10 @@ def evaluate(policy: torch.nn.Module, ref_logps: RefLogprobs, data: PreferenceTo
         rows, real = process_share(range(start, min(start + cfg.eval_batch_size, len(data))), rank, world)
         if not real:
             continue
-        batch = _to(collate(data, rows, pad_id), accelerator.device)
+        batch = _to(collate(data, rows, pad_id, pack=pack), accelerator.device)
         with accelerator.autocast():
             logp_c, logp_r = policy(batch["prompt_ids"], batch["prompt_mask"], batch["response_ids"],
-                                    batch["response_mask"]).chunk(2)
+                                    batch["response_mask"], batch.get("packed")).chunk(2)
         ref_c, ref_r = ref_logps(batch)
         mine += zip(logp_c.tolist(), logp_r.tolist(), ref_c.tolist(), ref_r.tolist(), batch["weights"].tolist())
     rows = gather_object(mine) if world > 1 else mine
@@ -346,8 +357,10 @@ def train(cfg: DPOConfig) -> dict[str, float]:
         model = lora.model
     policy = SequenceLogprobs(model)
     optimizer = make_optimizer(policy.parameters(), cfg)
-    if cfg.group_by_length:
-        lengths = [len(p) + max(len(c), len(r)) for p, c, r in
+    # the reference reads the same packed rows, so both must take the 4D mask
+    pack = cfg.share_prefix and all(packing_supported(m) for m in (model, reference_model) if m is not None)
+    if cfg.group_by_length:  # packed: batch by the length of the packed row
+        lengths = [packed_length((p + c, p + r)) if pack else len(p) + max(len(c), len(r)) for p, c, r in
                    zip(train_data.prompts, train_data.chosen, train_data.rejected)]
         batches = LengthGroupedBatches(lengths, cfg.batch_size, cfg.seed)
     else:
@@ -363,7 +376,8 @@ def train(cfg: DPOConfig) -> dict[str, float]:
     @torch.no_grad()
     def reference_forward(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(B,), (B,) reference log-probs from one forward of 2B rows through the frozen reference."""
-        args = (batch["prompt_ids"], batch["prompt_mask"], batch["response_ids"], batch["response_mask"])
+        args = (batch["prompt_ids"], batch["prompt_mask"], batch["response_ids"], batch["response_mask"],
+                batch.get("packed"))
         with accelerator.autocast():
             if reference is not None:
                 return reference(*args).chunk(2)
@@ -378,7 +392,7 @@ def train(cfg: DPOConfig) -> dict[str, float]:
         t0 = time.perf_counter()
         unwrapped.eval()
         for data in (train_data, eval_data):
-            precompute_reference(reference_forward, data, accelerator, cfg, tokenizer.pad_token_id)
+            precompute_reference(reference_forward, data, accelerator, cfg, tokenizer.pad_token_id, pack)
         unwrapped.train()
         del reference, reference_model  # freed: every reference number the run needs is in the data now
 
@@ -398,7 +412,7 @@ def train(cfg: DPOConfig) -> dict[str, float]:
         micro = _to(micro, device)
         with accelerator.autocast():
             logp = policy(micro["prompt_ids"], micro["prompt_mask"], micro["response_ids"],
-                          micro["response_mask"])  # (2B,), one forward for chosen and rejected
+                          micro["response_mask"], packed=micro.get("packed"))  # (2B,), one forward for both
         logp_c, logp_r = logp.chunk(2)
         ref_c, ref_r = ref_logps(micro)
         real = micro["real"]
@@ -425,7 +439,7 @@ def train(cfg: DPOConfig) -> dict[str, float]:
     with run_folder(out_dir, cfg, main, resume_path, step) as (tmp, logger):
         # 3. The start policy on the held-out pairs (the baseline the final numbers are read against).
         if resume_path is None:
-            start = evaluate(unwrapped, ref_logps, eval_data, accelerator, cfg, pad_id)
+            start = evaluate(unwrapped, ref_logps, eval_data, accelerator, cfg, pad_id, pack)
             logger.log(0, {**start, **counts})
         checkpoints = StepCheckpoints(tmp, cfg, accelerator, lambda: unwrapped.policy, optimizer, scheduler,
                                       total_steps)
@@ -440,7 +454,7 @@ def train(cfg: DPOConfig) -> dict[str, float]:
             for rows in remaining_batches(batches, cfg.epochs, step):  # after those a resumed run did
                 weight_sum = float(sum(train_data.weights[i] for i in rows))  # of the global batch
                 own, real = process_share(rows, rank, world)
-                parts = [collate(train_data, chunk.tolist(), pad_id, real)
+                parts = [collate(train_data, chunk.tolist(), pad_id, real, pack)
                          for chunk in micro_batches(torch.tensor(own), cfg.micro_batch_size)]
                 stats = StepStats()
                 optimizer_step(accelerator, policy, optimizer, scheduler, parts,
@@ -457,7 +471,7 @@ def train(cfg: DPOConfig) -> dict[str, float]:
                 # 5. Held-out evaluation.
                 if cfg.eval_every and step % cfg.eval_every == 0 and step != total_steps:
                     t0 = time.perf_counter()
-                    metrics = evaluate(unwrapped, ref_logps, eval_data, accelerator, cfg, pad_id)
+                    metrics = evaluate(unwrapped, ref_logps, eval_data, accelerator, cfg, pad_id, pack)
                     t_eval += time.perf_counter() - t0
                     logger.log(step, metrics)
                     bar_values["eval_acc"] = metrics["eval/rewards/accuracy"]
@@ -466,7 +480,7 @@ def train(cfg: DPOConfig) -> dict[str, float]:
                 checkpoints.after_step({"step": step, "pairs_seen": pairs_seen, "elapsed": elapsed(),
                                         "start": start}, logger)
         train_s = elapsed()
-        metrics = evaluate(unwrapped, ref_logps, eval_data, accelerator, cfg, pad_id)
+        metrics = evaluate(unwrapped, ref_logps, eval_data, accelerator, cfg, pad_id, pack)
         metrics.update({"perf/pairs_per_s": pairs_seen / max(train_s, 1e-9), "perf/train_s": train_s,
                         "train/steps": step, **counts})
         logger.log(step, metrics)

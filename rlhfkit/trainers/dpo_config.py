@@ -50,6 +50,11 @@ class DPOConfig(RunSettings, OptimSettings, LoRASettings, StepCheckpointSettings
                                    ge=1)
     group_by_length: bool = setting(True, "Batch comparisons of similar length together (less padding), in a "
                                     "random order of batches.")
+    share_prefix: bool = setting(
+        True, "Pack each comparison into one row, its prompt once, then the chosen and the rejected completion "
+        "(each attending to the prompt and to itself only): the prompt's tokens go through the policy (and the "
+        "reference) once per comparison instead of twice, with the same log-probs and gradients (where the "
+        "model's attention takes such a mask: SDPA or eager, no sliding window).")
     epochs: int = setting(1, "Passes over the training comparisons.", ge=1, aliases={"num_train_epochs": None})
     eval_every: int = setting(0, "Evaluate on the held-out comparisons every N optimizer steps (0 = only before "
                               "training and at the end).", ge=0)

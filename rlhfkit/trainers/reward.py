@@ -62,8 +62,7 @@ from rlhfkit.errors import ConfigError, DataError
 from rlhfkit.models.context import model_context, resolve_length
 from rlhfkit.models.loading import configure_loading, load_run_tokenizer
 from rlhfkit.models.lora import LoRASpec, add_lora
-from rlhfkit.models.packing import PackedGroups, pack_if_smaller, packed_length
-from rlhfkit.models.readout import packing_supported
+from rlhfkit.models.packing import PackedGroups, pack_if_smaller, packed_length, packing_supported
 from rlhfkit.models.reward_model import CriterionScorer, build_reward_model, criteria_of, set_normalization
 from rlhfkit.models.trunk_and_heads import score_head
 from rlhfkit.tracking.console import console, print_table, progress_bar

@@ -260,3 +260,19 @@ def test_help_lists_every_setting() -> None:
     assert result.exit_code == 0, result.output
     for f in dataclasses.fields(DPOConfig):
         assert "--" + f.name.replace("_", "-") in result.output, f.name
+
+
+def test_prompt_shared_packing_gives_the_padded_numbers(data: dict[str, Path], tmp_path: Path) -> None:
+    """--share-prefix packs each comparison's prompt once; on the same batches (no length grouping, which
+    orders batches by packed length) every logged number and the trained weights are the padded run's."""
+    runs = {share: train(_small(data, tmp_path / f"share_{share}", share_prefix=share, group_by_length=False))
+            for share in (True, False)}
+    for key in ("eval/loss", "eval/rewards/chosen", "eval/rewards/accuracy", "start/eval/loss"):
+        assert runs[True][key] == pytest.approx(runs[False][key], rel=1e-5, abs=1e-6), key
+    steps, want = records(tmp_path / "share_True"), records(tmp_path / "share_False")
+    for key in KEYS:
+        assert [r[key] for r in steps if key in r] == pytest.approx([r[key] for r in want if key in r],
+                                                                     rel=1e-5, abs=1e-6), key
+    one, two = (load_file(tmp_path / f"share_{share}" / "model.safetensors") for share in (False, True))
+    for param in one:
+        torch.testing.assert_close(two[param], one[param], rtol=0, atol=1e-5, msg=param)

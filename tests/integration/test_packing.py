@@ -16,8 +16,14 @@ from transformers import (
 )
 
 from rlhfkit.data.tokenize import pad_right
-from rlhfkit.models.packing import pack_groups, pack_if_smaller, packed_length, shared_prefix_length
-from rlhfkit.models.readout import packing_supported, readout_supported
+from rlhfkit.models.packing import (
+    pack_groups,
+    pack_if_smaller,
+    packed_length,
+    packing_supported,
+    shared_prefix_length,
+)
+from rlhfkit.models.readout import readout_supported
 from rlhfkit.models.reward_model import criterion_scores
 
 
@@ -184,3 +190,57 @@ def test_reward_training_packed_and_padded_end_at_the_same_model(tiny_model_dir,
     assert packed["eval/accuracy"] == padded["eval/accuracy"]
     for name, tensor in padded_w.items():
         torch.testing.assert_close(packed_w[name], tensor, atol=1e-4, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize(("model_of", "tolerance"), [
+    pytest.param(lambda: _gpt2_lm("sdpa"), FLOAT64, id="gpt2-sdpa"),
+    pytest.param(lambda: _gpt2_lm("eager"), FLOAT64, id="gpt2-eager"),
+    pytest.param(lambda: _llama_lm(), FLOAT32_PARTS, id="llama"),
+])
+def test_packed_response_logprobs_and_gradients_equal_the_padded_ones(model_of, tolerance: dict) -> None:
+    """DPO's layout: left-padded prompts (two lengths), right-padded responses, [chosen; rejected]."""
+    from rlhfkit.data.tokenize import pad_left
+    from rlhfkit.models.policy import token_logprobs
+
+    model = model_of()
+    gen = torch.Generator().manual_seed(5)
+
+    def ids(n: int) -> list[int]:
+        return torch.randint(1, 50, (n,), generator=gen).tolist()
+
+    prompts, chosen, rejected = [ids(4), ids(2)], [ids(3), ids(6)], [ids(5), ids(1)]
+    prompt_ids, prompt_mask = pad_left(prompts + prompts, 0)
+    response_ids, response_mask = pad_right(chosen + rejected, 0)
+    packed = pack_groups([(p + c, p + r) for p, c, r in zip(prompts, chosen, rejected)],
+                         [(0, 0), (1, 0), (0, 1), (1, 1)], pad_id=0)
+    results = []
+    for layout in (None, packed):
+        model.zero_grad(set_to_none=True)
+        logp = token_logprobs(model, prompt_ids, prompt_mask, response_ids, packed=layout).logp
+        logp = logp.masked_fill(response_mask == 0, 0.0)  # slots past a response's end are the caller's to mask
+        logp.sum().backward()
+        results.append((logp.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (expected, expected_grads), (got, got_grads) = results
+    torch.testing.assert_close(got, expected, **tolerance)
+    for name, grad in expected_grads.items():
+        torch.testing.assert_close(got_grads[name], grad, **tolerance, msg=name)
+
+
+def _gpt2_lm(attn: str) -> torch.nn.Module:
+    from transformers import GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=50, n_positions=48, n_embd=32, n_layer=2, n_head=4, resid_pdrop=0.0,
+                     embd_pdrop=0.0, attn_pdrop=0.0, pad_token_id=0)
+    cfg._attn_implementation = attn
+    return GPT2LMHeadModel(cfg).double().eval()
+
+
+def _llama_lm() -> torch.nn.Module:
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=48, pad_token_id=0)
+    cfg._attn_implementation = "sdpa"
+    return LlamaForCausalLM(cfg).double().eval()

@@ -19,6 +19,7 @@ from transformers import PreTrainedModel
 from rlhfkit.algos.logprobs import logprobs_and_entropy, logprobs_from_logits
 from rlhfkit.models.loading import position_ids_from_mask
 from rlhfkit.models.packing import PackedGroups
+from rlhfkit.models.readout import hidden_from
 from rlhfkit.models.trunk_and_heads import hidden_size, output_logits, score_head, trunk
 
 
@@ -37,17 +38,16 @@ def response_hidden(
     """Trunk hidden states of the states s_0..s_{T-1} that predict the response tokens: (B, T, H).
 
     The last response token is never an input: no state after it is needed (the state it ends is
-    terminal), so the trunk runs over P + T - 1 positions.
+    terminal), so the trunk runs over P + T - 1 positions, and the prompt's other positions only
+    feed the last block's keys and values.
     """
     n_prompt = prompt_ids.shape[1]
     context = response_ids[:, :-1]  # (B, T-1): a_{T-1} predicts nothing we use
     input_ids = torch.cat([prompt_ids, context], dim=1)  # (B, P+T-1)
     # Tokens after EOS are attended to like any other; causality keeps them out of s_t for t <= EOS.
     attention_mask = torch.cat([prompt_mask, torch.ones_like(context)], dim=1)
-    hidden = trunk(model)(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask)
-    ).last_hidden_state  # (B, P+T-1, H)
-    return hidden[:, n_prompt - 1 :]  # (B, T, H): position P-1+t holds s_t
+    # position P-1+t holds s_t; GPT-2 runs its last block on those T positions only (models/readout.py)
+    return hidden_from(model, input_ids, attention_mask, position_ids_from_mask(attention_mask), n_prompt - 1)
 
 
 def packed_response_hidden(model: PreTrainedModel, packed: PackedGroups, prompt_lengths: torch.Tensor,

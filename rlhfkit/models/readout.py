@@ -75,6 +75,48 @@ def last_block_at(block: torch.nn.Module, hidden: torch.Tensor, allowed: torch.T
     return h + block.mlp(block.ln_2(h))
 
 
+def last_block_from(block: torch.nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor,
+                    start: int) -> torch.Tensor:
+    """GPT-2's block for the query positions start..L-1 of every row: (B, L, H) input -> (B, L - start, H).
+
+    The same block as `last_block_at`, for a slice of positions: K, V from every position, attention,
+    W_o and the MLP on the queries only. A policy needs the states from its prompt's last token on.
+    """
+    attn = block.attn
+    batch, length, width = hidden.shape
+    x = block.ln_1(hidden)  # (B, L, H)
+    q, k, v = attn.c_attn(x).split(width, dim=2)
+    heads = (batch, length, attn.num_heads, attn.head_dim)
+    k, v = k.view(heads).transpose(1, 2), v.view(heads).transpose(1, 2)  # (B, nh, L, hd)
+    count = length - start
+    q = q[:, start:].reshape(batch, count, attn.num_heads, attn.head_dim).transpose(1, 2)  # (B, nh, T, hd)
+    query = torch.arange(start, length, device=hidden.device)
+    key = torch.arange(length, device=hidden.device)
+    allowed = attention_mask.bool()[:, None, :] & (key[None, None, :] <= query[None, :, None])  # (B, T, L)
+    allowed = allowed | (key[None, None, :] == query[None, :, None])  # a padded query still sees itself
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None], scale=attn.scaling)  # (B, nh, T, hd)
+    out = attn.resid_dropout(attn.c_proj(out.transpose(1, 2).reshape(batch, count, width)))  # (B, T, H)
+    h = hidden[:, start:] + out
+    return h + block.mlp(block.ln_2(h))
+
+
+def hidden_from(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                position_ids: torch.Tensor, start: int) -> torch.Tensor:
+    """Final hidden states (after the last norm) of positions start..L-1: (B, L - start, H).
+
+    GPT-2 runs its last block on those positions only (the others still give keys and values);
+    any other model runs the full trunk and is sliced.
+    """
+    body = trunk(model)
+    if not readout_supported(model):
+        hidden = body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+        return hidden.last_hidden_state[:, start:]
+    with _without_last_block(body) as last:
+        before_last = body(input_ids=input_ids, attention_mask=attention_mask,
+                           position_ids=position_ids).last_hidden_state  # (B, L, H)
+    return body.ln_f(last_block_from(last, before_last, attention_mask, start))
+
+
 def hidden_at(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,
               index: torch.Tensor) -> torch.Tensor:
     """Final hidden state (after the last norm) at position index[b] of each row b: (B, H).

@@ -147,3 +147,35 @@ def test_other_architectures_take_the_full_forward(arch: str, fast_path_calls) -
 
 def test_gpt2_variants_the_fast_path_does_not_know_take_the_full_forward() -> None:
     assert not readout_supported(_gpt2(n_layer=1)) and not readout_supported(_gpt2(reorder_and_upcast_attn=True))
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("inverse_layer_scale", [False, True])
+def test_policy_states_from_the_prompts_last_token_match_the_full_forward(attn: str, inverse_layer_scale: bool
+                                                                          ) -> None:
+    """The policy forward (response_hidden) runs GPT-2's last block on the response states only:
+    log-probs and gradients as the plain causal LM forward's, with left-padded prompts."""
+    from transformers import GPT2LMHeadModel
+
+    from rlhfkit.models.policy import token_logprobs
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=50, n_positions=32, n_embd=32, n_layer=3, n_head=4, resid_pdrop=0.0, embd_pdrop=0.0,
+                     attn_pdrop=0.0, scale_attn_by_inverse_layer_idx=inverse_layer_scale)
+    cfg._attn_implementation = attn
+    model = GPT2LMHeadModel(cfg).double().eval()
+    gen = torch.Generator().manual_seed(1)
+    prompts = torch.randint(1, 50, (3, 4), generator=gen)
+    prompt_mask = torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1], [0, 0, 0, 1]])
+    response = torch.randint(1, 50, (3, 6), generator=gen)
+    ids, mask = torch.cat([prompts, response], 1), torch.cat([prompt_mask, torch.ones_like(response)], 1)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask)).logits
+    expected = logits[:, 3:-1].log_softmax(-1).gather(-1, response[..., None])[..., 0]  # (B, T)
+    expected.sum().backward()
+    expected_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    got = token_logprobs(model, prompts, prompt_mask, response).logp
+    got.sum().backward()
+    torch.testing.assert_close(got, expected, atol=1e-12, rtol=0)
+    for name, grad in expected_grads.items():
+        torch.testing.assert_close(model.get_parameter(name).grad, grad, atol=1e-12, rtol=0, msg=name)

@@ -15,9 +15,11 @@ elementwise work, the optimizer and Python are what "speed" absorbs.
 Operations per iteration (B episodes, P prompt tokens, T new tokens, E epochs x M minibatches):
 - both: sampling with a KV cache, a prefill of P tokens then T - 1 one-token steps, the LM head on the last
   position of each (rlhfkit's loop and HF `generate` alike);
-- rlhfkit PPO (shared critic, old log-probs from sampling): a reference forward (LM head on the T response
-  positions only), a reward-model forward whose last block runs on the readout token only (its keys and
-  values on every position), E x M forward + backward passes of the policy with its value head;
+- rlhfkit's policy and reference forwards: P + T - 1 input positions (the last token predicts nothing used),
+  the last block past its q, k, v and the LM head on the T response states only;
+- rlhfkit PPO (shared critic, old log-probs from sampling): a reference forward, a reward-model forward whose
+  last block runs on the readout token only (its keys and values on every position), E x M forward +
+  backward passes of the policy with its value head;
 - TRL 1.12 PPO: reference forward (LM head on all P + T positions), value-model forward, reward-model
   forward, then E x M forward + backward passes of the policy (LM head on all positions) and of the value
   model;
@@ -66,6 +68,16 @@ class Counter:
         steps = sum(self.trunk(1) + 4 * (prompt + s) * self.width * self.layers + self.head(1) for s in range(1, new))
         return batch * (prefill + steps)
 
+    def policy_forward(self, batch: int, n: int, t: int) -> float:
+        """rlhfkit's policy (and reference) forward over P + T tokens: the last token is not an input (n - 1
+        positions), L - 1 blocks on every position, the last block's q, k, v on every position and the rest
+        of it (18 d^2) and its attention on the T response states only, the LM head on those T."""
+        m = n - 1
+        full = self.trunk(m, self.layers - 1) + self.attention(m) * (self.layers - 1) / self.layers
+        attention = sum(4 * c * self.width for c in range(m - t + 1, m + 1))  # the T queries' contexts
+        last = 6 * self.width ** 2 * m + 18 * self.width ** 2 * t + attention
+        return batch * (full + last + self.head(t))
+
     def readout_reward(self, batch: int, n: int) -> float:
         """rlhfkit's reward-model forward: L - 1 blocks on every token; the last block's q, k, v on every token
         (6 d^2 each) and the rest of it (18 d^2) and its attention on the readout token only."""
@@ -81,12 +93,13 @@ def iteration_flops(algo: str) -> dict[str, dict[str, float]]:
     n, steps, mb = p + t, W.EPOCHS * W.MINIBATCHES, W.ROLLOUT_BATCH // W.MINIBATCHES
     gen = c.sampling(b, p, t)
     if algo == "ppo":
-        ours = {"generation": gen, "scoring": c.forward(b, n, t) + c.readout_reward(b, n),
-                "training": steps * 3 * c.forward(mb, n, t)}
+        ours = {"generation": gen, "scoring": c.policy_forward(b, n, t) + c.readout_reward(b, n),
+                "training": steps * 3 * c.policy_forward(mb, n, t)}
         peer = {"generation": gen, "scoring": c.forward(b, n, n) + 2 * c.forward(b, n, 0),
                 "training": steps * 3 * (c.forward(mb, n, n) + c.forward(mb, n, 0))}
     else:
-        ours = {"generation": gen, "scoring": c.forward(b, n, t), "training": steps * 3 * c.forward(mb, n, t)}
+        ours = {"generation": gen, "scoring": c.policy_forward(b, n, t),
+                "training": steps * 3 * c.policy_forward(mb, n, t)}
         peer = {"generation": gen, "scoring": 2 * c.forward(b, n, t), "training": steps * 3 * c.forward(mb, n, t)}
     return {"rlhfkit": ours, "TRL": peer}
 

@@ -53,50 +53,27 @@ def _without_last_block(body: torch.nn.Module) -> Iterator[torch.nn.Module]:
 
 def last_block_at(block: torch.nn.Module, hidden: torch.Tensor, allowed: torch.Tensor, rows: torch.Tensor,
                   index: torch.Tensor) -> torch.Tensor:
-    """GPT-2's block for N query tokens only: (R, L, H) block input -> (N, H) block output.
+    """GPT-2's block for chosen query tokens only: (R, L, H) block input -> (N, T, H) block output.
 
-    Query n is token index[n] of row rows[n]; allowed (N, L) says which tokens of that row it attends to.
+    Query (n, t) is token index[n, t] of row rows[n]; allowed (N, T, L) says which tokens of that row it
+    attends to. One readout token per sequence is T = 1; a policy's response states are T positions.
     q = W_q ln_1(h_i); K, V = W_k, W_v ln_1(h_j) for the allowed tokens j;
     a = softmax(q K^T * scale) V; h' = h_i + W_o a; out = h' + MLP(ln_2(h')).
     """
     attn = block.attn
-    count, (batch, length, width) = rows.shape[0], hidden.shape
+    (count, queries), (batch, length, width) = index.shape, hidden.shape
     x = block.ln_1(hidden)  # (R, L, H): every position feeds the keys and values
-    # c_attn gives q, k, v for every position in one product; the q of the other rows is the only waste.
+    # c_attn gives q, k, v for every position in one product; the q of the other positions is the only waste.
     q, k, v = attn.c_attn(x).split(width, dim=2)
     heads = (batch, length, attn.num_heads, attn.head_dim)
     k, v = k.view(heads).transpose(1, 2), v.view(heads).transpose(1, 2)  # (R, nh, L, hd)
-    if count != batch:  # several queries per row (packed groups): each query gets its row's keys
+    if count != batch:  # several sequences per row (packed groups): each gets its row's keys
         k, v = k[rows], v[rows]  # (N, nh, L, hd)
-    q = q[rows, index].view(count, attn.num_heads, 1, attn.head_dim)  # (N, nh, 1, hd)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None, None, :], scale=attn.scaling)
-    out = attn.resid_dropout(attn.c_proj(out.reshape(count, width)))  # (N, H)
-    h = hidden[rows, index] + out
-    return h + block.mlp(block.ln_2(h))
-
-
-def last_block_from(block: torch.nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor,
-                    start: int) -> torch.Tensor:
-    """GPT-2's block for the query positions start..L-1 of every row: (B, L, H) input -> (B, L - start, H).
-
-    The same block as `last_block_at`, for a slice of positions: K, V from every position, attention,
-    W_o and the MLP on the queries only. A policy needs the states from its prompt's last token on.
-    """
-    attn = block.attn
-    batch, length, width = hidden.shape
-    x = block.ln_1(hidden)  # (B, L, H)
-    q, k, v = attn.c_attn(x).split(width, dim=2)
-    heads = (batch, length, attn.num_heads, attn.head_dim)
-    k, v = k.view(heads).transpose(1, 2), v.view(heads).transpose(1, 2)  # (B, nh, L, hd)
-    count = length - start
-    q = q[:, start:].reshape(batch, count, attn.num_heads, attn.head_dim).transpose(1, 2)  # (B, nh, T, hd)
-    query = torch.arange(start, length, device=hidden.device)
-    key = torch.arange(length, device=hidden.device)
-    allowed = attention_mask.bool()[:, None, :] & (key[None, None, :] <= query[None, :, None])  # (B, T, L)
-    allowed = allowed | (key[None, None, :] == query[None, :, None])  # a padded query still sees itself
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None], scale=attn.scaling)  # (B, nh, T, hd)
-    out = attn.resid_dropout(attn.c_proj(out.transpose(1, 2).reshape(batch, count, width)))  # (B, T, H)
-    h = hidden[:, start:] + out
+    at = (rows[:, None], index)
+    q = q[at].view(count, queries, attn.num_heads, attn.head_dim).transpose(1, 2)  # (N, nh, T, hd)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None], scale=attn.scaling)  # (N, nh, T, hd)
+    out = attn.resid_dropout(attn.c_proj(out.transpose(1, 2).reshape(count, queries, width)))  # (N, T, H)
+    h = hidden[at] + out
     return h + block.mlp(block.ln_2(h))
 
 
@@ -114,7 +91,13 @@ def hidden_from(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask:
     with _without_last_block(body) as last:
         before_last = body(input_ids=input_ids, attention_mask=attention_mask,
                            position_ids=position_ids).last_hidden_state  # (B, L, H)
-    return body.ln_f(last_block_from(last, before_last, attention_mask, start))
+    rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+    query = torch.arange(start, input_ids.shape[1], device=input_ids.device)  # (T,)
+    key = torch.arange(input_ids.shape[1], device=input_ids.device)
+    allowed = attention_mask.bool()[:, None, :] & (key[None, None, :] <= query[None, :, None])  # (B, T, L)
+    allowed = allowed | (key[None, None, :] == query[None, :, None])  # a padded query still sees itself
+    index = query.expand(input_ids.shape[0], -1)  # (B, T)
+    return body.ln_f(last_block_at(last, before_last, allowed, rows, index))
 
 
 def hidden_at(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -135,7 +118,7 @@ def hidden_at(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: t
     position = torch.arange(input_ids.shape[1], device=input_ids.device)
     allowed = attention_mask.bool() & (position[None, :] <= index[:, None])  # (B, L)
     allowed[rows, index] = True  # a row of padding only still attends to itself (no NaN)
-    return body.ln_f(last_block_at(last, before_last, allowed, rows, index))
+    return body.ln_f(last_block_at(last, before_last, allowed[:, None], rows, index[:, None]))[:, 0]
 
 
 def packed_hidden_at(model: PreTrainedModel, packed: PackedGroups, index: torch.Tensor) -> torch.Tensor:
@@ -152,4 +135,4 @@ def packed_hidden_at(model: PreTrainedModel, packed: PackedGroups, index: torch.
     with _without_last_block(body) as last:
         before_last = body(**inputs).last_hidden_state  # (R, L, H)
     allowed = packed.allowed[packed.row, at]  # (N, L): what each readout token attends to
-    return body.ln_f(last_block_at(last, before_last, allowed, packed.row, at))
+    return body.ln_f(last_block_at(last, before_last, allowed[:, None], packed.row, at[:, None]))[:, 0]

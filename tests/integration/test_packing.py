@@ -5,15 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import (
-    AutoModelForSequenceClassification,
-    GPT2Config,
-    GPT2ForSequenceClassification,
-    GPTNeoXConfig,
-    LlamaConfig,
-    MistralConfig,
-    Qwen2Config,
-)
+from tiny_models import tiny_gpt2, tiny_other
+from transformers import AutoModelForSequenceClassification, GPT2Config, LlamaConfig
 
 from rlhfkit.data.tokenize import pad_right
 from rlhfkit.models.packing import (
@@ -73,28 +66,6 @@ def test_pack_if_smaller_keeps_the_padded_layout_when_packing_does_not_pay() -> 
     assert pack_if_smaller([unrelated], [(0, 0), (0, 1)], 0, padded_width=4) is None
 
 
-def _gpt2(attn: str) -> torch.nn.Module:
-    torch.manual_seed(0)
-    cfg = GPT2Config(vocab_size=50, n_positions=48, n_embd=32, n_layer=3, n_head=4, resid_pdrop=0.0,
-                     embd_pdrop=0.0, attn_pdrop=0.0, pad_token_id=0, num_labels=2)
-    cfg._attn_implementation = attn
-    return GPT2ForSequenceClassification(cfg).double().eval()
-
-
-def _other(arch: str, attn: str = "sdpa") -> torch.nn.Module:
-    torch.manual_seed(0)
-    common = dict(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                  max_position_embeddings=48, pad_token_id=0, num_labels=2)
-    configs = {
-        "llama": lambda: LlamaConfig(**common, num_key_value_heads=2),
-        "qwen2": lambda: Qwen2Config(**common, num_key_value_heads=2),
-        "gpt_neox": lambda: GPTNeoXConfig(**common, rotary_pct=0.5, hidden_dropout=0.0, attention_dropout=0.0),
-    }
-    cfg = configs[arch]()
-    cfg._attn_implementation = attn
-    return AutoModelForSequenceClassification.from_config(cfg).double().eval()
-
-
 def _groups() -> tuple[list[list[list[int]]], list[tuple[int, int]]]:
     """Two pairs and a list of three, prompts of different lengths, one pair with no shared prefix."""
     gen = torch.Generator().manual_seed(3)
@@ -124,14 +95,15 @@ def _scores_and_grads(model: torch.nn.Module, packed: bool) -> tuple[torch.Tenso
 # rotary tables), so the two layouts, which round in a different order there, agree to float32 only.
 FLOAT32_PARTS = dict(atol=1e-6, rtol=1e-6)
 FLOAT64 = dict(atol=1e-12, rtol=0)
+TWO_HEADS = dict(max_position_embeddings=48, num_labels=2)
 
 
 @pytest.mark.parametrize(("model_of", "tolerance"), [
-    pytest.param(lambda: _gpt2("sdpa"), FLOAT64, id="gpt2-sdpa"),
-    pytest.param(lambda: _gpt2("eager"), FLOAT64, id="gpt2-eager"),
-    pytest.param(lambda: _other("llama"), FLOAT32_PARTS, id="llama"),
-    pytest.param(lambda: _other("qwen2"), FLOAT32_PARTS, id="qwen2"),
-    pytest.param(lambda: _other("gpt_neox", "eager"), FLOAT32_PARTS, id="gpt_neox-eager"),
+    pytest.param(lambda: tiny_gpt2("sdpa", n_positions=48, num_labels=2), FLOAT64, id="gpt2-sdpa"),
+    pytest.param(lambda: tiny_gpt2("eager", n_positions=48, num_labels=2), FLOAT64, id="gpt2-eager"),
+    pytest.param(lambda: tiny_other("llama", **TWO_HEADS), FLOAT32_PARTS, id="llama"),
+    pytest.param(lambda: tiny_other("qwen2", **TWO_HEADS), FLOAT32_PARTS, id="qwen2"),
+    pytest.param(lambda: tiny_other("gpt_neox", "eager", **TWO_HEADS), FLOAT32_PARTS, id="gpt_neox-eager"),
 ])
 def test_packed_scores_and_gradients_equal_the_padded_ones(model_of, tolerance: dict) -> None:
     model = model_of()
@@ -145,16 +117,12 @@ def test_packed_scores_and_gradients_equal_the_padded_ones(model_of, tolerance: 
 
 
 def test_gpt2_packed_takes_its_one_row_last_block() -> None:
-    assert readout_supported(_gpt2("sdpa"))
+    assert readout_supported(tiny_gpt2())
 
 
 def test_sliding_windows_and_other_attention_kernels_are_not_packed() -> None:
-    torch.manual_seed(0)
-    mistral = AutoModelForSequenceClassification.from_config(MistralConfig(
-        vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, sliding_window=6, max_position_embeddings=48, pad_token_id=0))
-    assert not packing_supported(mistral)
-    gpt2 = _gpt2("sdpa")
+    assert not packing_supported(tiny_other("mistral"))
+    gpt2 = tiny_gpt2()
     gpt2.config._attn_implementation = "flash_attention_2"
     assert not packing_supported(gpt2)
 

@@ -5,30 +5,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import (
-    AutoModelForSequenceClassification,
-    GPT2Config,
-    GPT2ForSequenceClassification,
-    GPTNeoXConfig,
-    LlamaConfig,
-    MistralConfig,
-    Qwen2Config,
-)
+from tiny_models import tiny_gpt2, tiny_other
+from transformers import GPT2Config
 
 from rlhfkit.models import readout
 from rlhfkit.models.loading import position_ids_from_mask
 from rlhfkit.models.readout import hidden_at, readout_supported
 from rlhfkit.models.reward_model import last_token_index
 from rlhfkit.models.trunk_and_heads import trunk
-
-
-def _gpt2(attn_implementation: str = "sdpa", **overrides) -> torch.nn.Module:
-    torch.manual_seed(0)
-    settings = dict(vocab_size=50, n_positions=32, n_embd=32, n_layer=3, n_head=4, resid_pdrop=0.0,
-                    embd_pdrop=0.0, attn_pdrop=0.0, pad_token_id=0)
-    cfg = GPT2Config(**{**settings, **overrides})
-    cfg._attn_implementation = attn_implementation
-    return GPT2ForSequenceClassification(cfg).double().eval()
 
 
 def _batch(padding: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,7 +37,7 @@ def _full(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torc
 @pytest.mark.parametrize("padding", ["left", "right"])
 @pytest.mark.parametrize("inverse_layer_scale", [False, True])
 def test_matches_the_full_forward_and_its_gradients(padding: str, inverse_layer_scale: bool) -> None:
-    model = _gpt2(scale_attn_by_inverse_layer_idx=inverse_layer_scale)
+    model = tiny_gpt2(scale_attn_by_inverse_layer_idx=inverse_layer_scale)
     assert readout_supported(model)
     ids, mask = _batch(padding)
     weights = torch.randn(5, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
@@ -73,7 +57,7 @@ def test_matches_the_full_forward_and_its_gradients(padding: str, inverse_layer_
 
 
 def test_any_query_position_not_only_the_last() -> None:
-    model = _gpt2()
+    model = tiny_gpt2()
     ids, mask = _batch("right")
     index = torch.tensor([3, 0, 11, 0, 6])
     hidden = trunk(model)(input_ids=ids, attention_mask=mask,
@@ -84,27 +68,13 @@ def test_any_query_position_not_only_the_last() -> None:
 
 
 def test_the_trunk_is_whole_again_afterwards_even_after_an_error() -> None:
-    model = _gpt2()
+    model = tiny_gpt2()
     body = trunk(model)
     blocks, norm = body.h, body.ln_f
     ids, mask = _batch("right")
     with pytest.raises(IndexError):
         hidden_at(model, ids.clamp_max(10_000) + 10_000, mask, last_token_index(mask))  # ids outside the vocab
     assert body.h is blocks and len(body.h) == 3 and body.ln_f is norm
-
-
-def _other(arch: str) -> torch.nn.Module:
-    """A tiny sequence-classification model of a non-GPT-2 family, in float64."""
-    torch.manual_seed(0)
-    common = dict(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                  max_position_embeddings=32, pad_token_id=0, num_labels=1)
-    configs = {
-        "llama": lambda: LlamaConfig(**common, num_key_value_heads=2),
-        "qwen2": lambda: Qwen2Config(**common, num_key_value_heads=2),
-        "mistral": lambda: MistralConfig(**common, num_key_value_heads=2, sliding_window=6),
-        "gpt_neox": lambda: GPTNeoXConfig(**common, rotary_pct=0.5, hidden_dropout=0.0, attention_dropout=0.0),
-    }
-    return AutoModelForSequenceClassification.from_config(configs[arch]()).double().eval()
 
 
 @pytest.fixture
@@ -123,7 +93,7 @@ def fast_path_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 def test_gpt2_takes_the_fast_path_and_it_agrees_with_the_plain_forward(attn: str, fast_path_calls) -> None:
-    model = _gpt2(attn_implementation=attn)
+    model = tiny_gpt2(attn_implementation=attn)
     assert readout_supported(model)
     for padding in ("left", "right"):
         ids, mask = _batch(padding)
@@ -135,7 +105,7 @@ def test_gpt2_takes_the_fast_path_and_it_agrees_with_the_plain_forward(attn: str
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral", "gpt_neox"])
 def test_other_architectures_take_the_full_forward(arch: str, fast_path_calls) -> None:
-    model = _other(arch)
+    model = tiny_other(arch)
     assert not readout_supported(model)
     for padding in ("left", "right"):
         ids, mask = _batch(padding)
@@ -146,7 +116,8 @@ def test_other_architectures_take_the_full_forward(arch: str, fast_path_calls) -
 
 
 def test_gpt2_variants_the_fast_path_does_not_know_take_the_full_forward() -> None:
-    assert not readout_supported(_gpt2(n_layer=1)) and not readout_supported(_gpt2(reorder_and_upcast_attn=True))
+    assert not readout_supported(tiny_gpt2(n_layer=1))
+    assert not readout_supported(tiny_gpt2(reorder_and_upcast_attn=True))
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])

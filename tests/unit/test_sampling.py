@@ -7,7 +7,14 @@ import math
 import pytest
 import torch
 
-from rlhfkit.rollout.sampling import SamplingSettings, episode_generators, filter_logits, gumbel_noise, response_mask
+from rlhfkit.rollout.sampling import (
+    GumbelStream,
+    SamplingSettings,
+    episode_generators,
+    filter_logits,
+    gumbel_noise,
+    response_mask,
+)
 
 
 def test_top_k_keeps_the_k_largest() -> None:
@@ -48,6 +55,25 @@ def test_the_same_seed_gives_the_same_noise() -> None:
     a = gumbel_noise(episode_generators([5, 6]), 10, torch.device("cpu"))
     b = gumbel_noise(episode_generators([7, 5]), 10, torch.device("cpu"))
     assert torch.equal(a[0], b[1]) and not torch.equal(a[0], a[1])
+
+
+@pytest.mark.parametrize("vocab,steps,max_steps", [(5, 7, 3), (17, 16, 16), (49, 5, 1)])
+def test_noise_drawn_in_blocks_is_the_noise_drawn_step_by_step(vocab: int, steps: int, max_steps: int) -> None:
+    # Blocks of several steps (and a last, shorter block) must not change any episode's noise:
+    # the generator's stream is the same, only the number of calls differs.
+    cpu = torch.device("cpu")
+    one_by_one = episode_generators([11, 12, 13])
+    expected = [gumbel_noise(one_by_one, vocab, cpu) for _ in range(steps)]
+    stream = GumbelStream(episode_generators([11, 12, 13]), vocab, cpu, steps, max_steps=max_steps)
+    for want in expected:
+        assert torch.equal(stream.next(), want)
+
+
+def test_noise_blocks_keep_to_the_memory_budget() -> None:
+    stream = GumbelStream(episode_generators([1, 2]), 1000, torch.device("cpu"), 64, budget_bytes=4 * 1000 * 2 * 3)
+    assert stream.per_block == 3
+    stream.next()
+    assert stream.block is not None and tuple(stream.block.shape) == (2, 3, 1000)
 
 
 def test_response_mask_stops_after_the_first_eos() -> None:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 
 from rlhfkit.config import save_config
 from rlhfkit.errors import TrainingError, UserError
@@ -42,6 +43,12 @@ def make_accelerator(cfg: Any) -> Accelerator:
     configure_loading(cfg)
     check_trackers(cfg.report_to)
     mp = resolve_precision(cfg.mixed_precision)
+    # accelerate keeps one precision per process and refuses another; a second run in the same process
+    # (a notebook, a script training the reward model then PPO) may ask for another. The process
+    # group (PartialState) is kept, only the precision is set afresh.
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision") not in (None, mp):
+        AcceleratorState._reset_state(reset_partial_state=False)
     # No dataloader goes through accelerate: every trainer deals its global batches to the processes itself.
     # cpu=True on a machine without CUDA: `torchrun --nproc_per_node N` then gives N gloo processes
     # (accelerate's own launcher starts a single process for --cpu).

@@ -92,6 +92,24 @@ def test_normalisation_centres_the_training_responses(trained, rule_pairs_file: 
     assert metrics["normalize/bias"] == pytest.approx(-metrics["normalize/raw_mean"])
 
 
+def test_bf16_run_learns_and_its_saved_model_is_centred_in_fp32(tiny_model_dir, rule_pairs_file: Path,
+                                                                  rule_eval_file: Path, tmp_path: Path) -> None:
+    # bf16 autocast trains; the saved model is fp32, so its normalisation must be fitted to fp32 scores.
+    out = tmp_path / "rm_bf16"
+    metrics = train(RewardConfig(model=str(tiny_model_dir), train_data=str(rule_pairs_file),
+                                 eval_data=str(rule_eval_file), output_dir=str(out), learning_rate=2e-3, batch_size=16,
+                                 max_length=96, normalize="mean", seed=0, mixed_precision="bf16"))
+    assert metrics["eval/accuracy"] >= 0.95
+    rows = [json.loads(line) for line in rule_pairs_file.read_text().splitlines()]
+    tok = load_tokenizer(out)
+    model = build_reward_model(out, tok, init_head=False).eval()
+    seqs = [encode_prompt(tok, r["prompt"]) + encode_response(tok, r[k]) for r in rows for k in ("chosen", "rejected")]
+    with torch.no_grad():
+        scores = torch.cat([reward_scores(model, *pad_right(seqs[i:i + 100], tok.pad_token_id))
+                            for i in range(0, len(seqs), 100)])
+    assert abs(scores.double().mean().item()) < 1e-4
+
+
 def test_score_command_scores_rows(trained, tmp_path: Path) -> None:
     out, _ = trained
     data = tmp_path / "rows.jsonl"

@@ -172,65 +172,71 @@ def ratio(a: float | None, b: float | None) -> str:
 
 
 def table(results: dict) -> str:
-    """Markdown table: rlhfkit vs the peer's best precision, and equal-precision ratios."""
+    """Markdown table: each library's fp32 and bf16, rlhfkit's best against the peer's best, the
+    equal-precision ratios, and rlhfkit's own bf16 against its fp32."""
     ours, peer = results["ours"], results["peer"]
-    lines = ["| benchmark | rlhfkit fp32 | TRL fp32 | TRL bf16 | ratio vs TRL best | fp32 vs fp32 | bf16 vs bf16 |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| benchmark | rlhfkit fp32 | rlhfkit bf16 | TRL fp32 | TRL bf16 | rlhfkit best / TRL best | "
+             "fp32 vs fp32 | bf16 vs bf16 | rlhfkit bf16 / fp32 |",
+             "|---|---|---|---|---|---|---|---|---|"]
 
     def get(side: dict, prec: str, name: str, key: str) -> float | None:
         return side.get(prec, {}).get(name, {}).get(key)
 
-    # reward model: pairs/s (higher is better); ratio = ours / peer
-    o32, p32, p16 = (get(ours, "fp32", "reward", "pairs_per_s"), get(peer, "fp32", "reward", "pairs_per_s"),
-                     get(peer, "bf16", "reward", "pairs_per_s"))
-    o16 = get(ours, "bf16", "reward", "pairs_per_s")
-    best = max(x for x in (p32, p16) if x) if (p32 or p16) else None
-    lines.append(f"| reward model, pairs/s (higher is better) | {o32} | {p32} | {p16 or 'not run'} | "
-                 f"{ratio(o32, best)} | {ratio(o32, p32)} | {ratio(o16, p16)} |")
-    acc = (get(ours, "fp32", "reward", "eval_accuracy"), get(peer, "fp32", "reward", "eval_accuracy_manual"))
-    lines.append(f"| reward model, held-out accuracy | {acc[0]} | {acc[1]} | | | | |")
+    def speed(label: str, name: str, key: str, higher: bool, peer_name: str | None = None,
+              peer_key: str | None = None) -> None:
+        """One row of a speed figure: higher (pairs/s) or lower (s/iteration) is better."""
+        o32, o16 = get(ours, "fp32", name, key), get(ours, "bf16", name, key)
+        p32, p16 = (get(peer, prec, peer_name or name, peer_key or key) for prec in ("fp32", "bf16"))
+        pick = max if higher else min
+        o_best, p_best = (pick(x for x in pair if x) if any(pair) else None for pair in ((o32, o16), (p32, p16)))
+        lines.append(f"| {label} ({'higher' if higher else 'lower'} is better) | {o32} | {o16 or 'not run'} | {p32} | "
+                     f"{p16 or 'not run'} | {ratio(o_best, p_best)} | {ratio(o32, p32)} | {ratio(o16, p16)} | "
+                     f"{ratio(o16, o32)} |")
+
+    def plain(label: str, *cells: object) -> None:
+        texts = ["" if c is None else str(c) for c in cells]
+        lines.append("| " + " | ".join([label, *texts, *[""] * (8 - len(texts))]) + " |")
+
+    speed("reward model, pairs/s", "reward", "pairs_per_s", True)
+    plain("reward model, held-out accuracy", get(ours, "fp32", "reward", "eval_accuracy"),
+          get(ours, "bf16", "reward", "eval_accuracy"), get(peer, "fp32", "reward", "eval_accuracy_manual"),
+          get(peer, "bf16", "reward", "eval_accuracy_manual"))
     # SFT: non-pad input tokens (counted from each library's tokenised set) / training-loop wall time
-    for key, what in (("tokens_per_s", "tokens/s"), ("examples_per_s", "examples/s")):
-        o32, p32, p16 = (get(ours, "fp32", "sft", key), get(peer, "fp32", "sft", key), get(peer, "bf16", "sft", key))
-        o16 = get(ours, "bf16", "sft", key)
-        best = max(x for x in (p32, p16) if x) if (p32 or p16) else None
-        lines.append(f"| SFT, {what} (higher is better) | {o32} | {p32} | {p16 or 'not run'} | "
-                     f"{ratio(o32, best)} | {ratio(o32, p32)} | {ratio(o16, p16)} |")
-    loss = (get(ours, "fp32", "sft", "eval_loss"), get(peer, "fp32", "sft", "eval_loss"))
+    speed("SFT, tokens/s", "sft", "tokens_per_s", True)
+    speed("SFT, examples/s", "sft", "examples_per_s", True)
     start = get(ours, "fp32", "sft", "eval_start_loss")
-    lines.append(f"| SFT, held-out loss per completion token (before: {start}) | {loss[0]} | {loss[1]} | | | | |")
-    o_rss, p_rss = get(ours, "fp32", "sft", "peak_rss_mb"), get(peer, "fp32", "sft", "peak_rss_mb_getrusage")
-    lines.append(f"| SFT, peak RSS MB | {o_rss} | {p_rss} | | {ratio(o_rss, p_rss)} | | |")
-    o32, p32, p16 = (get(ours, "fp32", "dpo", "pairs_per_s"), get(peer, "fp32", "dpo", "pairs_per_s"),
-                     get(peer, "bf16", "dpo", "pairs_per_s"))
-    o16 = get(ours, "bf16", "dpo", "pairs_per_s")
-    best = max(x for x in (p32, p16) if x) if (p32 or p16) else None
-    lines.append(f"| DPO, pairs/s (higher is better) | {o32} | {p32} | {p16 or 'not run'} | "
-                 f"{ratio(o32, best)} | {ratio(o32, p32)} | {ratio(o16, p16)} |")
-    acc = (get(ours, "fp32", "dpo", "eval_reward_accuracy"), get(peer, "fp32", "dpo", "eval_reward_accuracy"))
-    lines.append(f"| DPO, held-out implicit-reward accuracy | {acc[0]} | {acc[1]} | | | | |")
+    plain(f"SFT, held-out loss per completion token (before: {start})", get(ours, "fp32", "sft", "eval_loss"),
+          get(ours, "bf16", "sft", "eval_loss"), get(peer, "fp32", "sft", "eval_loss"),
+          get(peer, "bf16", "sft", "eval_loss"))
+    plain("SFT, peak RSS MB", get(ours, "fp32", "sft", "peak_rss_mb"), get(ours, "bf16", "sft", "peak_rss_mb"),
+          get(peer, "fp32", "sft", "peak_rss_mb_getrusage"), get(peer, "bf16", "sft", "peak_rss_mb_getrusage"))
+    speed("DPO, pairs/s", "dpo", "pairs_per_s", True)
+    plain("DPO, held-out implicit-reward accuracy", get(ours, "fp32", "dpo", "eval_reward_accuracy"),
+          get(ours, "bf16", "dpo", "eval_reward_accuracy"), get(peer, "fp32", "dpo", "eval_reward_accuracy"),
+          get(peer, "bf16", "dpo", "eval_reward_accuracy"))
     for algo in ALGOS:
-        o32, p32, p16 = (get(ours, "fp32", algo, "iter_s_median"), get(peer, "fp32", algo, "iter_s_median"),
-                         get(peer, "bf16", algo, "iter_s_median"))
-        o16 = get(ours, "bf16", algo, "iter_s_median")
-        best = min(x for x in (p32, p16) if x) if (p32 or p16) else None
-        lines.append(f"| {algo.upper()}, s/iteration (lower is better) | {o32} | {p32} | {p16 or 'not run'} | "
-                     f"{ratio(o32, best)} | {ratio(o32, p32)} | {ratio(o16, p16)} |")
-        o_rss, p_rss = get(ours, "fp32", algo, "peak_rss_mb"), get(peer, "fp32", algo, "peak_rss_mb_getrusage")
+        speed(f"{algo.upper()}, s/iteration", algo, "iter_s_median", False)
+        plain(f"{algo.upper()}, peak RSS MB", *(get(side, prec, algo, k) for side, k in
+                                              ((ours, "peak_rss_mb"), (peer, "peak_rss_mb_getrusage"))
+                                              for prec in ("fp32", "bf16")))
         key = "scores" if algo == "ppo" else "reward"
-        o_gain, p_gain = gain(get(ours, "fp32", algo, "reward")), gain(get(peer, "fp32", algo, key))
-        lines.append(f"| {algo.upper()}, peak RSS MB | {o_rss} | {p_rss} | | {ratio(o_rss, p_rss)} | | |")
-        lines.append(f"| {algo.upper()}, reward gain / iteration | {_f(o_gain)} | {_f(p_gain)} | | | | |")
-        phases = [get(ours, "fp32", algo, k) for k in ("gen_s_median", "score_s_median", "train_s_median")]
-        lines.append(f"| {algo.upper()}, rlhfkit generation / scoring / training s | "
-                     f"{' / '.join(str(x) for x in phases)} | | | | | |")
+        plain(f"{algo.upper()}, reward gain / iteration", *(_f(gain(get(side, prec, algo, k))) for side, k in
+                                                           ((ours, "reward"), (peer, key))
+                                                           for prec in ("fp32", "bf16")))
+        phases = [[get(ours, prec, algo, k) for k in ("gen_s_median", "score_s_median", "train_s_median")]
+                  for prec in ("fp32", "bf16")]
+        plain(f"{algo.upper()}, rlhfkit generation / scoring / training s",
+              *(" / ".join(map(str, p)) if any(p) else None for p in phases))
         like = get(ours, "fp32", algo + "_like", "iter_s_median")
         what = {"ppo": "separate critic from the reward model, old log-probs by a forward, linear lr"}.get(
             algo, "old log-probs by a forward, linear lr")
-        lines.append(f"| {algo.upper()} like-for-like ({what}), s/iteration | {like} | {p32} | {p16 or 'not run'} | "
-                     f"{ratio(like, best)} | {ratio(like, p32)} | |")
-        o_gain = gain(get(ours, "fp32", algo + "_like", "reward"))
-        lines.append(f"| {algo.upper()} like-for-like, reward gain / iteration | {_f(o_gain)} | {_f(p_gain)} | | | | |")
+        p32, p16 = get(peer, "fp32", algo, "iter_s_median"), get(peer, "bf16", algo, "iter_s_median")
+        p_best = min(x for x in (p32, p16) if x) if (p32 or p16) else None
+        lines.append(f"| {algo.upper()} like-for-like ({what}), s/iteration | {like} | | {p32} | {p16 or 'not run'} | "
+                     f"{ratio(like, p_best)} | {ratio(like, p32)} | | |")
+        plain(f"{algo.upper()} like-for-like, reward gain / iteration",
+              _f(gain(get(ours, "fp32", algo + "_like", "reward"))), None,
+              _f(gain(get(peer, "fp32", algo, key))), _f(gain(get(peer, "bf16", algo, key))))
     return "\n".join(lines) + "\n"
 
 

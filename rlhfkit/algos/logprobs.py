@@ -7,6 +7,14 @@ import torch
 from rlhfkit.algos._checks import check_positive, check_rank, value_checks_enabled
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
+UPCAST_CHUNK_BYTES = 64 * 2**20  # float32 copy of low-precision logits made at a time
+
+
+def _chunk_rows(logits: torch.Tensor) -> int:
+    """Sequences per float32 upcast of (B, T, V) low-precision logits: as many as fit in
+    UPCAST_CHUNK_BYTES, at least one (a full-batch copy of a large vocabulary's logits would not fit;
+    one sequence at a time is slow for a small vocabulary)."""
+    return max(1, UPCAST_CHUNK_BYTES // max(4 * logits.shape[1] * logits.shape[2], 1))
 
 
 def logprobs_from_logits(
@@ -21,8 +29,8 @@ def logprobs_from_logits(
     (lm-human-preferences policy.py; docs/implementation-details.md, "Temperature in every
     log-prob"). We divide by exactly `temperature` (N+ and TRL add 1e-7). Gathering one logit and
     subtracting the logsumexp never keeps a full (B, T, V) log_softmax tensor alive.
-    float16/bfloat16 logits are upcast to float32 one sequence at a time (a low-precision
-    logsumexp is too coarse for PPO ratios) and the result is float32.
+    float16/bfloat16 logits are upcast to float32 a few sequences at a time (at most 64 MiB; a
+    low-precision logsumexp is too coarse for PPO ratios) and the result is float32.
 
     Args:
       logits: (B, T, V) logits whose row t predicts tokens[:, t] (already shifted by one).
@@ -36,8 +44,9 @@ def logprobs_from_logits(
     """
     _check_tokens(logits, tokens, temperature)
     if logits.dtype in _LOW_PRECISION:
-        rows = zip(logits, tokens, strict=True)
-        return torch.stack([_token_logprobs(z.float(), a, temperature) for z, a in rows])  # (B, T) float32
+        rows = _chunk_rows(logits)
+        parts = zip(logits.split(rows), tokens.split(rows), strict=True)
+        return torch.cat([_token_logprobs(z.float(), a, temperature) for z, a in parts])  # (B, T) float32
     return _token_logprobs(logits, tokens, temperature)  # (B, T)
 
 
@@ -56,7 +65,7 @@ def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch
     and with log x standing for log pi(x). That expression is -H, and adding it with c2 > 0 would
     reward *lower* entropy; we use H = -sum_x pi(x) log pi(x) >= 0, so the bonus rewards higher
     entropy, as the term is meant to. 0 <= H <= log V; float16/bfloat16 logits are upcast to
-    float32 one sequence at a time.
+    float32 a few sequences at a time.
 
     Args:
       logits: (B, T, V) logits.
@@ -68,7 +77,7 @@ def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch
     check_rank("logits", logits, "B", "T", "V")
     check_positive("temperature", temperature)
     if logits.dtype in _LOW_PRECISION:
-        return torch.stack([_entropy(z.float(), temperature) for z in logits])  # (B, T) float32
+        return torch.cat([_entropy(z.float(), temperature) for z in logits.split(_chunk_rows(logits))])  # (B, T)
     return _entropy(logits, temperature)  # (B, T)
 
 
@@ -97,10 +106,17 @@ def logprobs_and_entropy(
     Returns:
       ((B, T) log-probabilities, (B, T) entropies in nats).
     """
-    logp = logprobs_from_logits(logits, tokens, temperature) if logits.dtype in _LOW_PRECISION else None
-    if logp is not None:  # low precision: the per-sequence float32 paths of the two functions
-        return logp, entropy_from_logits(logits, temperature)
     _check_tokens(logits, tokens, temperature)
+    if logits.dtype in _LOW_PRECISION:  # float32 a few sequences at a time, as in the two functions
+        rows = _chunk_rows(logits)
+        parts = [_logp_and_entropy(z.float(), a, temperature)
+                 for z, a in zip(logits.split(rows), tokens.split(rows), strict=True)]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    return _logp_and_entropy(logits, tokens, temperature)
+
+
+def _logp_and_entropy(logits: torch.Tensor, tokens: torch.Tensor, temperature: float
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
     z = logits if temperature == 1.0 else logits / temperature  # (B, T, V)
     lse = torch.logsumexp(z, dim=-1)  # (B, T)
     logp = z.gather(-1, tokens.long().unsqueeze(-1)).squeeze(-1) - lse  # (B, T)

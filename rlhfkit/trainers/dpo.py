@@ -43,6 +43,7 @@ from rlhfkit.data.preferences import PreferenceExample, expand_pairs, load_examp
 from rlhfkit.data.tokenize import encode_response, pad_left, pad_right, tokenize_pairs
 from rlhfkit.errors import DataError, ModelError
 from rlhfkit.models.context import model_context, resolve_length
+from rlhfkit.models.kernels import autocast
 from rlhfkit.models.loading import configure_loading, load_causal_lm, load_run_tokenizer, load_tokenizer
 from rlhfkit.models.lora import LoRASpec, add_lora
 from rlhfkit.models.packing import PackedGroups, pack_if_smaller, packed_length, packing_supported
@@ -410,7 +411,10 @@ def train(cfg: DPOConfig) -> dict[str, float]:
         """This micro-batch's part of the global batch's loss (divided by the global weight sum); its
         metric contributions divided by the global pair count, so the parts add up to the batch's."""
         micro = _to(micro, device)
-        with accelerator.autocast():
+        packed = micro.get("packed")
+        width = packed.input_ids.shape[1] if packed is not None else micro["prompt_ids"].shape[1] + micro[
+            "response_ids"].shape[1]
+        with autocast(accelerator, width):
             logp = policy(micro["prompt_ids"], micro["prompt_mask"], micro["response_ids"],
                           micro["response_mask"], packed=micro.get("packed"))  # (2B,), one forward for both
         logp_c, logp_r = logp.chunk(2)

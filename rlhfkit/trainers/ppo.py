@@ -24,6 +24,7 @@ from rlhfkit.algos.advantages import gae
 from rlhfkit.algos.kl import KL_ESTIMATORS, shaped_rewards
 from rlhfkit.algos.masked import explained_variance, masked_whiten
 from rlhfkit.algos.ppo import ppo_loss
+from rlhfkit.models.kernels import autocast
 from rlhfkit.rollout.batch import Rollout
 from rlhfkit.rollout.gather import IterationPlan
 from rlhfkit.tracking.console import progress_bar
@@ -47,7 +48,7 @@ def ppo_micro_loss(run: RLRun, rollout: Rollout, part: torch.Tensor, denominator
     cfg, acc = run.cfg, run.accelerator
     mb = rollout.index(part)
     # The entropy needs a gradient only for a bonus; the logged one comes from the rollout.
-    with acc.autocast():
+    with autocast(acc, mb.prompt_ids.shape[1] + mb.response_ids.shape[1]):
         out = run.actor(mb.prompt_ids, mb.prompt_mask, mb.response_ids, cfg.temperature,
                         with_entropy=cfg.ent_coef > 0)
     terms = ppo_loss(

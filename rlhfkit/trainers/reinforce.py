@@ -34,6 +34,7 @@ from rlhfkit.algos.pg import (
     rloo_advantages,
 )
 from rlhfkit.algos.ppo import entropy_bonus, ppo_policy_loss, ppo_value_loss, sequence_ppo_policy_loss
+from rlhfkit.models.kernels import autocast
 from rlhfkit.rollout.batch import Rollout
 from rlhfkit.rollout.gather import IterationPlan
 from rlhfkit.tracking.console import progress_bar
@@ -87,7 +88,7 @@ def pg_micro_loss(run: RLRun, rollout: Rollout, part: torch.Tensor, denominator:
     with_values = cfg.baseline == "value"
     mb = rollout.index(part)
     share = mb.mask.sum() / tokens
-    with acc.autocast():
+    with autocast(acc, mb.prompt_ids.shape[1] + mb.response_ids.shape[1]):
         out = run.actor(mb.prompt_ids, mb.prompt_mask, mb.response_ids, cfg.temperature,
                         with_entropy=cfg.ent_coef > 0, with_values=with_values)
     logp = out.logp.float()

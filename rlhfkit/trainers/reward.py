@@ -60,6 +60,7 @@ from rlhfkit.data.tokenize import (
 )
 from rlhfkit.errors import ConfigError, DataError
 from rlhfkit.models.context import model_context, resolve_length
+from rlhfkit.models.kernels import autocast
 from rlhfkit.models.loading import configure_loading, load_run_tokenizer
 from rlhfkit.models.lora import LoRASpec, add_lora
 from rlhfkit.models.packing import PackedGroups, pack_if_smaller, packed_length, packing_supported
@@ -659,7 +660,8 @@ def train(cfg: RewardConfig) -> dict[str, float]:
     def micro_loss(micro: dict[str, torch.Tensor], weight_sum: float, pairs: int, stats: StepStats) -> torch.Tensor:
         micro = {k: v.to(accelerator.device) if isinstance(v, (torch.Tensor, PackedGroups)) else v
                  for k, v in micro.items()}
-        with accelerator.autocast():  # (2B, C) pairwise, (sum_g K_g, C) listwise
+        rows = micro["packed"].input_ids if micro.get("packed") is not None else micro["input_ids"]
+        with autocast(accelerator, rows.shape[1]):  # (2B, C) pairwise, (sum_g K_g, C) listwise
             scores = scorer(micro["input_ids"], micro["attention_mask"], packed=micro.get("packed"))
         if listwise:  # weight_sum: the global batch's number of lists
             loss, r_c, r_r = group_loss(scores, micro, cfg, weight_sum)

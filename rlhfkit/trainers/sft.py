@@ -43,6 +43,7 @@ from rlhfkit.data.demonstrations import (
 )
 from rlhfkit.errors import DataError
 from rlhfkit.models.context import model_context, resolve_length
+from rlhfkit.models.kernels import autocast
 from rlhfkit.models.loading import configure_loading, load_causal_lm, load_run_tokenizer
 from rlhfkit.models.lora import LoRASpec, add_lora
 from rlhfkit.models.trunk_and_heads import output_logits, trunk
@@ -141,7 +142,7 @@ def _on(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 def batch_loss(model: torch.nn.Module, batch: dict[str, Any], accelerator: Any,
                denominator: float) -> torch.Tensor:
     """This batch's part of the token-mean cross-entropy of a larger batch with `denominator` targets."""
-    with accelerator.autocast():
+    with autocast(accelerator, batch["input_ids"].shape[1]):
         logits, y = model(batch["input_ids"], batch["targets"], batch["attention_mask"], batch["position_ids"])
     # the targets of every row laid out as one (1, N) row: all of them count
     return sft_loss(logits[None], y[None], torch.ones_like(y[None], dtype=torch.bool), denominator=denominator)

@@ -37,7 +37,7 @@ from rlhfkit.trainers.sft import train as train_sft
 from rlhfkit.trainers.sft_config import SFTConfig
 
 runner = CliRunner()
-NO_AUTOCAST = SimpleNamespace(autocast=contextlib.nullcontext)  # batch_loss's only use of the accelerator
+NO_AUTOCAST = SimpleNamespace(autocast=contextlib.nullcontext, mixed_precision="no")  # all batch_loss reads of it
 FAST = ["--threads", "1", "--mixed-precision", "no"]  # fp32 arithmetic; one thread beats two busy ones here
 
 

@@ -66,6 +66,24 @@ def test_low_precision_logits_are_upcast(dtype):
     torch.testing.assert_close(ent, entropy_from_logits(logits.float(), 0.7), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("chunk_bytes", [1, 2 * 4 * 5 * 11, 2**30])  # one sequence, two, all three
+def test_low_precision_upcast_in_chunks_gives_the_same_numbers(monkeypatch, chunk_bytes):
+    """The float32 copy is made a few sequences at a time (a memory bound): any chunk size gives the
+    float32 results of the whole batch, for both functions and the fused one."""
+    import rlhfkit.algos.logprobs as lp
+
+    logits, tokens = random_logits(3, dtype=torch.bfloat16)  # (3, 5, 11)
+    want_logp = torch.log_softmax(logits.float() / 0.7, -1).gather(-1, tokens[..., None]).squeeze(-1)
+    want_ent = entropy_from_logits(logits.float(), 0.7)
+    monkeypatch.setattr(lp, "UPCAST_CHUNK_BYTES", chunk_bytes)
+    torch.testing.assert_close(logprobs_from_logits(logits, tokens, 0.7), want_logp, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(entropy_from_logits(logits, 0.7), want_ent, rtol=1e-6, atol=1e-6)
+    logp, ent = logprobs_and_entropy(logits, tokens, 0.7)
+    assert logp.dtype == ent.dtype == torch.float32 and logp.shape == (3, 5)
+    torch.testing.assert_close(logp, want_logp, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(ent, want_ent, rtol=1e-6, atol=1e-5)
+
+
 def test_logprobs_bad_arguments():
     logits, tokens = random_logits(0)
     with pytest.raises(ValueError, match=r"tokens must be ids in \[0, 11\).*masked_fill"):

@@ -1,4 +1,4 @@
-"""Same function, faster kernel: fused modules in a loaded model, and the attention kernel of a training forward.
+"""Same function, faster kernel: fused modules in a loaded model, and the attention kernels of bf16 on a CPU.
 
 GPT-2's "gelu_new" activation is written as nine elementwise tensor operations
 (0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))); `torch.nn.functional.gelu(approximate="tanh")`

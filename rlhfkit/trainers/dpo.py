@@ -416,7 +416,7 @@ def train(cfg: DPOConfig) -> dict[str, float]:
             "response_ids"].shape[1]
         with autocast(accelerator, width):
             logp = policy(micro["prompt_ids"], micro["prompt_mask"], micro["response_ids"],
-                          micro["response_mask"], packed=micro.get("packed"))  # (2B,), one forward for both
+                          micro["response_mask"], packed=packed)  # (2B,), one forward for both
         logp_c, logp_r = logp.chunk(2)
         ref_c, ref_r = ref_logps(micro)
         real = micro["real"]

@@ -738,7 +738,7 @@ def train(cfg: RewardConfig) -> dict[str, float]:
         unwrapped = accelerator.unwrap_model(scorer).model
         if cfg.normalize != "none":
             # In fp32, without accelerate's autocast wrapper: the saved model scores in fp32, so its gain and
-            # bias are fitted to fp32 scores (bf16 ones are off by ~1e-2 and would leave it uncentred).
+            # bias are fitted to fp32 scores (bf16 ones differ by ~5e-3 and would leave it off-centre).
             fp32_scorer = accelerator.unwrap_model(scorer, keep_fp32_wrapper=False)
             metrics.update(normalize_heads(unwrapped, normalization_scores(fp32_scorer, cfg, tokenizer, train_data),
                                            cfg, criteria))

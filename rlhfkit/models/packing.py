@@ -87,29 +87,30 @@ def pack_groups(groups: Sequence[Sequence[Sequence[int]]], order: Sequence[tuple
                 pad_id: int) -> PackedGroups:
     """One packed row per group; `order` lists the N sequences as (group, member), the order of `row`,
     `offset` and `prefix` (the order of the caller's padded layout, so scores line up with it)."""
-    lengths = [packed_length(g) for g in groups]
-    rows, width = len(groups), max(lengths)
-    ids = torch.full((rows, width), pad_id, dtype=torch.long)
-    positions = torch.zeros((rows, width), dtype=torch.long)
-    allowed = torch.zeros((rows, width, width), dtype=torch.bool)
+    width = max(packed_length(g) for g in groups)
+    ids, positions, segment = [], [], []  # per row: token ids, positions, and whose token each one is
     starts: dict[tuple[int, int], tuple[int, int]] = {}  # (group, member) -> (offset, p)
     for r, seqs in enumerate(groups):
         p = shared_prefix_length(seqs)
-        ids[r, :p] = torch.tensor(list(seqs[0][:p]), dtype=torch.long)
-        positions[r, :p] = torch.arange(p)
-        allowed[r, :p, :p] = torch.ones((p, p), dtype=torch.bool).tril()
-        start = p
+        row_ids, row_pos, row_seg = list(seqs[0][:p]), list(range(p)), [0] * p  # segment 0: the prefix
         for j, seq in enumerate(seqs):
-            n = len(seq) - p
-            end = start + n
-            ids[r, start:end] = torch.tensor(list(seq[p:]), dtype=torch.long)
-            positions[r, start:end] = torch.arange(p, p + n)
-            allowed[r, start:end, :p] = True  # every suffix token sees the whole prefix
-            allowed[r, start:end, start:end] = torch.ones((n, n), dtype=torch.bool).tril()
-            starts[(r, j)] = (start, p)
-            start = end
-        pad = torch.arange(start, width)
-        allowed[r, pad, pad] = True  # padding sees itself only: no row of the softmax is empty
+            starts[(r, j)] = (len(row_ids), p)
+            row_ids += seq[p:]
+            row_pos += range(p, len(seq))
+            row_seg += [j + 1] * (len(seq) - p)  # segment j + 1: member j's own tokens
+        pad = width - len(row_ids)
+        ids.append(row_ids + [pad_id] * pad)
+        positions.append(row_pos + [0] * pad)
+        segment.append(row_seg + list(range(-1, -pad - 1, -1)))  # each padding token a segment of its own
+    seg = torch.tensor(segment, dtype=torch.long)  # (R, L)
+    at = torch.arange(width)
+    earlier = at[None, :] <= at[:, None]  # (L, L): key j at or before query i
+    same = seg[:, :, None] == seg[:, None, :]  # (R, L, L): query i and key j in one segment
+    sees_prefix = (seg[:, :, None] >= 0) & (seg[:, None, :] == 0)  # every real token sees the prefix
+    # a token sees the prefix and the earlier tokens of its own segment; padding sees itself only, so
+    # no row of the softmax is empty
+    allowed = earlier & (same | sees_prefix)
+    ids, positions = torch.tensor(ids, dtype=torch.long), torch.tensor(positions, dtype=torch.long)
     offset = torch.tensor([starts[key][0] for key in order], dtype=torch.long)
     prefix = torch.tensor([starts[key][1] for key in order], dtype=torch.long)
     row = torch.tensor([g for g, _ in order], dtype=torch.long)

@@ -28,7 +28,7 @@ import torch
 from transformers import PreTrainedModel
 
 from rlhfkit.algos.logprobs import logprobs_and_entropy
-from rlhfkit.models.kernels import fp32_decode_attention
+from rlhfkit.models.kernels import cache_frozen_casts, fp32_decode_attention
 from rlhfkit.models.loading import position_ids_from_mask
 
 StopIds = int | Sequence[int] | None  # the token id(s) that end a response
@@ -151,7 +151,7 @@ def sample(
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
-        with fp32_decode_attention():
+        with fp32_decode_attention(), cache_frozen_casts(model):
             return _sample(model, prompt_ids, prompt_mask, settings, eos_token_id, pad_token_id, seeds,
                            with_logprobs, value_head)
     finally:

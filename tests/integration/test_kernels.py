@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from transformers import AutoModelForCausalLM
 from transformers.activations import GELUTanh, NewGELUActivation
@@ -87,3 +89,27 @@ def test_bf16_decoding_attends_in_fp32_and_the_table_is_restored(tiny_model_dir)
         plain = model(input_ids=ids).logits
         with fp32_decode_attention():
             torch.testing.assert_close(model(input_ids=ids).logits, plain, atol=0, rtol=0)
+
+
+def test_frozen_weights_are_cast_once_while_sampling_under_autocast() -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    from rlhfkit.models.kernels import cache_frozen_casts
+
+    layer = torch.nn.Linear(32, 32).requires_grad_(False)  # frozen, as LoRA's base
+    x = torch.randn(4, 32)
+
+    def casts(cached: bool) -> int:
+        cache = cache_frozen_casts(layer) if cached else contextlib.nullcontext()
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16), profile(
+                activities=[ProfilerActivity.CPU]) as prof, cache:
+            outs = [layer(x) for _ in range(3)]
+        assert all(o.dtype == torch.bfloat16 for o in outs)
+        return sum(e.count for e in prof.key_averages() if e.key == "aten::_to_copy")
+
+    # three forwards: the input is cast each time; weight and bias three times, or once each
+    assert casts(cached=False) == 9
+    assert casts(cached=True) == 5
+    assert not any(p.requires_grad for p in layer.parameters())  # frozen again afterwards
+    with cache_frozen_casts(layer):  # with gradients on, nothing is marked (a graph would be built)
+        assert not any(p.requires_grad for p in layer.parameters())

@@ -2,7 +2,10 @@
 workload, at a learning rate where both learn; median over seeds, with the spread.
 
     python benchmarks/bench_time_to_quality.py [--algos ppo,grpo,rloo] [--seeds 1,2,3] [--iters 24]
-        [--lr 3e-5] [--tag TAG] [--like-for-like]
+        [--lr 3e-5] [--tag TAG] [--like-for-like] [--bf16]
+
+--bf16 runs both libraries in bf16 autocast (rlhfkit `--mixed-precision bf16`, TRL `PEER_BF16=1`): each
+one's best precision on hardware with native bf16.
 
 Each run is its own process and trains for a fixed number of iterations with a constant learning rate
 (rlhfkit: benchmarks/bench_rl.py; TRL: benchmarks/peer_rl.py in the peer venv), recording each
@@ -70,10 +73,12 @@ def like_for_like(algo: str) -> list[str]:
     return args[:i] + args[i + 2:]
 
 
-def ours(algo: str, lr: float, seed: int, iters: int, out: Path, rm: Path | None, like: bool = False) -> dict | None:
+def ours(algo: str, lr: float, seed: int, iters: int, out: Path, rm: Path | None, like: bool = False,
+         bf16: bool = False) -> dict | None:
     name = f"ttq_{algo}{'_like' if like else ''}_s{seed}"
     extra = ["--reward-model", str(rm)] if algo == "ppo" and rm else []
     extra += like_for_like(algo) if like else []
+    extra += ["--mixed-precision", "bf16"] if bf16 else []
     ok = run([sys.executable, str(HERE / "bench_rl.py"), "--algo", algo, "--out", str(out), "--iters", str(iters - 1),
               "--learning-rate", str(lr), "--seed", str(seed), "--lr-schedule", "constant", "--name", name, *extra],
              out / f"{name}.log")
@@ -83,9 +88,9 @@ def ours(algo: str, lr: float, seed: int, iters: int, out: Path, rm: Path | None
     return {"iter_s": r["iter_s_every"], "reward": r["reward"], "reward_model_sha256": r.get("reward_model_sha256")}
 
 
-def peer(algo: str, lr: float, seed: int, iters: int, out: Path, rm: Path | None) -> dict | None:
+def peer(algo: str, lr: float, seed: int, iters: int, out: Path, rm: Path | None, bf16: bool = False) -> dict | None:
     name = f"peer_ttq_{algo}_s{seed}"
-    env = {"PEER_DIR": str(W.PEER_DIR), "TRL_EXPERIMENTAL_SILENCE": "1"}
+    env = {"PEER_DIR": str(W.PEER_DIR), "TRL_EXPERIMENTAL_SILENCE": "1", "PEER_BF16": "1" if bf16 else "0"}
     if algo == "ppo":
         env["PYTHONPATH"] = str(W.PEER_DIR / "trl_1_12")
         if rm:
@@ -120,6 +125,7 @@ def main() -> None:
     ap.add_argument("--like-for-like", action="store_true",
                     help="rlhfkit runs run.py's like-for-like settings, the rate kept constant (for RLOO: TRL's "
                          "ratio per reply)")
+    ap.add_argument("--bf16", action="store_true", help="both libraries in bf16 autocast (hardware with native bf16)")
     args = ap.parse_args()
     targets: dict[str, float | None] = {}
     for item in filter(None, (args.targets or "").split(",")):
@@ -136,11 +142,12 @@ def main() -> None:
                 out / "peer_reward.log", env={"PEER_DIR": str(W.PEER_DIR), "BENCH_OUT": str(out / "peer_reward")})
         rm = snapshot_reward_model(out)
     results: dict = {"lr": args.lr, "iters": args.iters, "window": WINDOW, "targets": targets,
-                     "like_for_like": args.like_for_like,
+                     "like_for_like": args.like_for_like, "bf16": args.bf16,
                      "runs": {}, "summary": {}}
     for algo in algos:
         for seed in seeds:  # TRL then rlhfkit for each seed, back to back, so load changes hit both alike
-            for side, fn in (("trl", peer), ("rlhfkit", partial(ours, like=args.like_for_like))):
+            for side, fn in (("trl", partial(peer, bf16=args.bf16)),
+                             ("rlhfkit", partial(ours, like=args.like_for_like, bf16=args.bf16))):
                 results["runs"].setdefault(algo, {}).setdefault(side, {})[seed] = fn(
                     algo, args.lr, seed, args.iters, out, rm)
         if algo not in targets:
@@ -154,7 +161,8 @@ def main() -> None:
                 [r.get("time_to_target_s") if r else None for r in runs.values()])
         (out / "ttq.json").write_text(json.dumps(results, indent=2))
     lines = [f"Time to the reward target (lr {args.lr}, constant; trailing mean of {WINDOW} iterations >= target; "
-             f"at most {args.iters} iterations; seeds {args.seeds}; {os.cpu_count()} cores)", "",
+             f"at most {args.iters} iterations; seeds {args.seeds}; {os.cpu_count()} cores; "
+             f"{'bf16' if args.bf16 else 'fp32'})", "",
              "| algorithm | target | TRL median s (min-max, reached) | rlhfkit median s (min-max, reached) | "
              "rlhfkit / TRL |", "|---|---|---|---|---|"]
     for algo, sides in results["summary"].items():

@@ -35,7 +35,8 @@ def _attention_kernels(fn) -> set[str]:
     return {e.key for e in prof.key_averages() if "scaled_dot_product" in e.key and e.key.startswith("aten::_")}
 
 
-def _bf16_accelerator(precision: str = "bf16"):
+def _accelerator(precision: str = "bf16"):
+    """A fresh accelerator of this precision (CPU, this process's threads)."""
     from types import SimpleNamespace
 
     from rlhfkit.trainers.common import make_accelerator
@@ -54,10 +55,10 @@ def test_short_bf16_training_rows_take_the_math_attention_kernel() -> None:
         out.float().sum().backward()
 
     short, long = MATH_ATTENTION_MAX_TOKENS, MATH_ATTENTION_MAX_TOKENS + 1
-    bf16 = _bf16_accelerator()  # (accelerate keeps one precision per process: one accelerator at a time)
+    bf16 = _accelerator()  # (accelerate keeps one precision per process: one accelerator at a time)
     assert _attention_kernels(lambda: step(bf16, short)) == {"aten::_scaled_dot_product_attention_math"}
     assert any("flash" in k for k in _attention_kernels(lambda: step(bf16, long)))
-    fp32 = _bf16_accelerator("no")
+    fp32 = _accelerator("no")
     assert any("flash" in k for k in _attention_kernels(lambda: step(fp32, short)))  # fp32 keeps the default
 
 

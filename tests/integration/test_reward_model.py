@@ -78,17 +78,21 @@ def test_padding_side_and_batch_composition_do_not_change_a_score(trained, rule_
     torch.testing.assert_close(reordered, right, atol=1e-5, rtol=0)
 
 
-def test_normalisation_centres_the_training_responses(trained, rule_pairs_file: Path) -> None:
-    out, metrics = trained
-    # normalize="mean" shifts by minus the mean raw reward of all training responses (chosen and rejected)
-    rows = [json.loads(line) for line in rule_pairs_file.read_text().splitlines()]
+def _training_scores(out: Path, pairs_file: Path) -> torch.Tensor:
+    """The saved model's fp32 scores of every training response (chosen and rejected), in batches of 100."""
+    rows = [json.loads(line) for line in pairs_file.read_text().splitlines()]
     tok = load_tokenizer(out)
     model = build_reward_model(out, tok, init_head=False).eval()
     seqs = [encode_prompt(tok, r["prompt"]) + encode_response(tok, r[k]) for r in rows for k in ("chosen", "rejected")]
     with torch.no_grad():
-        scores = torch.cat([reward_scores(model, *pad_right(seqs[i:i + 100], tok.pad_token_id))
-                            for i in range(0, len(seqs), 100)])
-    assert abs(scores.double().mean().item()) < 1e-4
+        return torch.cat([reward_scores(model, *pad_right(seqs[i:i + 100], tok.pad_token_id))
+                          for i in range(0, len(seqs), 100)])
+
+
+def test_normalisation_centres_the_training_responses(trained, rule_pairs_file: Path) -> None:
+    out, metrics = trained
+    # normalize="mean" shifts by minus the mean raw reward of all training responses (chosen and rejected)
+    assert abs(_training_scores(out, rule_pairs_file).double().mean().item()) < 1e-4
     assert metrics["normalize/bias"] == pytest.approx(-metrics["normalize/raw_mean"])
 
 
@@ -100,14 +104,7 @@ def test_bf16_run_learns_and_its_saved_model_is_centred_in_fp32(tiny_model_dir, 
                                  eval_data=str(rule_eval_file), output_dir=str(out), learning_rate=2e-3, batch_size=16,
                                  max_length=96, normalize="mean", seed=0, mixed_precision="bf16"))
     assert metrics["eval/accuracy"] >= 0.95
-    rows = [json.loads(line) for line in rule_pairs_file.read_text().splitlines()]
-    tok = load_tokenizer(out)
-    model = build_reward_model(out, tok, init_head=False).eval()
-    seqs = [encode_prompt(tok, r["prompt"]) + encode_response(tok, r[k]) for r in rows for k in ("chosen", "rejected")]
-    with torch.no_grad():
-        scores = torch.cat([reward_scores(model, *pad_right(seqs[i:i + 100], tok.pad_token_id))
-                            for i in range(0, len(seqs), 100)])
-    assert abs(scores.double().mean().item()) < 1e-4
+    assert abs(_training_scores(out, rule_pairs_file).double().mean().item()) < 1e-4
 
 
 def test_score_command_scores_rows(trained, tmp_path: Path) -> None:

@@ -142,11 +142,21 @@ def load(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def gain(rewards: list[float] | None) -> float | None:
-    """Reward change per iteration: (last - first) / (iterations - 1)."""
+def gain(rewards: list[float] | None) -> tuple[float, float | None] | None:
+    """Reward change per iteration: the least-squares slope b of r_i = a + b i over the iterations, and its
+    standard error sqrt(sum_i e_i^2 / (n - 2) / sum_i (i - mean i)^2) (None below 3 iterations). A slope
+    within about two standard errors of 0 does not tell learning from noise; the end points alone
+    (last - first) would be a difference of two noisy means."""
     if not rewards or len(rewards) < 2:
         return None
-    return (rewards[-1] - rewards[0]) / (len(rewards) - 1)
+    n = len(rewards)
+    mean_i, mean_r = (n - 1) / 2, sum(rewards) / n
+    sxx = sum((i - mean_i) ** 2 for i in range(n))
+    slope = sum((i - mean_i) * (r - mean_r) for i, r in enumerate(rewards)) / sxx
+    if n < 3:
+        return slope, None
+    residuals = sum((r - mean_r - slope * (i - mean_i)) ** 2 for i, r in enumerate(rewards))
+    return slope, (residuals / (n - 2) / sxx) ** 0.5
 
 
 def collect(out: Path, peer_dirs: dict[str, Path]) -> dict:
@@ -240,8 +250,12 @@ def table(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _f(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:+.4f}"
+def _f(x: tuple[float, float | None] | None) -> str:
+    """A `gain` as "slope +- standard error"."""
+    if x is None:
+        return "n/a"
+    slope, se = x
+    return f"{slope:+.4f}" if se is None else f"{slope:+.4f} +- {se:.4f}"
 
 
 def main() -> None:

@@ -52,6 +52,34 @@ def test_logprobs_gradient_matches_log_softmax():
     torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=1e-12)
 
 
+def test_logprobs_gradient_with_weights_repeated_tokens_and_gradcheck():
+    """The hand-written backward (1[v = a] - softmax_v, times the upstream gradient) against autograd through
+    float64 log_softmax, with a different weight per token and the same token at several positions; and
+    torch's numerical gradient check."""
+    logits, _ = random_logits(4)  # (3, 5, 11) float64
+    tokens = torch.tensor([[2, 2, 2, 0, 10], [1, 1, 3, 3, 3], [7, 0, 7, 0, 7]])
+    weights = torch.randn(3, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    a = logits.clone().requires_grad_()
+    b = logits.clone().requires_grad_()
+    (logprobs_from_logits(a, tokens, 1.3) * weights).sum().backward()
+    (torch.log_softmax(b / 1.3, -1).gather(-1, tokens[..., None]).squeeze(-1) * weights).sum().backward()
+    torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda z: logprobs_from_logits(z, tokens, 0.7), (logits.clone().requires_grad_(),))
+
+
+def test_low_precision_gradient_is_the_float32_one_rounded():
+    """bf16 logits: the gradient reaching them is the float32 gradient of the upcast values, in bf16."""
+    logits, tokens = random_logits(6, dtype=torch.bfloat16)
+    weights = torch.randn(3, 5, generator=torch.Generator().manual_seed(7))
+    a = logits.clone().requires_grad_()
+    (logprobs_from_logits(a, tokens, 0.7) * weights).sum().backward()
+    b = logits.double().requires_grad_()
+    (torch.log_softmax(b / 0.7, -1).gather(-1, tokens[..., None]).squeeze(-1) * weights.double()).sum().backward()
+    assert a.grad.dtype == torch.bfloat16
+    one_ulp = 2**-8 * b.grad.abs().max().item()  # bf16 keeps 8 significant bits
+    torch.testing.assert_close(a.grad.double(), b.grad.to(torch.bfloat16).double(), rtol=0, atol=one_ulp)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_low_precision_logits_are_upcast(dtype):
     """bf16/fp16 logits give float32 log-probs equal to the float32 computation on the same values

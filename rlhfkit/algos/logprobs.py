@@ -62,8 +62,9 @@ class _TokenLogprob(torch.autograd.Function):
     d log pi(a) / d z_v = 1[v = a] - softmax(z)_v.
 
     The same numbers as autograd through `gather` and `torch.logsumexp`, whose backward builds a zero
-    tensor for the gather, an exp, a product and a sum, each a (..., V) pass with its own allocation:
-    about a sixth of a small policy's training step. Saves z and logsumexp(z), as `torch.logsumexp` does.
+    tensor for the gather, an exp, a product and a sum, each a (..., V) pass with its own allocation.
+    Forward and backward on a 2-core CPU: (16, 32, 2003) float32 logits 3.4 -> 1.4 ms, (8, 64, 49152)
+    152 -> 83 ms. Saves z and logsumexp(z), as `torch.logsumexp` does.
     """
 
     @staticmethod

@@ -2,11 +2,13 @@
 
     python benchmarks/run.py [--tag TAG] [--iters N] [--bf16 auto|yes|no] [--skip-peer]
 
-Each benchmark is its own process. rlhfkit: reward-model training, SFT (TRL's SFTTrainer on the same work
-right before it: benchmarks/peer_sft.py with the peer's python), DPO, then PPO, GRPO and RLOO
-(seconds per iteration split into generation / scoring / training, tokens per second, peak
-RSS, reward per iteration). The peer: ../shared/bench/peer/run_all.sh, fp32 and, where the
-hardware has native bf16 matmuls, bf16. Results: benchmarks/results/TAG/{results.json,table.md}.
+Each benchmark is its own process: reward-model training, SFT (TRL's SFTTrainer on the same work:
+benchmarks/peer_sft.py with the peer's python), DPO, then PPO, GRPO and RLOO (seconds per iteration
+split into generation / scoring / training, tokens per second, peak RSS, reward per iteration).
+For each benchmark the peer's run (its own script in ../shared/bench/peer, its venv) and rlhfkit's
+run back to back, fp32 and, where the hardware has native bf16 matmuls, bf16, so that the machine's
+drift over the half-hour session falls on both sides of each ratio.
+Results: benchmarks/results/TAG/{results.json,table.md}.
 """
 
 from __future__ import annotations
@@ -43,10 +45,10 @@ def native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def run(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> bool:
+def run(cmd: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None) -> bool:
     t0 = time.perf_counter()
     with log.open("w") as f:
-        done = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        done = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=cwd)
     status = "ok" if done.returncode == 0 else f"FAILED (see {log})"
     print(f"  {log.stem}: {status} ({time.perf_counter() - t0:.0f} s)", flush=True)
     return done.returncode == 0
@@ -98,44 +100,71 @@ LIKE_FOR_LIKE = {
 }
 
 
-def ours(out: Path, iters: int, precisions: list[str], rm: Path | None, with_peer: bool = True) -> None:
+# The peer harness's own benchmarks, with the iteration counts of its run_all.sh (the peer's torch_ref
+# floor is not part of the table and is left out).
+PEER_BENCHMARKS = {
+    "reward": ["bench_reward.py"],  # also writes the reward model the peer's PPO reads
+    "dpo": ["bench_dpo.py"],
+    "ppo": ["bench_ppo.py", "--iters", "8"],
+    "grpo": ["bench_grpo.py", "--algo", "grpo", "--iters", "6"],
+    "rloo": ["bench_grpo.py", "--algo", "rloo", "--iters", "6"],
+}
+
+
+def peer_folder(tag: str, mp: str) -> Path:
+    return W.PEER_DIR / "results" / (tag if mp == "no" else f"{tag}-bf16")
+
+
+def peer_bench(name: str, mp: str, tag: str) -> None:
+    """One of the peer's benchmarks (its own script and venv) at one precision; TRL 1.12 for PPO."""
+    folder = peer_folder(tag, mp)
+    folder.mkdir(parents=True, exist_ok=True)
+    env = {"PEER_DIR": str(W.PEER_DIR), "BENCH_OUT": str(folder), "PEER_BF16": "1" if mp == "bf16" else "0",
+           "TRL_EXPERIMENTAL_SILENCE": "1"}
+    if name == "ppo":
+        env["PYTHONPATH"] = str(W.PEER_DIR / "trl_1_12")  # PPO left TRL after 1.12
+    script, *args = PEER_BENCHMARKS[name]
+    run([str(W.PEER_DIR / "venv" / "bin" / "python"), str(W.PEER_HARNESS / script), *args],
+        folder / f"{name}.log", env=env, cwd=W.PEER_HARNESS)
+
+
+def session(out: Path, tag: str, iters: int, precisions: list[str], with_peer: bool
+            ) -> tuple[dict[str, Path], Path | None]:
+    """Every benchmark in turn, the peer's run and rlhfkit's back to back at each precision (fp32, then bf16),
+    so that a drift of the machine's speed during the session moves both sides of a ratio alike.
+
+    The reward models come first: the peer's fp32 one, snapshotted, scores every PPO run (the peer's bf16
+    reward-model run overwrites the file its PPO reads, so the snapshot is put back right after it).
+    Returns the peer's result folders and the snapshot."""
+    suffix = {"no": "", "bf16": "_bf16"}
+    rm = None
     for mp in precisions:
-        tag = "" if mp == "no" else "_bf16"
+        if with_peer:
+            peer_bench("reward", mp, tag)
+            if mp == "no":
+                rm = snapshot_reward_model(out)
+            elif rm:
+                restore_reward_model(rm)
         run([sys.executable, str(HERE / "bench_reward.py"), "--out", str(out), "--mixed-precision", mp],
-            out / f"reward{tag}.log")
+            out / f"reward{suffix[mp]}.log")
+    for mp in precisions:
         sft(out, mp, with_peer)
+    for mp in precisions:
+        if with_peer:
+            peer_bench("dpo", mp, tag)
         run([sys.executable, str(HERE / "bench_dpo.py"), "--out", str(out), "--mixed-precision", mp],
-            out / f"dpo{tag}.log")
-        for algo in ALGOS:
+            out / f"dpo{suffix[mp]}.log")
+    for algo in ALGOS:
+        for mp in precisions:
+            if with_peer:
+                peer_bench(algo, mp, tag)
             extra = ["--reward-model", str(rm)] if rm and algo == "ppo" else []
             cmd = [sys.executable, str(HERE / "bench_rl.py"), "--algo", algo, "--out", str(out), "--iters", str(iters),
                    "--mixed-precision", mp, *extra]
-            run(cmd, out / f"{algo}{tag}.log")
+            run(cmd, out / f"{algo}{suffix[mp]}.log")
             if mp == "no":
                 run([*cmd, *LIKE_FOR_LIKE[algo], "--name", f"{algo}_like"], out / f"{algo}_like.log")
-
-
-def peer(tag: str, bf16: bool, out: Path, iters: int) -> tuple[dict[str, Path], Path | None]:
-    """The peer harness, fp32 then (with native bf16) bf16. Returns its result folders and the snapshot of
-    its fp32 reward model. The bf16 harness retrains that model in bf16 before its PPO; its PPO is then
-    rerun with the fp32 snapshot so that every PPO is scored by the same reward model."""
-    dirs = {"fp32": W.PEER_DIR / "results" / tag}
-    env = {"PEER_DIR": str(W.PEER_DIR)}
-    print("peer (TRL) fp32:", flush=True)
-    subprocess.run(["bash", str(W.PEER_HARNESS / "run_all.sh"), tag], env={**os.environ, **env}, check=False)
-    rm = snapshot_reward_model(out)
-    if bf16:
-        print("peer (TRL) bf16:", flush=True)
-        dirs["bf16"] = W.PEER_DIR / "results" / (tag + "-bf16")
-        subprocess.run(["bash", str(W.PEER_HARNESS / "run_all.sh"), tag + "-bf16"],
-                       env={**os.environ, **env, "PEER_BF16": "1"}, check=False)
-        if rm:
-            restore_reward_model(rm)
-            run([str(W.PEER_DIR / "venv" / "bin" / "python"), str(W.PEER_HARNESS / "bench_ppo.py"),
-                 "--iters", str(iters)], out / "peer_ppo_bf16_same_rm.log",
-                env={**env, "PEER_BF16": "1", "BENCH_OUT": str(dirs["bf16"]), "TRL_EXPERIMENTAL_SILENCE": "1",
-                     "PYTHONPATH": str(W.PEER_DIR / "trl_1_12")})
-    return dirs, rm
+    return ({"fp32" if mp == "no" else "bf16": peer_folder(tag, mp) for mp in precisions} if with_peer else {}), rm
 
 
 def load(path: Path) -> dict | None:
@@ -270,10 +299,8 @@ def main() -> None:
     out = HERE / "results" / args.tag
     out.mkdir(parents=True, exist_ok=True)
     W.ensure_artifacts()
-    # The peer first: its reward-model benchmark writes the reward model both PPO runs then use.
-    peer_dirs, rm = ({}, None) if args.skip_peer else peer(args.tag, bf16, out, args.iters)
-    print(f"rlhfkit ({'fp32 and bf16' if bf16 else 'fp32'}):", flush=True)
-    ours(out, args.iters, ["no", "bf16"] if bf16 else ["no"], rm, with_peer=not args.skip_peer)
+    print(f"{'rlhfkit' if args.skip_peer else 'TRL and rlhfkit'}, {'fp32 and bf16' if bf16 else 'fp32'}:", flush=True)
+    peer_dirs, rm = session(out, args.tag, args.iters, ["no", "bf16"] if bf16 else ["no"], not args.skip_peer)
     results = collect(out, peer_dirs)
     results["ppo_reward_model_sha256"] = W.folder_sha256(rm) if rm else None
     results["machine"] = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),

@@ -45,12 +45,13 @@ def native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def run(cmd: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None) -> bool:
+def run(cmd: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None,
+        label: str | None = None) -> bool:
     t0 = time.perf_counter()
     with log.open("w") as f:
         done = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=cwd)
     status = "ok" if done.returncode == 0 else f"FAILED (see {log})"
-    print(f"  {log.stem}: {status} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    print(f"  {label or log.stem}: {status} ({time.perf_counter() - t0:.0f} s)", flush=True)
     return done.returncode == 0
 
 
@@ -125,7 +126,7 @@ def peer_bench(name: str, mp: str, tag: str) -> None:
         env["PYTHONPATH"] = str(W.PEER_DIR / "trl_1_12")  # PPO left TRL after 1.12
     script, *args = PEER_BENCHMARKS[name]
     run([str(W.PEER_DIR / "venv" / "bin" / "python"), str(W.PEER_HARNESS / script), *args],
-        folder / f"{name}.log", env=env, cwd=W.PEER_HARNESS)
+        folder / f"{name}.log", env=env, cwd=W.PEER_HARNESS, label=f"peer_{name}{'' if mp == 'no' else '_bf16'}")
 
 
 def session(out: Path, tag: str, iters: int, precisions: list[str], with_peer: bool

@@ -78,10 +78,15 @@ def restore_reward_model(snapshot: Path) -> None:
     shutil.copytree(snapshot.with_name("reward_model_peer_raw"), peer_rm)
 
 
+def suffix(mp: str) -> str:
+    """The file-name suffix of a precision's results: "" for fp32 ("no"), "_bf16" for bf16."""
+    return "" if mp == "no" else "_bf16"
+
+
 def sft(out: Path, mp: str, with_peer: bool) -> None:
     """TRL's SFTTrainer (peer venv, benchmarks/peer_sft.py) and rlhfkit's SFT on the same demonstrations,
     back to back; both write into `out` (peer_sft*.json, sft*.json)."""
-    tag = "" if mp == "no" else "_bf16"
+    tag = suffix(mp)
     if with_peer:
         run([str(W.PEER_DIR / "venv" / "bin" / "python"), str(HERE / "peer_sft.py"), "--out", str(out)],
             out / f"peer_sft{tag}.log", env={"PEER_DIR": str(W.PEER_DIR), "PEER_BF16": "1" if mp == "bf16" else "0"})
@@ -126,7 +131,7 @@ def peer_bench(name: str, mp: str, tag: str) -> None:
         env["PYTHONPATH"] = str(W.PEER_DIR / "trl_1_12")  # PPO left TRL after 1.12
     script, *args = PEER_BENCHMARKS[name]
     run([str(W.PEER_DIR / "venv" / "bin" / "python"), str(W.PEER_HARNESS / script), *args],
-        folder / f"{name}.log", env=env, cwd=W.PEER_HARNESS, label=f"peer_{name}{'' if mp == 'no' else '_bf16'}")
+        folder / f"{name}.log", env=env, cwd=W.PEER_HARNESS, label=f"peer_{name}{suffix(mp)}")
 
 
 def session(out: Path, tag: str, iters: int, precisions: list[str], with_peer: bool
@@ -137,7 +142,6 @@ def session(out: Path, tag: str, iters: int, precisions: list[str], with_peer: b
     The reward models come first: the peer's fp32 one, snapshotted, scores every PPO run (the peer's bf16
     reward-model run overwrites the file its PPO reads, so the snapshot is put back right after it).
     Returns the peer's result folders and the snapshot."""
-    suffix = {"no": "", "bf16": "_bf16"}
     rm = None
     for mp in precisions:
         if with_peer:
@@ -147,14 +151,14 @@ def session(out: Path, tag: str, iters: int, precisions: list[str], with_peer: b
             elif rm:
                 restore_reward_model(rm)
         run([sys.executable, str(HERE / "bench_reward.py"), "--out", str(out), "--mixed-precision", mp],
-            out / f"reward{suffix[mp]}.log")
+            out / f"reward{suffix(mp)}.log")
     for mp in precisions:
         sft(out, mp, with_peer)
     for mp in precisions:
         if with_peer:
             peer_bench("dpo", mp, tag)
         run([sys.executable, str(HERE / "bench_dpo.py"), "--out", str(out), "--mixed-precision", mp],
-            out / f"dpo{suffix[mp]}.log")
+            out / f"dpo{suffix(mp)}.log")
     for algo in ALGOS:
         for mp in precisions:
             if with_peer:
@@ -162,7 +166,7 @@ def session(out: Path, tag: str, iters: int, precisions: list[str], with_peer: b
             extra = ["--reward-model", str(rm)] if rm and algo == "ppo" else []
             cmd = [sys.executable, str(HERE / "bench_rl.py"), "--algo", algo, "--out", str(out), "--iters", str(iters),
                    "--mixed-precision", mp, *extra]
-            run(cmd, out / f"{algo}{suffix[mp]}.log")
+            run(cmd, out / f"{algo}{suffix(mp)}.log")
             if mp == "no":
                 run([*cmd, *LIKE_FOR_LIKE[algo], "--name", f"{algo}_like"], out / f"{algo}_like.log")
     return ({"fp32" if mp == "no" else "bf16": peer_folder(tag, mp) for mp in precisions} if with_peer else {}), rm
@@ -191,12 +195,12 @@ def gain(rewards: list[float] | None) -> tuple[float, float | None] | None:
 
 def collect(out: Path, peer_dirs: dict[str, Path]) -> dict:
     results: dict = {"ours": {}, "peer": {}}
-    for prec, suffix in (("fp32", ""), ("bf16", "_bf16")):
+    for prec, end in (("fp32", ""), ("bf16", "_bf16")):
         for name in ("reward", "sft", *ALGOS, *(a + "_like" for a in ALGOS), "dpo"):
-            r = load(out / f"{name}{suffix}.json")
+            r = load(out / f"{name}{end}.json")
             if r:
                 results["ours"].setdefault(prec, {})[name] = r
-        r = load(out / f"peer_sft{suffix}.json")  # TRL's SFTTrainer, run by sft() next to rlhfkit's
+        r = load(out / f"peer_sft{end}.json")  # TRL's SFTTrainer, run by sft() next to rlhfkit's
         if r:
             results["peer"].setdefault(prec, {})["sft"] = r
     for prec, folder in peer_dirs.items():

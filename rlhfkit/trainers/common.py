@@ -22,6 +22,7 @@ from rlhfkit.config import save_config
 from rlhfkit.errors import TrainingError, UserError
 from rlhfkit.models.loading import configure_loading
 from rlhfkit.tracking.metrics import check_trackers
+from rlhfkit.trainers.host_memory import keep_freed_memory
 from rlhfkit.trainers.output_dir import check_output_dir
 from rlhfkit.trainers.precision import resolve_precision
 
@@ -40,6 +41,9 @@ def make_accelerator(cfg: Any) -> Accelerator:
     """One Accelerator per run: CPU, one GPU or `accelerate launch` with the same code (and the run's load options)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    on_cpu = not torch.cuda.is_available()
+    if on_cpu:
+        keep_freed_memory()  # tensors freed at one step are reused at the next without page faults
     configure_loading(cfg)
     check_trackers(cfg.report_to)
     mp = resolve_precision(cfg.mixed_precision)
@@ -52,7 +56,7 @@ def make_accelerator(cfg: Any) -> Accelerator:
     # No dataloader goes through accelerate: every trainer deals its global batches to the processes itself.
     # cpu=True on a machine without CUDA: `torchrun --nproc_per_node N` then gives N gloo processes
     # (accelerate's own launcher starts a single process for --cpu).
-    return Accelerator(mixed_precision=mp, cpu=not torch.cuda.is_available())
+    return Accelerator(mixed_precision=mp, cpu=on_cpu)
 
 
 def make_optimizer(params: Any, cfg: Any) -> torch.optim.Optimizer:

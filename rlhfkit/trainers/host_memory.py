@@ -14,7 +14,7 @@ about 10% less time (benchmarks/README.md). Peak memory is unchanged; memory fre
 with the process, at most TRIM_THRESHOLD of it.
 
 Applied once per process, on Linux with glibc only, and never where the user chose for themselves
-(any MALLOC_*_ tuning variable set, or another allocator preloaded).
+(any MALLOC_* variable or GLIBC_TUNABLES set, or another allocator preloaded).
 """
 
 from __future__ import annotations
@@ -26,8 +26,6 @@ import platform
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameter numbers (glibc malloc.h)
 MMAP_THRESHOLD = 64 * 2**20
 TRIM_THRESHOLD = 512 * 2**20
-_USER_TUNING = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_",
-                "GLIBC_TUNABLES")
 
 _applied: bool | None = None
 
@@ -35,7 +33,8 @@ _applied: bool | None = None
 def user_chose_allocator(environ: dict[str, str] | None = None) -> bool:
     """True when the environment already tunes glibc's malloc or preloads another allocator."""
     env = os.environ if environ is None else environ
-    return any(env.get(k) for k in _USER_TUNING) or "malloc" in env.get("LD_PRELOAD", "")
+    tuned = any(value for key, value in env.items() if key.startswith("MALLOC_")) or env.get("GLIBC_TUNABLES")
+    return bool(tuned) or "malloc" in env.get("LD_PRELOAD", "")
 
 
 def keep_freed_memory() -> bool:

@@ -14,7 +14,7 @@ from rlhfkit.trainers.host_memory import user_chose_allocator
 glibc_only = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
                                 reason="glibc's malloc only")
 
-# Rounds of allocating, touching and freeing tensors (argv[2] floats each, argv[3] at a time); prints whether
+# Rounds of allocating, touching and freeing tensors (argv[1] floats each, argv[2] at a time); prints whether
 # the setting was applied and the minor page faults of the last 10 of 20 rounds. glibc's defaults fault
 # such rounds in again at erratic rounds (a free heap top above twice the last mmap threshold is given
 # back); with the setting the heap keeps the blocks and a settled round takes no page fault.
@@ -61,4 +61,6 @@ def test_user_choice_is_read_from_the_environment():
     assert user_chose_allocator({"MALLOC_TRIM_THRESHOLD_": "1000"})
     assert user_chose_allocator({"LD_PRELOAD": "/usr/lib/libjemalloc.so.2"})
     assert user_chose_allocator({"LD_PRELOAD": "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"})
-    assert not user_chose_allocator({"LD_PRELOAD": "/usr/lib/libfoo.so", "MALLOC_ARENA_MAX": ""})
+    assert user_chose_allocator({"MALLOC_ARENA_MAX": "2"})
+    assert user_chose_allocator({"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=1000"})
+    assert not user_chose_allocator({"LD_PRELOAD": "/usr/lib/libfoo.so", "MALLOC_ARENA_MAX": "", "PATH": "/bin"})

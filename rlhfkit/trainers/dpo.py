@@ -45,7 +45,7 @@ from rlhfkit.errors import DataError, ModelError
 from rlhfkit.models.context import model_context, resolve_length
 from rlhfkit.models.kernels import autocast
 from rlhfkit.models.loading import configure_loading, load_causal_lm, load_run_tokenizer, load_tokenizer
-from rlhfkit.models.lora import LoRASpec, add_lora
+from rlhfkit.models.lora import LoRASpec, add_lora, evaluation_weights
 from rlhfkit.models.packing import PackedGroups, pack_if_smaller, packed_length, packing_supported
 from rlhfkit.models.policy import token_logprobs
 from rlhfkit.rollout.scoring import same_tokenizer
@@ -430,6 +430,10 @@ def train(cfg: DPOConfig) -> dict[str, float]:
         stats.add("logps/rejected", (logp_r.detach() * real).sum() / pairs)
         return loss
 
+    def held_out() -> dict[str, float]:  # the held-out metrics of the weights that are saved (merged with LoRA)
+        with evaluation_weights(lora, accelerator.mixed_precision):
+            return evaluate(unwrapped, ref_logps, eval_data, accelerator, cfg, pad_id, pack)
+
     step, pairs_seen, t_eval, t_before = 0, 0, 0.0, 0.0
     start: dict[str, float] = {}
     if resume_path is not None:
@@ -443,7 +447,7 @@ def train(cfg: DPOConfig) -> dict[str, float]:
     with run_folder(out_dir, cfg, main, resume_path, step) as (tmp, logger):
         # 3. The start policy on the held-out pairs (the baseline the final numbers are read against).
         if resume_path is None:
-            start = evaluate(unwrapped, ref_logps, eval_data, accelerator, cfg, pad_id, pack)
+            start = held_out()
             logger.log(0, {**start, **counts})
         checkpoints = StepCheckpoints(tmp, cfg, accelerator, lambda: unwrapped.policy, optimizer, scheduler,
                                       total_steps)
@@ -475,7 +479,7 @@ def train(cfg: DPOConfig) -> dict[str, float]:
                 # 5. Held-out evaluation.
                 if cfg.eval_every and step % cfg.eval_every == 0 and step != total_steps:
                     t0 = time.perf_counter()
-                    metrics = evaluate(unwrapped, ref_logps, eval_data, accelerator, cfg, pad_id, pack)
+                    metrics = held_out()
                     t_eval += time.perf_counter() - t0
                     logger.log(step, metrics)
                     bar_values["eval_acc"] = metrics["eval/rewards/accuracy"]
@@ -484,7 +488,7 @@ def train(cfg: DPOConfig) -> dict[str, float]:
                 checkpoints.after_step({"step": step, "pairs_seen": pairs_seen, "elapsed": elapsed(),
                                         "start": start}, logger)
         train_s = elapsed()
-        metrics = evaluate(unwrapped, ref_logps, eval_data, accelerator, cfg, pad_id, pack)
+        metrics = held_out()
         metrics.update({"perf/pairs_per_s": pairs_seen / max(train_s, 1e-9), "perf/train_s": train_s,
                         "train/steps": step, **counts})
         logger.log(step, metrics)

@@ -62,7 +62,7 @@ from rlhfkit.errors import ConfigError, DataError
 from rlhfkit.models.context import model_context, resolve_length
 from rlhfkit.models.kernels import autocast
 from rlhfkit.models.loading import configure_loading, load_run_tokenizer
-from rlhfkit.models.lora import LoRASpec, add_lora
+from rlhfkit.models.lora import LoRASpec, add_lora, evaluation_weights
 from rlhfkit.models.packing import PackedGroups, pack_if_smaller, packed_length, packing_supported
 from rlhfkit.models.reward_model import CriterionScorer, build_reward_model, criteria_of, set_normalization
 from rlhfkit.models.trunk_and_heads import score_head
@@ -674,6 +674,10 @@ def train(cfg: RewardConfig) -> dict[str, float]:
         stats.add("train/accuracy", preference_accuracy(r_c, r_r) * real.sum() / pairs)
         return loss
 
+    def held_out() -> dict[str, float]:  # the held-out metrics of the weights that are saved (merged with LoRA)
+        with evaluation_weights(lora, accelerator.mixed_precision):
+            return evaluate_all(scorer, eval_data, eval_ranked, accelerator, cfg, pad_id, criteria)
+
     collate = partial(_collate_groups if listwise else _collate, heads=train_heads, pack=pack)
     list_pairs = [train_data.num_pairs(i) for i in range(len(train_data))] if listwise else []
 
@@ -721,7 +725,7 @@ def train(cfg: RewardConfig) -> dict[str, float]:
                 # 4. Held-out evaluation.
                 if cfg.eval_every and step % cfg.eval_every == 0 and step != total_steps:
                     t0 = time.perf_counter()
-                    metrics = evaluate_all(scorer, eval_data, eval_ranked, accelerator, cfg, pad_id, criteria)
+                    metrics = held_out()
                     t_eval += time.perf_counter() - t0
                     logger.log(step, metrics)
                     bar_values["eval_acc"] = metrics["eval/accuracy"]
@@ -729,7 +733,7 @@ def train(cfg: RewardConfig) -> dict[str, float]:
                 # 5. Checkpoints on schedule, and when SIGTERM / Ctrl-C asked the run to stop.
                 checkpoints.after_step({"step": step, "pairs_seen": pairs_seen, "elapsed": elapsed()}, logger)
         train_s = elapsed()
-        metrics = evaluate_all(scorer, eval_data, eval_ranked, accelerator, cfg, pad_id, criteria)
+        metrics = held_out()
         metrics.update({"perf/pairs_per_s": pairs_seen / max(train_s, 1e-9), "perf/train_s": train_s,
                         "perf/processes": accelerator.num_processes,
                         "train/steps": step, **counts})

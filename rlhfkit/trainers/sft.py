@@ -45,7 +45,7 @@ from rlhfkit.errors import DataError
 from rlhfkit.models.context import model_context, resolve_length
 from rlhfkit.models.kernels import autocast
 from rlhfkit.models.loading import configure_loading, load_causal_lm, load_run_tokenizer
-from rlhfkit.models.lora import LoRASpec, add_lora
+from rlhfkit.models.lora import LoRASpec, add_lora, evaluation_weights
 from rlhfkit.models.trunk_and_heads import output_logits, trunk
 from rlhfkit.tracking.console import console, print_table, progress_bar
 from rlhfkit.trainers.common import (
@@ -227,6 +227,10 @@ def train(cfg: SFTConfig) -> dict[str, float]:
         stats.add("loss/train", loss.detach())  # the parts add up to the global batch's token mean
         return loss
 
+    def held_out() -> dict[str, float]:  # the held-out metrics of the weights that are saved (merged with LoRA)
+        with evaluation_weights(lora, accelerator.mixed_precision):
+            return evaluate(lm, eval_rows, accelerator, cfg, pad_id)
+
     step, tokens_seen, t_eval, t_before = 0, 0, 0.0, 0.0
     start_metrics: dict[str, float] = {}
     if resume_path is not None:
@@ -238,7 +242,7 @@ def train(cfg: SFTConfig) -> dict[str, float]:
 
     with run_folder(out_dir, cfg, main, resume_path, step) as (tmp, logger):
         if cfg.eval_on_start and resume_path is None:
-            start_metrics = evaluate(lm, eval_rows, accelerator, cfg, pad_id)
+            start_metrics = held_out()
             logger.log(0, start_metrics)
         checkpoints = StepCheckpoints(tmp, cfg, accelerator, lambda: accelerator.unwrap_model(lm).model, optimizer,
                                       scheduler, total_steps)
@@ -274,7 +278,7 @@ def train(cfg: SFTConfig) -> dict[str, float]:
                 # 4. Held-out evaluation.
                 if cfg.eval_every and step % cfg.eval_every == 0 and step != total_steps:
                     t0 = time.perf_counter()
-                    metrics = evaluate(lm, eval_rows, accelerator, cfg, pad_id)
+                    metrics = held_out()
                     t_eval += time.perf_counter() - t0
                     logger.log(step, metrics)
                     bar_values["eval_loss"] = metrics["eval/loss"]
@@ -283,7 +287,7 @@ def train(cfg: SFTConfig) -> dict[str, float]:
                 checkpoints.after_step({"step": step, "tokens_seen": tokens_seen, "elapsed": elapsed(),
                                         "start_metrics": start_metrics}, logger)
         train_s = elapsed()
-        metrics = evaluate(lm, eval_rows, accelerator, cfg, pad_id)
+        metrics = held_out()
         metrics.update({"perf/tokens_per_s": tokens_seen / max(train_s, 1e-9), "perf/train_s": train_s,
                         "train/steps": step, **counts})
         if start_metrics:

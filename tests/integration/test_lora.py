@@ -9,12 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 from peft import PeftModel
-from toy_data import known_rule_rankings, write_jsonl
+from toy_data import known_rule_pairs, known_rule_rankings, write_jsonl
 from toy_rewards import count_a
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
+from rlhfkit.data.tokenize import encode_prompt, encode_response, pad_right
 from rlhfkit.models.loading import load_tokenizer
+from rlhfkit.models.lora import LoRASpec, add_lora
 from rlhfkit.models.policy import token_logprobs
+from rlhfkit.models.reward_model import build_reward_model, reward_scores
 from rlhfkit.pipelines.score import score_rows
 from rlhfkit.trainers.ppo import train as train_ppo
 from rlhfkit.trainers.reward import train as train_reward
@@ -92,3 +95,51 @@ def test_reward_model_with_lora_scores_the_same_in_plain_transformers(tiny_model
         with torch.no_grad():
             theirs = plain(torch.tensor([ids])).logits[0, 0].item()
         assert theirs == pytest.approx(score, abs=1e-4)
+
+
+def test_bf16_evaluation_of_a_lora_reward_model_is_that_of_its_saved_weights(tiny_model_dir: Path,
+                                                                             tmp_path: Path) -> None:
+    # Under bf16 autocast an unmerged adapter's small output is lost when added to the bf16-rounded base
+    # output; the held-out numbers must be those of the merged weights the run saves.
+    train_file = write_jsonl(tmp_path / "train.jsonl", known_rule_pairs(96, seed=1))
+    eval_rows = known_rule_pairs(64, seed=2)
+    eval_file = write_jsonl(tmp_path / "eval.jsonl", eval_rows)
+    out = tmp_path / "rm"
+    metrics = train_reward(RewardConfig(model=str(tiny_model_dir), train_data=str(train_file),
+                                        eval_data=str(eval_file), output_dir=str(out), batch_size=16,
+                                        learning_rate=1e-4, lora_r=4, normalize="none", mixed_precision="bf16",
+                                        seed=0))
+    tok = load_tokenizer(out, padding_side="right")
+    saved = build_reward_model(out, tok, init_head=False).eval()  # the merged weights, loaded afresh
+    scores = []
+    for key in ("chosen", "rejected"):
+        seqs = [encode_prompt(tok, r["prompt"]) + encode_response(tok, r[key]) for r in eval_rows]
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            scores.append(reward_scores(saved, *pad_right(seqs, tok.pad_token_id)).double())
+    # the same weights and precision give the same numbers (the unmerged adapters were 1e-3 off here)
+    assert metrics["eval/margin"] == pytest.approx((scores[0] - scores[1]).mean().item(), abs=4e-4)
+    assert metrics["eval/reward_mean"] == pytest.approx(torch.cat(scores).mean().item(), abs=4e-4)
+
+
+def test_merged_adapters_compute_the_unmerged_model_and_the_reference_inside(tiny_model_dir: Path) -> None:
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    lora = add_lora(model, LoRASpec(r=4, alpha=8), "CAUSAL_LM")
+    torch.manual_seed(0)
+    for name, p in lora.model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.05)  # adapters that change the model
+    ids = torch.tensor([[5, 9, 17, 3, 22, 41]])
+    with torch.no_grad():
+        with lora.adapters_off():
+            base = lora.model(ids).logits.double()
+        adapted = lora.model(ids).logits.double()
+        with lora.merged():
+            merged = lora.model(ids).logits.double()
+            with lora.adapters_off():
+                off_inside = lora.model(ids).logits.double()
+            merged_again = lora.model(ids).logits.double()
+        after = lora.model(ids).logits.double()
+    assert (adapted - base).abs().max() > 1e-2  # the adapters matter
+    for got in (merged, merged_again, after):
+        torch.testing.assert_close(got, adapted, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(off_inside, base, atol=1e-5, rtol=1e-5)

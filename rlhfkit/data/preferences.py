@@ -81,7 +81,9 @@ def _is_messages(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(m, dict) for m in value) and len(value) > 0
 
 
-def _check_text(value: Any, where: str, allow_empty: bool = False) -> Text:
+def check_text(value: Any, where: str, allow_empty: bool = False) -> Text:
+    """`value` if it is text or a list of chat messages ({"role", "content"} strings), else a DataError
+    that names `where`."""
     if _is_messages(value):
         for i, m in enumerate(value):
             if not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
@@ -103,12 +105,12 @@ def parse_example(row: dict[str, Any], name: str, row_no: int) -> PreferenceExam
         missing = [c for c in RANKED_COLUMNS if c not in row]
         if missing:
             raise DataError(f"{loc}: missing column(s) {', '.join(missing)} for a ranked list")
-        prompt = _check_text(row["prompt"], f"{loc}, field 'prompt'")
+        prompt = check_text(row["prompt"], f"{loc}, field 'prompt'")
         comps = row["completions"]
         if not isinstance(comps, list) or len(comps) < 2:
             n = len(comps) if isinstance(comps, list) else "no"
             raise DataError(f"{loc}, field 'completions': a ranked list needs at least 2 completions, got {n}")
-        completions = tuple(_check_text(c, f"{loc}, field 'completions[{i}]'") for i, c in enumerate(comps))
+        completions = tuple(check_text(c, f"{loc}, field 'completions[{i}]'") for i, c in enumerate(comps))
         ranks = row.get("ranks")
         if ranks is None:
             ranks = list(range(len(completions)))
@@ -128,10 +130,10 @@ def parse_example(row: dict[str, Any], name: str, row_no: int) -> PreferenceExam
             found = ", ".join(sorted(row)) or "none"
             raise DataError(f"{loc}: missing column(s) {', '.join(missing)} (found: {found}); expected "
                             "prompt/chosen/rejected or prompt/completions")
-        chosen = _check_text(row["chosen"], f"{loc}, field 'chosen'")
-        rejected = _check_text(row["rejected"], f"{loc}, field 'rejected'")
+        chosen = check_text(row["chosen"], f"{loc}, field 'chosen'")
+        rejected = check_text(row["rejected"], f"{loc}, field 'rejected'")
         if "prompt" in row and row["prompt"] is not None:
-            prompt = _check_text(row["prompt"], f"{loc}, field 'prompt'", allow_empty=True)
+            prompt = check_text(row["prompt"], f"{loc}, field 'prompt'", allow_empty=True)
         elif _is_messages(chosen) and _is_messages(rejected):
             prompt, chosen, rejected = _split_common_prefix(chosen, rejected, loc)
         else:

@@ -1,5 +1,9 @@
 """`rlhfkit score`: score prompt + completion rows with a saved reward model.
 
+A row's prompt and completion are text, or chat messages (a list of {"role", "content"}), rendered
+with the tokenizer's chat template exactly as `rlhfkit reward` renders its training rows, so the
+rows a reward model trained on score here as they scored in training.
+
 A one-head model adds `"score": r` to each row; a model with one head per criterion adds
 `"scores": {criterion: r, ...}` (in the model's `rlhfkit_criteria` order), all from one forward pass.
 """
@@ -14,6 +18,7 @@ from typing import Any
 import torch
 
 from rlhfkit.data.io import read_rows, row_numbers, write_jsonl
+from rlhfkit.data.preferences import check_text, render
 from rlhfkit.data.tokenize import encode_prompt, encode_response, pad_right
 from rlhfkit.errors import ConfigError, DataError
 from rlhfkit.models.context import model_context, resolve_length
@@ -27,22 +32,20 @@ from rlhfkit.trainers.reward_config import ScoreConfig
 def _encode_rows(rows: list[dict[str, Any]], name: str, tokenizer: Any, max_length: int) -> list[list[int]]:
     seqs = []
     for i, row in zip(row_numbers(rows), rows):
-        prompt = row.get("prompt", "")
         field = "completion" if "completion" in row else "response"
-        completion = row.get(field)
-        if not isinstance(prompt, str):
-            raise DataError(f"{name}, row {i}, field 'prompt': expected text, got {type(prompt).__name__}")
-        if completion is None:
+        if row.get(field) is None:
             raise DataError(f"{name}, row {i}, field 'completion': missing (or name it 'response'); every row needs "
                             "the text to score")
-        if not isinstance(completion, str) or not completion.strip():
-            raise DataError(f"{name}, row {i}, field '{field}': expected non-empty text")
-        response = encode_response(tokenizer, completion)
+        # text, or chat messages rendered with the chat template exactly as the reward model's training data
+        prompt = check_text(row.get("prompt", ""), f"{name}, row {i}, field 'prompt'", allow_empty=True)
+        completion = check_text(row[field], f"{name}, row {i}, field '{field}'")
+        prompt_text, completion_text, templated = render(prompt, completion, tokenizer)
+        response = encode_response(tokenizer, completion_text)
         if len(response) >= max_length:
             raise DataError(f"{name}, row {i}: the completion alone is {len(response)} tokens, longer than "
                             f"max_length={max_length}; shorten it, or raise --max-length (at most the reward "
                             "model's context; 0 = the context)")
-        prompt_ids = encode_prompt(tokenizer, prompt)
+        prompt_ids = encode_prompt(tokenizer, prompt_text, templated)
         keep = max_length - len(response)  # prompts lose tokens on the left, never the completion
         seqs.append(prompt_ids[-keep:] + response if len(prompt_ids) > keep else prompt_ids + response)
     return seqs

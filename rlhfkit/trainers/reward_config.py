@@ -82,7 +82,8 @@ class ScoreConfig(Settings):
     STAGE: ClassVar[str] = "score"
 
     model: str = setting("", "Saved reward model directory (from rlhfkit reward).")
-    data: str = setting("", "Rows with 'prompt' and 'completion' (or 'response') fields: .jsonl/.csv/.parquet.")
+    data: str = setting("", "Rows with 'prompt' and 'completion' (or 'response') fields, text or chat messages "
+                        "(rendered with the chat template as in training): .jsonl/.csv/.parquet.")
     output: str = setting("", "Where to write the rows with a 'score' field added, or for a reward model of "
                           "several criteria a 'scores' field {criterion: score} (.jsonl; empty = print).")
     batch_size: int = setting(64, "Rows per forward pass.", ge=1)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from rlhfkit.data.tokenize import encode_prompt, encode_response, pad_left, pad_right
 from rlhfkit.errors import DataError, ModelError
@@ -163,3 +163,57 @@ def test_too_long_pairs_are_reported(tiny_model_dir: Path, rule_pairs_file: Path
     with pytest.raises(DataError, match="every comparison is longer than max_length=3"):
         train(RewardConfig(model=str(tiny_model_dir), train_data=str(rule_pairs_file), output_dir=str(tmp_path / "o"),
                            max_length=3))
+
+
+CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}{{ eos_token }}{% endfor %}"
+                 "{% if add_generation_prompt %}assistant: {% endif %}")
+
+
+def test_score_command_scores_chat_rows_as_training_rendered_them(tiny_model_dir: Path, tmp_path: Path) -> None:
+    # a chat model: its tokenizer has a template; the reward model trains on chat comparisons
+    chat_model = tmp_path / "chat_model"
+    AutoModelForCausalLM.from_pretrained(tiny_model_dir).save_pretrained(chat_model)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tok.chat_template = CHAT_TEMPLATE
+    tok.save_pretrained(chat_model)
+    good, bad = ("a great light", "a good door", "a fine road"), ("an awful day", "a bad road")
+    things = ("river", "city")
+    rows = [{"prompt": [{"role": "user", "content": f"describe the {things[i % 2]}"}],
+             "chosen": [{"role": "assistant", "content": good[i % 3]}],
+             "rejected": [{"role": "assistant", "content": bad[i % 2]}]} for i in range(12)]
+    data = tmp_path / "chat.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "rm"
+    train(RewardConfig(model=str(chat_model), train_data=str(data), output_dir=str(out), batch_size=4,
+                       learning_rate=1e-3, max_length=64, normalize="none", seed=0))
+    to_score = tmp_path / "to_score.jsonl"
+    to_score.write_text("".join(json.dumps({"prompt": r["prompt"], "completion": r["chosen"]}) + "\n"
+                                + json.dumps({"prompt": r["prompt"][0]["content"], "completion": "a great light"})
+                                + "\n" for r in rows[:3]))
+    scored = score_rows(ScoreConfig(model=str(out), data=str(to_score), normalized=False))
+    saved_tok = AutoTokenizer.from_pretrained(out)
+    plain = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    for row, got in zip(rows[:3], scored[0::2]):
+        # the text training scores: the template's prompt with the generation prompt, then the reply
+        # closed by the template's end of turn (EOS here), with no EOS appended after it
+        prompt = saved_tok.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
+        ids = saved_tok(prompt, add_special_tokens=False)["input_ids"]
+        ids += saved_tok(row["chosen"][0]["content"], add_special_tokens=False)["input_ids"] + [saved_tok.eos_token_id]
+        with torch.no_grad():
+            want = plain(torch.tensor([ids])).logits[0, 0].item()
+        assert got["score"] == pytest.approx(want, abs=1e-5)
+    # a plain-text row still scores as plain text (no template)
+    ids = saved_tok(rows[0]["prompt"][0]["content"])["input_ids"] + saved_tok("a great light")["input_ids"]
+    with torch.no_grad():
+        want = plain(torch.tensor([ids + [saved_tok.eos_token_id]])).logits[0, 0].item()
+    assert scored[1]["score"] == pytest.approx(want, abs=1e-5)
+
+
+def test_score_command_names_the_row_and_field_of_a_bad_value(trained, tmp_path: Path) -> None:
+    out, _ = trained
+    data = tmp_path / "rows.jsonl"
+    data.write_text(json.dumps({"prompt": "describe", "completion": " a road"}) + "\n"
+                    + json.dumps({"prompt": 7, "completion": " a road"}) + "\n")
+    with pytest.raises(DataError, match=r"rows.jsonl, row 2, field 'prompt': expected text or a list of chat "
+                                        r"messages, got int"):
+        score_rows(ScoreConfig(model=str(out), data=str(data)))

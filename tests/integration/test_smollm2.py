@@ -160,8 +160,8 @@ def test_reward_model_scores_the_same_in_plain_transformers(smollm2_dir: Path, t
     assert saved["pad_token_id"] != saved["eos_token_id"]
     assert json.loads((out / "adapter" / "adapter_config.json").read_text())["r"] == 8
 
-    # Rows to score: chosen and rejected replies of two questions, as `rlhfkit score` takes them
-    # (prompt = the chat template with the generation prompt, completion = the rest of the conversation).
+    # Rows to score: chosen and rejected replies of two questions, as text rows (prompt = the chat
+    # template with the generation prompt, completion = the rest of the conversation).
     tok = AutoTokenizer.from_pretrained(out)
     conversations, rows = [], []
     for q, good, bad in QUESTIONS[3:5]:
@@ -173,6 +173,11 @@ def test_reward_model_scores_the_same_in_plain_transformers(smollm2_dir: Path, t
             conversations.append(prompt + completion)
     data = write_jsonl(tmp_path / "score.jsonl", rows)
     raw = [r["score"] for r in score_rows(ScoreConfig(model=str(out), data=str(data), normalized=False))]
+    # the same rows as chat messages, which `rlhfkit score` renders as the training data was rendered
+    messages = write_jsonl(tmp_path / "messages.jsonl", [dict(zip(("prompt", "completion"), chat(q, reply)))
+                                                         for q, good, bad in QUESTIONS[3:5] for reply in (good, bad)])
+    from_messages = score_rows(ScoreConfig(model=str(out), data=str(messages), normalized=False))
+    assert [r["score"] for r in from_messages] == raw
     result = CliRunner().invoke(app, ["score", "--model", str(out), "--data", str(data),
                                       "--output", str(tmp_path / "scored.jsonl")])
     assert result.exit_code == 0, result.output

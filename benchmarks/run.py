@@ -1,6 +1,6 @@
 """Run rlhfkit and the peer (TRL) on the shared workload in one session and print the ratios.
 
-    python benchmarks/run.py [--tag TAG] [--iters N] [--bf16 auto|yes|no] [--skip-peer]
+    python benchmarks/run.py [--tag TAG] [--iters N] [--bf16 auto|yes|no] [--skip-peer] [--table]
 
 Each benchmark is its own process: reward-model training, SFT (TRL's SFTTrainer on the same work:
 benchmarks/peer_sft.py with the peer's python), DPO, then PPO, GRPO and RLOO (seconds per iteration
@@ -117,6 +117,24 @@ PEER_BENCHMARKS = {
 }
 
 
+# The frozen twin of each RL run: the same seed (the same prompts, and the same samples until the first
+# update) at a learning rate that moves nothing. Reward differences to the trained run, iteration by
+# iteration, are the learning; a slope over 8 iterations mostly follows the prompts each iteration draws.
+FROZEN_LR = 1e-12  # rlhfkit refuses a learning rate of 0 (TRL takes 0)
+
+
+def peer_frozen(algo: str, out: Path) -> None:
+    """TRL's frozen twin: benchmarks/peer_rl.py at lr 0 with the harness's seed and number of iterations
+    (-> OUT/peer_ALGO_frozen.json)."""
+    env = {"PEER_DIR": str(W.PEER_DIR), "TRL_EXPERIMENTAL_SILENCE": "1"}
+    if algo == "ppo":
+        env["PYTHONPATH"] = str(W.PEER_DIR / "trl_1_12")
+    iterations = 1 + int(PEER_BENCHMARKS[algo][-1])  # the warm-up and the timed ones, as the harness runs them
+    run([str(W.PEER_DIR / "venv" / "bin" / "python"), str(HERE / "peer_rl.py"), "--algo", algo, "--lr", "0",
+         "--seed", str(W.SEED), "--iters", str(iterations), "--out", str(out / f"peer_{algo}_frozen.json")],
+        out / f"peer_{algo}_frozen.log", env=env, label=f"peer_{algo}_frozen")
+
+
 def peer_folder(tag: str, mp: str) -> Path:
     return W.PEER_DIR / "results" / (tag if mp == "no" else f"{tag}-bf16")
 
@@ -169,6 +187,9 @@ def session(out: Path, tag: str, iters: int, precisions: list[str], with_peer: b
             run(cmd, out / f"{algo}{suffix(mp)}.log")
             if mp == "no":
                 run([*cmd, *LIKE_FOR_LIKE[algo], "--name", f"{algo}_like"], out / f"{algo}_like.log")
+                run([*cmd, "--learning-rate", str(FROZEN_LR), "--name", f"{algo}_frozen"], out / f"{algo}_frozen.log")
+                if with_peer:
+                    peer_frozen(algo, out)
     return ({"fp32" if mp == "no" else "bf16": peer_folder(tag, mp) for mp in precisions} if with_peer else {}), rm
 
 
@@ -193,16 +214,33 @@ def gain(rewards: list[float] | None) -> tuple[float, float | None] | None:
     return slope, (residuals / (n - 2) / sxx) ** 0.5
 
 
+def over_frozen(trained: list[float] | None, frozen: list[float] | None) -> str:
+    """Mean of r_i(trained) - r_i(frozen twin) over iterations i >= 1, +- its standard error: what the updates
+    added to the reward on the same prompts. "n/a" when a run is missing or the two do not start alike."""
+    if not trained or not frozen or abs(trained[0] - frozen[0]) > 2e-3:  # rewards are stored to 3 decimals
+        return "n/a"
+    diffs = [a - b for a, b in zip(trained[1:], frozen[1:])]
+    if len(diffs) < 2:
+        return "n/a"
+    mean = sum(diffs) / len(diffs)
+    se = (sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1) / len(diffs)) ** 0.5
+    return f"{mean:+.4f} +- {se:.4f}"
+
+
 def collect(out: Path, peer_dirs: dict[str, Path]) -> dict:
     results: dict = {"ours": {}, "peer": {}}
     for prec, end in (("fp32", ""), ("bf16", "_bf16")):
-        for name in ("reward", "sft", *ALGOS, *(a + "_like" for a in ALGOS), "dpo"):
+        for name in ("reward", "sft", *ALGOS, *(a + "_like" for a in ALGOS), *(a + "_frozen" for a in ALGOS), "dpo"):
             r = load(out / f"{name}{end}.json")
             if r:
                 results["ours"].setdefault(prec, {})[name] = r
         r = load(out / f"peer_sft{end}.json")  # TRL's SFTTrainer, run by sft() next to rlhfkit's
         if r:
             results["peer"].setdefault(prec, {})["sft"] = r
+    for algo in ALGOS:  # TRL's frozen twins (fp32), run by peer_frozen() next to the harness's runs
+        r = load(out / f"peer_{algo}_frozen.json")
+        if r:
+            results["peer"].setdefault("fp32", {})[f"{algo}_frozen"] = r
     for prec, folder in peer_dirs.items():
         for name in ("reward", *ALGOS, "dpo"):
             r = load(folder / f"{name}.json")
@@ -267,6 +305,9 @@ def table(results: dict) -> str:
         plain(f"{algo.upper()}, reward gain / iteration", *(_f(gain(get(side, prec, algo, k))) for side, k in
                                                            ((ours, "reward"), (peer, key))
                                                            for prec in ("fp32", "bf16")))
+        plain(f"{algo.upper()}, reward over the frozen twin (same seed, lr ~0), mean per iteration",
+              over_frozen(get(ours, "fp32", algo, "reward"), get(ours, "fp32", algo + "_frozen", "reward")), None,
+              over_frozen(get(peer, "fp32", algo, key), get(peer, "fp32", algo + "_frozen", "reward")), None)
         phases = [[get(ours, prec, algo, k) for k in ("gen_s_median", "score_s_median", "train_s_median")]
                   for prec in ("fp32", "bf16")]
         plain(f"{algo.upper()}, rlhfkit generation / scoring / training s",
@@ -281,6 +322,10 @@ def table(results: dict) -> str:
         plain(f"{algo.upper()} like-for-like, reward gain / iteration",
               _f(gain(get(ours, "fp32", algo + "_like", "reward"))), None,
               _f(gain(get(peer, "fp32", algo, key))), _f(gain(get(peer, "bf16", algo, key))))
+        # a policy that does not move samples the same whatever the critic, old log-probs or schedule: one twin
+        plain(f"{algo.upper()} like-for-like, reward over the frozen twin",
+              over_frozen(get(ours, "fp32", algo + "_like", "reward"), get(ours, "fp32", algo + "_frozen", "reward")),
+              None, over_frozen(get(peer, "fp32", algo, key), get(peer, "fp32", algo + "_frozen", "reward")), None)
     return "\n".join(lines) + "\n"
 
 
@@ -299,13 +344,21 @@ def main() -> None:
     ap.add_argument("--bf16", choices=("auto", "yes", "no"), default="auto",
                     help="also run bf16 (auto: only with native bf16 matmuls)")
     ap.add_argument("--skip-peer", action="store_true", help="rlhfkit only (no ratios)")
+    ap.add_argument("--table", action="store_true",
+                    help="only rebuild results.json and table.md of --tag from the result files already there")
     args = ap.parse_args()
     bf16 = args.bf16 == "yes" or (args.bf16 == "auto" and native_bf16())
     out = HERE / "results" / args.tag
     out.mkdir(parents=True, exist_ok=True)
-    W.ensure_artifacts()
-    print(f"{'rlhfkit' if args.skip_peer else 'TRL and rlhfkit'}, {'fp32 and bf16' if bf16 else 'fp32'}:", flush=True)
-    peer_dirs, rm = session(out, args.tag, args.iters, ["no", "bf16"] if bf16 else ["no"], not args.skip_peer)
+    precisions = ["no", "bf16"] if bf16 else ["no"]
+    if args.table:
+        peer_dirs = {"fp32" if mp == "no" else "bf16": peer_folder(args.tag, mp) for mp in precisions}
+        rm = out / "reward_model_peer" if (out / "reward_model_peer").is_dir() else None
+    else:
+        W.ensure_artifacts()
+        print(f"{'rlhfkit' if args.skip_peer else 'TRL and rlhfkit'}, {'fp32 and bf16' if bf16 else 'fp32'}:",
+              flush=True)
+        peer_dirs, rm = session(out, args.tag, args.iters, precisions, not args.skip_peer)
     results = collect(out, peer_dirs)
     results["ppo_reward_model_sha256"] = W.folder_sha256(rm) if rm else None
     results["machine"] = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),

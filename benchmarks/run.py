@@ -4,7 +4,8 @@
 
 Each benchmark is its own process: reward-model training, SFT (TRL's SFTTrainer on the same work:
 benchmarks/peer_sft.py with the peer's python), DPO, then PPO, GRPO and RLOO (seconds per iteration
-split into generation / scoring / training, tokens per second, peak RSS, reward per iteration).
+split into generation / scoring / training, tokens per second, peak RSS, reward per iteration, and the
+reward each fp32 run gains over its frozen twin: the same seed at a learning rate that moves nothing).
 For each benchmark the peer's run (its own script in ../shared/bench/peer, its venv) and rlhfkit's
 run back to back, fp32 and, where the hardware has native bf16 matmuls, bf16, so that the machine's
 drift over the half-hour session falls on both sides of each ratio.

@@ -24,11 +24,12 @@ import argparse
 import json
 import os
 import random
-import resource
 import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+import workload as W
 
 POLITE = {"please", "thank", "thanks", "sorry", "happy", "glad", "help", "welcome"}
 
@@ -79,10 +80,6 @@ def write_reward_data(out: Path) -> tuple[Path, Path]:
     return paths
 
 
-def peak_rss_mb() -> int:
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-
-
 def one_reward(args: argparse.Namespace) -> dict:
     from rlhfkit.trainers.reward import train
     from rlhfkit.trainers.reward_config import RewardConfig
@@ -100,7 +97,7 @@ def one_reward(args: argparse.Namespace) -> dict:
     return {"stage": "reward", "mode": args.one, "precision": args.precision,
             "pairs_per_s": round(metrics["perf/pairs_per_s"], 2), "train_s": round(metrics["perf/train_s"], 2),
             "start_accuracy": first["train/accuracy"], "eval_accuracy": metrics["eval/accuracy"],
-            "eval_margin": round(metrics["eval/margin"], 3), "peak_rss_mb": peak_rss_mb()}
+            "eval_margin": round(metrics["eval/margin"], 3), "peak_rss_mb": round(W.peak_rss_mb())}
 
 
 def one(args: argparse.Namespace) -> None:
@@ -132,7 +129,7 @@ def one_ppo(args: argparse.Namespace) -> dict:
     timed = [h["time/iteration"] for h in history[1:]]
     return {"stage": "ppo", "mode": args.one, "precision": args.precision,
             "iter_s_median": round(statistics.median(timed), 2), "iter_s_all": [round(t, 2) for t in timed],
-            "peak_rss_mb": peak_rss_mb(),
+            "peak_rss_mb": round(W.peak_rss_mb()),
             "gen_s": round(statistics.median(h["time/generation"] for h in history[1:]), 2),
             # tokens kept (each reply up to its first EOS) per second of the sampling loop
             "gen_tokens_per_s": round(statistics.median(cfg.rollout_batch_size * h["response/length"]
@@ -140,19 +137,16 @@ def one_ppo(args: argparse.Namespace) -> dict:
             "train_s": round(statistics.median(h["time/training"] for h in history[1:]), 2)}
 
 
-PEER_DIR = Path(os.environ.get("PEER_DIR", Path.home() / ".cache" / "rlhfkit-peer"))
-
-
 def run_peer(args: argparse.Namespace, stage: str, mode: str, precision: str) -> None:
     """TRL on the same configuration, in the peer venv (DIR/trl_STAGE_MODE_PRECISION.json); a line saying
     why, and no result file, when it fails."""
     env = {**os.environ, "TRL_EXPERIMENTAL_SILENCE": "1"}
     if stage == "ppo":
-        env["PYTHONPATH"] = str(PEER_DIR / "trl_1_12")  # PPO left TRL after 1.12
+        env["PYTHONPATH"] = str(W.PEER_DIR / "trl_1_12")  # PPO left TRL after 1.12
     log = args.out / f"trl_{stage}_{mode}_{precision}.log"
     (args.out / f"trl_{stage}_{mode}_{precision}.json").unlink(missing_ok=True)  # no stale result if this run fails
     with log.open("w") as f:
-        done = subprocess.run([str(PEER_DIR / "venv" / "bin" / "python"), str(Path(__file__).with_name(
+        done = subprocess.run([str(W.PEER_DIR / "venv" / "bin" / "python"), str(Path(__file__).with_name(
             "peer_real_model.py")), "--out", str(args.out), "--iters", str(args.iters), "--model", str(args.model),
             "--one", mode, "--precision", precision, "--stage", stage], env=env, stdout=f, stderr=subprocess.STDOUT)
     if done.returncode:
@@ -216,8 +210,8 @@ def main() -> None:
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     if unknown := sorted(set(stages) - {"ppo", "reward"}):
         ap.error(f"--stages: unknown stage(s) {', '.join(unknown)}; use ppo, reward")
-    if args.peer and not (PEER_DIR / "venv" / "bin" / "python").is_file():
-        ap.error(f"--peer: no peer venv at {PEER_DIR}/venv; run `make bench` once (it builds it) or set PEER_DIR")
+    if args.peer and not (W.PEER_DIR / "venv" / "bin" / "python").is_file():
+        ap.error(f"--peer: no peer venv at {W.PEER_DIR}/venv; run `make bench` once (it builds it) or set PEER_DIR")
     if args.table:
         write_table(args.out, stages)
         return

@@ -60,6 +60,7 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 # copied from bench_real_model.py (this script must not import rlhfkit or its benchmarks)
+REWARD_LR = {"full": 1e-5, "lora": 1e-4}
 PROMPTS = ["My order has not arrived yet.", "The app crashes when I log in.", "I was charged twice this month.",
            "How do I cancel my plan?", "Where is my refund?", "The parcel came damaged.",
            "Can I change my delivery address?", "How do I reset my password?"]
@@ -116,7 +117,7 @@ def one_reward(args: argparse.Namespace) -> dict:
                        bf16=args.precision == "bf16", fp16=False, gradient_checkpointing=False, report_to="none",
                        save_strategy="no", seed=SEED, data_seed=SEED, dataloader_num_workers=0, disable_tqdm=True,
                        logging_steps=1, per_device_train_batch_size=16, num_train_epochs=1, max_length=128,
-                       learning_rate={"full": 1e-5, "lora": 1e-4}[args.one], lr_scheduler_type="linear",
+                       learning_rate=REWARD_LR[args.one], lr_scheduler_type="linear",
                        weight_decay=0.0)
     trainer = RewardTrainer(model=model, args=cfg, processing_class=tok, train_dataset=Dataset.from_list(train_rows),
                             peft_config=peft_config)

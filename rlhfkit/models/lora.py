@@ -115,7 +115,7 @@ def evaluation_weights(lora: LoRAModel | None, mixed_precision: str) -> Iterator
     margin of 0.60 where its saved weights give 0.93 in bf16). Merged, x (W + s B A) is one product and the
     change survives the rounding of the weights on average. In fp32 (or without LoRA) nothing changes.
     """
-    if lora is None or mixed_precision in (None, "no"):
+    if lora is None or mixed_precision == "no":
         yield
         return
     with lora.merged():

@@ -6,12 +6,12 @@ default dynamic cache and with a static cache, on SmolLM2-135M-Instruct.
 
 All three sample at temperature 1 from the same left-padded chat prompts, with EOS stopping turned off
 (every row writes exactly --new-tokens tokens, so each does the same number of forward steps). rlhfkit:
-`rlhfkit.rollout.sampling.sample` (one forward per token with the model's own KV cache; Gumbel-max with a
-generator per episode; log-probs and entropies kept, as PPO asks of it). HF: `model.generate(do_sample=True,
-min_new_tokens=max_new_tokens)`, with `cache_implementation="static"` for the static cache (eager, no
-torch.compile: compiling takes longer than a whole RL run at this size on a CPU). Figures: generated tokens
-per second (batch x new tokens / wall time), the median of --reps rounds in which the three take turns,
-after one warm-up each. The model
+`rlhfkit.rollout.sampling.sample` (one forward per token with the model's own KV cache; inverse-CDF draws,
+one uniform number per step from a generator per episode; log-probs and entropies kept, as PPO asks of
+it). HF: `model.generate(do_sample=True, min_new_tokens=max_new_tokens)`, with
+`cache_implementation="static"` for the static cache (eager, no torch.compile: compiling takes longer
+than a whole RL run at this size on a CPU). Figures: generated tokens per second (batch x new tokens /
+wall time), the median of --reps rounds in which the three take turns, after one warm-up each. The model
 folder comes from `rlhfkit models prepare smollm2` (done here when missing). bf16 only where it is native.
 """
 

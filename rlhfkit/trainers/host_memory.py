@@ -4,7 +4,7 @@ PyTorch's CPU tensors come from malloc. glibc serves a request above its mmap th
 first, raised to the size of each freed mmapped block up to 32 MiB) with a fresh mapping, returned to
 the kernel on free, and gives the heap's free top back once more than the trim threshold (twice the
 mmap threshold) is free. An RL iteration allocates and frees tensors of many sizes from kilobytes to
-megabytes at every sampling and training step (KV caches that grow by a token, logits, Gumbel noise,
+megabytes at every sampling and training step (KV caches that grow by a token, logits, log-softmax buffers,
 activations), so much of that memory is handed back and its pages are faulted in and zeroed again at
 the next use: about 10,000 page faults per sampling call of the benchmark's 64 x 32 tokens.
 

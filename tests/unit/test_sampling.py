@@ -1,4 +1,4 @@
-"""Sampling pieces that need no model: top-k / top-p filters, Gumbel-max draws, response masks."""
+"""Sampling pieces that need no model: top-k / top-p filters, inverse-CDF draws, response masks."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from rlhfkit.rollout.sampling import (
-    GumbelStream,
     SamplingSettings,
     episode_generators,
+    episode_uniforms,
     filter_logits,
-    gumbel_noise,
+    inverse_cdf_draw,
     response_mask,
 )
 
@@ -37,43 +37,49 @@ def test_top_p_keeps_the_smallest_set_reaching_p() -> None:
     assert torch.isfinite(out[0]).tolist() == [False, True, False, True]
 
 
-def test_gumbel_max_draws_follow_the_softmax() -> None:
+def test_inverse_cdf_draws_follow_the_softmax() -> None:
     # 20,000 draws from softmax([0, 1, 2]); each frequency within 4 binomial standard deviations
     logits = torch.tensor([0.0, 1.0, 2.0])
-    probs = logits.softmax(-1)
-    gens = episode_generators([123])
+    probs = [math.exp(k) / (1 + math.e + math.e**2) for k in range(3)]
     n = 20_000
-    counts = torch.zeros(3)
-    for _ in range(n):
-        counts[(logits + gumbel_noise(gens, 3, torch.device("cpu"))[0]).argmax()] += 1
+    u = episode_uniforms(episode_generators([123]), n, torch.device("cpu"))[0]  # (n,)
+    tokens = inverse_cdf_draw(logits.expand(n, 3), u)
+    counts = torch.bincount(tokens, minlength=3).tolist()
     for k in range(3):
         sd = math.sqrt(n * probs[k] * (1 - probs[k]))
         assert abs(counts[k] - n * probs[k]) < 4 * sd
 
 
-def test_the_same_seed_gives_the_same_noise() -> None:
-    a = gumbel_noise(episode_generators([5, 6]), 10, torch.device("cpu"))
-    b = gumbel_noise(episode_generators([7, 5]), 10, torch.device("cpu"))
-    assert torch.equal(a[0], b[1]) and not torch.equal(a[0], a[1])
+def test_inverse_cdf_draw_picks_the_first_token_past_u() -> None:
+    # p = (0.5, 0.3, 0.2): CDF 0.5, 0.8, 1.0
+    logits = torch.tensor([0.5, 0.3, 0.2]).log().expand(6, 3)
+    u = torch.tensor([0.0, 0.49, 0.51, 0.79, 0.81, 0.999], dtype=torch.float64)
+    assert inverse_cdf_draw(logits, u).tolist() == [0, 0, 1, 1, 2, 2]
 
 
-@pytest.mark.parametrize("vocab,steps,max_steps", [(5, 7, 3), (17, 16, 16), (49, 5, 1)])
-def test_noise_drawn_in_blocks_is_the_noise_drawn_step_by_step(vocab: int, steps: int, max_steps: int) -> None:
-    # Blocks of several steps (and a last, shorter block) must not change any episode's noise:
-    # the generator's stream is the same, only the number of calls differs.
-    cpu = torch.device("cpu")
-    one_by_one = episode_generators([11, 12, 13])
-    expected = [gumbel_noise(one_by_one, vocab, cpu) for _ in range(steps)]
-    stream = GumbelStream(episode_generators([11, 12, 13]), vocab, cpu, steps, max_steps=max_steps)
-    for want in expected:
-        assert torch.equal(stream.next(), want)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])  # float32: the CDF's precision on MPS
+def test_tokens_filtered_out_are_never_drawn(dtype: torch.dtype) -> None:
+    # mass on tokens 1 and 3 only; u = 0 and the largest number below 1 are the two ends
+    top = 1 - torch.finfo(dtype).eps / 2
+    logits = torch.tensor([float("-inf"), 0.0, float("-inf"), 0.0, float("-inf")]).expand(4, 5)
+    u = torch.tensor([0.0, 0.25, 0.75, top], dtype=dtype)
+    assert inverse_cdf_draw(logits, u).tolist() == [1, 1, 3, 3]
+    one = torch.tensor([[float("-inf"), 3.0, float("-inf")]])  # a single token left (top-k = 1)
+    assert inverse_cdf_draw(one, torch.tensor([top], dtype=dtype)).tolist() == [1]
+    # random logits, half of each row filtered out, the largest u: a kept token every time
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(2000, 50, generator=g) * 5
+    z = z.masked_fill(torch.rand(2000, 50, generator=g) < 0.5, float("-inf"))
+    z[:, 7] = 0.0  # at least one kept token per row
+    tokens = inverse_cdf_draw(z, torch.full((2000,), top, dtype=dtype))
+    assert torch.isfinite(z.gather(1, tokens[:, None])).all()
 
 
-def test_noise_blocks_keep_to_the_memory_budget() -> None:
-    stream = GumbelStream(episode_generators([1, 2]), 1000, torch.device("cpu"), 64, budget_bytes=4 * 1000 * 2 * 3)
-    assert stream.per_block == 3
-    stream.next()
-    assert stream.block is not None and tuple(stream.block.shape) == (2, 3, 1000)
+def test_the_same_seed_gives_the_same_uniforms() -> None:
+    a = episode_uniforms(episode_generators([5, 6]), 10, torch.device("cpu"))
+    b = episode_uniforms(episode_generators([7, 5]), 10, torch.device("cpu"))
+    assert a.dtype == torch.float64 and torch.equal(a[0], b[1]) and not torch.equal(a[0], a[1])
+    assert ((a >= 0) & (a < 1)).all()
 
 
 def test_response_mask_stops_after_the_first_eos() -> None:

@@ -96,9 +96,12 @@ def cdf_dtype(device: torch.device) -> torch.dtype:
 
 
 def episode_uniforms(generators: list[torch.Generator], steps: int, device: torch.device) -> torch.Tensor:
-    """(B, steps) U[0, 1) numbers, row b from generator b: the sampling loop's one number per step."""
-    return torch.stack([torch.rand(steps, generator=g, dtype=torch.float64) for g in generators]).to(
-        device, cdf_dtype(device))
+    """(B, steps) U[0, 1) numbers, row b from generator b: the sampling loop's one number per step.
+
+    Drawn in the CDF's own precision: a float64 number just below 1 would round to 1.0 in float32,
+    which no token's cumulative probability exceeds."""
+    dtype = cdf_dtype(device)
+    return torch.stack([torch.rand(steps, generator=g, dtype=dtype) for g in generators]).to(device)
 
 
 def inverse_cdf_draw(logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,9 @@ failure of the machine (disk full, permission denied) and a database
 failure (SQLAlchemy's `DBAPIError`) and prints its message as one line on stderr, never a stack
 trace. SQLAlchemy is not imported here, so that `rlhfkit --help` stays fast: an exception can
 only be a `DBAPIError` once SQLAlchemy has been loaded, so the check looks in `sys.modules`.
+
+A command that ends well under torchrun also leaves its process group (`end_processes`), so that no
+process of a finished run aborts at exit; torch is looked for in `sys.modules` the same way.
 """
 
 from __future__ import annotations
@@ -70,7 +73,12 @@ def one_line_errors(fn: F) -> F:
         from rlhfkit.trainers.signals import Stopped, restore_signals
 
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
+            if "torch.distributed" in sys.modules:  # a command that ran a trainer: leave its process group
+                from rlhfkit.trainers.common import end_processes
+
+                end_processes()
+            return result
         except Stopped as e:  # SIGTERM / Ctrl-C: a checkpoint was saved; say how to resume
             typer.secho(str(e), err=True, fg=typer.colors.YELLOW)
             raise typer.Exit(e.code) from None

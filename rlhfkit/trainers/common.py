@@ -26,8 +26,8 @@ from rlhfkit.trainers.host_memory import keep_freed_memory
 from rlhfkit.trainers.output_dir import check_output_dir
 from rlhfkit.trainers.precision import resolve_precision
 
-__all__ = ["check_output_dir", "leftover_folders", "make_accelerator", "make_optimizer", "make_scheduler",
-           "publish", "save_causal_lm", "save_run_config", "seed_everything", "staged_output"]
+__all__ = ["check_output_dir", "end_processes", "leftover_folders", "make_accelerator", "make_optimizer",
+           "make_scheduler", "publish", "save_causal_lm", "save_run_config", "seed_everything", "staged_output"]
 
 
 def seed_everything(seed: int) -> None:
@@ -57,6 +57,19 @@ def make_accelerator(cfg: Any) -> Accelerator:
     # cpu=True on a machine without CUDA: `torchrun --nproc_per_node N` then gives N gloo processes
     # (accelerate's own launcher starts a single process for --cpu).
     return Accelerator(mixed_precision=mp, cpu=on_cpu)
+
+
+def end_processes() -> None:
+    """End a run of N processes: wait for all of them, then destroy the process group.
+
+    Call it once at the end of a script launched by torchrun or `accelerate launch` (the command line
+    does). Without it, gloo's worker threads can still be alive while the interpreter shuts down and abort
+    a process that finished its work ("terminate called without an active exception", exit -6), which
+    fails the whole launch. It does nothing in a single process.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 def make_optimizer(params: Any, cfg: Any) -> torch.optim.Optimizer:

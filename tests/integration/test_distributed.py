@@ -136,31 +136,31 @@ def test_ppo_with_ragged_eos_and_two_criteria_on_two_processes_matches_one(tmp_p
     assert_same_weights(tmp_path / "one" / "model.safetensors", tmp_path / "two" / "model.safetensors")
 
 
-def test_a_command_that_ends_well_leaves_its_process_group():
+def test_a_command_that_ends_well_leaves_its_process_group(tmp_path):
     """gloo's worker threads can abort a finished process at interpreter exit unless the group is destroyed
     first (torch's own advice: call destroy_process_group at the end); the CI once saw a 2-process PPO run
     print its summary and then die with SIGABRT. Every command wraps in one_line_errors, which ends the group
     after a command that returned; one that raised a user error keeps it (no barrier against a failed peer)."""
-    script = """
-import os, torch.distributed as dist, typer
+    script = f"""
+import torch, torch.distributed as dist, typer
 from rlhfkit.cli_errors import one_line_errors
 from rlhfkit.errors import UserError
-os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ["PORT"], RANK="0", WORLD_SIZE="1")
-dist.init_process_group("gloo")
+
+def bad_input():
+    raise UserError("bad input")
+
+def all_reduce():
+    dist.all_reduce(torch.ones(2))
+
+dist.init_process_group("gloo", init_method="file://{tmp_path / 'store'}", rank=0, world_size=1)
 try:
-    one_line_errors(lambda: (_ for _ in ()).throw(UserError("bad input")))()
+    one_line_errors(bad_input)()
 except typer.Exit:
     pass
 print("after error", dist.is_initialized())
-one_line_errors(lambda: dist.all_reduce(__import__("torch").ones(2)))()
+one_line_errors(all_reduce)()
 print("after success", dist.is_initialized())
 """
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    done = subprocess.run([sys.executable, "-c", script], env={**os.environ, "PORT": str(port)}, capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split("\n")[:2] == ["after error True", "after success False"]
+    assert done.stdout.splitlines() == ["after error True", "after success False"]

@@ -13,8 +13,9 @@ old log-probs with one more forward, as TRL's GRPO/RLOO do; `--lr-schedule linea
 rate to 0 over the run, TRL's default schedule; `--policy-loss clipped_sequence --loss-reduction sequence_sum`
 clips one ratio per reply and averages over replies, as TRL's RLOO does.
 
-Usage: python benchmarks/bench_rl.py --algo ppo|grpo|rloo --out DIR [--iters N] [--mixed-precision bf16]
-       [--old-logprobs forward|sampling] [--critic shared|separate] [--lr-schedule constant|linear]
+Usage: python benchmarks/bench_rl.py --algo ppo|grpo|rloo --out DIR [--iters N]
+       [--mixed-precision bf16 [--bf16-weights]] [--old-logprobs forward|sampling] [--critic shared|separate]
+       [--lr-schedule constant|linear]
        [--learning-rate LR] [--seed S] [--name NAME] [--policy-loss clipped|clipped_sequence]
        [--loss-reduction token|sequence|sequence_sum]
 """
@@ -33,6 +34,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--iters", type=int, default=8)
     ap.add_argument("--mixed-precision", default="no", choices=("no", "bf16"))
+    ap.add_argument("--bf16-weights", action="store_true", help="with bf16: bf16 weights, fp32 copies for AdamW")
     ap.add_argument("--old-logprobs", default="sampling", choices=("forward", "sampling"),
                     help="sampling (as TRL's PPO: no extra forward) or forward (first ratio exactly 1)")
     ap.add_argument("--reward-model", type=Path, default=None,
@@ -60,7 +62,7 @@ def main() -> None:
         max_new_tokens=args.response_length, temperature=1.0, stop_at_eos=False, kl_coef=W.KL_COEF,
         update_epochs=W.EPOCHS, num_minibatches=W.MINIBATCHES, learning_rate=args.learning_rate, seed=args.seed,
         threads=W.THREADS, sample_every=0, mixed_precision=args.mixed_precision, lr_schedule=args.lr_schedule,
-        old_logprobs=args.old_logprobs,
+        old_logprobs=args.old_logprobs, bf16_weights=args.bf16_weights,
     )
     if args.algo == "ppo":
         from rlhfkit.trainers.ppo import train
@@ -79,7 +81,8 @@ def main() -> None:
     it = W.median(key("time/iteration"))
     name = args.name or args.algo + ("_bf16" if args.mixed_precision == "bf16" else "")
     W.save_result(args.out, name, {
-        "algo": args.algo, "mixed_precision": args.mixed_precision, "old_logprobs": args.old_logprobs,
+        "algo": args.algo, "mixed_precision": args.mixed_precision, "bf16_weights": args.bf16_weights,
+        "old_logprobs": args.old_logprobs,
         "critic": args.critic if args.algo == "ppo" else None, "lr_schedule": args.lr_schedule,
         "policy_loss": None if args.algo == "ppo" else args.policy_loss,
         "loss_reduction": None if args.algo == "ppo" else args.loss_reduction,

@@ -153,6 +153,12 @@ def peer_bench(name: str, mp: str, tag: str) -> None:
         folder / f"{name}.log", env=env, cwd=W.PEER_HARNESS, label=f"peer_{name}{suffix(mp)}")
 
 
+def bf16_weights(mp: str) -> list[str]:
+    """rlhfkit's bf16 reward-model and RL runs also store the weights in bf16, with fp32 copies for AdamW
+    (--bf16-weights, rlhfkit/trainers/master_weights.py); its fp32 runs are plain fp32."""
+    return ["--bf16-weights"] if mp == "bf16" else []
+
+
 def session(out: Path, tag: str, iters: int, precisions: list[str], with_peer: bool
             ) -> tuple[dict[str, Path], Path | None]:
     """Every benchmark in turn, the peer's run and rlhfkit's back to back at each precision (fp32, then bf16),
@@ -169,8 +175,8 @@ def session(out: Path, tag: str, iters: int, precisions: list[str], with_peer: b
                 rm = snapshot_reward_model(out)
             elif rm:
                 restore_reward_model(rm)
-        run([sys.executable, str(HERE / "bench_reward.py"), "--out", str(out), "--mixed-precision", mp],
-            out / f"reward{suffix(mp)}.log")
+        run([sys.executable, str(HERE / "bench_reward.py"), "--out", str(out), "--mixed-precision", mp,
+             *bf16_weights(mp)], out / f"reward{suffix(mp)}.log")
     for mp in precisions:
         sft(out, mp, with_peer)
     for mp in precisions:
@@ -184,7 +190,7 @@ def session(out: Path, tag: str, iters: int, precisions: list[str], with_peer: b
                 peer_bench(algo, mp, tag)
             extra = ["--reward-model", str(rm)] if rm and algo == "ppo" else []
             cmd = [sys.executable, str(HERE / "bench_rl.py"), "--algo", algo, "--out", str(out), "--iters", str(iters),
-                   "--mixed-precision", mp, *extra]
+                   "--mixed-precision", mp, *bf16_weights(mp), *extra]
             run(cmd, out / f"{algo}{suffix(mp)}.log")
             if mp == "no":
                 run([*cmd, *LIKE_FOR_LIKE[algo], "--name", f"{algo}_like"], out / f"{algo}_like.log")

@@ -33,6 +33,7 @@ from rlhfkit.config import to_dict
 from rlhfkit.errors import ConfigError, TrainingError
 from rlhfkit.tracking.console import console
 from rlhfkit.trainers.common import check_finite, disk_full, fsync_path, save_causal_lm
+from rlhfkit.trainers.master_weights import fp32_weights
 
 CHECKPOINT = "checkpoint"
 WEIGHTS, STATE, MANIFEST, CONFIG = "model.safetensors", "trainer_state.pt", "checkpoint.json", "config.json"
@@ -285,6 +286,7 @@ class RLRun(Protocol):
     start_iteration: int
     extra_state: dict[str, Any] | None
     lora: Any
+    master: Any  # MasterWeights with --bf16-weights: checkpoints hold its fp32 copies
     cfg: Any
 
     @property
@@ -308,8 +310,9 @@ def save_rl_checkpoint(run: RLRun, iteration: int, extra: dict[str, Any] | None 
         "evaluation": run.evaluation.state_dict() if run.evaluation is not None else {},
         "extra": extra or {},
     }
-    save_checkpoint(run.out_dir, run.unwrapped.state_dict(), state, done=iteration + 1,
-                    keep=run.cfg.keep_checkpoints, config=run.cfg)
+    with fp32_weights(run.master):
+        save_checkpoint(run.out_dir, run.unwrapped.state_dict(), state, done=iteration + 1,
+                        keep=run.cfg.keep_checkpoints, config=run.cfg)
 
 
 def resume_rl(run: RLRun, stage: str = "") -> None:
@@ -326,7 +329,8 @@ def resume_rl(run: RLRun, stage: str = "") -> None:
     if run.main:
         console.print(resume_line(stage or getattr(run.cfg, "STAGE", "run"), path, done, run.cfg.iterations,
                                   "iterations", changed))
-    run.unwrapped.load_state_dict(weights)
+    with fp32_weights(run.master):  # into the fp32 copies, exactly
+        run.unwrapped.load_state_dict(weights)
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
     run.kl_ctl.load_state_dict(state["kl_ctl"])
@@ -370,4 +374,5 @@ def save_final_policy(run: RLRun) -> None:
         elif actor.critic is not None:
             actor.critic.save_pretrained(tmp / "critic", safe_serialization=True)
 
-    save_causal_lm(run.out_dir, actor.policy, run.tokenizer, run.lora, merged=run.cfg.save_merged, extra=heads)
+    with fp32_weights(run.master):
+        save_causal_lm(run.out_dir, actor.policy, run.tokenizer, run.lora, merged=run.cfg.save_merged, extra=heads)

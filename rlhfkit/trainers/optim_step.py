@@ -23,6 +23,8 @@ from typing import Any, TypeVar
 import torch
 from accelerate import Accelerator
 
+from rlhfkit.trainers.master_weights import MasterWeights
+
 T = TypeVar("T")
 
 
@@ -41,12 +43,14 @@ def optimizer_step(
     parts: Sequence[T],
     loss_of: Callable[[T], torch.Tensor],
     max_grad_norm: float,
+    master: MasterWeights | None = None,
 ) -> torch.Tensor | None:
     """Backward through `loss_of(part)` for every part, then clip, step and zero the gradients.
 
     Each `loss_of(part)` must already be divided by the global minibatch's count, so that the sum
     over parts and processes is the minibatch loss. Returns the gradient norm before clipping
-    (a 0-dim tensor) when clipping is on, else None.
+    (a 0-dim tensor) when clipping is on, else None. With `master` (bf16 weights), the gradients are
+    summed, clipped and stepped on its fp32 copies, which are then cast into the model.
     """
     world = accelerator.num_processes
     for i, part in enumerate(parts):
@@ -55,10 +59,15 @@ def optimizer_step(
         with sync:
             loss = loss_of(part)
             accelerator.backward(loss * world if world > 1 else loss)
+        if master is not None:
+            master.accumulate_grads()
     grad_norm = None
     if max_grad_norm > 0:
-        grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+        params = model.parameters() if master is None else master.parameters()
+        grad_norm = accelerator.clip_grad_norm_(params, max_grad_norm)
     optimizer.step()
+    if master is not None:
+        master.master_to_model()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return grad_norm

@@ -76,6 +76,7 @@ from rlhfkit.trainers.common import (
     save_run_config,
     seed_everything,
 )
+from rlhfkit.trainers.master_weights import MasterWeights, check_bf16_weights
 from rlhfkit.trainers.optim_step import StepStats, micro_batches, optimizer_step
 from rlhfkit.trainers.reward_config import RewardConfig
 from rlhfkit.trainers.signals import catch_stop_signals, restore_signals
@@ -590,6 +591,7 @@ def train(cfg: RewardConfig) -> dict[str, float]:
     resume_path = find_resume(cfg)
     check_output_dir(out_dir, cfg.overwrite)
     accelerator = make_accelerator(cfg)
+    check_bf16_weights(cfg, accelerator.mixed_precision, accelerator.num_processes)
     main = accelerator.is_main_process
     seed_everything(cfg.seed)
 
@@ -651,7 +653,8 @@ def train(cfg: RewardConfig) -> dict[str, float]:
         batches = LengthGroupedBatches(lengths, cfg.batch_size, cfg.seed)
     else:
         batches = ShuffledBatches(len(train_data), cfg.batch_size, cfg.seed)
-    optimizer = make_optimizer(scorer.parameters(), cfg)
+    master = MasterWeights(scorer) if cfg.bf16_weights else None  # bf16 weights, fp32 copies for AdamW
+    optimizer = make_optimizer(scorer.parameters() if master is None else master.parameters(), cfg)
     total_steps = cfg.epochs * len(batches)
     scheduler = make_scheduler(optimizer, cfg, total_steps)
     scorer, optimizer = accelerator.prepare(scorer, optimizer)  # not the scheduler: see make_scheduler
@@ -684,7 +687,7 @@ def train(cfg: RewardConfig) -> dict[str, float]:
     step, pairs_seen, t_eval, t_before = 0, 0, 0.0, 0.0
     if resume_path is not None:
         state = load_step_checkpoint(resume_path, cfg, "reward", accelerator.unwrap_model(scorer).model, optimizer,
-                                     scheduler, total_steps, main)
+                                     scheduler, total_steps, main, master)
         step, pairs_seen, t_before = int(state["step"]), int(state["pairs_seen"]), float(state["elapsed"])
     catch_stop_signals()  # SIGTERM / Ctrl-C: checkpoint after the step, then stop
 
@@ -694,7 +697,7 @@ def train(cfg: RewardConfig) -> dict[str, float]:
             return t_before + time.perf_counter() - t_start - t_eval
 
         checkpoints = StepCheckpoints(tmp, cfg, accelerator, lambda: accelerator.unwrap_model(scorer).model,
-                                      optimizer, scheduler, total_steps)
+                                      optimizer, scheduler, total_steps, master)
 
         t_start = time.perf_counter()  # pairs/s counts the whole loop (data included), not the evaluations
         with progress_bar(total_steps, "reward model", keys=("loss", "acc", "eval_acc"), enabled=main) as bar:
@@ -713,7 +716,7 @@ def train(cfg: RewardConfig) -> dict[str, float]:
                 stats = StepStats()
                 optimizer_step(accelerator, scorer, optimizer, scheduler, parts,
                                partial(micro_loss, weight_sum=weight_sum, pairs=pairs, stats=stats),
-                               cfg.max_grad_norm)
+                               cfg.max_grad_norm, master)
                 stats.end_step()
                 step += 1
                 pairs_seen += pairs
@@ -733,6 +736,8 @@ def train(cfg: RewardConfig) -> dict[str, float]:
                 # 5. Checkpoints on schedule, and when SIGTERM / Ctrl-C asked the run to stop.
                 checkpoints.after_step({"step": step, "pairs_seen": pairs_seen, "elapsed": elapsed()}, logger)
         train_s = elapsed()
+        if master is not None:  # the final evaluation, normalisation and save: the fp32 weights that are saved
+            master.restore_fp32()
         metrics = held_out()
         metrics.update({"perf/pairs_per_s": pairs_seen / max(train_s, 1e-9), "perf/train_s": train_s,
                         "perf/processes": accelerator.num_processes,

@@ -7,11 +7,17 @@ from typing import ClassVar
 
 from rlhfkit.config import Settings, require, setting
 from rlhfkit.defaults import EMBEDDED_MODEL
-from rlhfkit.trainers.settings import LoRASettings, OptimSettings, RunSettings, StepCheckpointSettings
+from rlhfkit.trainers.settings import (
+    LoRASettings,
+    MasterWeightSettings,
+    OptimSettings,
+    RunSettings,
+    StepCheckpointSettings,
+)
 
 
 @dataclass
-class RewardConfig(RunSettings, OptimSettings, LoRASettings, StepCheckpointSettings, Settings):
+class RewardConfig(RunSettings, OptimSettings, MasterWeightSettings, LoRASettings, StepCheckpointSettings, Settings):
     """Train a reward model on comparisons with the loss -log sigmoid(r_chosen - r_rejected), or on whole
     ranked lists with the Plackett-Luce loss (--ranking-loss listwise)."""
 

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 from rlhfkit.config import Settings, require, setting
 from rlhfkit.defaults import EMBEDDED_MODEL
 from rlhfkit.errors import ConfigError
-from rlhfkit.trainers.settings import LoRASettings, OptimSettings, RunSettings
+from rlhfkit.trainers.settings import LoRASettings, MasterWeightSettings, OptimSettings, RunSettings
 
 
 def parse_pairs(setting: str, items: list[str], value: type = str) -> dict[str, Any]:
@@ -176,7 +176,7 @@ class RolloutSettings:
 
 
 @dataclass
-class PPOConfig(RolloutSettings, RunSettings, OptimSettings, LoRASettings, Settings):
+class PPOConfig(RolloutSettings, RunSettings, OptimSettings, MasterWeightSettings, LoRASettings, Settings):
     """PPO with a per-token KL penalty to the reference: loss = -(L_CLIP - c1 L_VF + c2 H)."""
 
     STAGE: ClassVar[str] = "ppo"
@@ -200,7 +200,7 @@ class PPOConfig(RolloutSettings, RunSettings, OptimSettings, LoRASettings, Setti
 
 
 @dataclass
-class ReinforceConfig(RolloutSettings, RunSettings, OptimSettings, LoRASettings, Settings):
+class ReinforceConfig(RolloutSettings, RunSettings, OptimSettings, MasterWeightSettings, LoRASettings, Settings):
     """Policy gradient: grad J = E[sum_t grad log pi(a_t|s_t) (R - b)], with the baseline b by setting."""
 
     STAGE: ClassVar[str] = "reinforce"

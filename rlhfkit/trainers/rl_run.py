@@ -55,6 +55,7 @@ from rlhfkit.trainers.common import (
     save_run_config,
     seed_everything,
 )
+from rlhfkit.trainers.master_weights import MasterWeights, check_bf16_weights
 from rlhfkit.trainers.optim_step import StepStats, micro_batches, optimizer_step
 from rlhfkit.trainers.rl_config import parse_pairs
 from rlhfkit.trainers.rl_evaluation import HeldOutEvaluation
@@ -85,6 +86,7 @@ class RLRun:
     gold_fn: RewardFn | None = None
     gold_fns: dict[str, RewardFn] = dataclasses.field(default_factory=dict)  # per criterion (--gold-fns)
     lora: LoRAModel | None = None  # the policy's adapters, with LoRA
+    master: MasterWeights | None = None  # the fp32 copies AdamW updates, with --bf16-weights
     monitor: Monitor | None = None  # reward-hacking alarms (tracking/monitor.py)
     stopped: bool = False  # set by an alarm with --on-alarm stop: the loop ends after this iteration
     start_evaluation_pending: bool = False  # the start policy's evaluation waits for the first rollout
@@ -168,6 +170,7 @@ def build_rl(cfg: Any, with_critic: bool, separate_critic: bool = False, steps_p
     resuming = resume_from(out_dir, cfg.resume, cfg.overwrite) is not None  # one line when it cannot
     catch_stop_signals()  # SIGTERM / Ctrl-C: checkpoint at the end of the iteration, then stop (end_iteration)
     accelerator = make_accelerator(cfg)
+    check_bf16_weights(cfg, accelerator.mixed_precision, accelerator.num_processes)
     seed_everything(cfg.seed)
     for note in filter(None, notes if accelerator.is_main_process else []):
         console.print(f"[yellow]{note}")
@@ -201,6 +204,8 @@ def build_rl(cfg: Any, with_critic: bool, separate_critic: bool = False, steps_p
         # The reference: one frozen copy of the start policy, never updated.
         reference = copy.deepcopy(policy).to(device).eval().requires_grad_(False)
         reference_off = contextlib.nullcontext
+        if cfg.bf16_weights:  # the same bf16 weights as the policy's: KL 0 before the first update
+            reference.to(torch.bfloat16)
 
     def reference_logp(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode(), reference_off():
@@ -217,7 +222,8 @@ def build_rl(cfg: Any, with_critic: bool, separate_critic: bool = False, steps_p
                               "policy's token ids, so they must share a tokenizer; use --critic shared")
         critic = build_reward_model(cfg.reward_model, critic_tokenizer, init_head=False)
     actor = ActorCritic(policy, critic, value_head=with_critic and critic is None)
-    optimizer = make_optimizer(actor.parameters(), cfg)
+    master = MasterWeights(actor) if cfg.bf16_weights else None  # bf16 weights, fp32 copies for AdamW
+    optimizer = make_optimizer(actor.parameters() if master is None else master.parameters(), cfg)
     scheduler = make_scheduler(optimizer, cfg, cfg.iterations * steps_per_iteration)
     actor, optimizer = accelerator.prepare(actor, optimizer)  # not the scheduler: see make_scheduler
 
@@ -232,7 +238,7 @@ def build_rl(cfg: Any, with_critic: bool, separate_critic: bool = False, steps_p
     judges.update(gold_fns or {})
     run = RLRun(cfg, accelerator, tokenizer, actor, worker, prompts, optimizer, scheduler, kl_ctl, out_dir,
                 logger=None, evaluation=evaluation, gold_fn=gold_fn, gold_fns=judges,
-                lora=lora)  # type: ignore[arg-type]
+                lora=lora, master=master)  # type: ignore[arg-type]
     if resuming:
         resume_rl(run)
         scorer.load_state_dict((run.extra_state or {}).get(SCORER_STATE))
@@ -283,7 +289,8 @@ def policy_updates(run: RLRun, rollout: Any, plan: IterationPlan, micro_loss: Mi
             loss_of = partial(micro_loss, run, rollout, denominator=denominator, tokens=global_mask.sum().clamp(min=1),
                               stats=stats, first_step=stats.steps == 0)
             grad_norm = optimizer_step(acc, run.actor, run.optimizer, run.scheduler,
-                                       micro_batches(rows, cfg.micro_batch_size), loss_of, cfg.max_grad_norm)
+                                       micro_batches(rows, cfg.micro_batch_size), loss_of, cfg.max_grad_norm,
+                                       run.master)
             record_grad_norm(stats, grad_norm, acc.num_processes)
             step = stats.end_step()
             if stop is not None and stop(step):

@@ -33,6 +33,7 @@ from rlhfkit.trainers.checkpoint import (
     save_checkpoint,
 )
 from rlhfkit.trainers.common import move_into_place, staged_output
+from rlhfkit.trainers.master_weights import MasterWeights, fp32_weights
 from rlhfkit.trainers.signals import stop_requested, stopped
 
 
@@ -64,7 +65,7 @@ def find_resume(cfg: Any) -> Path | None:
 
 
 def load_step_checkpoint(path: Path, cfg: Any, stage: str, model: torch.nn.Module, optimizer: Any, scheduler: Any,
-                         total_steps: int, main: bool) -> dict[str, Any]:
+                         total_steps: int, main: bool, master: MasterWeights | None = None) -> dict[str, Any]:
     """Load a step checkpoint into the model, optimizer and schedule (and the RNG states); returns the trainer
     state (`step` and the loop's own counters). Settings that cannot change are refused first, in one line."""
     changed = check_resume_settings(path, cfg)
@@ -72,7 +73,8 @@ def load_step_checkpoint(path: Path, cfg: Any, stage: str, model: torch.nn.Modul
     if state["step"] > total_steps:
         raise ConfigError(f"setting 'epochs': {path} has {state['step']} steps done, more than the {total_steps} "
                           f"of --epochs {cfg.epochs}; raise --epochs")
-    model.load_state_dict(weights)
+    with fp32_weights(master):  # with --bf16-weights, into the fp32 copies, exactly
+        model.load_state_dict(weights)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     if main:
@@ -133,8 +135,8 @@ class StepCheckpoints:
     the optimizer and the schedule are added here."""
 
     def __init__(self, folder: Path, cfg: Any, accelerator: Any, model: Callable[[], torch.nn.Module],
-                 optimizer: Any, scheduler: Any, total_steps: int) -> None:
-        self.folder, self.cfg, self.accelerator = folder, cfg, accelerator
+                 optimizer: Any, scheduler: Any, total_steps: int, master: MasterWeights | None = None) -> None:
+        self.folder, self.cfg, self.accelerator, self.master = folder, cfg, accelerator, master
         self.model, self.optimizer, self.scheduler, self.total_steps = model, optimizer, scheduler, total_steps
 
     def save(self, state: dict[str, Any]) -> Path:
@@ -143,8 +145,9 @@ class StepCheckpoints:
         full = {**state, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
-            save_checkpoint(self.folder, self.model().state_dict(), full, done=step, keep=self.cfg.keep_checkpoints,
-                            config=self.cfg)
+            with fp32_weights(self.master):  # with --bf16-weights, the fp32 copies
+                save_checkpoint(self.folder, self.model().state_dict(), full, done=step,
+                                keep=self.cfg.keep_checkpoints, config=self.cfg)
         return self.folder / f"checkpoint-{step}"
 
     def after_step(self, now: dict[str, Any], logger: Any) -> None:

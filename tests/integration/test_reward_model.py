@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from rlhfkit.data.tokenize import encode_prompt, encode_response, pad_left, pad_right
@@ -96,15 +97,23 @@ def test_normalisation_centres_the_training_responses(trained, rule_pairs_file: 
     assert metrics["normalize/bias"] == pytest.approx(-metrics["normalize/raw_mean"])
 
 
+@pytest.mark.parametrize("bf16_weights", [False, True], ids=["autocast", "bf16-weights"])
 def test_bf16_run_learns_and_its_saved_model_is_centred_in_fp32(tiny_model_dir, rule_pairs_file: Path,
-                                                                  rule_eval_file: Path, tmp_path: Path) -> None:
+                                                                  rule_eval_file: Path, tmp_path: Path,
+                                                                  bf16_weights: bool) -> None:
     # bf16 autocast trains; the saved model is fp32, so its normalisation must be fitted to fp32 scores.
+    # With --bf16-weights the saved model is the fp32 copies AdamW updated, not the bf16 weights.
     out = tmp_path / "rm_bf16"
     metrics = train(RewardConfig(model=str(tiny_model_dir), train_data=str(rule_pairs_file),
                                  eval_data=str(rule_eval_file), output_dir=str(out), learning_rate=2e-3, batch_size=16,
-                                 max_length=96, normalize="mean", seed=0, mixed_precision="bf16"))
+                                 max_length=96, normalize="mean", seed=0, mixed_precision="bf16",
+                                 bf16_weights=bf16_weights))
     assert metrics["eval/accuracy"] >= 0.95
     assert abs(_training_scores(out, rule_pairs_file).double().mean().item()) < 1e-4
+    weights = load_file(out / "model.safetensors")
+    assert all(w.dtype == torch.float32 for w in weights.values())
+    off_bf16 = sum(int((w != w.bfloat16().float()).sum()) for w in weights.values())
+    assert off_bf16 > 0.5 * sum(w.numel() for w in weights.values())  # fp32 values, not bf16 ones widened
 
 
 def test_score_command_scores_rows(trained, tmp_path: Path) -> None:

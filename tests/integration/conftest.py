@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import pytest
-from toy_data import corpus, known_rule_pairs, write_jsonl
+from toy_data import NEUTRAL, PROMPTS, corpus, known_rule_pairs, write_jsonl
 
 
 @pytest.fixture(scope="session")
@@ -32,3 +33,11 @@ def smollm2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from rlhfkit.models.prepare import prepare_smollm2
 
     return prepare_smollm2(tmp_path_factory.mktemp("smollm2") / "smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def toy_prompts_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """64 prompts of the toy task (a prompt and a neutral clause each) for the RL tests."""
+    rng = random.Random(0)
+    rows = [{"prompt": f"{rng.choice(PROMPTS)} {rng.choice(NEUTRAL)}"} for _ in range(64)]
+    return write_jsonl(tmp_path_factory.mktemp("prompts") / "prompts.jsonl", rows)

@@ -6,14 +6,11 @@ uninterrupted twin (resume) and its reference (KL 0 before the first update).
 
 from __future__ import annotations
 
-import json
-import random
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from toy_data import NEUTRAL, PROMPTS
 from toy_rewards import count_a
 from typer.testing import CliRunner
 
@@ -148,12 +145,8 @@ def test_settings_it_cannot_work_with_are_one_line_errors(tmp_path: Path) -> Non
 
 
 @pytest.fixture(scope="module")
-def prompts_file(tmp_path_factory) -> Path:
-    rng = random.Random(0)
-    rows = [{"prompt": f"{rng.choice(PROMPTS)} {rng.choice(NEUTRAL)}"} for _ in range(32)]
-    path = tmp_path_factory.mktemp("prompts") / "prompts.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+def prompts_file(toy_prompts_file: Path) -> Path:
+    return toy_prompts_file
 
 
 def _grpo(tiny_model_dir: Path, prompts_file: Path, out: Path, iterations: int, **kw) -> ReinforceConfig:

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 import math
-import random
 from pathlib import Path
 
 import pytest
-from toy_data import NEUTRAL, PROMPTS
 from toy_rewards import count_a
 
 from rlhfkit.trainers.ppo import train as train_ppo
@@ -17,12 +15,8 @@ from rlhfkit.trainers.rl_config import PPOConfig, ReinforceConfig
 
 
 @pytest.fixture(scope="module")
-def prompts_file(tmp_path_factory) -> Path:
-    rng = random.Random(0)
-    rows = [{"prompt": f"{rng.choice(PROMPTS)} {rng.choice(NEUTRAL)}"} for _ in range(64)]
-    path = tmp_path_factory.mktemp("prompts") / "prompts.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+def prompts_file(toy_prompts_file: Path) -> Path:
+    return toy_prompts_file
 
 
 def common(tiny_model_dir: Path, prompts_file: Path, out: Path, **kw) -> dict:

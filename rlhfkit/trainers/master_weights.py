@@ -33,7 +33,7 @@ from rlhfkit.errors import ConfigError
 
 def check_bf16_weights(cfg: Any, mixed_precision: str, processes: int) -> None:
     """One-line ConfigError when `--bf16-weights` is asked for where it cannot work."""
-    if not getattr(cfg, "bf16_weights", False):
+    if not cfg.bf16_weights:
         return
     if mixed_precision != "bf16":
         raise ConfigError(f"setting 'bf16_weights': needs bf16 mixed precision, and this run's mixed_precision "
@@ -42,7 +42,7 @@ def check_bf16_weights(cfg: Any, mixed_precision: str, processes: int) -> None:
     if cfg.dtype != "float32":
         raise ConfigError(f"setting 'bf16_weights': keeps fp32 master copies of float32 weights; --dtype "
                           f"{cfg.dtype} loads the weights in another dtype: use --dtype float32 or drop --bf16-weights")
-    if getattr(cfg, "lora_r", 0):
+    if cfg.lora_r:
         raise ConfigError("setting 'bf16_weights': full fine-tuning only (LoRA merges into a frozen fp32 base); "
                           "drop --bf16-weights or --lora-r")
     if processes > 1:
@@ -61,9 +61,7 @@ class MasterWeights:
     def __init__(self, module: torch.nn.Module) -> None:
         self.params = [p for p in module.parameters() if p.requires_grad and p.dtype == torch.float32]
         self.masters = [p.detach().clone().requires_grad_(True) for p in self.params]
-        with torch.no_grad():
-            for p in self.params:
-                p.data = p.data.to(torch.bfloat16)
+        self._store_bf16()
 
     def parameters(self) -> list[torch.Tensor]:
         """The fp32 master copies: what the optimizer updates and the gradients are clipped on."""
@@ -83,6 +81,12 @@ class MasterWeights:
         torch._foreach_copy_([p.data for p in self.params], self.masters)
 
     @torch.no_grad()
+    def _store_bf16(self) -> None:
+        """The module's parameters become bf16 casts of the fp32 copies (new storage)."""
+        for p, w in zip(self.params, self.masters, strict=True):
+            p.data = w.detach().to(torch.bfloat16)
+
+    @torch.no_grad()
     def restore_fp32(self) -> None:
         """End bf16 storage: the module's parameters become the fp32 copies for good (after training, so
         that the final evaluation, normalisation and save read exactly the weights that are saved)."""
@@ -93,15 +97,11 @@ class MasterWeights:
     def fp32_weights(self) -> Iterator[None]:
         """While open, the module's parameters ARE the fp32 copies (same storage): what a checkpoint saves
         and what loading one writes to. On exit they are bf16 again, cast from the copies."""
-        with torch.no_grad():
-            for p, w in zip(self.params, self.masters, strict=True):
-                p.data = w.detach()
+        self.restore_fp32()
         try:
             yield
         finally:
-            with torch.no_grad():
-                for p, w in zip(self.params, self.masters, strict=True):
-                    p.data = w.detach().to(torch.bfloat16)
+            self._store_bf16()
 
 
 def fp32_weights(master: MasterWeights | None) -> Any:

@@ -129,7 +129,8 @@ def test_fp32_weights_is_what_a_checkpoint_saves_and_loads() -> None:
         assert p.dtype == torch.bfloat16 and torch.equal(p, (v + 0.25).bfloat16())
 
 
-def test_settings_it_cannot_work_with_are_one_line_errors(tmp_path: Path) -> None:
+def test_settings_it_cannot_work_with_are_one_line_errors(tiny_model_dir: Path, rule_pairs_file: Path,
+                                                           tmp_path: Path) -> None:
     base = dict(policy="x", prompts="p.jsonl", bf16_weights=True)
     with pytest.raises(ConfigError, match="needs bf16 mixed precision.*--mixed-precision bf16"):
         check_bf16_weights(ReinforceConfig(**base, mixed_precision="no"), "no", 1)
@@ -139,9 +140,13 @@ def test_settings_it_cannot_work_with_are_one_line_errors(tmp_path: Path) -> Non
         check_bf16_weights(ReinforceConfig(**base, mixed_precision="bf16", dtype="bfloat16"), "bf16", 1)
     with pytest.raises(ConfigError, match="one process only"):
         check_bf16_weights(ReinforceConfig(**base, mixed_precision="bf16"), "bf16", 2)
-    result = CliRunner().invoke(app, ["reward", "--train-data", str(tmp_path / "none.jsonl"), "--bf16-weights",
-                                      "--mixed-precision", "no", "--output-dir", str(tmp_path / "out")])
-    assert result.exit_code != 0 and "Traceback" not in result.output
+    result = CliRunner().invoke(app, ["reward", "--model", str(tiny_model_dir), "--train-data", str(rule_pairs_file),
+                                      "--bf16-weights", "--mixed-precision", "no", "--output-dir",
+                                      str(tmp_path / "out")])
+    said = " ".join(result.output.split())  # the console wraps long lines
+    assert result.exit_code != 0 and "Traceback" not in result.output, result.output
+    assert "setting 'bf16_weights': needs bf16 mixed precision" in said, result.output
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.fixture(scope="module")

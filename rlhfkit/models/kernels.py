@@ -12,10 +12,14 @@ near 190 tokens and flash is ahead beyond, with memory linear in the length wher
 keeps the (T, T) weights. So a training forward under bf16 on a CPU takes the math kernel for rows of
 at most `MATH_ATTENTION_MAX_TOKENS`; everything else keeps the default choice.
 
-Decoding (one query token against the KV cache) is worse still: both of PyTorch's CPU kernels take
-400-900 us in bf16 for 64 rows x 4 heads x 17-48 cached tokens, against 150-290 us for casting
-q, k and v to fp32 and running the fp32 flash kernel. `fp32_decode_attention` does that cast while
-a sampling loop runs (the same function, in more precision).
+Decoding (one query token against the KV cache) depends on the CPU. PyTorch's bf16 CPU attention
+runs its products on AMX tiles (oneDNN's brgemm) where the CPU has them, and without AMX it is slow:
+on an AMD EPYC with avx512_bf16 but no AMX, both kernels took 400-900 us in bf16 for 64 rows x 4
+heads x 17-48 cached tokens, against 150-290 us for casting q, k and v to fp32 and running the fp32
+kernel. On an Intel Xeon with AMX it is the other way round: 150-290 us in bf16 against 420-2000 us
+for the fp32 copies, and a bf16 GRPO iteration of the benchmark samples in 0.21-0.22 s against
+0.23-0.24 s. So `fp32_decode_attention` does that cast while a sampling loop runs (the same
+function, in more precision) on CPUs without AMX only (`decode_attention_in_fp32`).
 
 Frozen weights: autocast keeps the bf16 copy of a weight for the rest of its region only when the
 weight requires grad, so a frozen one (LoRA's base, all of it) is cast again at every decode step:
@@ -74,13 +78,22 @@ def _sdpa_decoding_in_fp32(module: torch.nn.Module, query: torch.Tensor, key: to
     return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
 
 
+def decode_attention_in_fp32() -> bool:
+    """True where bf16 decode attention should run on fp32 copies: a CPU without AMX tiles (module docstring)."""
+    has_amx = getattr(torch.cpu, "_is_amx_tile_supported", None)  # torch >= 2.3
+    return not (has_amx is not None and has_amx())
+
+
 @contextmanager
-def fp32_decode_attention() -> Iterator[None]:
+def fp32_decode_attention(enabled: bool | None = None) -> Iterator[None]:
     """While it is open, models with SDPA attention (through transformers' shared attention table) decode
-    bf16 on a CPU in fp32 attention (the module docstring says why); on exit the table is as it was."""
+    bf16 on a CPU in fp32 attention (the module docstring says why); on exit the table is as it was.
+    `enabled=None` asks `decode_attention_in_fp32()`; False leaves the table alone."""
+    if enabled is None:
+        enabled = decode_attention_in_fp32()
     had_local = "sdpa" in ALL_ATTENTION_FUNCTIONS._local_mapping
     previous = ALL_ATTENTION_FUNCTIONS["sdpa"]
-    if previous is not sdpa_attention_forward:  # someone else's attention: leave it alone
+    if not enabled or previous is not sdpa_attention_forward:  # off, or someone else's attention: leave it
         yield
         return
     ALL_ATTENTION_FUNCTIONS["sdpa"] = _sdpa_decoding_in_fp32

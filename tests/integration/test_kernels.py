@@ -76,7 +76,7 @@ def test_bf16_decoding_attends_in_fp32_and_the_table_is_restored(tiny_model_dir)
     # float64 reference from the same bf16 inputs: softmax(q k^T / sqrt(d)) v, rounded once to bf16
     w = torch.softmax(q.double() @ k.double().transpose(-1, -2) / 4.0, dim=-1)
     exact = (w @ v.double()).transpose(1, 2)  # (B, 1, H, d), the layout transformers returns
-    with fp32_decode_attention(), torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+    with fp32_decode_attention(enabled=True), torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         table = ALL_ATTENTION_FUNCTIONS["sdpa"]
         assert table is not sdpa_attention_forward
         out, _ = table(attention, q, k, v, None, scaling=0.25)
@@ -88,8 +88,26 @@ def test_bf16_decoding_attends_in_fp32_and_the_table_is_restored(tiny_model_dir)
     with torch.no_grad():  # the same step through the model: unchanged numbers outside bf16
         ids = torch.randint(4, 200, (3, 9))
         plain = model(input_ids=ids).logits
-        with fp32_decode_attention():
+        with fp32_decode_attention(enabled=True):
             torch.testing.assert_close(model(input_ids=ids).logits, plain, atol=0, rtol=0)
+
+
+def test_fp32_decoding_is_chosen_by_the_cpus_amx_tiles(monkeypatch) -> None:
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    from rlhfkit.models import kernels
+
+    for amx, patched in ((True, False), (False, True)):
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx)
+        assert kernels.decode_attention_in_fp32() is patched
+        with kernels.fp32_decode_attention():  # the default asks the CPU
+            assert (ALL_ATTENTION_FUNCTIONS["sdpa"] is not sdpa_attention_forward) is patched
+        assert ALL_ATTENTION_FUNCTIONS["sdpa"] is sdpa_attention_forward
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")  # an older torch cannot tell: fp32, as without AMX
+    assert kernels.decode_attention_in_fp32()
+    with kernels.fp32_decode_attention(enabled=False):
+        assert ALL_ATTENTION_FUNCTIONS["sdpa"] is sdpa_attention_forward
 
 
 def test_frozen_weights_are_cast_once_while_sampling_under_autocast() -> None:

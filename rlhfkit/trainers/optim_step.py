@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import contextlib
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedType
 
 from rlhfkit.trainers.master_weights import MasterWeights
 
@@ -64,13 +65,31 @@ def optimizer_step(
     grad_norm = None
     if max_grad_norm > 0:
         params = model.parameters() if master is None else master.parameters()
-        grad_norm = accelerator.clip_grad_norm_(params, max_grad_norm)
+        grad_norm = clip_gradients(accelerator, params, max_grad_norm)
     optimizer.step()
     if master is not None:
         master.master_to_model()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return grad_norm
+
+
+def clip_gradients(accelerator: Accelerator, params: Iterable[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """g <- g * min(1, max_norm / (||g|| + 1e-6)); returns ||g|| before clipping (a 0-dim tensor).
+
+    `accelerator.clip_grad_norm_`, except on one CPU process: torch multiplies every gradient by the
+    coefficient even when it is exactly 1, to spare a GPU the device sync of testing it; on a CPU the
+    test costs nothing, and the skipped pass over the gradients is about 1 ms of a 45 ms GRPO step
+    on the benchmark's policy (its gradient norm stays under the clip).
+    """
+    if (accelerator.distributed_type != DistributedType.NO or accelerator.device.type != "cpu"
+            or accelerator.scaler is not None):
+        return accelerator.clip_grad_norm_(params, max_norm)
+    params = [p for p in params if p.grad is not None]
+    total = torch.nn.utils.get_total_norm([p.grad for p in params])
+    if bool(max_norm / (total + 1e-6) < 1.0):  # torch's coefficient, before its clamp to 1
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
+    return total
 
 
 class StepStats:

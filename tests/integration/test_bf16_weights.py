@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from accelerate.utils import DistributedType
 from safetensors.torch import load_file
 from toy_rewards import count_a
 from typer.testing import CliRunner
@@ -23,17 +24,16 @@ from rlhfkit.trainers.rl_config import ReinforceConfig
 
 
 class _Acc:
-    """The two things optimizer_step asks of an Accelerator on one process."""
+    """What optimizer_step asks of an Accelerator on one CPU process."""
 
     num_processes = 1
+    distributed_type = DistributedType.NO
+    device = torch.device("cpu")
+    scaler = None
 
     @staticmethod
     def backward(loss: torch.Tensor) -> None:
         loss.backward()
-
-    @staticmethod
-    def clip_grad_norm_(params, max_norm: float) -> torch.Tensor:
-        return torch.nn.utils.clip_grad_norm_(list(params), max_norm)
 
 
 class _NoSchedule:

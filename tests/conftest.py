@@ -22,3 +22,20 @@ def _auto_precision_is_fp32():
     precision.cpu_has_native_bf16 = lambda cpuinfo=None: False if cpuinfo is None else real(cpuinfo)
     yield
     precision.cpu_has_native_bf16 = real
+
+
+@pytest.fixture
+def cpu_accelerator():
+    """A factory of real accelerators on this CPU: `cpu_accelerator("bf16")`, default fp32 ("no").
+    Accelerate keeps one precision per process, so use one accelerator at a time."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from rlhfkit.trainers.common import make_accelerator
+
+    def make(precision: str = "no"):
+        return make_accelerator(SimpleNamespace(threads=torch.get_num_threads(), mixed_precision=precision,
+                                                report_to=[], dtype="float32", trust_remote_code=False))
+
+    return make

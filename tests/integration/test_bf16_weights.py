@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from accelerate.utils import DistributedType
 from safetensors.torch import load_file
 from toy_rewards import count_a
 from typer.testing import CliRunner
@@ -21,19 +20,6 @@ from rlhfkit.trainers.master_weights import MasterWeights, check_bf16_weights
 from rlhfkit.trainers.optim_step import optimizer_step
 from rlhfkit.trainers.reinforce import train as train_reinforce
 from rlhfkit.trainers.rl_config import ReinforceConfig
-
-
-class _Acc:
-    """What optimizer_step asks of an Accelerator on one CPU process."""
-
-    num_processes = 1
-    distributed_type = DistributedType.NO
-    device = torch.device("cpu")
-    scaler = None
-
-    @staticmethod
-    def backward(loss: torch.Tensor) -> None:
-        loss.backward()
 
 
 class _NoSchedule:
@@ -72,7 +58,7 @@ def test_construction_keeps_the_fp32_values_and_stores_bf16() -> None:
         assert torch.equal(w, b) and torch.equal(p.float(), b)
 
 
-def test_small_updates_add_up_in_the_fp32_copies() -> None:
+def test_small_updates_add_up_in_the_fp32_copies(cpu_accelerator) -> None:
     # Five SGD steps of lr 1e-5 move no weight by half a bf16 step (|g| < 1 here), so bf16 weights trained
     # alone would not move at all; the fp32 copies move by 5 * lr * g, g the float64 gradient at the
     # (unchanged) bf16 weights, up to bf16's error in g (3%) and fp32's rounding of each step (2^-24 each).
@@ -85,9 +71,9 @@ def test_small_updates_add_up_in_the_fp32_copies() -> None:
     g = _grad64(net, [x])
     assert max(float(gi.abs().max()) for gi in g) < 1.0
     k = 5
+    acc = cpu_accelerator()
     for _ in range(k):
-        optimizer_step(_Acc(), net, opt, _NoSchedule(), [x], lambda part: net(part).float().pow(2).mean(), 0.0,
-                       master)
+        optimizer_step(acc, net, opt, _NoSchedule(), [x], lambda part: net(part).float().pow(2).mean(), 0.0, master)
     for w, w0, gi, p, p0 in zip(master.parameters(), start, g, net.parameters(), start16, strict=True):
         moved = w.detach().double() - w0
         assert torch.allclose(moved, -k * 1e-5 * gi, rtol=3e-2, atol=k * 2.0**-23), (moved, -k * 1e-5 * gi)
@@ -96,7 +82,7 @@ def test_small_updates_add_up_in_the_fp32_copies() -> None:
     assert moved_entries > 0.8 * sum(w.numel() for w in start)
 
 
-def test_micro_batches_sum_in_fp32_and_clipping_acts_on_the_copies() -> None:
+def test_micro_batches_sum_in_fp32_and_clipping_acts_on_the_copies(cpu_accelerator) -> None:
     net = _mlp()
     master = MasterWeights(net)
     start = [w.detach().double().clone() for w in master.parameters()]
@@ -105,8 +91,8 @@ def test_micro_batches_sum_in_fp32_and_clipping_acts_on_the_copies() -> None:
     g = _grad64(net, parts)  # the sum of the two micro-batches' gradients
     norm64 = torch.sqrt(sum((gi**2).sum() for gi in g))
     max_norm = 0.1 * float(norm64)
-    norm = optimizer_step(_Acc(), net, opt, _NoSchedule(), parts, lambda part: net(part).float().pow(2).mean(),
-                          max_norm, master)
+    norm = optimizer_step(cpu_accelerator(), net, opt, _NoSchedule(), parts,
+                          lambda part: net(part).float().pow(2).mean(), max_norm, master)
     assert abs(float(norm) - float(norm64)) < 2e-2 * float(norm64)
     for w, w0, gi in zip(master.parameters(), start, g, strict=True):
         expected = -gi * max_norm / norm64  # lr 1, the summed gradient scaled to max_norm

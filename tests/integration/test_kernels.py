@@ -35,17 +35,7 @@ def _attention_kernels(fn) -> set[str]:
     return {e.key for e in prof.key_averages() if "scaled_dot_product" in e.key and e.key.startswith("aten::_")}
 
 
-def _accelerator(precision: str = "bf16"):
-    """A fresh accelerator of this precision (CPU, this process's threads)."""
-    from types import SimpleNamespace
-
-    from rlhfkit.trainers.common import make_accelerator
-
-    return make_accelerator(SimpleNamespace(threads=torch.get_num_threads(), mixed_precision=precision,
-                                            report_to=[], dtype="float32", trust_remote_code=False))
-
-
-def test_short_bf16_training_rows_take_the_math_attention_kernel() -> None:
+def test_short_bf16_training_rows_take_the_math_attention_kernel(cpu_accelerator) -> None:
     from rlhfkit.models.kernels import MATH_ATTENTION_MAX_TOKENS, autocast
 
     def step(acc, tokens: int) -> None:
@@ -55,10 +45,10 @@ def test_short_bf16_training_rows_take_the_math_attention_kernel() -> None:
         out.float().sum().backward()
 
     short, long = MATH_ATTENTION_MAX_TOKENS, MATH_ATTENTION_MAX_TOKENS + 1
-    bf16 = _accelerator()  # (accelerate keeps one precision per process: one accelerator at a time)
+    bf16 = cpu_accelerator("bf16")  # (accelerate keeps one precision per process: one accelerator at a time)
     assert _attention_kernels(lambda: step(bf16, short)) == {"aten::_scaled_dot_product_attention_math"}
     assert any("flash" in k for k in _attention_kernels(lambda: step(bf16, long)))
-    fp32 = _accelerator("no")
+    fp32 = cpu_accelerator("no")
     assert any("flash" in k for k in _attention_kernels(lambda: step(fp32, short)))  # fp32 keeps the default
 
 

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 
-from rlhfkit.trainers.common import make_accelerator
 from rlhfkit.trainers.optim_step import clip_gradients
 
 
@@ -21,9 +18,8 @@ def _params(scale: float) -> list[torch.Tensor]:
 
 
 @pytest.mark.parametrize("scale", [0.01, 10.0])  # under the clip (coefficient 1) and over it
-def test_clipping_matches_float64_and_leaves_an_unclipped_gradient_as_it_was(scale: float) -> None:
-    acc = make_accelerator(SimpleNamespace(threads=torch.get_num_threads(), mixed_precision="no", report_to=[],
-                                           dtype="float32", trust_remote_code=False))
+def test_clipping_matches_float64_and_leaves_an_unclipped_gradient_as_it_was(scale: float, cpu_accelerator) -> None:
+    acc = cpu_accelerator()
     params = _params(scale)
     before = [p.grad.clone() for p in params[:2]]
     norm64 = torch.cat([g.double().flatten() for g in before]).norm()

@@ -32,6 +32,7 @@ from transformers import PreTrainedModel
 
 from rlhfkit.algos.logprobs import logprobs_and_entropy
 from rlhfkit.models.kernels import cache_frozen_casts, fp32_decode_attention
+from rlhfkit.models.kv_cache import reserve_room
 from rlhfkit.models.loading import position_ids_from_mask
 
 StopIds = int | Sequence[int] | None  # the token id(s) that end a response
@@ -205,6 +206,7 @@ def _sample(model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: torch
     cache = out.past_key_values
     if cache is None or (hasattr(cache, "get_seq_length") and cache.get_seq_length() != prompt_ids.shape[1]):
         raise ValueError(f"{type(model).__name__} did not fill a KV cache with use_cache=True; sampling needs one")
+    reserve_room(cache, settings.max_new_tokens - 1)  # the decode steps write into it, not a copy per step
     next_pos = positions[:, -1:] + 1
     uniforms = None if settings.greedy else episode_uniforms(generators, settings.max_new_tokens, device)
     stops = _stop_tensor(eos_token_id, device)

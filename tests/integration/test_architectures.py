@@ -335,6 +335,8 @@ def test_kv_cache_sampling_gives_the_full_forward_tokens(arch: str, model_dirs) 
         assert spy.caches[0].get_seq_length() == ids.shape[1] + n - 1
         if arch == "mistral":
             assert all("Sliding" in type(layer).__name__ for layer in spy.caches[0].layers)
+        else:  # the decode steps wrote into room reserved after the prefill (models/kv_cache.py)
+            assert all(type(layer).__name__ == "ReservedLayer" for layer in spy.caches[0].layers)
 
         # sampled (not greedy): the log-probs, entropies and values kept while sampling are the full forward's
         actor = ActorCritic(model)

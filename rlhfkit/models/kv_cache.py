@@ -6,7 +6,8 @@ GPT-2, 64 rows x 32 new tokens, the concatenations were about a seventh of sampl
 torch.profiler). `reserve_room` gives each such layer of a filled cache one buffer with room for the
 new tokens: a step writes its keys and values into the next free slots, and attention reads a view
 of the filled part. The tensors attention sees hold the same numbers as the concatenated ones, so
-the tokens sampled do not change (tests/integration/test_kv_cache.py).
+the tokens sampled do not change (tests/unit/test_kv_cache.py; tests/integration/test_architectures.py
+samples through it for every architecture family).
 
 Only plain DynamicLayer layers are given room (sliding-window and static layers manage their own
 storage); a step that would overflow the room, or a layer whose tensors something else has replaced

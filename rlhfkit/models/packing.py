@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 
@@ -41,9 +42,10 @@ class PackedGroups:
         prefix, offset = self.prefix.to(own.device).view(shape), self.offset.to(own.device).view(shape)
         return torch.where(own < prefix, own, offset + own - prefix)
 
-    def trunk_inputs(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    def trunk_inputs(self, model: torch.nn.Module) -> dict[str, Any]:
         """Keyword arguments of the trunk's forward over the packed rows: ids, positions and the 4D mask
-        in the form the model's attention takes (boolean for SDPA, True = attend; additive for eager)."""
+        in the form the model's attention takes (boolean for SDPA, True = attend; additive for eager), and
+        no KV cache (a training or scoring forward would only fill one to throw it away)."""
         allowed = self.allowed[:, None]  # (R, 1, L, L)
         if model.config._attn_implementation == "sdpa":
             mask = allowed
@@ -51,7 +53,7 @@ class PackedGroups:
             dtype = next(model.parameters()).dtype
             mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
             mask = mask.masked_fill(~allowed, torch.finfo(dtype).min)
-        return dict(input_ids=self.input_ids, attention_mask=mask, position_ids=self.position_ids)
+        return dict(input_ids=self.input_ids, attention_mask=mask, position_ids=self.position_ids, use_cache=False)
 
     def to(self, device: torch.device | str) -> PackedGroups:
         return PackedGroups(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})

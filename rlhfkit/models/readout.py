@@ -86,11 +86,11 @@ def hidden_from(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask:
     """
     body = trunk(model)
     if not readout_supported(model):
-        hidden = body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+        hidden = body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
         return hidden.last_hidden_state[:, start:]
     with _without_last_block(body) as last:
-        before_last = body(input_ids=input_ids, attention_mask=attention_mask,
-                           position_ids=position_ids).last_hidden_state  # (B, L, H)
+        before_last = body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                           use_cache=False).last_hidden_state  # (B, L, H)
     rows = torch.arange(input_ids.shape[0], device=input_ids.device)
     query = torch.arange(start, input_ids.shape[1], device=input_ids.device)  # (T,)
     key = torch.arange(input_ids.shape[1], device=input_ids.device)
@@ -110,11 +110,12 @@ def hidden_at(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: t
     positions = position_ids_from_mask(attention_mask)
     rows = torch.arange(input_ids.shape[0], device=input_ids.device)
     if not readout_supported(model):
-        hidden = body(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions).last_hidden_state
+        hidden = body(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
+                      use_cache=False).last_hidden_state
         return hidden[rows, index]
     with _without_last_block(body) as last:
-        before_last = body(input_ids=input_ids, attention_mask=attention_mask,
-                           position_ids=positions).last_hidden_state  # (B, L, H)
+        before_last = body(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
+                           use_cache=False).last_hidden_state  # (B, L, H)
     position = torch.arange(input_ids.shape[1], device=input_ids.device)
     allowed = attention_mask.bool() & (position[None, :] <= index[:, None])  # (B, L)
     allowed[rows, index] = True  # a row of padding only still attends to itself (no NaN)

@@ -43,13 +43,12 @@ class ReservedLayer(DynamicLayer):
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
                ) -> tuple[torch.Tensor, torch.Tensor]:
         """Write the new tokens into the reserved room (or concatenate, as DynamicLayer, when there is none)."""
-        views = getattr(self, "_views", None)
-        if views is None or views[0] is not self.keys or views[1] is not self.values:
-            self._views = None  # replaced from outside (crop, reorder): the buffers no longer hold the cache
-            return super().update(key_states, value_states, *args, **kwargs)
-        start, new = self.keys.shape[-2], key_states.shape[-2]
         keys, values = self._buffers
-        if start + new > keys.shape[-2]:
+        # the buffers hold the cache only while its tensors are still our views (crop, reorder and reset
+        # replace them); then the new tokens must fit
+        ours = self._views is not None and self._views[0] is self.keys and self._views[1] is self.values
+        start, new = (self.keys.shape[-2] if ours else 0), key_states.shape[-2]
+        if not ours or start + new > keys.shape[-2]:
             self._views = None
             return super().update(key_states, value_states, *args, **kwargs)
         keys[..., start:start + new, :] = key_states

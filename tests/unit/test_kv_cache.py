@@ -52,3 +52,12 @@ def test_only_plain_dynamic_layers_get_room() -> None:
     cache = _filled_cache(torch.ones(1, 1, 2, 2))
     cache.layers[1].__class__ = type("OtherLayer", (DynamicLayer,), {})
     assert reserve_room(cache, 4) == 1 and type(cache.layers[1]) is not ReservedLayer
+
+
+def test_a_reset_cache_starts_over_by_concatenation() -> None:
+    cache = _filled_cache(torch.ones(1, 1, 3, 2))
+    reserve_room(cache, 4)
+    cache.reset()  # DynamicLayer.reset drops the tensors
+    step = torch.full((1, 1, 1, 2), 5.0)
+    keys, values = cache.update(step, -step, layer_idx=0)
+    assert torch.equal(keys, step) and torch.equal(values, -step) and cache.get_seq_length(0) == 1
